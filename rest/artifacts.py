@@ -1,0 +1,211 @@
+"""Versioned artifacts in a run directory: manifests, atomic publishing, verification, run.json.
+
+An artifact is a directory (`policy-0`, `grow-1`, `improve-1-2`) that exists only once its `_manifest.json`
+exists. The manifest is written last, atomically (temp file + rename), and records the kind, a content-hash id,
+the parent ids, the config slice that made it, the code version, the time, and every file's size, sha256 (and
+rows, for Parquet). A rerun skips an artifact whose manifest verifies and redoes anything else from scratch.
+
+Why `_manifest.json` and not `manifest.json`: `pandas.read_parquet("runs/x/grow-1")` reads every file in the
+directory as Parquet except those starting with `_` or `.`; a plain `manifest.json` there makes it fail.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+
+from rest.errors import RestError
+
+MANIFEST = "_manifest.json"
+RUN_RECORD = "run.json"
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def sha256_json(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write `path` so that a reader (or a crash) sees the old file or the whole new one, never a part."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    write_atomic(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
+
+
+@functools.lru_cache(maxsize=1)
+def code_version() -> str:
+    """`rest <version>` plus the git commit of the checkout when there is one (`+dirty` with local changes)."""
+    from rest import __version__
+
+    here = Path(__file__).resolve().parent
+    try:
+        sha = subprocess.run(
+            ["git", "-C", str(here), "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True, timeout=5
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        sha, dirty = "", ""
+    return f"rest {__version__}" + (f"+g{sha}" if sha else "") + ("-dirty" if dirty else "")
+
+
+def _file_entries(artifact: Path) -> dict[str, dict[str, Any]]:
+    entries = {}
+    for path in sorted(artifact.rglob("*")):
+        rel = path.relative_to(artifact).as_posix()
+        if not path.is_file() or rel == MANIFEST or rel.startswith(".") or "/." in rel:
+            continue
+        entry: dict[str, Any] = {"bytes": path.stat().st_size, "sha256": sha256_file(path)}
+        if path.suffix == ".parquet":
+            entry["rows"] = pq.ParquetFile(path).metadata.num_rows
+        entries[rel] = entry
+    return entries
+
+
+def publish(
+    artifact: Path, kind: str, parents: list[str], config: dict[str, Any], extra: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Write the manifest of a finished artifact directory, last and atomically, and record it in run.json."""
+    files = _file_entries(artifact)
+    # Content hash: the files' hashes (not times or paths of the run), so the same inputs give the same id.
+    artifact_id = sha256_json({"kind": kind, "files": {k: v["sha256"] for k, v in files.items()}})[:16]
+    manifest = {
+        "kind": kind,
+        "name": artifact.name,
+        "id": artifact_id,
+        "parents": parents,
+        "config": config,
+        "code_version": code_version(),
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "files": files,
+        **(extra or {}),
+    }
+    write_json_atomic(artifact / MANIFEST, manifest)
+    _record(artifact.parent, manifest)
+    return manifest
+
+
+def read_manifest(artifact: Path) -> dict[str, Any] | None:
+    path = Path(artifact) / MANIFEST
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text())
+
+
+def verify(artifact: Path) -> list[str]:
+    """Problems with a published artifact: missing manifest, missing files, wrong sizes or hashes. [] is good."""
+    manifest = read_manifest(artifact)
+    if manifest is None:
+        return [f"{artifact}: no {MANIFEST}"]
+    problems = []
+    for rel, entry in manifest["files"].items():
+        path = Path(artifact) / rel
+        if not path.is_file():
+            problems.append(f"{path}: missing")
+        elif path.stat().st_size != entry["bytes"] or sha256_file(path) != entry["sha256"]:
+            problems.append(f"{path}: changed since it was published (sha256 differs)")
+    return problems
+
+
+def _diff(old: Any, new: Any, prefix: str = "") -> list[str]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for key in sorted(set(old) | set(new)):
+            out += _diff(old.get(key), new.get(key), f"{prefix}{key}.")
+        return out
+    return [] if old == new else [f"{prefix.rstrip('.')}: {old!r} -> {new!r}"]
+
+
+def existing(artifact: Path, config: dict[str, Any], parents: list[str]) -> dict[str, Any] | None:
+    """The manifest of `artifact` if it is published, verifies and was made from this config and these parents.
+
+    A directory without a manifest is a partial artifact (a crash or a kill mid-step): it is removed so the
+    step is redone from scratch. A published artifact made from another config is an error, not a silent redo:
+    the user may be pointing a new experiment at an old run directory.
+    """
+    artifact = Path(artifact)
+    manifest = read_manifest(artifact)
+    if manifest is None:
+        return None
+    problems = verify(artifact)
+    if problems:
+        print(f"[rest] {artifact.name}: does not verify ({problems[0]}); redoing it", flush=True)
+        return None
+    changed = _diff(manifest["config"], config)
+    if changed:
+        raise RestError(
+            f"{artifact} was made with another config ({'; '.join(changed[:3])}). Use a new --run directory, "
+            f"or delete {artifact} and the artifacts after it to redo them."
+        )
+    if manifest["parents"] != parents:
+        raise RestError(
+            f"{artifact} was made from other parent artifacts ({manifest['parents']} != {parents}): an earlier "
+            f"artifact was redone. Delete {artifact} and the artifacts after it to redo them."
+        )
+    return manifest
+
+
+def clear(artifact: Path) -> None:
+    """Remove a partial artifact directory (and any staging copy of it)."""
+    for path in (Path(artifact), staging(artifact)):
+        if path.exists():
+            shutil.rmtree(path)
+
+
+def staging(artifact: Path) -> Path:
+    """Where a directory artifact is built before it is renamed into place (hidden, so no reader picks it up)."""
+    artifact = Path(artifact)
+    return artifact.with_name(f".{artifact.name}.partial")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# run.json: run metadata and the ordered list of artifacts
+
+
+def read_run(run_dir: Path) -> dict[str, Any]:
+    path = Path(run_dir) / RUN_RECORD
+    if not path.is_file():
+        raise RestError(f"{run_dir} is not a run directory (no {RUN_RECORD}); start one with `rest run --run {run_dir}`")
+    return json.loads(path.read_text())
+
+
+def update_run(run_dir: Path, **fields: Any) -> dict[str, Any]:
+    record = read_run(run_dir)
+    record.update(fields)
+    write_json_atomic(Path(run_dir) / RUN_RECORD, record)
+    return record
+
+
+def _record(run_dir: Path, manifest: dict[str, Any]) -> None:
+    record = read_run(run_dir)
+    entry = {"name": manifest["name"], "kind": manifest["kind"], "id": manifest["id"], "parents": manifest["parents"]}
+    record["artifacts"] = [a for a in record.get("artifacts", []) if a["name"] != manifest["name"]] + [entry]
+    write_json_atomic(Path(run_dir) / RUN_RECORD, record)

@@ -1,0 +1,215 @@
+"""The `rest` console script: run, grow, improve, eval, inspect.
+
+    rest run --config configs/numbers.yaml --run runs/numbers [key.sub=value ...]
+    rest grow --run runs/numbers          rest improve --run runs/numbers
+    rest eval --run runs/numbers [--policy improve-2-2] [--data FILE.parquet]
+    rest inspect runs/numbers
+
+Bad input (a `RestError`) prints one line that says what to fix and exits with code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+# Offline unless asked: set before prefect, transformers or comet_ml are imported. setdefault keeps user choices.
+OFFLINE_ENV = {
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "DO_NOT_TRACK": "1",
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+    "COMET_AUTO_LOG_ENV_DETAILS": "false",
+    "COMET_ERROR_TRACKING_ENABLE": "false",
+    "TOKENIZERS_PARALLELISM": "false",
+    "TRANSFORMERS_VERBOSITY": "error",
+}
+
+
+def _setup_env() -> None:
+    for key, value in OFFLINE_ENV.items():
+        os.environ.setdefault(key, value)
+
+
+def _setup_logging() -> None:
+    logger = logging.getLogger("rest")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("[rest] %(message)s"))
+        logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> str:
+    cells = [header] + [["" if v is None else (f"{v:.2f}" if isinstance(v, float) else str(v)) for v in r] for r in rows]
+    widths = [max(len(row[c]) for row in cells) for c in range(len(header))]
+    lines = ["  ".join(v.ljust(w) if c == 0 else v.rjust(w) for c, (v, w) in enumerate(zip(row, widths))) for row in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def print_summary(run_dir: Path) -> None:
+    from rest import stages
+
+    record = json.loads((run_dir / "run.json").read_text())
+    rows = []
+    for name in stages.policies(run_dir):
+        v = stages.policy_metrics(run_dir, name)["valid"]
+        rows.append([name, v["exact_match"], v["chrf"], v["bleu"], v["reward"], v["completion_tokens"]])
+    print(f"\nValidation ({stages.run_config(run_dir).data.valid}), greedy decoding:")
+    print(_table(["policy", "exact_match", "chrF", "BLEU", "reward", "tokens"], rows))
+    test = record.get("test", {})
+    if test:
+        print(f"\nTest ({stages.run_config(run_dir).data.test}); best policy by validation reward: {record['best_policy']}")
+        print(_table(["policy", "exact_match", "chrF", "BLEU", "reward", "tokens"], [[n, m["exact_match"], m["chrf"], m["bleu"], m["reward"], m["completion_tokens"]] for n, m in test.items()]))
+    print(f"\nRun directory: {run_dir}  (rest inspect {run_dir}; pandas.read_parquet('{run_dir}/grow-1'))")
+
+
+def inspect_rows(run_dir: Path) -> list[dict[str, Any]]:
+    """One row per artifact directory, published or partial, in the order run.json lists them."""
+    from rest import artifacts
+
+    record = artifacts.read_run(run_dir)
+    order = [a["name"] for a in record.get("artifacts", [])]
+    dirs = [p.name for p in sorted(run_dir.iterdir()) if p.is_dir() and not p.name.startswith((".", "report"))]
+    names = order + [d for d in dirs if d not in order]
+    id_to_name = {a["id"]: a["name"] for a in record.get("artifacts", [])}
+    rows = []
+    for name in names:
+        manifest = artifacts.read_manifest(run_dir / name)
+        row: dict[str, Any] = {"artifact": name, "kind": "partial", "id": None, "parent": None}
+        if manifest is None:
+            rows.append(row)
+            continue
+        row.update(kind=manifest["kind"], id=manifest["id"], parent=", ".join(id_to_name.get(p, p) for p in manifest["parents"]))
+        if manifest["kind"] == "grow":
+            s = manifest["stats"]
+            row.update(rows=s["rows"], reward=s["reward_mean"], kept=" ".join(f"{t}:{f:.2f}" for t, f in s["kept_fraction"].items()), length=s["completion_tokens"])
+        else:
+            m = json.loads((run_dir / name / "metrics.json").read_text())
+            v = m["valid"]
+            row.update(steps=m["train"]["steps"], reward=v["reward"], valid_exact_match=v["exact_match"], valid_chrf=v["chrf"], length=v["completion_tokens"])
+            if "improve" in m:
+                row["kept"] = f"{m['improve']['tau']}:{m['improve']['kept_fraction']:.2f}"
+        rows.append(row)
+    return rows
+
+
+def cmd_inspect(args: argparse.Namespace) -> None:
+    rows = inspect_rows(Path(args.run))
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return
+    cols = ["artifact", "kind", "id", "parent", "rows", "steps", "reward", "kept", "valid_exact_match", "valid_chrf", "length"]
+    print(_table(cols, [[r.get(c) for c in cols] for r in rows]))
+    best = json.loads((Path(args.run) / "run.json").read_text()).get("best_policy")
+    if best:
+        print(f"best policy: {best}")
+
+
+def _config_for(args: argparse.Namespace):
+    from rest.config import load_config
+    from rest.stages import CONFIG_FILE
+
+    run_dir = Path(args.run)
+    path = args.config or (run_dir / CONFIG_FILE if (run_dir / CONFIG_FILE).is_file() else None)
+    if path is None and args.command != "run":
+        from rest.errors import RestError
+
+        raise RestError(f"{run_dir} is not a run directory (no {CONFIG_FILE}); start it with `rest run --config FILE --run {run_dir}`")
+    return load_config(path, args.overrides)
+
+
+def cmd_pipeline(args: argparse.Namespace) -> None:
+    from rest import stages
+
+    cfg = _config_for(args)
+    stages.check_inputs(cfg)  # before anything is written: bad input leaves no artifact behind
+    run_dir = Path(args.run)
+    stages.init_run(run_dir, cfg)
+    from flows.rest_flows import _with_runner, grow_flow, improve_flow, rest_flow
+
+    if args.command == "run":
+        rest_flow(str(run_dir))
+        print_summary(run_dir)
+    elif args.command == "grow":
+        if not (run_dir / "policy-0" / "_manifest.json").is_file():
+            from flows.rest_flows import policy0_task
+
+            policy0_task.fn(str(run_dir))
+        print(_with_runner(grow_flow, str(run_dir))(str(run_dir)))
+    else:
+        print("\n".join(improve_flow(str(run_dir))))
+        stages.finish_run(run_dir)
+        print_summary(run_dir)
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    from rest import artifacts, stages
+    from rest.data import load_split
+    from rest.evaluation import evaluate
+    from rest.models import load_policy
+
+    run_dir = Path(args.run)
+    cfg = _config_for(args)
+    record = artifacts.read_run(run_dir)
+    name = args.policy or record.get("best_policy") or (stages.policies(run_dir) or ["policy-0"])[-1]
+    if artifacts.read_manifest(run_dir / name) is None:
+        from rest.errors import RestError
+
+        known = ", ".join(stages.policies(run_dir)) or "none yet"
+        raise RestError(f"--policy {name}: no published policy of that name in {run_dir} (published: {known})")
+    data = args.data or cfg.data.test
+    metrics, _ = evaluate(load_policy(run_dir / name), load_split(data, "--data"), cfg)
+    print(json.dumps({"policy": name, "data": data, **metrics}, indent=2))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rest", description="Reinforced Self-Training: Grow/Improve as a Prefect pipeline")
+    sub = parser.add_subparsers(dest="command", required=True)
+    helps = {
+        "run": "the whole pipeline: policy-0, G x (Grow, Improve steps), test of the best policy",
+        "grow": "one more Grow step on an existing run",
+        "improve": "the Improve steps of the latest Grow step",
+        "eval": "evaluate a policy of a run on a Parquet/JSONL file; prints JSON",
+    }
+    for name, text in helps.items():
+        p = sub.add_parser(name, help=text, description=text)
+        p.add_argument("--run", required=True, help="run directory, e.g. runs/numbers")
+        p.add_argument("--config", help="YAML config (default: the run's config.yaml)" + ("; required for a new run" if name == "run" else ""))
+        p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides, e.g. grow.num_samples=4")
+        if name == "eval":
+            p.add_argument("--policy", help="policy directory name (default: the run's best policy)")
+            p.add_argument("--data", help="file with `source` and `reference` columns (default: data.test)")
+    p = sub.add_parser("inspect", help="one table row per artifact of a run")
+    p.add_argument("run", help="run directory")
+    p.add_argument("--json", action="store_true", help="print the rows as JSON")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    _setup_env()
+    args = build_parser().parse_args(argv)
+    _setup_logging()
+    from rest.errors import RestError
+
+    try:
+        if args.command == "inspect":
+            cmd_inspect(args)
+        elif args.command == "eval":
+            cmd_eval(args)
+        else:
+            cmd_pipeline(args)
+    except RestError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,267 @@
+"""The run config: one typed model per stage, loaded from YAML with dotted overrides.
+
+    cfg = load_config("configs/numbers.yaml", ["grow.num_samples=4", "improve.thresholds=[0.9, 1.0]"])
+
+Every field says what it means, its unit and a rule of thumb. Unknown keys are errors with a "did you mean"
+(a typo in an experiment config must not silently run the default). Rules that span stages live in
+`RunConfig._cross_stage`.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from rest.errors import RestError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataConfig(_Section):
+    """Where each split lives: a Parquet or JSONL file, or a `datasets` hub id (`name` or `name:split`).
+
+    Columns: `source` (the model input), `reference` (the wanted output; may be missing in `pool` when the
+    reward needs no reference), optional `source_id` (stable row id; made from the row number when absent).
+    """
+
+    train: str = Field("data/numbers/train.parquet", description="labelled pairs D for BC and for mixing into Improve")
+    pool: str | None = Field(
+        "data/numbers/pool.parquet",
+        description="sources Grow samples from; their references feed the reward only, never training targets",
+    )
+    valid: str = Field("data/numbers/valid.parquet", description="model selection: every policy is evaluated here")
+    test: str = Field("data/numbers/test.parquet", description="reported once, for policy-0 and the best policy")
+    grow_on: Literal["pool", "train", "train+pool"] = Field(
+        "pool", description="which sources Grow samples for; ReST grows on the sources of D (`train`) or a pool"
+    )
+
+
+class ModelConfig(_Section):
+    """The policy. Either a pretrained model (`pretrained`: a local path or hub id, loaded with from_pretrained)
+    or one built from scratch from a transformers config file (`architecture`) with a BPE tokenizer trained on
+    `data.train`. Encoder-decoder and decoder-only models both work; which one is read from the model config.
+    """
+
+    pretrained: str | None = Field(None, description="from_pretrained path or hub id; overrides architecture")
+    architecture: str = Field(
+        "configs/models/bart-2.6m.json",
+        description="transformers config JSON (needs model_type) for a model trained from scratch",
+    )
+    vocab_size: int = Field(128, ge=16, description="BPE vocabulary of the tokenizer trained from scratch")
+    prompt_template: str = Field(
+        "{source} =",
+        description="decoder-only only: the prompt the completion follows; must contain {source}",
+    )
+    max_source_tokens: int = Field(32, ge=1, description="sources are truncated to this many tokens")
+    max_target_tokens: int = Field(48, ge=1, description="training targets are truncated to this many tokens")
+
+    @field_validator("prompt_template")
+    @classmethod
+    def _has_source(cls, v: str) -> str:
+        if "{source}" not in v:
+            raise ValueError(f"must contain '{{source}}', got {v!r}")
+        return v
+
+
+class OptimFields(_Section):
+    """Optimiser settings shared by BC and Improve (AdamW, linear warm-up then cosine decay to 10%)."""
+
+    steps: int = Field(400, ge=0, description="optimiser steps; 0 skips training")
+    batch_size: int = Field(32, ge=1, description="sequences per step")
+    lr: float = Field(1e-3, gt=0, description="peak learning rate; ~1e-3 from scratch, ~1e-5..1e-4 for pretrained")
+    warmup_steps: int = Field(20, ge=0, description="linear warm-up steps")
+    weight_decay: float = Field(0.01, ge=0)
+    grad_clip: float = Field(1.0, gt=0, description="max global gradient norm")
+
+
+class BCConfig(OptimFields):
+    """policy-0: behaviour cloning (token-level NLL) on `data.train`."""
+
+
+class GrowConfig(_Section):
+    """Grow: N samples per source from the current policy, scored and written as Parquet shards."""
+
+    steps: int = Field(2, ge=0, description="G, the number of Grow steps of `rest run`")
+    num_samples: int = Field(8, ge=1, description="N samples per source")
+    temperature: float = Field(1.0, gt=0, description="sampling temperature; 1.0 samples the policy itself")
+    top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling mass; 1.0 turns it off")
+    top_k: int = Field(0, ge=0, description="sample among the k most likely tokens; 0 turns it off")
+    max_new_tokens: int = Field(48, ge=1, description="longest completion, in tokens")
+    batch_size: int = Field(256, ge=1, description="sequences decoded together (sources x samples)")
+    shard_size: int = Field(250, ge=1, description="sources per shard; a shard is the unit of work and of resume")
+    workers: int = Field(1, ge=1, description="shards sampled at once (threads); on CPU torch already uses every core")
+
+
+class RewardConfig(_Section):
+    """The reward: a weighted mean of named components, each in [0, 1].
+
+    Components: chrf, bleu, ter (inverted: 1 - TER/100, floored at 0), exact_match. Weights are normalised, so
+    the total stays in [0, 1]: `{chrf: 3, exact_match: 1}` is 0.75 chrF + 0.25 exact match.
+    """
+
+    components: dict[str, float] = Field(default_factory=lambda: {"chrf": 1.0})
+
+    @field_validator("components")
+    @classmethod
+    def _valid_components(cls, v: dict[str, float]) -> dict[str, float]:
+        from rest.rewards import check_reward_names  # here, not at import: rewards imports sacrebleu
+
+        if not v:
+            raise ValueError("needs at least one component, e.g. {chrf: 1.0}")
+        check_reward_names(v)
+        for name, weight in v.items():
+            if weight < 0:
+                raise ValueError(f"weight of {name!r} must be >= 0, got {weight}")
+        if sum(v.values()) <= 0:
+            raise ValueError("weights must not all be 0")
+        return v
+
+
+class ImproveConfig(OptimFields):
+    """Improve: fine-tune on the Grow samples whose reward clears tau, one step per threshold."""
+
+    thresholds: list[float] = Field(
+        default_factory=lambda: [0.9, 1.0],
+        description="tau per Improve step, on the normalised reward; strictly rising, in [0, 1]",
+    )
+    train_mix: float = Field(
+        0.25, ge=0, lt=1, description="fraction of every batch drawn from data.train (the rest: kept samples)"
+    )
+    init: Literal["previous", "policy-0"] = Field(
+        "previous", description="fine-tune from the previous policy (ReST) or from policy-0 each time (ReST-EM)"
+    )
+    steps: int = Field(300, ge=0)
+    lr: float = Field(5e-4, gt=0)
+
+    @field_validator("thresholds")
+    @classmethod
+    def _rising(cls, v: list[float]) -> list[float]:
+        if not v:
+            raise ValueError("needs at least one threshold, e.g. [0.9, 1.0]")
+        for tau in v:
+            if not 0.0 <= tau <= 1.0:
+                raise ValueError(f"every threshold must be in [0, 1] (rewards are normalised): got {v}")
+        for a, b in zip(v, v[1:]):
+            if not b > a:
+                raise ValueError(f"thresholds must rise strictly from step to step: got {v}")
+        return v
+
+
+class EvalConfig(_Section):
+    """Evaluation: greedy decoding; corpus chrF and BLEU (sacrebleu), exact match, mean reward."""
+
+    batch_size: int = Field(250, ge=1, description="sources decoded together")
+    max_new_tokens: int = Field(48, ge=1)
+
+
+class RunConfig(_Section):
+    """One ReST run: policy-0 = BC(train); G x (Grow, then one Improve step per threshold); test of the best."""
+
+    seed: int = Field(0, description="drives init, data order and every Grow shard's sampling seed")
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    bc: BCConfig = BCConfig()
+    grow: GrowConfig = GrowConfig()
+    reward: RewardConfig = RewardConfig()
+    improve: ImproveConfig = ImproveConfig()
+    eval: EvalConfig = EvalConfig()
+
+    @model_validator(mode="after")
+    def _cross_stage(self) -> RunConfig:
+        if self.data.grow_on != "train" and self.data.pool is None and self.grow.steps > 0:
+            raise ValueError("data.grow_on is 'pool' but data.pool is null: set data.pool or data.grow_on=train")
+        if self.grow.max_new_tokens > 4 * self.model.max_target_tokens:
+            raise ValueError(
+                f"grow.max_new_tokens ({self.grow.max_new_tokens}) is far above model.max_target_tokens "
+                f"({self.model.max_target_tokens}): samples that long would be truncated when trained on"
+            )
+        return self
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Loading
+
+
+def _known_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
+    keys = []
+    for name, field in model.model_fields.items():
+        keys.append(prefix + name)
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            keys.extend(_known_keys(ann, prefix + name + "."))
+    return keys
+
+
+def _check_keys(raw: dict[str, Any], model: type[BaseModel], where: str, prefix: str = "") -> None:
+    """Unknown keys are errors with a "did you mean": pydantic's own message would not suggest one."""
+    for key, value in raw.items():
+        if key not in model.model_fields:
+            dotted = prefix + key
+            close = difflib.get_close_matches(dotted, _known_keys(RunConfig), n=1, cutoff=0.6)
+            hint = f"; did you mean `{close[0]}`?" if close else f"; known keys under `{prefix or '.'}`: " + ", ".join(
+                model.model_fields
+            )
+            raise RestError(f"{where}: unknown config key `{dotted}`{hint}")
+        ann = model.model_fields[key].annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            if value is None:
+                continue
+            if not isinstance(value, dict):
+                raise RestError(f"{where}: config key `{prefix + key}` must be a mapping, got {value!r}")
+            _check_keys(value, ann, where, prefix + key + ".")
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `key.sub=value` overrides; values are parsed as YAML (`3`, `0.5`, `[0.9, 1.0]`, `null`)."""
+    for item in overrides:
+        if "=" not in item:
+            raise RestError(f"override {item!r} must look like key.sub=value, e.g. grow.num_samples=4")
+        dotted, _, text = item.partition("=")
+        parts = dotted.strip().split(".")
+        node = raw
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise RestError(f"override {item!r}: `{part}` is not a section")
+            node = child
+        node[parts[-1]] = yaml.safe_load(text) if text.strip() else None
+    return raw
+
+
+def config_from_dict(raw: dict[str, Any], where: str = "config") -> RunConfig:
+    _check_keys(raw, RunConfig, where)
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        msg = err["msg"].removeprefix("Value error, ")
+        raise RestError(f"{where}: config key `{key}`: {msg}") from None
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
+    """Read a YAML config (or the defaults when `path` is None) and apply dotted overrides."""
+    raw: dict[str, Any] = {}
+    where = "overrides"
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise RestError(f"config file {path} does not exist; the shipped ones are in configs/")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise RestError(f"{path}: not valid YAML: {exc}") from None
+        if not isinstance(raw, dict):
+            raise RestError(f"{path}: a config is a YAML mapping of sections (data:, model:, ...)")
+        where = str(path)
+    return config_from_dict(apply_overrides(raw, list(overrides or [])), where)
+
+
+def dump_config(cfg: RunConfig) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,96 @@
+"""Datasets: every split is a table of `source_id`, `source`, `reference`, read from a file or the hub.
+
+    df = load_split("data/numbers/train.parquet", key="data.train")
+
+A split is named in the config by a path (`.parquet`, a directory of Parquet files, `.jsonl`/`.json`) or by a
+`datasets` hub id (`name` or `name:split`, which needs the network unless cached). Problems are `RestError`s that
+name the config key, the file, the column or row, and the fix.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from rest.errors import RestError
+
+LOCAL_SUFFIXES = (".parquet", ".jsonl", ".json")
+
+
+def _read(spec: str, key: str) -> pd.DataFrame:
+    path = Path(spec)
+    if path.exists():
+        if path.is_dir():
+            return pd.read_parquet(path)
+        if path.suffix == ".parquet":
+            return pd.read_parquet(path)
+        if path.suffix in (".jsonl", ".json"):
+            try:
+                return pd.read_json(path, lines=path.suffix == ".jsonl", dtype=False)
+            except ValueError as exc:
+                raise RestError(f"{key}: {path} is not valid {path.suffix[1:].upper()}: {exc}") from None
+        raise RestError(f"{key}: {path} is a {path.suffix or 'suffix-less'} file; use .parquet, .jsonl or .json")
+    if path.suffix in LOCAL_SUFFIXES or spec.startswith((".", "/")) or "\\" in spec:
+        raise RestError(f"{key}: {spec} does not exist; fix the path (relative paths start at the current directory)")
+    # Not a local path: a `datasets` hub id, optionally `name:split`.
+    import datasets
+
+    name, _, split = spec.partition(":")
+    try:
+        return datasets.load_dataset(name, split=split or "train").to_pandas()
+    except Exception as exc:  # the hub raises many types; all mean "could not load this id"
+        raise RestError(f"{key}: {spec} is neither a local file nor a loadable dataset id ({exc})") from None
+
+
+def load_split(spec: str, key: str, need_reference: bool = True) -> pd.DataFrame:
+    """Read one split and check it: `source` present and non-empty, `reference` present when needed."""
+    df = _read(spec, key)
+    where = f"{key} ({spec})"
+    if "source" not in df.columns:
+        raise RestError(f"{where}: no `source` column (columns: {', '.join(map(str, df.columns))}); rename the input column to `source`")
+    if len(df) == 0:
+        raise RestError(f"{where}: has no rows")
+    if "reference" not in df.columns:
+        if need_reference:
+            raise RestError(
+                f"{where}: no `reference` column (columns: {', '.join(map(str, df.columns))}); "
+                "this split needs the wanted output in `reference`"
+            )
+        df = df.assign(reference=None)
+    blank = df["source"].isna() | (df["source"].astype(str).str.strip() == "")
+    if blank.any():
+        row = int(blank.to_numpy().nonzero()[0][0])
+        raise RestError(f"{where}: `source` is empty in {int(blank.sum())} rows (first: row {row}); drop or fill them")
+    if need_reference:
+        missing = df["reference"].isna()
+        if missing.any():
+            row = int(missing.to_numpy().nonzero()[0][0])
+            raise RestError(f"{where}: `reference` is missing in {int(missing.sum())} rows (first: row {row})")
+    if "source_id" not in df.columns:
+        # Row numbers are stable as long as the file is: good enough to join shards back to their source.
+        df = df.assign(source_id=[f"{Path(spec).stem}-{i:06d}" for i in range(len(df))])
+    ids = df["source_id"].astype(str)
+    if ids.duplicated().any():
+        raise RestError(f"{where}: `source_id` {ids[ids.duplicated()].iloc[0]!r} appears more than once; ids must be unique")
+    out = pd.DataFrame(
+        {
+            "source_id": ids,
+            "source": df["source"].astype(str),
+            "reference": df["reference"].map(lambda r: None if pd.isna(r) else str(r)),
+        }
+    )
+    return out.reset_index(drop=True)
+
+
+def grow_sources(data_cfg, need_reference: bool) -> pd.DataFrame:
+    """The sources Grow samples for, as named by `data.grow_on`."""
+    parts = []
+    if data_cfg.grow_on in ("train", "train+pool"):
+        parts.append(load_split(data_cfg.train, "data.train"))
+    if data_cfg.grow_on in ("pool", "train+pool"):
+        parts.append(load_split(data_cfg.pool, "data.pool", need_reference=need_reference))
+    df = pd.concat(parts, ignore_index=True)
+    if df["source_id"].duplicated().any():
+        raise RestError(f"data.grow_on={data_cfg.grow_on}: train and pool share source_id values; make them unique")
+    return df

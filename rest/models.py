@@ -1,0 +1,209 @@
+"""Policies: a transformers model and its tokenizer, encoder-decoder or decoder-only, and how batches are made.
+
+A policy on disk is a plain `save_pretrained` directory: `AutoTokenizer` / `AutoModelFor*.from_pretrained` load it,
+so a user's pretrained model goes through exactly the code our from-scratch model does.
+
+    policy = build_policy(cfg.model, train_texts, seed=0)       # from scratch, or cfg.model.pretrained
+    policy.save(path); policy = load_policy(path, cfg.model)
+    batch = encode_pairs(policy, ["6947"], ["sechstausend..."], cfg.model)
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForSeq2SeqLM,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    PreTrainedTokenizerFast,
+)
+from transformers.utils import logging as hf_logging
+
+from rest.config import ModelConfig
+from rest.errors import RestError
+
+SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<unk>"]  # ids 0..3, in this order
+
+
+@dataclass
+class Policy:
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+
+    @property
+    def is_encoder_decoder(self) -> bool:
+        return bool(self.model.config.is_encoder_decoder)
+
+    def save(self, path: Path) -> None:
+        self.model.save_pretrained(path)
+        self.tokenizer.save_pretrained(path)
+
+
+def train_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFast:
+    """A byte-free BPE tokenizer: digits one token each, words split by Metaspace, `</s>` appended.
+
+    Digits are kept apart because each digit carries its own meaning in a number; merging "69" into one token
+    would hide the structure the model has to learn from 200 examples. Tokens are capped at 8 characters:
+    uncapped, BPE on a few hundred long compound words learns cross-morpheme tokens ("undvierzigtausend")
+    that the model cannot recombine; capped, it learns the morphemes ("vierund", "zig", "tausend").
+    No "▁" is prepended to the first word, so a word has one token form wherever it stands.
+    """
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="never")]
+    )
+    tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="never")
+    alphabet = sorted(set("".join(texts)) | set("0123456789"))
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, initial_alphabet=alphabet, show_progress=False,
+        max_token_length=8,
+    )
+    tok.train_from_iterator(texts, trainer)
+    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 2)])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>"
+    )
+
+
+def _architecture(path: str) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise RestError(f"model.architecture: {path} does not exist; point it at a transformers config JSON")
+    try:
+        arch = json.loads(p.read_text())
+    except json.JSONDecodeError as exc:
+        raise RestError(f"model.architecture: {path} is not valid JSON: {exc}") from None
+    if "model_type" not in arch:
+        raise RestError(f"model.architecture: {path} has no `model_type` (e.g. \"bart\" or \"llama\")")
+    return arch
+
+
+def build_policy(model_cfg: ModelConfig, train_texts: list[str], seed: int) -> Policy:
+    """policy-0 before BC: the pretrained model, or a fresh one built from `model.architecture`."""
+    if model_cfg.pretrained:
+        return load_policy(model_cfg.pretrained, key="model.pretrained")
+    tokenizer = train_tokenizer(train_texts, model_cfg.vocab_size)
+    arch = _architecture(model_cfg.architecture)
+    model_type = arch.pop("model_type")
+    ids = {"pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2}
+    config = AutoConfig.for_model(model_type, vocab_size=len(tokenizer), **ids, **arch)
+    if config.is_encoder_decoder:
+        # BartConfig defaults (decoder start 2, forced EOS 2) fit Bart's vocabulary, not ours: set them.
+        config.decoder_start_token_id = 1
+        config.forced_eos_token_id = None
+        config.forced_bos_token_id = None
+    torch.manual_seed(seed)
+    auto = AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM
+    model = auto.from_config(config)
+    gen = model.generation_config
+    gen.pad_token_id, gen.bos_token_id, gen.eos_token_id = 0, 1, 2
+    gen.decoder_start_token_id = config.decoder_start_token_id if config.is_encoder_decoder else None
+    gen.forced_eos_token_id = gen.forced_bos_token_id = None
+    return Policy(model, tokenizer)
+
+
+def load_policy(path: str | Path, key: str = "policy") -> Policy:
+    """Load any `save_pretrained` directory or hub id: encoder-decoder or decoder-only, read from its config."""
+    path = str(path)
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # loading prints progress bars and notes users cannot act on
+    try:
+        config = AutoConfig.from_pretrained(path)
+        auto = AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM
+        model = auto.from_pretrained(path)
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as exc:
+        raise RestError(f"{key}: cannot load a model from {path}: {exc}") from None
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    if tokenizer.pad_token_id is None:
+        # Decoder-only checkpoints often ship without a pad token; EOS is the usual stand-in (masked anyway).
+        tokenizer.pad_token = tokenizer.eos_token
+    return Policy(model, tokenizer)
+
+
+def count_parameters(model: PreTrainedModel) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Batches
+
+
+def _pad(seqs: list[list[int]], pad_id: int, left: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for row, s in enumerate(seqs):
+        if left:
+            ids[row, width - len(s) :] = torch.tensor(s, dtype=torch.long)
+            mask[row, width - len(s) :] = 1
+        else:
+            ids[row, : len(s)] = torch.tensor(s, dtype=torch.long)
+            mask[row, : len(s)] = 1
+    return ids, mask
+
+
+def prompt_ids(policy: Policy, sources: list[str], model_cfg: ModelConfig) -> list[list[int]]:
+    """Token ids of the model input for each source: the encoder input, or the decoder-only prompt."""
+    tok = policy.tokenizer
+    if policy.is_encoder_decoder:
+        ids = tok(sources, add_special_tokens=True)["input_ids"]
+    else:
+        prompts = [model_cfg.prompt_template.format(source=s) for s in sources]
+        bos = [tok.bos_token_id] if tok.bos_token_id is not None else []
+        ids = [bos + p for p in tok(prompts, add_special_tokens=False)["input_ids"]]
+    # Keep the end of an over-long prompt for decoder-only models: that is where the completion continues.
+    limit = model_cfg.max_source_tokens
+    return [i[:limit] if policy.is_encoder_decoder else i[-limit:] for i in ids]
+
+
+def target_ids(policy: Policy, targets: list[str], model_cfg: ModelConfig) -> list[list[int]]:
+    """Token ids of each wanted output, ending in EOS (the model must learn to stop)."""
+    tok = policy.tokenizer
+    eos = tok.eos_token_id
+    out = []
+    for ids in tok(targets, add_special_tokens=False)["input_ids"]:
+        out.append(ids[: model_cfg.max_target_tokens - 1] + [eos])
+    return out
+
+
+def encode_pairs(policy: Policy, sources: list[str], targets: list[str], model_cfg: ModelConfig) -> dict[str, torch.Tensor]:
+    """A training batch whose `labels` are -100 everywhere but on target tokens (loss on targets only)."""
+    pad = policy.tokenizer.pad_token_id
+    src = prompt_ids(policy, sources, model_cfg)
+    tgt = target_ids(policy, targets, model_cfg)
+    if policy.is_encoder_decoder:
+        input_ids, attention_mask = _pad(src, pad)
+        labels, label_mask = _pad(tgt, pad)
+        start = policy.model.config.decoder_start_token_id
+        decoder_input_ids = torch.cat([torch.full((len(tgt), 1), start, dtype=torch.long), labels[:, :-1]], dim=1)
+        labels = labels.masked_fill(label_mask == 0, -100)
+        return {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "decoder_input_ids": decoder_input_ids,
+            "labels": labels,
+        }
+    seqs = [s + t for s, t in zip(src, tgt)]
+    input_ids, attention_mask = _pad(seqs, pad)
+    # Causal LM: position t predicts token t+1, so labels are the inputs shifted left, masked outside targets.
+    labels = torch.full_like(input_ids, -100)
+    for row, (s, t) in enumerate(zip(src, tgt)):
+        labels[row, len(s) - 1 : len(s) + len(t) - 1] = torch.tensor(t, dtype=torch.long)
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+
+def forward_logits(policy: Policy, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Logits aligned with `batch["labels"]` (same shape plus vocabulary)."""
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    return policy.model(**inputs, use_cache=False).logits

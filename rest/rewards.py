@@ -1,0 +1,91 @@
+"""Rewards: small callables `(sources, completions, references) -> scores in [0, 1]`, chosen by name.
+
+    >>> chrf(["1"], ["eins"], ["eins"])
+    array([1.])
+    >>> score({"chrf": 3.0, "exact_match": 1.0}, ["1"], ["einz"], ["eins"])["reward_exact_match"]
+    array([0.])
+
+`score` returns one array per component (`reward_<name>`) and their weighted mean (`reward`), which is what
+the Grow shards store. Every component is normalised to [0, 1] so that thresholds mean the same across rewards.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable, Mapping, Sequence
+
+import numpy as np
+from sacrebleu.metrics import BLEU, CHRF, TER
+
+from rest.errors import RestError
+
+Reward = Callable[[Sequence[str], Sequence[str], Sequence[str | None]], np.ndarray]
+
+# One metric object each: building them is not free, and sentence_score is stateless.
+_CHRF = CHRF()
+_BLEU = BLEU(effective_order=True)  # effective order: short sentences without 4-grams still get a score
+_TER = TER()
+
+
+def _need_references(name: str, references: Sequence[str | None]) -> Sequence[str]:
+    if any(r is None for r in references):
+        raise RestError(
+            f"reward `{name}` compares with the reference, but some sources have none: give every Grow source a "
+            "`reference`, or pick a reward that needs no reference"
+        )
+    return references  # type: ignore[return-value]
+
+
+def chrf(sources: Sequence[str], completions: Sequence[str], references: Sequence[str | None]) -> np.ndarray:
+    """sacrebleu sentence chrF (char 6-grams, beta 2) / 100. Ignores whitespace: 1.0 is not exact match."""
+    refs = _need_references("chrf", references)
+    return np.array([_CHRF.sentence_score(c, [r]).score / 100.0 for c, r in zip(completions, refs)], dtype=np.float64)
+
+
+def bleu(sources: Sequence[str], completions: Sequence[str], references: Sequence[str | None]) -> np.ndarray:
+    """sacrebleu sentence BLEU (effective order) / 100."""
+    refs = _need_references("bleu", references)
+    return np.array([_BLEU.sentence_score(c, [r]).score / 100.0 for c, r in zip(completions, refs)], dtype=np.float64)
+
+
+def ter(sources: Sequence[str], completions: Sequence[str], references: Sequence[str | None]) -> np.ndarray:
+    """1 - sacrebleu TER / 100, floored at 0 (TER is an error rate and can exceed 100)."""
+    refs = _need_references("ter", references)
+    scores = [1.0 - _TER.sentence_score(c, [r]).score / 100.0 for c, r in zip(completions, refs)]
+    return np.clip(np.array(scores, dtype=np.float64), 0.0, 1.0)
+
+
+def exact_match(sources: Sequence[str], completions: Sequence[str], references: Sequence[str | None]) -> np.ndarray:
+    """1.0 where the completion equals the reference after stripping outer whitespace, else 0.0."""
+    refs = _need_references("exact_match", references)
+    return np.array([float(c.strip() == r.strip()) for c, r in zip(completions, refs)], dtype=np.float64)
+
+
+REWARDS: dict[str, Reward] = {"chrf": chrf, "bleu": bleu, "ter": ter, "exact_match": exact_match}
+
+
+def check_reward_names(names: Mapping[str, float] | Sequence[str]) -> None:
+    for name in names:
+        if name not in REWARDS:
+            close = difflib.get_close_matches(name, REWARDS, n=1)
+            hint = f" did you mean `{close[0]}`?" if close else ""
+            raise ValueError(f"unknown reward {name!r}.{hint} Known rewards: {', '.join(REWARDS)}")
+
+
+def score(
+    components: Mapping[str, float],
+    sources: Sequence[str],
+    completions: Sequence[str],
+    references: Sequence[str | None],
+) -> dict[str, np.ndarray]:
+    """Score every component and their weighted mean: {"reward_<name>": ..., "reward": ...}."""
+    check_reward_names(components)
+    total_weight = float(sum(components.values()))
+    out: dict[str, np.ndarray] = {}
+    total = np.zeros(len(completions), dtype=np.float64)
+    for name, weight in components.items():
+        values = REWARDS[name](sources, completions, references)
+        out[f"reward_{name}"] = values
+        total += (weight / total_weight) * values
+    out["reward"] = total
+    return out

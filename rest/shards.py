@@ -1,0 +1,49 @@
+"""Grow shards: the Parquet schema of DESIGN.md and how a shard is written (atomically) and read back.
+
+    df = pandas.read_parquet("runs/numbers/grow-1")        # every shard of Grow step 1, one row per sample
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from rest.artifacts import write_atomic
+
+BASE_COLUMNS = [
+    ("source_id", pa.string()),
+    ("source", pa.string()),
+    ("reference", pa.string()),
+    ("sample_index", pa.int32()),
+    ("completion", pa.string()),
+    ("num_tokens", pa.int32()),
+    ("logprob", pa.float64()),
+    ("reward", pa.float64()),
+]
+TAIL_COLUMNS = [("policy", pa.string()), ("grow_step", pa.int32())]
+
+
+def shard_schema(reward_names: list[str]) -> pa.Schema:
+    """The shard columns; one `reward_<name>` float64 column per reward component, after `reward`."""
+    return pa.schema(BASE_COLUMNS + [(f"reward_{n}", pa.float64()) for n in reward_names] + TAIL_COLUMNS)
+
+
+def shard_name(index: int) -> str:
+    return f"shard-{index:05d}.parquet"
+
+
+def write_shard(path: Path, columns: dict[str, list], reward_names: list[str]) -> None:
+    """Write one shard in the schema, so that it appears whole or not at all (temp file + rename)."""
+    table = pa.table(columns, schema=shard_schema(reward_names))
+    buf = io.BytesIO()
+    pq.write_table(table, buf, compression="zstd")
+    write_atomic(path, buf.getvalue())
+
+
+def read_grow(grow_dir: Path) -> pd.DataFrame:
+    """All rows of a Grow step, in shard order."""
+    return pd.read_parquet(grow_dir)
