@@ -27,6 +27,7 @@ from rest.errors import RestError
 
 MANIFEST = "_manifest.json"
 RUN_RECORD = "run.json"
+CONFIG_FILE = "config.yaml"
 
 
 def sha256_file(path: Path) -> str:

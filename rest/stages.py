@@ -44,7 +44,7 @@ from rest.shards import read_grow, shard_name, write_shard
 from rest.training import train
 
 log = logging.getLogger("rest")
-CONFIG_FILE = "config.yaml"
+CONFIG_FILE = artifacts.CONFIG_FILE
 
 
 def _progress(total: int, desc: str) -> tqdm:
@@ -80,17 +80,6 @@ def _slice(cfg: RunConfig, *keys: str) -> dict[str, Any]:
 
 # Config keys whose change does not touch any finished artifact: a run may be extended with them changed.
 EXTENDABLE = {"grow.steps"}
-
-
-def check_inputs(cfg: RunConfig) -> None:
-    """Fail before anything is written: every split readable with the columns it needs, the model findable."""
-    load_split(cfg.data.train, "data.train")
-    load_split(cfg.data.valid, "data.valid")
-    load_split(cfg.data.test, "data.test")
-    if cfg.grow.steps > 0:
-        grow_sources(cfg.data, need_reference=True)
-    if not cfg.model.pretrained and not Path(cfg.model.architecture).is_file():
-        raise RestError(f"model.architecture: {cfg.model.architecture} does not exist; point it at a transformers config JSON")
 
 
 def init_run(run_dir: Path, cfg: RunConfig) -> None:

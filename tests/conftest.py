@@ -1,0 +1,40 @@
+"""Test isolation: Prefect state, HF caches and run directories all live under pytest's temp dirs."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_env(tmp_path_factory):
+    # prefect_test_harness / the ephemeral server share PREFECT_HOME's result storage: keep ours apart.
+    home = tmp_path_factory.mktemp("prefect-home")
+    env = {
+        "PREFECT_HOME": str(home),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "DO_NOT_TRACK": "1",
+        "HF_HUB_OFFLINE": "1",
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+        "COMET_AUTO_LOG_ENV_DETAILS": "false",
+        "COMET_ERROR_TRACKING_ENABLE": "false",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    yield
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+@pytest.fixture(autouse=True)
+def _in_repo(monkeypatch):
+    # Configs name data by paths relative to the repository root, as `make` runs them.
+    monkeypatch.chdir(REPO)

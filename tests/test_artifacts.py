@@ -1,0 +1,99 @@
+import json
+import os
+
+import pandas as pd
+import pytest
+
+from rest import artifacts
+from rest.errors import RestError
+from rest.shards import write_shard
+
+
+@pytest.fixture
+def run_dir(tmp_path):
+    (tmp_path / "run.json").write_text(json.dumps({"name": "t", "artifacts": []}))
+    return tmp_path
+
+
+def _grow_like(run_dir, rows=3):
+    art = run_dir / "grow-1"
+    art.mkdir()
+    cols = {
+        "source_id": [f"s{i}" for i in range(rows)], "source": ["1"] * rows, "reference": ["eins"] * rows,
+        "sample_index": [0] * rows, "completion": ["eins"] * rows, "num_tokens": [1] * rows,
+        "logprob": [-0.1] * rows, "reward": [1.0] * rows, "reward_chrf": [1.0] * rows,
+        "policy": ["p"] * rows, "grow_step": [1] * rows,
+    }
+    write_shard(art / "shard-00000.parquet", cols, ["chrf"])
+    return art
+
+
+def test_publish_records_rows_sha_and_run_json(run_dir):
+    art = _grow_like(run_dir)
+    m = artifacts.publish(art, "grow", ["abc"], {"grow": {"num_samples": 1}})
+    entry = m["files"]["shard-00000.parquet"]
+    assert entry["rows"] == 3
+    assert entry["sha256"] == artifacts.sha256_file(art / "shard-00000.parquet")
+    assert m["parents"] == ["abc"] and m["kind"] == "grow" and m["code_version"].startswith("rest ")
+    assert json.loads((run_dir / "run.json").read_text())["artifacts"][0]["id"] == m["id"]
+    assert artifacts.verify(art) == []
+    # pandas reads the step directory whole, manifest and all: the manifest name starts with "_".
+    assert len(pd.read_parquet(art)) == 3
+
+
+def test_id_is_a_content_hash(run_dir, tmp_path_factory):
+    a = artifacts.publish(_grow_like(run_dir), "grow", [], {})
+    other = tmp_path_factory.mktemp("other")
+    (other / "run.json").write_text(json.dumps({"artifacts": []}))
+    b = artifacts.publish(_grow_like(other), "grow", [], {})
+    assert a["id"] == b["id"]  # same bytes, different directory and time: same id
+    c = artifacts.publish(_rewrite(other, 4), "grow", [], {})
+    assert c["id"] != a["id"]
+
+
+def _rewrite(run_dir, rows):
+    import shutil
+
+    shutil.rmtree(run_dir / "grow-1")
+    return _grow_like(run_dir, rows)
+
+
+def test_verify_catches_a_changed_file(run_dir):
+    art = _grow_like(run_dir)
+    artifacts.publish(art, "grow", [], {})
+    with open(art / "shard-00000.parquet", "ab") as f:
+        f.write(b"x")
+    assert "changed since it was published" in artifacts.verify(art)[0]
+    assert artifacts.existing(art, {}, []) is None  # does not verify -> redo
+
+
+def test_existing_refuses_another_config(run_dir):
+    art = _grow_like(run_dir)
+    artifacts.publish(art, "grow", ["p"], {"grow": {"temperature": 1.0}})
+    assert artifacts.existing(art, {"grow": {"temperature": 1.0}}, ["p"])["kind"] == "grow"
+    with pytest.raises(RestError, match=r"another config \(grow.temperature: 1.0 -> 0.7\)"):
+        artifacts.existing(art, {"grow": {"temperature": 0.7}}, ["p"])
+    with pytest.raises(RestError, match="other parent artifacts"):
+        artifacts.existing(art, {"grow": {"temperature": 1.0}}, ["q"])
+
+
+def test_a_directory_without_manifest_is_not_an_artifact(run_dir):
+    art = _grow_like(run_dir)
+    assert artifacts.existing(art, {}, []) is None
+    assert artifacts.verify(art) == [f"{art}: no _manifest.json"]
+
+
+def test_write_atomic_leaves_the_old_file_when_interrupted(tmp_path, monkeypatch):
+    target = tmp_path / "f.json"
+    artifacts.write_atomic(target, b"old")
+
+    def boom(src, dst):
+        raise KeyboardInterrupt  # a kill between writing the temp file and the rename
+
+    monkeypatch.setattr(os, "replace", boom)
+    with pytest.raises(KeyboardInterrupt):
+        artifacts.write_atomic(target, b"new")
+    monkeypatch.undo()
+    assert target.read_bytes() == b"old"
+    # the temp file is hidden (dot-prefixed): neither pandas nor a manifest counts it
+    assert all(p.name.startswith(".") for p in tmp_path.iterdir() if p != target)

@@ -1,0 +1,48 @@
+"""Bad input: exit code 2, one line naming the file / column / config key and the fix, and nothing written."""
+
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+
+def rest(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "rest.cli", *args], capture_output=True, text=True, timeout=120, cwd=cwd)
+
+
+@pytest.fixture
+def bad_files(tmp_path):
+    pd.DataFrame({"text": ["1"], "reference": ["eins"]}).to_parquet(tmp_path / "nosource.parquet")
+    pd.DataFrame({"source": ["1", ""], "reference": ["eins", "x"]}).to_parquet(tmp_path / "empty.parquet")
+    pd.DataFrame({"source": ["1"]}).to_parquet(tmp_path / "noref.parquet")
+    return tmp_path
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("data.train={d}/nosource.parquet", r"data.train \(.*nosource.parquet\): no `source` column .*rename"),
+        ("data.valid={d}/noref.parquet", r"data.valid \(.*noref.parquet\): no `reference` column"),
+        ("data.pool={d}/empty.parquet", r"data.pool \(.*empty.parquet\): `source` is empty in 1 rows \(first: row 1\)"),
+        ("data.test={d}/missing.parquet", r"data.test: .*missing.parquet does not exist"),
+        ("improve.thresholds=[1.0,0.9]", r"improve.thresholds`: thresholds must rise strictly"),
+        ("grow.num_sampels=4", r"unknown config key `grow.num_sampels`; did you mean `grow.num_samples`"),
+    ],
+)
+def test_bad_input_exits_2_and_leaves_nothing(bad_files, tmp_path, override, message):
+    run = tmp_path / "run"
+    proc = rest("run", "--config", "configs/smoke.yaml", "--run", str(run), override.format(d=bad_files))
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith("error: ")
+    assert "Traceback" not in proc.stderr
+    import re
+
+    assert re.search(message, proc.stderr), proc.stderr
+    assert not run.exists()
+
+
+def test_run_needs_a_run_directory_for_grow(tmp_path):
+    proc = rest("grow", "--run", str(tmp_path / "nothing"))
+    assert proc.returncode == 2
+    assert "is not a run directory" in proc.stderr and "rest run --config" in proc.stderr

@@ -1,0 +1,57 @@
+from pathlib import Path
+
+import pytest
+
+from rest.config import load_config
+from rest.errors import RestError
+
+CONFIGS = sorted(Path("configs").glob("*.yaml")) if Path("configs").is_dir() else []
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_config_loads_and_says_how_to_run_it(path):
+    cfg = load_config(path)
+    assert cfg.improve.thresholds == sorted(cfg.improve.thresholds)
+    head = path.read_text().splitlines()[:3]
+    assert any(line.startswith("#") and ("make " in line or "rest " in line) for line in head), path
+
+
+def test_thresholds_must_rise():
+    with pytest.raises(RestError, match=r"improve.thresholds.*rise strictly.*\[0.9, 0.8\]"):
+        load_config(None, ["improve.thresholds=[0.9, 0.8]"])
+    with pytest.raises(RestError, match=r"rise strictly"):
+        load_config(None, ["improve.thresholds=[0.9, 0.9]"])
+
+
+def test_thresholds_must_be_normalised():
+    with pytest.raises(RestError, match=r"in \[0, 1\]"):
+        load_config(None, ["improve.thresholds=[50, 100]"])
+
+
+def test_unknown_key_suggests_the_close_one():
+    with pytest.raises(RestError, match=r"unknown config key `grow.num_sample`; did you mean `grow.num_samples`"):
+        load_config(None, ["grow.num_sample=4"])
+    with pytest.raises(RestError, match=r"unknown config key `improv`; did you mean `improve`"):
+        load_config(None, ["improv.steps=4"])
+
+
+def test_overrides_are_yaml_values():
+    cfg = load_config("configs/numbers.yaml", ["grow.num_samples=4", "improve.thresholds=[0.5, 0.7, 1.0]", "data.pool=null", "data.grow_on=train"])
+    assert cfg.grow.num_samples == 4
+    assert cfg.improve.thresholds == [0.5, 0.7, 1.0]
+    assert cfg.data.pool is None
+
+
+def test_missing_config_file_is_named():
+    with pytest.raises(RestError, match="configs/nope.yaml does not exist"):
+        load_config("configs/nope.yaml")
+
+
+def test_unknown_reward_in_config():
+    with pytest.raises(RestError, match=r"reward.components.*did you mean `chrf`"):
+        load_config(None, ["reward.components={chrF: 1.0}"])
+
+
+def test_cross_stage_rule_pool_needed():
+    with pytest.raises(RestError, match="data.pool is null"):
+        load_config(None, ["data.pool=null"])
