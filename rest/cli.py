@@ -46,7 +46,14 @@ def _setup_logging() -> None:
 
 
 def _table(header: list[str], rows: list[list[Any]]) -> str:
-    cells = [header] + [["" if v is None else (f"{v:.2f}" if isinstance(v, float) else str(v)) for v in r] for r in rows]
+    def fmt(column: str, v: Any) -> str:
+        if v is None:
+            return ""
+        if isinstance(v, float):  # rewards live in [0, 1] and need 3 decimals; points (0-100) and lengths need 1
+            return f"{v:.3f}" if column == "reward" else f"{v:.1f}"
+        return str(v)
+
+    cells = [header] + [[fmt(c, v) for c, v in zip(header, r)] for r in rows]
     widths = [max(len(row[c]) for row in cells) for c in range(len(header))]
     lines = ["  ".join(v.ljust(w) if c == 0 else v.rjust(w) for c, (v, w) in enumerate(zip(row, widths))) for row in cells]
     lines.insert(1, "  ".join("-" * w for w in widths))
@@ -140,10 +147,6 @@ def cmd_pipeline(args: argparse.Namespace) -> None:
         rest_flow(str(run_dir))
         print_summary(run_dir)
     elif args.command == "grow":
-        if not (run_dir / "policy-0" / "_manifest.json").is_file():
-            from flows.rest_flows import policy0_task
-
-            policy0_task.fn(str(run_dir))
         print(_with_runner(grow_flow, str(run_dir))(str(run_dir)))
     else:
         print("\n".join(improve_flow(str(run_dir))))

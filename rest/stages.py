@@ -31,7 +31,7 @@ import yaml
 from tqdm.auto import tqdm
 
 from rest import artifacts
-from rest.artifacts import existing, publish, read_manifest, read_run, staging, update_run, write_json_atomic
+from rest.artifacts import existing, publish, read_manifest, staging, update_run, write_json_atomic
 from rest.config import RunConfig, config_from_dict, dump_config
 from rest.data import grow_sources, load_split
 from rest.errors import RestError
@@ -124,15 +124,15 @@ def _save_policy(run_dir: Path, name: str, policy, metrics: dict, kind_parents: 
 # policy-0
 
 
-def _policy_slice(cfg: RunConfig) -> list[str]:
-    return ["seed", "data.train", "data.valid", "model", "reward", "eval.max_new_tokens"]
+# What every policy depends on besides its own training settings (validation metrics use data.valid and reward).
+POLICY_KEYS = ["seed", "data.train", "data.valid", "model", "reward", "eval.max_new_tokens"]
 
 
 def make_policy0(run_dir: Path) -> str:
     """policy-0 = BC(D): a fresh (or pretrained) model trained with token-level NLL on data.train."""
     cfg = run_config(run_dir)
     art = Path(run_dir) / "policy-0"
-    cfg_slice = _slice(cfg, *_policy_slice(cfg), "bc")
+    cfg_slice = _slice(cfg, *POLICY_KEYS, "bc")
     if existing(art, cfg_slice, []):
         log.info("policy-0: published, skipping")
         return "policy-0"
@@ -348,7 +348,7 @@ def improve(run_dir: Path, g: int, i: int) -> str:
         init = grow_policy(run_dir, g) if i == 1 else f"improve-{g}-{i - 1}"
     grow_name = f"grow-{g}"
     parents = [_artifact_id(run_dir, init), _artifact_id(run_dir, grow_name)]
-    cfg_slice = _slice(cfg, *_policy_slice(cfg), "improve.train_mix", "improve.init", "improve.steps", "improve.batch_size", "improve.lr", "improve.warmup_steps", "improve.weight_decay", "improve.grad_clip")
+    cfg_slice = _slice(cfg, *POLICY_KEYS, "improve.train_mix", "improve.init", "improve.steps", "improve.batch_size", "improve.lr", "improve.warmup_steps", "improve.weight_decay", "improve.grad_clip")
     cfg_slice["improve"]["tau"] = tau
     if existing(art, cfg_slice, parents):
         log.info(f"{name}: published, skipping")
@@ -416,7 +416,3 @@ def finish_run(run_dir: Path) -> dict[str, Any]:
     summary = {"best_policy": best, "valid": valid, "test": test}
     update_run(run_dir, best_policy=best, test=test)
     return summary
-
-
-def read_run_summary(run_dir: Path) -> dict[str, Any]:
-    return read_run(run_dir)

@@ -5,7 +5,6 @@ import pytest
 from rest.config import load_config
 from rest.errors import RestError
 
-CONFIGS = sorted(Path("configs").glob("*.yaml")) if Path("configs").is_dir() else []
 
 
 @pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "configs").glob("*.yaml")), ids=lambda p: p.name)

@@ -56,7 +56,7 @@ def test_run_layout_and_lineage(clean_run):
     assert {s["host"] for s in grow["shards"]} and all(s["pid"] > 0 for s in grow["shards"])
     imp2 = json.loads((clean_run / "improve-1-2" / "_manifest.json").read_text())
     assert imp2["parents"] == [ids["improve-1-1"], ids["grow-1"]]
-    assert imp2["config"]["improve"]["tau"] == 0.6
+    assert imp2["config"]["improve"]["tau"] == 0.45
     assert record["best_policy"] in names
     assert set(record["test"]) >= {"policy-0", record["best_policy"]}
     for name in ["policy-0", "improve-1-1", "improve-1-2"]:
@@ -75,7 +75,7 @@ def test_shards_schema_and_rewards(clean_run):
     assert {f.name: str(f.type) for f in schema} == SCHEMA
     want = [sentence_chrf(c, [r]).score / 100 for c, r in zip(df.completion, df.reference)]
     assert df.reward_chrf.tolist() == pytest.approx(want, abs=1e-12)
-    assert df.reward.tolist() == pytest.approx((0.5 * df.reward_chrf + 0.5 * df.reward_exact_match).tolist())
+    assert df.reward.tolist() == pytest.approx((0.75 * df.reward_chrf + 0.25 * df.reward_exact_match).tolist())
     assert df.reward.between(0, 1).all() and (df.logprob <= 0).all()
     assert (df.grow_step == 1).all()
     policy0 = json.loads((clean_run / "policy-0" / "_manifest.json").read_text())["id"]
