@@ -96,8 +96,10 @@ def publish(
 ) -> dict[str, Any]:
     """Write the manifest of a finished artifact directory, last and atomically, and record it in run.json."""
     files = _file_entries(artifact)
-    # Content hash: the files' hashes (not times or paths of the run), so the same inputs give the same id.
-    artifact_id = sha256_json({"kind": kind, "files": {k: v["sha256"] for k, v in files.items()}})[:16]
+    # Content hash of the data files (not of times, paths, or `_`-prefixed bookkeeping such as the per-shard
+    # records with their host, pid and timings), so the same inputs give the same id on a rerun.
+    content = {k: v["sha256"] for k, v in files.items() if not Path(k).name.startswith("_")}
+    artifact_id = sha256_json({"kind": kind, "files": content})[:16]
     manifest = {
         "kind": kind,
         "name": artifact.name,

@@ -97,3 +97,14 @@ def test_write_atomic_leaves_the_old_file_when_interrupted(tmp_path, monkeypatch
     assert target.read_bytes() == b"old"
     # the temp file is hidden (dot-prefixed): neither pandas nor a manifest counts it
     assert all(p.name.startswith(".") for p in tmp_path.iterdir() if p != target)
+
+
+def test_bookkeeping_files_are_verified_but_not_part_of_the_id(run_dir, tmp_path_factory):
+    art = _grow_like(run_dir)
+    (art / "_shard-00000.json").write_text('{"pid": 1}')
+    a = artifacts.publish(art, "grow", [], {})
+    assert "_shard-00000.json" in a["files"]
+    (art / "_shard-00000.json").write_text('{"pid": 2}')
+    assert artifacts.verify(art)  # a changed record is caught ...
+    b = artifacts.publish(art, "grow", [], {})
+    assert b["id"] == a["id"]  # ... but who wrote a shard, and when, does not change what the step holds
