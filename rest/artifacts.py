@@ -11,7 +11,9 @@ directory as Parquet except those starting with `_` or `.`; a plain `manifest.js
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import fcntl
 import functools
 import hashlib
 import json
@@ -212,3 +214,29 @@ def _record(run_dir: Path, manifest: dict[str, Any]) -> None:
     entry = {"name": manifest["name"], "kind": manifest["kind"], "id": manifest["id"], "parents": manifest["parents"]}
     record["artifacts"] = [a for a in record.get("artifacts", []) if a["name"] != manifest["name"]] + [entry]
     write_json_atomic(Path(run_dir) / RUN_RECORD, record)
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: Path):
+    """Hold an exclusive lock on a run directory while a command writes to it.
+
+    Two `rest run` on one run directory would publish over each other. The lock is an flock on `RUN/.lock`:
+    the kernel drops it when the holder dies, even by kill -9, so a crashed run never blocks the next one.
+    """
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run_dir / ".lock", "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            raise RestError(f"{run_dir} is in use by {holder}; wait for it to finish or stop it") from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()} on {os.uname().nodename}\n")
+        f.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)

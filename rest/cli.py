@@ -120,15 +120,16 @@ def cmd_inspect(args: argparse.Namespace) -> None:
 
 
 def _config_for(args: argparse.Namespace):
+    """`rest run` takes --config (or the run's own); the other commands work on an existing run."""
     from rest.artifacts import CONFIG_FILE
     from rest.config import load_config
+    from rest.errors import RestError
 
     run_dir = Path(args.run)
-    path = args.config or (run_dir / CONFIG_FILE if (run_dir / CONFIG_FILE).is_file() else None)
-    if path is None and args.command != "run":
-        from rest.errors import RestError
-
+    stored = run_dir / CONFIG_FILE
+    if args.command != "run" and not stored.is_file():
         raise RestError(f"{run_dir} is not a run directory (no {CONFIG_FILE}); start it with `rest run --config FILE --run {run_dir}`")
+    path = args.config or (stored if stored.is_file() else None)
     return load_config(path, args.overrides)
 
 
@@ -138,15 +139,22 @@ def cmd_pipeline(args: argparse.Namespace) -> None:
     cfg = _config_for(args)
     check_inputs(cfg)  # before anything is written (and before torch loads): bad input leaves no artifact behind
     from rest import stages
+    from rest.artifacts import run_lock
 
     run_dir = Path(args.run)
-    stages.init_run(run_dir, cfg)
-    from flows.rest_flows import _with_runner, grow_flow, improve_flow, rest_flow
+    with run_lock(run_dir):
+        stages.init_run(run_dir, cfg)
+        _pipeline(args.command, run_dir)
 
-    if args.command == "run":
+
+def _pipeline(command: str, run_dir: Path) -> None:
+    from flows.rest_flows import _with_runner, grow_flow, improve_flow, rest_flow
+    from rest import stages
+
+    if command == "run":
         rest_flow(str(run_dir))
         print_summary(run_dir)
-    elif args.command == "grow":
+    elif command == "grow":
         print(_with_runner(grow_flow, str(run_dir))(str(run_dir)))
     else:
         print("\n".join(improve_flow(str(run_dir))))

@@ -108,3 +108,12 @@ def test_bookkeeping_files_are_verified_but_not_part_of_the_id(run_dir, tmp_path
     assert artifacts.verify(art)  # a changed record is caught ...
     b = artifacts.publish(art, "grow", [], {})
     assert b["id"] == a["id"]  # ... but who wrote a shard, and when, does not change what the step holds
+
+
+def test_run_lock_is_exclusive_and_released(tmp_path):
+    with artifacts.run_lock(tmp_path):
+        with pytest.raises(RestError, match=rf"{tmp_path} is in use by pid {os.getpid()}"):
+            with artifacts.run_lock(tmp_path):
+                pass
+    with artifacts.run_lock(tmp_path):  # released on exit (and by the kernel when a holder is killed)
+        pass
