@@ -59,14 +59,6 @@ class ModelConfig(_Section):
         description="decoder-only only: the prompt the completion follows; must contain {source}",
     )
     max_source_tokens: int = Field(32, ge=1, description="sources are truncated to this many tokens")
-    align_source: Literal["start", "end"] = Field(
-        "start",
-        description=(
-            "encoder-decoder only. start: right padding, as pretrained models expect. end: left-pad every source "
-            "to max_source_tokens, so a learned position means 'n tokens before the end': the right bias when a "
-            "token's meaning depends on its distance from the end (a digit's place value)"
-        ),
-    )
     max_target_tokens: int = Field(48, ge=1, description="training targets are truncated to this many tokens")
 
     @field_validator("prompt_template")

@@ -153,8 +153,8 @@ def count_parameters(model: PreTrainedModel) -> int:
 # Batches
 
 
-def _pad(seqs: list[list[int]], pad_id: int, left: bool = False, width: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(width, max(len(s) for s in seqs))
+def _pad(seqs: list[list[int]], pad_id: int, left: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(s) for s in seqs)
     ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(seqs), width), dtype=torch.long)
     for row, s in enumerate(seqs):
@@ -165,18 +165,6 @@ def _pad(seqs: list[list[int]], pad_id: int, left: bool = False, width: int = 0)
             ids[row, : len(s)] = torch.tensor(s, dtype=torch.long)
             mask[row, : len(s)] = 1
     return ids, mask
-
-
-def pad_sources(src: list[list[int]], pad_id: int, model_cfg: ModelConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """Encoder inputs and mask. With `model.align_source: end` every source ends at the same position.
-
-    Measured on the embedded task (Bart with learned absolute positions, 200 labelled pairs, 600 BC steps):
-    validation exact match ~20% with right padding, ~90% with sources aligned at the end, because a digit's
-    place value is its distance from the end of the number.
-    """
-    if model_cfg.align_source == "end":
-        return _pad(src, pad_id, left=True, width=model_cfg.max_source_tokens)
-    return _pad(src, pad_id)
 
 
 def prompt_ids(policy: Policy, sources: list[str], model_cfg: ModelConfig) -> list[list[int]]:
@@ -209,7 +197,7 @@ def encode_pairs(policy: Policy, sources: list[str], targets: list[str], model_c
     src = prompt_ids(policy, sources, model_cfg)
     tgt = target_ids(policy, targets, model_cfg)
     if policy.is_encoder_decoder:
-        input_ids, attention_mask = pad_sources(src, pad, model_cfg)
+        input_ids, attention_mask = _pad(src, pad)
         labels, label_mask = _pad(tgt, pad)
         start = policy.model.config.decoder_start_token_id
         decoder_input_ids = torch.cat([torch.full((len(tgt), 1), start, dtype=torch.long), labels[:, :-1]], dim=1)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from rest.config import ModelConfig
-from rest.models import Policy, _pad, pad_sources, prompt_ids
+from rest.models import Policy, _pad, prompt_ids
 
 
 @dataclass
@@ -49,7 +49,6 @@ def _choose(logits: torch.Tensor, greedy: bool, temperature: float, top_p: float
 def _decode_batch(
     policy: Policy,
     prompts: list[list[int]],
-    model_cfg: ModelConfig,
     max_new_tokens: int,
     choose: Callable[[torch.Tensor], torch.Tensor],
 ) -> tuple[list[list[int]], list[float]]:
@@ -57,7 +56,7 @@ def _decode_batch(
     pad, eos = tok.pad_token_id, tok.eos_token_id
     batch = len(prompts)
     if policy.is_encoder_decoder:
-        ids, mask = pad_sources(prompts, pad, model_cfg)
+        ids, mask = _pad(prompts, pad)
         encoder_outputs = model.get_encoder()(input_ids=ids, attention_mask=mask)
         step_inputs = {
             "decoder_input_ids": torch.full((batch, 1), model.config.decoder_start_token_id, dtype=torch.long)
@@ -133,7 +132,7 @@ def generate(
 
     for start in range(0, len(rows), batch_size):
         chunk = rows[start : start + batch_size]
-        seqs, lps = _decode_batch(policy, [prompts[i] for i, _ in chunk], model_cfg, max_new_tokens, choose)
+        seqs, lps = _decode_batch(policy, [prompts[i] for i, _ in chunk], max_new_tokens, choose)
         texts = policy.tokenizer.batch_decode(seqs, skip_special_tokens=True)
         for (i, k), seq, text, lp in zip(chunk, seqs, texts, lps):
             slot = i * num_samples + k

@@ -22,6 +22,7 @@ import os
 import socket
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -110,14 +111,14 @@ def _artifact_id(run_dir: Path, name: str) -> str:
     return manifest["id"]
 
 
-def _save_policy(run_dir: Path, name: str, policy, metrics: dict, kind_parents: list[str], cfg_slice: dict, extra: dict) -> None:
+def _save_policy(run_dir: Path, name: str, policy, metrics: dict, parents: list[str], cfg_slice: dict, extra: dict) -> None:
     art = Path(run_dir) / name
     stage = staging(art)
-    artifacts.clear(art)
+    artifacts.clear(art)  # a partial directory or staging copy left by a crash
     policy.save(stage)
     write_json_atomic(stage / "metrics.json", metrics)
     os.replace(stage, art)  # the directory appears whole; the manifest that makes it an artifact comes last
-    publish(art, "policy", kind_parents, cfg_slice, extra)
+    publish(art, "policy", parents, cfg_slice, extra)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -136,7 +137,6 @@ def make_policy0(run_dir: Path) -> str:
     if existing(art, cfg_slice, []):
         log.info("policy-0: published, skipping")
         return "policy-0"
-    artifacts.clear(art)
     train_df = load_split(cfg.data.train, "data.train")
     valid_df = load_split(cfg.data.valid, "data.valid")
     sources, targets = train_df["source"].tolist(), train_df["reference"].tolist()
@@ -185,13 +185,35 @@ def grow_policy(run_dir: Path, g: int) -> str:
     return name
 
 
-def _grow_plan(run_dir: Path, g: int) -> tuple[RunConfig, dict, list[str], pd.DataFrame, str]:
+@dataclass(frozen=True)
+class GrowPlan:
+    """What Grow step g is made from; `key` identifies it, so shards of another plan are never reused."""
+
+    cfg: RunConfig
+    cfg_slice: dict[str, Any]
+    parents: list[str]
+    policy: str
+    sources: pd.DataFrame
+    directory: Path
+    key: str
+
+    @property
+    def n_shards(self) -> int:
+        return math.ceil(len(self.sources) / self.cfg.grow.shard_size)
+
+
+def _grow_plan(run_dir: Path, g: int) -> GrowPlan:
     cfg = run_config(run_dir)
-    cfg_slice = _slice(cfg, "seed", "data.grow_on", "data.train", "data.pool", "model.prompt_template", "model.max_source_tokens", "grow.num_samples", "grow.temperature", "grow.top_p", "grow.top_k", "grow.max_new_tokens", "grow.batch_size", "grow.shard_size", "reward")
-    policy_name = grow_policy(run_dir, g)
-    parents = [_artifact_id(run_dir, policy_name)]
+    cfg_slice = _slice(
+        cfg, "seed", "data.grow_on", "data.train", "data.pool", "model.prompt_template", "model.max_source_tokens",
+        "grow.num_samples", "grow.temperature", "grow.top_p", "grow.top_k", "grow.max_new_tokens", "grow.batch_size",
+        "grow.shard_size", "reward",
+    )
+    policy = grow_policy(run_dir, g)
+    parents = [_artifact_id(run_dir, policy)]
     sources = grow_sources(cfg.data, need_reference=True)
-    return cfg, cfg_slice, parents, sources, policy_name
+    key = artifacts.sha256_json({"config": cfg_slice, "parents": parents, "sources": len(sources)})
+    return GrowPlan(cfg, cfg_slice, parents, policy, sources, Path(run_dir) / f"grow-{g}", key)
 
 
 def _shard_record_path(grow_dir: Path, index: int) -> Path:
@@ -214,35 +236,32 @@ def plan_grow(run_dir: Path, g: int) -> list[int]:
     a pure function of them, so resuming gives the rows an uninterrupted run gives. Anything else in the
     directory (a stale manifest, temp files, shards of another plan) is removed first.
     """
-    cfg, cfg_slice, parents, sources, _ = _grow_plan(run_dir, g)
-    grow_dir = Path(run_dir) / f"grow-{g}"
-    if existing(grow_dir, cfg_slice, parents):
+    plan = _grow_plan(run_dir, g)
+    grow_dir = plan.directory
+    if existing(grow_dir, plan.cfg_slice, plan.parents):
         return []
-    n_shards = math.ceil(len(sources) / cfg.grow.shard_size)
-    plan = artifacts.sha256_json({"config": cfg_slice, "parents": parents, "sources": len(sources)})
     grow_dir.mkdir(parents=True, exist_ok=True)
     (grow_dir / artifacts.MANIFEST).unlink(missing_ok=True)
-    done = {i for i in range(n_shards) if _shard_done(grow_dir, i, plan)}
+    done = {i for i in range(plan.n_shards) if _shard_done(grow_dir, i, plan.key)}
     keep = {shard_name(i) for i in done} | {_shard_record_path(grow_dir, i).name for i in done}
     for path in grow_dir.iterdir():
         if path.name not in keep:
             path.unlink()
     if done:
-        log.info(f"grow-{g}: resuming, {len(done)} of {n_shards} shards already done")
-    return [i for i in range(n_shards) if i not in done]
+        log.info(f"grow-{g}: resuming, {len(done)} of {plan.n_shards} shards already done")
+    return [i for i in range(plan.n_shards) if i not in done]
 
 
 def grow_shard(run_dir: Path, g: int, index: int) -> dict[str, Any]:
     """Sample, score and write shard `index` of Grow step g. Returns its record (rows, sha256, host, pid...)."""
-    cfg, cfg_slice, parents, sources, policy_name = _grow_plan(run_dir, g)
-    grow_dir = Path(run_dir) / f"grow-{g}"
-    plan = artifacts.sha256_json({"config": cfg_slice, "parents": parents, "sources": len(sources)})
-    if _shard_done(grow_dir, index, plan):
+    plan = _grow_plan(run_dir, g)
+    cfg, grow_dir = plan.cfg, plan.directory
+    if _shard_done(grow_dir, index, plan.key):
         return json.loads(_shard_record_path(grow_dir, index).read_text())
-    part = sources.iloc[index * cfg.grow.shard_size : (index + 1) * cfg.grow.shard_size]
+    part = plan.sources.iloc[index * cfg.grow.shard_size : (index + 1) * cfg.grow.shard_size]
     if part.empty:
-        raise RestError(f"grow-{g}: shard {index} is past the end of the {len(sources)} sources")
-    policy = load_policy(Path(run_dir) / policy_name)
+        raise RestError(f"grow-{g}: shard {index} is past the end of the {len(plan.sources)} sources")
+    policy = load_policy(Path(run_dir) / plan.policy)
     n = cfg.grow.num_samples
     started = time.perf_counter()
     with _progress(len(part) * n, f"grow-{g} {shard_name(index)}") as bar:
@@ -260,12 +279,15 @@ def grow_shard(run_dir: Path, g: int, index: int) -> dict[str, Any]:
             on_progress=bar.update,
         )
     sampled = time.perf_counter() - started
-    rep = lambda col: [v for v in part[col].tolist() for _ in range(n)]  # noqa: E731 - one row per sample
-    src, refs = rep("source"), rep("reference")
+
+    def repeat(col: str) -> list:  # one row per sample: each source value N times
+        return [v for v in part[col].tolist() for _ in range(n)]
+
+    src, refs = repeat("source"), repeat("reference")
     rewards = score(cfg.reward.components, src, out.completions, refs)
     names = list(cfg.reward.components)
     columns = {
-        "source_id": rep("source_id"),
+        "source_id": repeat("source_id"),
         "source": src,
         "reference": refs,
         "sample_index": [k for _ in range(len(part)) for k in range(n)],
@@ -274,7 +296,7 @@ def grow_shard(run_dir: Path, g: int, index: int) -> dict[str, Any]:
         "logprob": out.logprobs,
         "reward": rewards["reward"].tolist(),
         **{f"reward_{name}": rewards[f"reward_{name}"].tolist() for name in names},
-        "policy": [_artifact_id(run_dir, policy_name)] * len(src),
+        "policy": [plan.parents[0]] * len(src),
         "grow_step": [g] * len(src),
     }
     path = grow_dir / shard_name(index)
@@ -282,7 +304,7 @@ def grow_shard(run_dir: Path, g: int, index: int) -> dict[str, Any]:
     seconds = time.perf_counter() - started
     record = {
         "shard": shard_name(index),
-        "plan": plan,
+        "plan": plan.key,
         "rows": len(src),
         "sha256": artifacts.sha256_file(path),
         "host": socket.gethostname(),
@@ -310,23 +332,20 @@ def grow_stats(rows: pd.DataFrame, thresholds: list[float]) -> dict[str, Any]:
 
 def finish_grow(run_dir: Path, g: int) -> str:
     """Publish Grow step g once every shard is done: the manifest lists each shard's rows, sha256 and writer."""
-    cfg, cfg_slice, parents, sources, policy_name = _grow_plan(run_dir, g)
-    grow_dir = Path(run_dir) / f"grow-{g}"
-    name = grow_dir.name
-    if existing(grow_dir, cfg_slice, parents):
-        return name
-    plan = artifacts.sha256_json({"config": cfg_slice, "parents": parents, "sources": len(sources)})
-    n_shards = math.ceil(len(sources) / cfg.grow.shard_size)
-    missing = [i for i in range(n_shards) if not _shard_done(grow_dir, i, plan)]
+    plan = _grow_plan(run_dir, g)
+    grow_dir = plan.directory
+    if existing(grow_dir, plan.cfg_slice, plan.parents):
+        return grow_dir.name
+    missing = [i for i in range(plan.n_shards) if not _shard_done(grow_dir, i, plan.key)]
     if missing:
-        raise RuntimeError(f"{name}: shards {missing} are not done; rerun the Grow step to finish them")
-    records = [json.loads(_shard_record_path(grow_dir, i).read_text()) for i in range(n_shards)]
-    stats = grow_stats(read_grow(grow_dir), cfg.improve.thresholds)
-    samples_per_s = sum(r["rows"] for r in records) / max(1e-9, sum(r["seconds"] for r in records))
-    stats["samples_per_s"] = round(samples_per_s, 1)
-    publish(grow_dir, "grow", parents, cfg_slice, {"policy": policy_name, "grow_step": g, "shards": records, "stats": stats})
-    log.info(f"{name}: {stats['rows']} samples, mean reward {stats['reward_mean']:.3f}, kept at tau: {stats['kept_fraction']}")
-    return name
+        raise RuntimeError(f"{grow_dir.name}: shards {missing} are not done; rerun the Grow step to finish them")
+    records = [json.loads(_shard_record_path(grow_dir, i).read_text()) for i in range(plan.n_shards)]
+    stats = grow_stats(read_grow(grow_dir), plan.cfg.improve.thresholds)
+    stats["samples_per_s"] = round(sum(r["rows"] for r in records) / max(1e-9, sum(r["seconds"] for r in records)), 1)
+    extra = {"policy": plan.policy, "grow_step": g, "shards": records, "stats": stats}
+    publish(grow_dir, "grow", plan.parents, plan.cfg_slice, extra)
+    log.info(f"{grow_dir.name}: {stats['rows']} samples, mean reward {stats['reward_mean']:.3f}, kept at tau: {stats['kept_fraction']}")
+    return grow_dir.name
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -353,7 +372,6 @@ def improve(run_dir: Path, g: int, i: int) -> str:
     if existing(art, cfg_slice, parents):
         log.info(f"{name}: published, skipping")
         return name
-    artifacts.clear(art)
     rows = read_grow(Path(run_dir) / grow_name)
     kept = select(rows, tau)
     train_df = load_split(cfg.data.train, "data.train")
