@@ -62,12 +62,13 @@ def train(
             on_progress(step + 1, losses[-1])
     model.eval()
     seconds = time.perf_counter() - started
-    tail = losses[-max(1, len(losses) // 10) :] if losses else [float("nan")]
+    tail = losses[-max(1, len(losses) // 10) :]
     return {
         "steps": len(batches),
         "examples": examples,
-        "loss_first": losses[0] if losses else float("nan"),
-        "loss_last": sum(tail) / len(tail),
+        # None, not NaN, with no steps (bc.steps: 0 on a pretrained model): metrics.json stays valid JSON.
+        "loss_first": losses[0] if losses else None,
+        "loss_last": sum(tail) / len(tail) if tail else None,
         "seconds": round(seconds, 2),
         "examples_per_s": round(examples / seconds, 1) if seconds > 0 else 0.0,
     }
