@@ -111,14 +111,36 @@ def _artifact_id(run_dir: Path, name: str) -> str:
     return manifest["id"]
 
 
-def _save_policy(run_dir: Path, name: str, policy, metrics: dict, parents: list[str], cfg_slice: dict, extra: dict) -> None:
+def _fit_and_publish(
+    run_dir: Path,
+    name: str,
+    policy,
+    batches: list[tuple[list[str], list[str]]],
+    optim,
+    seed: int,
+    parents: list[str],
+    cfg_slice: dict[str, Any],
+    metrics: dict[str, Any],
+    extra: dict[str, Any],
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Train `policy` on `batches`, evaluate it on data.valid and publish it as artifact `name`.
+
+    The policy is saved to a hidden staging directory and renamed into place whole; the manifest that makes it
+    an artifact comes last. Returns (validation metrics, training stats).
+    """
+    cfg = run_config(run_dir)
+    with _progress(len(batches), name) as bar:
+        stats = train(policy, batches, optim, cfg.model, seed=seed, on_progress=lambda s, loss: (bar.update(1), bar.set_postfix(loss=f"{loss:.3f}")))
+    valid, _ = evaluate(policy, load_split(cfg.data.valid, "data.valid"), cfg)
+    metrics = {"valid": valid, **metrics, "train": {k: stats[k] for k in ("steps", "examples", "loss_first", "loss_last")}}
     art = Path(run_dir) / name
     stage = staging(art)
     artifacts.clear(art)  # a partial directory or staging copy left by a crash
     policy.save(stage)
     write_json_atomic(stage / "metrics.json", metrics)
-    os.replace(stage, art)  # the directory appears whole; the manifest that makes it an artifact comes last
-    publish(art, "policy", parents, cfg_slice, extra)
+    os.replace(stage, art)
+    publish(art, "policy", parents, cfg_slice, {**extra, "timing": stats})
+    return valid, stats
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -138,16 +160,17 @@ def make_policy0(run_dir: Path) -> str:
         log.info("policy-0: published, skipping")
         return "policy-0"
     train_df = load_split(cfg.data.train, "data.train")
-    valid_df = load_split(cfg.data.valid, "data.valid")
     sources, targets = train_df["source"].tolist(), train_df["reference"].tolist()
     policy = build_policy(cfg.model, sources + targets, seed=cfg.seed)
     rng = np.random.default_rng(derive_seed(cfg.seed, "bc"))
-    batches = [([sources[j] for j in idx], [targets[j] for j in idx]) for idx in epoch_batches(len(train_df), cfg.bc.batch_size, cfg.bc.steps, rng)]
-    with _progress(len(batches), "policy-0 BC") as bar:
-        stats = train(policy, batches, cfg.bc, cfg.model, seed=derive_seed(cfg.seed, "bc", "dropout"), on_progress=lambda s, l: (bar.update(1), bar.set_postfix(loss=f"{l:.3f}")))
-    valid, _ = evaluate(policy, valid_df, cfg)
-    metrics = {"valid": valid, "train": {k: stats[k] for k in ("steps", "examples", "loss_first", "loss_last")}}
-    _save_policy(run_dir, "policy-0", policy, metrics, [], cfg_slice, {"timing": stats, "parameters": count_parameters(policy.model)})
+    batches = [
+        ([sources[j] for j in idx], [targets[j] for j in idx])
+        for idx in epoch_batches(len(train_df), cfg.bc.batch_size, cfg.bc.steps, rng)
+    ]
+    valid, stats = _fit_and_publish(
+        run_dir, "policy-0", policy, batches, cfg.bc, derive_seed(cfg.seed, "bc", "dropout"), [], cfg_slice, {},
+        {"parameters": count_parameters(policy.model)},
+    )
     log.info(f"policy-0: BC {stats['steps']} steps ({stats['examples_per_s']:.0f} ex/s), valid exact match {valid['exact_match']:.1f}, chrF {valid['chrf']:.1f}")
     return "policy-0"
 
@@ -375,7 +398,6 @@ def improve(run_dir: Path, g: int, i: int) -> str:
     rows = read_grow(Path(run_dir) / grow_name)
     kept = select(rows, tau)
     train_df = load_split(cfg.data.train, "data.train")
-    valid_df = load_split(cfg.data.valid, "data.valid")
     if kept.empty:
         log.warning(f"{name}: no Grow sample reaches tau={tau}; this step trains on data.train only")
     rng = np.random.default_rng(derive_seed(cfg.seed, "improve", g, i))
@@ -386,10 +408,6 @@ def improve(run_dir: Path, g: int, i: int) -> str:
         ([k_src[j] for j in ki] + [t_src[j] for j in ti], [k_tgt[j] for j in ki] + [t_tgt[j] for j in ti])
         for ki, ti in plan
     ]
-    policy = load_policy(Path(run_dir) / init)
-    with _progress(len(batches), f"{name} tau={tau}") as bar:
-        stats = train(policy, batches, cfg.improve, cfg.model, seed=derive_seed(cfg.seed, "improve", g, i, "dropout"), on_progress=lambda s, l: (bar.update(1), bar.set_postfix(loss=f"{l:.3f}")))
-    valid, _ = evaluate(policy, valid_df, cfg)
     selection = {
         "tau": tau,
         "grow_rows": len(rows),
@@ -399,8 +417,10 @@ def improve(run_dir: Path, g: int, i: int) -> str:
         "kept_reward_mean": round(float(kept["reward"].mean()), 4) if len(kept) else None,
         "train_mix": cfg.improve.train_mix,
     }
-    metrics = {"valid": valid, "improve": selection, "train": {k: stats[k] for k in ("steps", "examples", "loss_first", "loss_last")}}
-    _save_policy(run_dir, name, policy, metrics, parents, cfg_slice, {"init": init, "grow": grow_name, "timing": stats})
+    valid, _ = _fit_and_publish(
+        run_dir, name, load_policy(Path(run_dir) / init), batches, cfg.improve, derive_seed(cfg.seed, "improve", g, i, "dropout"),
+        parents, cfg_slice, {"improve": selection}, {"init": init, "grow": grow_name},
+    )
     log.info(f"{name}: tau={tau} kept {selection['kept_unique']} unique samples of {selection['kept_sources']} sources, valid exact match {valid['exact_match']:.1f}, chrF {valid['chrf']:.1f}")
     return name
 
