@@ -17,7 +17,10 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from prefect.settings import PREFECT_API_URL
+
 from rest import stages
+from rest.errors import RestError
 
 
 @task(name="policy-0", cache_policy=NO_CACHE)
@@ -52,8 +55,22 @@ def finish_run_task(run_dir: str) -> dict:
 
 
 def _with_runner(f, run_dir: str):
-    workers = stages.run_config(Path(run_dir)).grow.workers
-    return f.with_options(task_runner=ThreadPoolTaskRunner(max_workers=workers))
+    """`f` with the task runner of the run's config: threads, or Dask (a LocalCluster or an existing cluster)."""
+    cfg = stages.run_config(Path(run_dir))
+    orch = cfg.orchestration
+    if orch.task_runner == "threads":
+        return f.with_options(task_runner=ThreadPoolTaskRunner(max_workers=cfg.grow.workers))
+    if not PREFECT_API_URL.value():
+        raise RestError(
+            "orchestration.task_runner=dask needs a real Prefect server: run `make server` and set PREFECT_API_URL "
+            "(in ephemeral mode every Dask worker starts a temporary server of its own, ~45 s each)"
+        )
+    from prefect_dask import DaskTaskRunner
+
+    if orch.dask.address:
+        return f.with_options(task_runner=DaskTaskRunner(address=orch.dask.address))
+    cluster = {"n_workers": orch.dask.n_workers, "threads_per_worker": 1, "processes": True, "dashboard_address": None}
+    return f.with_options(task_runner=DaskTaskRunner(cluster_kwargs=cluster))
 
 
 @flow(name="grow")

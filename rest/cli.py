@@ -138,6 +138,13 @@ def cmd_pipeline(args: argparse.Namespace) -> None:
 
     cfg = _config_for(args)
     check_inputs(cfg)  # before anything is written (and before torch loads): bad input leaves no artifact behind
+    if cfg.orchestration.task_runner == "dask" and not os.environ.get("PREFECT_API_URL"):
+        from rest.errors import RestError
+
+        raise RestError(
+            "orchestration.task_runner=dask needs a real Prefect server: `make server`, then set PREFECT_API_URL "
+            "(in ephemeral mode every Dask worker would start a temporary server of its own)"
+        )
     from rest import stages
     from rest.artifacts import run_lock
 

@@ -160,6 +160,21 @@ class EvalConfig(_Section):
     max_new_tokens: int = Field(48, ge=1)
 
 
+class DaskConfig(_Section):
+    """Where Grow shards run with `orchestration.task_runner: dask`."""
+
+    address: str | None = Field(None, description="scheduler of an existing cluster (tcp://host:8786); null: a LocalCluster")
+    n_workers: int = Field(2, ge=1, description="LocalCluster worker processes (one thread each)")
+
+
+class OrchestrationConfig(_Section):
+    """How Prefect runs Grow's shard tasks. Dask needs a real Prefect server (PREFECT_API_URL, `make server`):
+    in ephemeral mode every Dask worker would start a temporary server of its own."""
+
+    task_runner: Literal["threads", "dask"] = Field("threads", description="threads: grow.workers at once in this process")
+    dask: DaskConfig = DaskConfig()
+
+
 class RunConfig(_Section):
     """One ReST run: policy-0 = BC(train); G x (Grow, then one Improve step per threshold); test of the best."""
 
@@ -171,6 +186,7 @@ class RunConfig(_Section):
     reward: RewardConfig = RewardConfig()
     improve: ImproveConfig = ImproveConfig()
     eval: EvalConfig = EvalConfig()
+    orchestration: OrchestrationConfig = OrchestrationConfig()
 
     @model_validator(mode="after")
     def _cross_stage(self) -> RunConfig:

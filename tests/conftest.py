@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -38,3 +40,25 @@ def _isolated_env(tmp_path_factory):
 def _in_repo(monkeypatch):
     # Configs name data by paths relative to the repository root, as `make` runs them.
     monkeypatch.chdir(REPO)
+
+
+CONFIG = "configs/smoke.yaml"
+
+
+def rest(*args: str, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
+    """The real CLI in a subprocess, as a user runs it."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "rest.cli", *args], capture_output=True, text=True, timeout=600, env={**os.environ, **(env or {})}
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"rest {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr[-4000:]}")
+    return proc
+
+
+@pytest.fixture(scope="session")
+def clean_run(tmp_path_factory) -> Path:
+    """configs/smoke.yaml run once, uninterrupted, in ephemeral mode with the threads runner."""
+    run = tmp_path_factory.mktemp("runs") / "smoke"
+    proc = rest("run", "--config", CONFIG, "--run", str(run))
+    (run / "stdout.txt").write_text(proc.stdout)
+    return run

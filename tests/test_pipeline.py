@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pandas as pd
 import pyarrow.parquet as pq
@@ -16,29 +15,14 @@ import pytest
 from sacrebleu import sentence_chrf
 
 from rest.artifacts import verify
+from tests.conftest import CONFIG, rest
 
 pytestmark = pytest.mark.integration
-CONFIG = "configs/smoke.yaml"
 SCHEMA = {
     "source_id": "string", "source": "string", "reference": "string", "sample_index": "int32", "completion": "string",
     "num_tokens": "int32", "logprob": "double", "reward": "double", "reward_chrf": "double",
     "reward_exact_match": "double", "policy": "string", "grow_step": "int32",
 }
-
-
-def rest(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", "rest.cli", *args], capture_output=True, text=True, timeout=600)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"rest {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr[-4000:]}")
-    return proc
-
-
-@pytest.fixture(scope="module")
-def clean_run(tmp_path_factory) -> Path:
-    run = tmp_path_factory.mktemp("runs") / "smoke"
-    proc = rest("run", "--config", CONFIG, "--run", str(run))
-    (run / "stdout.txt").write_text(proc.stdout)
-    return run
 
 
 def test_run_layout_and_lineage(clean_run):
