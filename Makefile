@@ -15,7 +15,14 @@ export HF_HUB_DISABLE_TELEMETRY ?= 1
 export COMET_AUTO_LOG_ENV_DETAILS ?= false
 export COMET_ERROR_TRACKING_ENABLE ?= false
 
-.PHONY: setup run grow improve eval inspect test test-unit data clean
+PREFECT_PORT ?= 4200
+STATE ?= .prefect# pid and log files of `make server` / `make worker`
+PREFECT_URL := http://127.0.0.1:$(PREFECT_PORT)/api
+POOL ?= rest
+# $(call HEALTHY,SECONDS): wait until the server's health endpoint answers (curl is not on every machine).
+HEALTHY = $(BIN)/python -m flows.wait_for_server $(PREFECT_URL) $(1)
+
+.PHONY: setup run grow improve eval inspect test test-unit data clean server worker deploy stop
 
 setup: $(VENV)/.installed
 
@@ -48,6 +55,35 @@ test-unit: setup
 
 data: setup  ## rebuild data/numbers/*.parquet (deterministic; the result is committed)
 	$(BIN)/python data/build_numbers.py
+
+server: setup  ## a Prefect server on 127.0.0.1 in the background (state in .prefect/); returns once it answers
+	@mkdir -p $(STATE)
+	@if $(call HEALTHY,1) 2>/dev/null; then echo "a Prefect server already answers on $(PREFECT_URL)"; else \
+	  setsid nohup $(BIN)/prefect server start --host 127.0.0.1 --port $(PREFECT_PORT) --analytics-off \
+	    > $(STATE)/server.log 2>&1 & echo $$! > $(STATE)/server.pid; \
+	  $(call HEALTHY,120) || { echo "the server did not answer in 120 s: see $(STATE)/server.log"; exit 1; }; fi
+	@# The default profile (~/.prefect), so that a plain `prefect ...` in a new shell talks to this server.
+	@env -u PREFECT_HOME $(BIN)/prefect config set PREFECT_API_URL=$(PREFECT_URL) >/dev/null
+	@echo "Prefect server: $(PREFECT_URL) (UI http://127.0.0.1:$(PREFECT_PORT)); PREFECT_API_URL set in your default profile"
+
+worker: setup  ## a process worker on the `rest` pool, in the background
+	@mkdir -p $(STATE)
+	@PREFECT_API_URL=$(PREFECT_URL) $(BIN)/prefect work-pool inspect $(POOL) >/dev/null 2>&1 || \
+	  PREFECT_API_URL=$(PREFECT_URL) $(BIN)/prefect work-pool create $(POOL) --type process >/dev/null
+	@PREFECT_API_URL=$(PREFECT_URL) PREFECT_WORKER_QUERY_SECONDS=1 setsid nohup $(BIN)/prefect worker start \
+	  --pool $(POOL) --install-policy never > $(STATE)/worker.log 2>&1 & echo $$! > $(STATE)/worker.pid
+	@echo "worker on pool $(POOL) (log: $(STATE)/worker.log)"
+
+deploy: setup  ## register the deployments of prefect.yaml
+	REST_HOME=$(CURDIR) PREFECT_API_URL=$(PREFECT_URL) $(BIN)/prefect --no-prompt deploy --all
+
+stop:  ## stop the worker and the server started above (a worker that ran flows needs a second signal)
+	@for name in worker server; do \
+	  f=$(STATE)/$$name.pid; [ -f $$f ] || continue; pid=$$(cat $$f); \
+	  for sig in TERM TERM KILL; do kill -0 $$pid 2>/dev/null || break; kill -$$sig -- -$$pid 2>/dev/null; \
+	    for i in $$(seq 1 20); do kill -0 $$pid 2>/dev/null || break; sleep 0.5; done; done; \
+	  rm -f $$f; echo "stopped $$name"; done
+	@env -u PREFECT_HOME $(BIN)/prefect config unset PREFECT_API_URL >/dev/null 2>&1 || true
 
 clean:
 	rm -rf $(VENV) .prefect runs *.egg-info

@@ -1,8 +1,10 @@
 """The ReST DAG as Prefect flows.
 
     rest_flow("runs/numbers")     # policy-0, then G x (grow_flow, improve_flow), then the final evaluation
-    grow_flow("runs/numbers")     # one more Grow step: one task per shard
+    grow_flow("runs/numbers")     # one more Grow step: one task per shard, on the configured task runner
     improve_flow("runs/numbers")  # the Improve steps of the latest Grow step
+
+prefect.yaml deploys them as rest/numbers, rest/smoke, grow/numbers and improve/numbers.
 
 Tasks hand each other run directories, step numbers and artifact names, never models or DataFrames: Prefect's
 cache cannot hash those and does not look at output files. Idempotence comes from the manifests in rest/,
@@ -11,15 +13,20 @@ so every task here has caching off and simply returns at once when its artifact 
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from prefect import flow, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from prefect.settings import PREFECT_API_URL
 
 from rest import stages
+from rest.artifacts import read_manifest
+from rest.config import load_config
+from rest.data import check_inputs
 from rest.errors import RestError
 
 
@@ -51,7 +58,62 @@ def improve_task(run_dir: str, g: int, i: int) -> str:
 
 @task(name="finish-run", cache_policy=NO_CACHE)
 def finish_run_task(run_dir: str) -> dict:
-    return stages.finish_run(Path(run_dir))
+    summary = stages.finish_run(Path(run_dir))
+    publish_run_report(run_dir, summary)
+    return summary
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Prefect artifacts: what the UI shows of every generation. Keys are stable per run and stage, so the UI keeps
+# the history of, say, grow-1 of runs/numbers across reruns.
+
+
+def artifact_key(run_dir: str, stage: str) -> str:
+    """Prefect keys allow lowercase letters, digits and dashes only."""
+    name = re.sub(r"[^a-z0-9]+", "-", Path(run_dir).resolve().name.lower()).strip("-") or "run"
+    return f"rest-{name}-{stage}"
+
+
+def publish_grow_artifact(run_dir: str, g: int) -> None:
+    manifest = read_manifest(Path(run_dir) / f"grow-{g}")
+    stats = manifest["stats"]
+    rows = [{"metric": f"reward {q}", "value": v} for q, v in stats["reward_quantiles"].items()]
+    rows.append({"metric": "reward mean", "value": stats["reward_mean"]})
+    rows += [{"metric": f"kept at tau={t}", "value": f} for t, f in stats["kept_fraction"].items()]
+    rows += [
+        {"metric": "completion tokens (mean)", "value": stats["completion_tokens"]},
+        {"metric": "samples/s", "value": stats["samples_per_s"]},
+        {"metric": "samples", "value": stats["rows"]},
+        {"metric": "sources", "value": stats["sources"]},
+    ]
+    create_table_artifact(
+        key=artifact_key(run_dir, f"grow-{g}"), table=rows,
+        description=f"Grow step {g} of {Path(run_dir).resolve()} (artifact id {manifest['id']}, policy {manifest['policy']})",
+    )
+
+
+def publish_improve_artifact(run_dir: str, name: str) -> None:
+    metrics = stages.policy_metrics(Path(run_dir), name)
+    rows = [{"metric": f"valid {k}", "value": v} for k, v in metrics["valid"].items()]
+    rows += [{"metric": f"improve {k}", "value": v} for k, v in metrics.get("improve", {}).items()]
+    rows += [{"metric": f"train {k}", "value": v} for k, v in metrics["train"].items()]
+    create_table_artifact(key=artifact_key(run_dir, name), table=rows, description=f"{name} of {Path(run_dir).resolve()}")
+
+
+def publish_run_report(run_dir: str, summary: dict) -> None:
+    root = Path(run_dir).resolve()
+    lines = [f"# ReST run `{root.name}`", "", f"Run directory: [{root}](file://{root})", "",
+             f"Best policy by validation reward: **{summary['best_policy']}**", "",
+             "| policy | valid exact match | valid chrF | valid reward |", "|---|---:|---:|---:|"]
+    for name, v in summary["valid"].items():
+        lines.append(f"| {name} | {v['exact_match']} | {v['chrf']} | {v['reward']} |")
+    lines += ["", "| test | exact match | chrF | reward |", "|---|---:|---:|---:|"]
+    for name, m in summary["test"].items():
+        lines.append(f"| {name} | {m['exact_match']} | {m['chrf']} | {m['reward']} |")
+    lines += ["", "Grow shards (read with `pandas.read_parquet(dir)`):", ""]
+    for grow in sorted(root.glob("grow-*")):
+        lines.append(f"- [{grow}](file://{grow}): " + ", ".join(p.name for p in sorted(grow.glob("shard-*.parquet"))))
+    create_markdown_artifact(key=artifact_key(run_dir, "report"), markdown="\n".join(lines), description=f"ReST run {root}")
 
 
 def _with_runner(f, run_dir: str):
@@ -73,29 +135,49 @@ def _with_runner(f, run_dir: str):
     return f.with_options(task_runner=DaskTaskRunner(cluster_kwargs=cluster))
 
 
-@flow(name="grow")
-def grow_flow(run_dir: str, step: int | None = None) -> str:
-    """Grow step `step` (default: the next one): sample every shard, then publish the step."""
-    g = step or stages.next_grow_step(Path(run_dir))
-    todo = plan_grow_task(run_dir, g)
-    shards = grow_shard_task.map(run_dir, g, todo)
+@flow(name="grow-step")
+def grow_step_flow(run: str, step: int) -> str:
+    """Grow step `step`: sample every shard (on the configured task runner), then publish the step."""
+    todo = plan_grow_task(run, step)
+    shards = grow_shard_task.map(run, step, todo)
     shards.result()  # raises if a shard failed; the finished ones stay on disk for the rerun
-    return finish_grow_task(run_dir, g)
+    name = finish_grow_task(run, step)
+    publish_grow_artifact(run, step)
+    return name
+
+
+@flow(name="grow")
+def grow_flow(run: str, step: int | None = None) -> str:
+    """One more Grow step on an existing run (default: the next one)."""
+    g = step or stages.next_grow_step(Path(run))
+    return _with_runner(grow_step_flow, run)(run, g)
 
 
 @flow(name="improve")
-def improve_flow(run_dir: str, step: int | None = None) -> list[str]:
+def improve_flow(run: str, step: int | None = None) -> list[str]:
     """Every Improve step (one per threshold) after Grow step `step` (default: the latest)."""
-    g = step or stages.latest_grow_step(Path(run_dir))
-    thresholds = stages.run_config(Path(run_dir)).improve.thresholds
-    return [improve_task(run_dir, g, i) for i in range(1, len(thresholds) + 1)]
+    g = step or stages.latest_grow_step(Path(run))
+    thresholds = stages.run_config(Path(run)).improve.thresholds
+    names = []
+    for i in range(1, len(thresholds) + 1):
+        names.append(improve_task(run, g, i))
+        publish_improve_artifact(run, names[-1])
+    return names
 
 
 @flow(name="rest")
-def rest_flow(run_dir: str) -> dict:
-    """ReST: policy-0 = BC(D); for g in 1..G: Grow, then Improve at each threshold; evaluate the best policy."""
-    policy0_task(run_dir)
-    for g in range(1, stages.run_config(Path(run_dir)).grow.steps + 1):
-        _with_runner(grow_flow, run_dir)(run_dir, g)
-        improve_flow(run_dir, g)
-    return finish_run_task(run_dir)
+def rest_flow(run: str, config: str | None = None, overrides: list[str] | None = None) -> dict:
+    """ReST: policy-0 = BC(D); for g in 1..G: Grow, then Improve at each threshold; evaluate the best policy.
+
+    `config` (+ `overrides`) starts or reopens the run directory, as `rest run --config` does: that is how a
+    deployment passes them. Bad values fail the flow run before any task runs, with the message `rest` prints.
+    """
+    if config is not None:
+        cfg = load_config(config, overrides or [])
+        check_inputs(cfg)
+        stages.init_run(Path(run), cfg)
+    policy0_task(run)
+    for g in range(1, stages.run_config(Path(run)).grow.steps + 1):
+        grow_flow(run, g)
+        improve_flow(run, g)
+    return finish_run_task(run)

@@ -14,6 +14,7 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -155,14 +156,14 @@ def cmd_pipeline(args: argparse.Namespace) -> None:
 
 
 def _pipeline(command: str, run_dir: Path) -> None:
-    from flows.rest_flows import _with_runner, grow_flow, improve_flow, rest_flow
+    from flows.rest_flows import grow_flow, improve_flow, rest_flow
     from rest import stages
 
     if command == "run":
         rest_flow(str(run_dir))
         print_summary(run_dir)
     elif command == "grow":
-        print(_with_runner(grow_flow, str(run_dir))(str(run_dir)))
+        print(grow_flow(str(run_dir)))
     else:
         print("\n".join(improve_flow(str(run_dir))))
         stages.finish_run(run_dir)
@@ -213,6 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `rest inspect RUN | head` ends quietly
     _setup_env()
     args = build_parser().parse_args(argv)
     _setup_logging()

@@ -77,3 +77,61 @@ def test_grow_on_a_two_process_dask_cluster_matches_threads(server, clean_run, t
     thread_rows = pd.read_parquet(clean_run / "grow-1").sort_values(key).reset_index(drop=True)
     pd.testing.assert_frame_equal(dask_rows, thread_rows)
     assert manifest["id"] == json.loads((clean_run / "grow-1" / "_manifest.json").read_text())["id"]
+
+
+def test_the_readme_prefect_section_verbatim(tmp_path):
+    """make server / worker / deploy, `prefect deployment run 'rest/smoke' --watch`, artifacts, make stop."""
+    repo = Path(__file__).resolve().parents[1]
+    state = tmp_path / "state"
+    # HOME: `make server` writes PREFECT_API_URL into the default profile, which must be this test's, not yours.
+    env = {**os.environ, "HOME": str(tmp_path), "PREFECT_PORT": str(_free_port()), "STATE": str(state)}
+    env.pop("PREFECT_API_URL", None)
+    env.pop("PREFECT_HOME", None)
+
+    def make(target):
+        proc = subprocess.run(["make", "-s", target], cwd=repo, env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, f"make {target}:\n{proc.stdout}\n{proc.stderr}"
+        return proc
+
+    run = tmp_path / "smoke"
+    try:
+        make("server")
+        make("worker")
+        make("deploy")
+        # a new shell: no PREFECT_* in the environment, only the default profile that `make server` wrote
+        shell = {k: v for k, v in env.items() if not k.startswith("PREFECT_")}
+        proc = subprocess.run(
+            [PREFECT, "deployment", "run", "rest/smoke", "--param", f"run={run}", "--watch", "--watch-interval", "1",
+             "--watch-timeout", "300"],
+            env=shell, capture_output=True, text=True, timeout=400,
+        )
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        record = json.loads((run / "run.json").read_text())
+        assert [a["name"] for a in record["artifacts"]] == ["policy-0", "grow-1", "improve-1-1", "improve-1-2"]
+        assert "grow-1" in rest("inspect", str(run)).stdout
+        url = f"http://127.0.0.1:{env['PREFECT_PORT']}/api"
+        listed = subprocess.run([PREFECT, "artifact", "ls"], env=shell, capture_output=True, text=True, timeout=60).stdout
+        assert "rest-smoke-grow-1" in listed and "rest-smoke-report" in listed
+        keys = _artifact_keys(url)
+        assert {"rest-smoke-grow-1", "rest-smoke-improve-1-1", "rest-smoke-improve-1-2", "rest-smoke-report"} <= keys
+    finally:
+        pids = [int(p.read_text()) for p in state.glob("*.pid")]
+        make("stop")
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)  # nothing left behind
+    assert not list(state.glob("*.pid"))
+
+
+def _artifact_keys(url: str) -> set[str]:
+    code = (
+        "import asyncio\n"
+        "from prefect.client.orchestration import get_client\n"
+        "async def main():\n"
+        "    async with get_client() as c:\n"
+        "        print('\\n'.join(a.key for a in await c.read_artifacts() if a.key))\n"
+        "asyncio.run(main())\n"
+    )
+    env = {**os.environ, "PREFECT_API_URL": url}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60, check=True).stdout
+    return set(out.split())
