@@ -24,8 +24,8 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.settings import PREFECT_API_URL
 
 from rest import stages
-from rest.artifacts import read_manifest
-from rest.config import load_config
+from rest.artifacts import CONFIG_FILE, read_manifest, run_lock
+from rest.config import ConfigOverrides, load_config
 from rest.data import check_inputs
 from rest.errors import RestError
 
@@ -149,35 +149,43 @@ def grow_step_flow(run: str, step: int) -> str:
 @flow(name="grow")
 def grow_flow(run: str, step: int | None = None) -> str:
     """One more Grow step on an existing run (default: the next one)."""
-    g = step or stages.next_grow_step(Path(run))
-    return _with_runner(grow_step_flow, run)(run, g)
+    with run_lock(Path(run)):
+        g = step or stages.next_grow_step(Path(run))
+        return _with_runner(grow_step_flow, run)(run, g)
 
 
 @flow(name="improve")
 def improve_flow(run: str, step: int | None = None) -> list[str]:
     """Every Improve step (one per threshold) after Grow step `step` (default: the latest)."""
-    g = step or stages.latest_grow_step(Path(run))
-    thresholds = stages.run_config(Path(run)).improve.thresholds
-    names = []
-    for i in range(1, len(thresholds) + 1):
-        names.append(improve_task(run, g, i))
-        publish_improve_artifact(run, names[-1])
-    return names
+    with run_lock(Path(run)):
+        g = step or stages.latest_grow_step(Path(run))
+        thresholds = stages.run_config(Path(run)).improve.thresholds
+        names = []
+        for i in range(1, len(thresholds) + 1):
+            names.append(improve_task(run, g, i))
+            publish_improve_artifact(run, names[-1])
+        return names
 
 
 @flow(name="rest")
-def rest_flow(run: str, config: str | None = None, overrides: list[str] | None = None) -> dict:
+def rest_flow(run: str, config: str | None = None, overrides: ConfigOverrides | None = None) -> dict:
     """ReST: policy-0 = BC(D); for g in 1..G: Grow, then Improve at each threshold; evaluate the best policy.
 
-    `config` (+ `overrides`) starts or reopens the run directory, as `rest run --config` does: that is how a
-    deployment passes them. Bad values fail the flow run before any task runs, with the message `rest` prints.
+    `config` (a YAML file) and `overrides` (any config keys, typed: the UI shows them as a form) start or reopen
+    the run directory, as `rest run --config FILE key=value` does. The server rejects values the schema rules
+    out before a flow run exists; the rest fail the flow run before any task, with the message `rest` prints.
     """
     if config is not None:
-        cfg = load_config(config, overrides or [])
+        cfg = load_config(config, updates=overrides)
+    elif overrides is not None:  # on an existing run: only grow.steps may change (init_run names the others)
+        cfg = load_config(Path(run) / CONFIG_FILE, updates=overrides)
+    if config is not None or overrides is not None:
         check_inputs(cfg)
-        stages.init_run(Path(run), cfg)
-    policy0_task(run)
-    for g in range(1, stages.run_config(Path(run)).grow.steps + 1):
-        grow_flow(run, g)
-        improve_flow(run, g)
-    return finish_run_task(run)
+    with run_lock(Path(run)):  # one writer per run directory, whether it came from `rest` or a deployment
+        if config is not None or overrides is not None:
+            stages.init_run(Path(run), cfg)
+        policy0_task(run)
+        for g in range(1, stages.run_config(Path(run)).grow.steps + 1):
+            grow_flow(run, g)
+            improve_flow(run, g)
+        return finish_run_task(run)

@@ -216,6 +216,9 @@ def _record(run_dir: Path, manifest: dict[str, Any]) -> None:
     write_json_atomic(Path(run_dir) / RUN_RECORD, record)
 
 
+_HELD: set[str] = set()  # run directories this process holds the lock of
+
+
 @contextlib.contextmanager
 def run_lock(run_dir: Path):
     """Hold an exclusive lock on a run directory while a command writes to it.
@@ -224,6 +227,10 @@ def run_lock(run_dir: Path):
     the kernel drops it when the holder dies, even by kill -9, so a crashed run never blocks the next one.
     """
     run_dir = Path(run_dir)
+    key = str(run_dir.resolve())
+    if key in _HELD:  # re-entrant: `rest run` holds it, then the flows it calls take it again
+        yield
+        return
     run_dir.mkdir(parents=True, exist_ok=True)
     with open(run_dir / ".lock", "a+") as f:
         try:
@@ -236,7 +243,9 @@ def run_lock(run_dir: Path):
         f.truncate()
         f.write(f"pid {os.getpid()} on {os.uname().nodename}\n")
         f.flush()
+        _HELD.add(key)
         try:
             yield
         finally:
+            _HELD.discard(key)
             fcntl.flock(f, fcntl.LOCK_UN)

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
 from rest.errors import RestError
 
@@ -175,6 +175,19 @@ class OrchestrationConfig(_Section):
     dask: DaskConfig = DaskConfig()
 
 
+class TrackingConfig(_Section):
+    """comet-ml experiment tracking: one experiment per run, written from the run's artifacts when it finishes.
+
+    offline (default): an archive under RUN/comet/ (upload it later with `comet upload RUN/comet/*.zip`); no
+    network attempt at all. online: needs COMET_API_KEY in the environment. off: nothing.
+    """
+
+    comet: Literal["off", "offline", "online"] = Field("offline", description="off | offline (RUN/comet/*.zip) | online")
+    project: str = Field("rest", description="comet project name")
+    workspace: str | None = Field(None, description="comet workspace (online); null: your default workspace")
+    sample_rows: int = Field(64, ge=0, description="rows of each Grow step logged as a table asset")
+
+
 class RunConfig(_Section):
     """One ReST run: policy-0 = BC(train); G x (Grow, then one Improve step per threshold); test of the best."""
 
@@ -187,6 +200,7 @@ class RunConfig(_Section):
     improve: ImproveConfig = ImproveConfig()
     eval: EvalConfig = EvalConfig()
     orchestration: OrchestrationConfig = OrchestrationConfig()
+    tracking: TrackingConfig = TrackingConfig()
 
     @model_validator(mode="after")
     def _cross_stage(self) -> RunConfig:
@@ -198,6 +212,50 @@ class RunConfig(_Section):
                 f"({self.model.max_target_tokens}): samples that long would be truncated when trained on"
             )
         return self
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Overrides as a typed model: what a Prefect deployment takes as a parameter
+
+
+def _partial(model: type[BaseModel], name: str) -> type[BaseModel]:
+    """`model` with every field optional (default None) and its constraints kept (ge, le, Literal, ...).
+
+    Prefect turns it into the JSON schema of a deployment's parameters: the UI shows a form with every key's
+    description, and the server rejects a value the schema rules out (`grow.num_samples: 0`) before a flow run
+    exists. Rules the schema cannot express (thresholds rising) are checked when the flow starts, before any task.
+    """
+    fields: dict[str, Any] = {}
+    for key, field in model.model_fields.items():
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            ann = _partial(ann, ann.__name__.replace("Config", "") + "Overrides")
+        elif field.metadata:
+            ann = Annotated[(ann, *field.metadata)]
+        fields[key] = (Optional[ann], Field(None, description=field.description))
+    doc = f"Overrides of {model.__name__}: the keys set here replace the config file's."
+    return create_model(name, __config__=ConfigDict(extra="forbid"), __doc__=doc, **fields)
+
+
+ConfigOverrides = _partial(RunConfig, "ConfigOverrides")
+
+
+def overrides_dict(overrides: BaseModel | dict | None) -> dict[str, Any]:
+    """The keys a ConfigOverrides sets, as a nested dict (an explicit null stays: `data.pool: null`)."""
+    if overrides is None:
+        return {}
+    if isinstance(overrides, BaseModel):
+        return overrides.model_dump(mode="json", exclude_unset=True)
+    return ConfigOverrides.model_validate(overrides).model_dump(mode="json", exclude_unset=True)
+
+
+def _merge(base: dict[str, Any], updates: dict[str, Any]) -> dict[str, Any]:
+    for key, value in updates.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict) and key != "components":
+            _merge(base[key], value)
+        else:
+            base[key] = value
+    return base
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -261,8 +319,11 @@ def config_from_dict(raw: dict[str, Any], where: str = "config") -> RunConfig:
         raise RestError(f"{where}: config key `{key}`: {msg}") from None
 
 
-def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
-    """Read a YAML config (or the defaults when `path` is None) and apply dotted overrides."""
+def load_config(
+    path: str | Path | None, overrides: list[str] | None = None, updates: BaseModel | dict | None = None
+) -> RunConfig:
+    """Read a YAML config (or the defaults when `path` is None), apply dotted overrides, then `updates`
+    (a ConfigOverrides or the same nested dict: what a deployment passes)."""
     raw: dict[str, Any] = {}
     where = "overrides"
     if path is not None:
@@ -276,7 +337,8 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
         if not isinstance(raw, dict):
             raise RestError(f"{path}: a config is a YAML mapping of sections (data:, model:, ...)")
         where = str(path)
-    return config_from_dict(apply_overrides(raw, list(overrides or [])), where)
+    raw = _merge(apply_overrides(raw, list(overrides or [])), overrides_dict(updates))
+    return config_from_dict(raw, where)
 
 
 def dump_config(cfg: RunConfig) -> str:

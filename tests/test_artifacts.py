@@ -1,5 +1,7 @@
 import json
 import os
+import subprocess
+import sys
 
 import pandas as pd
 import pytest
@@ -110,10 +112,16 @@ def test_bookkeeping_files_are_verified_but_not_part_of_the_id(run_dir, tmp_path
     assert b["id"] == a["id"]  # ... but who wrote a shard, and when, does not change what the step holds
 
 
+def _lock_from_another_process(run_dir) -> subprocess.CompletedProcess:
+    code = "import sys; from rest.artifacts import run_lock\nwith run_lock(sys.argv[1]): pass"
+    return subprocess.run([sys.executable, "-c", code, str(run_dir)], capture_output=True, text=True, timeout=60)
+
+
 def test_run_lock_is_exclusive_and_released(tmp_path):
     with artifacts.run_lock(tmp_path):
-        with pytest.raises(RestError, match=rf"{tmp_path} is in use by pid {os.getpid()}"):
-            with artifacts.run_lock(tmp_path):
-                pass
-    with artifacts.run_lock(tmp_path):  # released on exit (and by the kernel when a holder is killed)
-        pass
+        with artifacts.run_lock(tmp_path):  # re-entrant in the holder: `rest run` holds it, its flows take it again
+            pass
+        proc = _lock_from_another_process(tmp_path)
+        assert proc.returncode != 0
+        assert f"{tmp_path} is in use by pid {os.getpid()}" in proc.stderr
+    assert _lock_from_another_process(tmp_path).returncode == 0  # released on exit (and by the kernel on kill -9)

@@ -54,3 +54,24 @@ def test_unknown_reward_in_config():
 def test_cross_stage_rule_pool_needed():
     with pytest.raises(RestError, match="data.pool is null"):
         load_config(None, ["data.pool=null"])
+
+
+def test_overrides_model_keeps_constraints_and_merges_only_what_was_set():
+    from pydantic import ValidationError
+
+    from rest.config import ConfigOverrides, load_config
+
+    with pytest.raises(ValidationError):
+        ConfigOverrides.model_validate({"grow": {"num_samples": 0}})  # ge=1 of GrowConfig survives
+    with pytest.raises(ValidationError):
+        ConfigOverrides.model_validate({"orchestration": {"task_runner": "ray"}})  # so does the Literal
+    with pytest.raises(ValidationError):
+        ConfigOverrides.model_validate({"grow": {"num_sampels": 4}})  # and extra="forbid"
+    schema = ConfigOverrides.model_json_schema()
+    assert "grow" in schema["properties"]
+    cfg = load_config("configs/smoke.yaml", updates={"grow": {"num_samples": 3}, "reward": {"components": {"ter": 1.0}}})
+    assert cfg.grow.num_samples == 3
+    assert cfg.grow.shard_size == 5  # untouched keys keep the file's values
+    assert cfg.reward.components == {"ter": 1.0}  # a mapping value replaces, not merges
+    with pytest.raises(RestError, match="thresholds must rise"):
+        load_config("configs/smoke.yaml", updates={"improve": {"thresholds": [0.5, 0.4]}})

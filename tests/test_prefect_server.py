@@ -114,6 +114,16 @@ def test_the_readme_prefect_section_verbatim(tmp_path):
         assert "rest-smoke-grow-1" in listed and "rest-smoke-report" in listed
         keys = _artifact_keys(url)
         assert {"rest-smoke-grow-1", "rest-smoke-improve-1-1", "rest-smoke-improve-1-2", "rest-smoke-report"} <= keys
+        # Typed overrides: the server refuses a value the parameter schema rules out, before a flow run exists.
+        bad = tmp_path / "bad"
+        proc = subprocess.run(
+            [PREFECT, "deployment", "run", "rest/smoke", "--param", f"run={bad}",
+             "--param", 'overrides={"grow": {"num_samples": 0}}'],
+            env=shell, capture_output=True, text=True, timeout=60,
+        )
+        assert proc.returncode != 0
+        assert "overrides.grow.num_samples" in proc.stdout + proc.stderr
+        assert not bad.exists()
     finally:
         pids = [int(p.read_text()) for p in state.glob("*.pid")]
         make("stop")
