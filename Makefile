@@ -22,7 +22,7 @@ POOL ?= rest
 # $(call HEALTHY,SECONDS): wait until the server's health endpoint answers (curl is not on every machine).
 HEALTHY = $(BIN)/python -m flows.wait_for_server $(PREFECT_URL) $(1)
 
-.PHONY: setup run grow improve eval inspect test test-unit data clean server worker deploy stop
+.PHONY: setup run grow improve eval inspect report test test-unit data clean server worker deploy stop
 
 setup: $(VENV)/.installed
 
@@ -46,6 +46,9 @@ eval: setup  ## evaluate the best policy of a run on DATA (default: the test spl
 
 inspect: setup  ## one row per artifact of a run
 	$(BIN)/rest inspect $(RUN)
+
+report: setup  ## (re)write RUN/report/index.html
+	$(BIN)/rest report $(RUN)
 
 test: setup
 	$(BIN)/python -m pytest -q $(ARGS)

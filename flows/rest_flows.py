@@ -1,6 +1,7 @@
 """The ReST DAG as Prefect flows.
 
-    rest_flow("runs/numbers")     # policy-0, then G x (grow_flow, improve_flow), then the final evaluation
+    rest_flow("runs/numbers")     # policy-0, then G x (grow_flow, improve_flow), then finish_flow
+    finish_flow("runs/numbers")   # test of the best policy, RUN/report/index.html, the comet-ml experiment
     grow_flow("runs/numbers")     # one more Grow step: one task per shard, on the configured task runner
     improve_flow("runs/numbers")  # the Improve steps of the latest Grow step
 
@@ -28,6 +29,8 @@ from rest.artifacts import CONFIG_FILE, read_manifest, run_lock
 from rest.config import ConfigOverrides, load_config
 from rest.data import check_inputs
 from rest.errors import RestError
+from rest.report import write_report
+from rest.tracking import check_tracking, log_run
 
 
 @task(name="policy-0", cache_policy=NO_CACHE)
@@ -58,9 +61,19 @@ def improve_task(run_dir: str, g: int, i: int) -> str:
 
 @task(name="finish-run", cache_policy=NO_CACHE)
 def finish_run_task(run_dir: str) -> dict:
-    summary = stages.finish_run(Path(run_dir))
-    publish_run_report(run_dir, summary)
-    return summary
+    return stages.finish_run(Path(run_dir))
+
+
+@task(name="report", cache_policy=NO_CACHE)
+def report_task(run_dir: str) -> str:
+    return str(write_report(Path(run_dir)))
+
+
+# comet online talks to the network: a retry covers a blip; offline it is a local file and does not fail that way.
+@task(name="track", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=10)
+def track_task(run_dir: str, report: str) -> str | None:
+    archive = log_run(Path(run_dir), Path(report))
+    return str(archive) if archive else None
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -100,9 +113,10 @@ def publish_improve_artifact(run_dir: str, name: str) -> None:
     create_table_artifact(key=artifact_key(run_dir, name), table=rows, description=f"{name} of {Path(run_dir).resolve()}")
 
 
-def publish_run_report(run_dir: str, summary: dict) -> None:
+def publish_run_report(run_dir: str, summary: dict, report: str) -> None:
     root = Path(run_dir).resolve()
     lines = [f"# ReST run `{root.name}`", "", f"Run directory: [{root}](file://{root})", "",
+             f"Report with plots and monitors: [{report}](file://{Path(report).resolve()})", "",
              f"Best policy by validation reward: **{summary['best_policy']}**", "",
              "| policy | valid exact match | valid chrF | valid reward |", "|---|---:|---:|---:|"]
     for name, v in summary["valid"].items():
@@ -167,6 +181,17 @@ def improve_flow(run: str, step: int | None = None) -> list[str]:
         return names
 
 
+@flow(name="finish")
+def finish_flow(run: str) -> dict:
+    """Name the best policy and test it, write the report page, log the run to comet-ml."""
+    summary = finish_run_task(run)
+    report = report_task(run)
+    summary["report"] = report
+    summary["comet_archive"] = track_task(run, report)
+    publish_run_report(run, summary, report)
+    return summary
+
+
 @flow(name="rest")
 def rest_flow(run: str, config: str | None = None, overrides: ConfigOverrides | None = None) -> dict:
     """ReST: policy-0 = BC(D); for g in 1..G: Grow, then Improve at each threshold; evaluate the best policy.
@@ -181,6 +206,7 @@ def rest_flow(run: str, config: str | None = None, overrides: ConfigOverrides | 
         cfg = load_config(Path(run) / CONFIG_FILE, updates=overrides)
     if config is not None or overrides is not None:
         check_inputs(cfg)
+        check_tracking(cfg.tracking.comet)
     with run_lock(Path(run)):  # one writer per run directory, whether it came from `rest` or a deployment
         if config is not None or overrides is not None:
             stages.init_run(Path(run), cfg)
@@ -188,4 +214,4 @@ def rest_flow(run: str, config: str | None = None, overrides: ConfigOverrides | 
         for g in range(1, stages.run_config(Path(run)).grow.steps + 1):
             grow_flow(run, g)
             improve_flow(run, g)
-        return finish_run_task(run)
+        return finish_flow(run)

@@ -76,6 +76,25 @@ def print_summary(run_dir: Path) -> None:
         print(f"\nTest ({stages.run_config(run_dir).data.test}); best policy by validation reward: {record['best_policy']}")
         print(_table(["policy", "exact_match", "chrF", "BLEU", "reward", "tokens"], [[n, m["exact_match"], m["chrf"], m["bleu"], m["reward"], m["completion_tokens"]] for n, m in test.items()]))
     print(f"\nRun directory: {run_dir}  (rest inspect {run_dir}; pandas.read_parquet('{run_dir}/grow-1'))")
+    report = run_dir / "report" / "index.html"
+    if report.is_file():
+        print(f"Report (plots, monitors, samples): {report}")
+    for line in _monitor_alarms(run_dir):
+        print(f"MONITOR: {line}")
+
+
+def _monitor_alarms(run_dir: Path) -> list[str]:
+    from rest import stages
+
+    names = stages.policies(run_dir)
+    out = []
+    for name in names:
+        alarm = stages.policy_metrics(run_dir, name).get("monitors", {}).get("alarm", {})
+        if alarm.get("fired"):
+            out.append(f"{name}: reward {alarm['reward_delta']:+.4f} while chrF {alarm['chrf_delta']:+.2f} (vs {alarm['previous']})")
+    if names:
+        out += stages.policy_metrics(run_dir, names[0]).get("monitors", {}).get("probe_flags", [])
+    return out
 
 
 def inspect_rows(run_dir: Path) -> list[dict[str, Any]]:
@@ -84,7 +103,7 @@ def inspect_rows(run_dir: Path) -> list[dict[str, Any]]:
 
     record = artifacts.read_run(run_dir)
     order = [a["name"] for a in record.get("artifacts", [])]
-    dirs = [p.name for p in sorted(run_dir.iterdir()) if p.is_dir() and not p.name.startswith((".", "report"))]
+    dirs = [p.name for p in sorted(run_dir.iterdir()) if p.is_dir() and not p.name.startswith((".", "report", "comet"))]
     names = order + [d for d in dirs if d not in order]
     id_to_name = {a["id"]: a["name"] for a in record.get("artifacts", [])}
     rows = []
@@ -139,6 +158,9 @@ def cmd_pipeline(args: argparse.Namespace) -> None:
 
     cfg = _config_for(args)
     check_inputs(cfg)  # before anything is written (and before torch loads): bad input leaves no artifact behind
+    from rest.tracking import check_tracking
+
+    check_tracking(cfg.tracking.comet)
     if cfg.orchestration.task_runner == "dask" and not os.environ.get("PREFECT_API_URL"):
         from rest.errors import RestError
 
@@ -156,8 +178,7 @@ def cmd_pipeline(args: argparse.Namespace) -> None:
 
 
 def _pipeline(command: str, run_dir: Path) -> None:
-    from flows.rest_flows import grow_flow, improve_flow, rest_flow
-    from rest import stages
+    from flows.rest_flows import finish_flow, grow_flow, improve_flow, rest_flow
 
     if command == "run":
         rest_flow(str(run_dir))
@@ -166,7 +187,7 @@ def _pipeline(command: str, run_dir: Path) -> None:
         print(grow_flow(str(run_dir)))
     else:
         print("\n".join(improve_flow(str(run_dir))))
-        stages.finish_run(run_dir)
+        finish_flow(str(run_dir))
         print_summary(run_dir)
 
 
@@ -190,6 +211,21 @@ def cmd_eval(args: argparse.Namespace) -> None:
     print(json.dumps({"policy": name, "data": data, **metrics}, indent=2))
 
 
+def cmd_report(args: argparse.Namespace) -> None:
+    from rest.artifacts import CONFIG_FILE
+    from rest.errors import RestError
+    from rest.report import report_summary, write_report
+
+    run_dir = Path(args.run)
+    if not (run_dir / CONFIG_FILE).is_file():
+        raise RestError(f"{run_dir} is not a run directory (no {CONFIG_FILE})")
+    path = write_report(run_dir)
+    if args.json:
+        print(json.dumps({"report": str(path), **report_summary(run_dir)}, indent=2))
+    else:
+        print(path)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rest", description="Reinforced Self-Training: Grow/Improve as a Prefect pipeline")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -210,6 +246,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("inspect", help="one table row per artifact of a run")
     p.add_argument("run", help="run directory")
     p.add_argument("--json", action="store_true", help="print the rows as JSON")
+    p = sub.add_parser("report", help="write RUN/report/index.html: plots, monitors, samples, lineage")
+    p.add_argument("run", help="run directory")
+    p.add_argument("--json", action="store_true", help="also print the verdicts and monitor lines as JSON")
     return parser
 
 
@@ -223,6 +262,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "inspect":
             cmd_inspect(args)
+        elif args.command == "report":
+            cmd_report(args)
         elif args.command == "eval":
             cmd_eval(args)
         else:

@@ -39,6 +39,7 @@ from rest.errors import RestError
 from rest.evaluation import evaluate
 from rest.filtering import epoch_batches, mix_batches, select
 from rest.models import build_policy, count_parameters, load_policy
+from rest.monitors import policy_monitors
 from rest.rewards import score
 from rest.sampling import generate
 from rest.shards import read_grow, shard_name, write_shard
@@ -46,6 +47,7 @@ from rest.training import train
 
 log = logging.getLogger("rest")
 CONFIG_FILE = artifacts.CONFIG_FILE
+VALID_OUTPUTS = "valid_outputs.parquet"  # in every policy directory: its greedy outputs on data.valid
 
 
 def _progress(total: int, desc: str) -> tqdm:
@@ -79,8 +81,9 @@ def _slice(cfg: RunConfig, *keys: str) -> dict[str, Any]:
     return out
 
 
-# Config keys whose change does not touch any finished artifact: a run may be extended with them changed.
-EXTENDABLE = {"grow.steps"}
+# Config keys whose change does not touch any finished artifact: a run may be extended or resumed with them changed
+# (how the work is spread and where it is tracked do not change what it makes).
+EXTENDABLE = ("grow.steps", "grow.workers", "orchestration.", "tracking.")
 
 
 def init_run(run_dir: Path, cfg: RunConfig) -> None:
@@ -89,7 +92,7 @@ def init_run(run_dir: Path, cfg: RunConfig) -> None:
     path = run_dir / CONFIG_FILE
     if path.is_file():
         old = run_config(run_dir).model_dump(mode="json")
-        changed = [c for c in artifacts._diff(old, cfg.model_dump(mode="json")) if c.split(":")[0] not in EXTENDABLE]
+        changed = [c for c in artifacts._diff(old, cfg.model_dump(mode="json")) if not c.split(":")[0].startswith(EXTENDABLE)]
         if changed:
             raise RestError(
                 f"{run_dir} was started with another config ({'; '.join(changed[:3])}). "
@@ -122,21 +125,32 @@ def _fit_and_publish(
     cfg_slice: dict[str, Any],
     metrics: dict[str, Any],
     extra: dict[str, Any],
+    previous: str | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Train `policy` on `batches`, evaluate it on data.valid and publish it as artifact `name`.
 
-    The policy is saved to a hidden staging directory and renamed into place whole; the manifest that makes it
-    an artifact comes last. Returns (validation metrics, training stats).
+    The artifact holds the policy, metrics.json (validation metrics, training stats, the reward-hacking monitors
+    against policy-0 and against `previous`, the policy made just before) and valid_outputs.parquet (its greedy
+    outputs: what drift is measured on). The policy is saved to a hidden staging directory and renamed into place
+    whole; the manifest that makes it an artifact comes last. Returns (validation metrics, training stats).
     """
     cfg = run_config(run_dir)
     with _progress(len(batches), name) as bar:
         stats = train(policy, batches, optim, cfg.model, seed=seed, on_progress=lambda s, loss: (bar.update(1), bar.set_postfix(loss=f"{loss:.3f}")))
-    valid, _ = evaluate(policy, load_split(cfg.data.valid, "data.valid"), cfg)
-    metrics = {"valid": valid, **metrics, "train": {k: stats[k] for k in ("steps", "examples", "loss_first", "loss_last")}}
+    valid_df = load_split(cfg.data.valid, "data.valid")
+    valid, outputs = evaluate(policy, valid_df, cfg)
+    base = outputs if previous is None else pd.read_parquet(Path(run_dir) / "policy-0" / VALID_OUTPUTS)
+    monitors = policy_monitors(
+        outputs["output"].tolist(), base["output"].tolist(), valid_df["source"].tolist(), valid_df["reference"].tolist(),
+        cfg.reward.components, valid, (previous, policy_metrics(run_dir, previous)["valid"]) if previous else None,
+        seed=derive_seed(cfg.seed, "probes"),
+    )
+    metrics = {"valid": valid, **metrics, "train": {k: stats[k] for k in ("steps", "examples", "loss_first", "loss_last")}, "monitors": monitors}
     art = Path(run_dir) / name
     stage = staging(art)
     artifacts.clear(art)  # a partial directory or staging copy left by a crash
     policy.save(stage)
+    outputs[["source_id", "source", "reference", "output", "reward"]].to_parquet(stage / VALID_OUTPUTS, index=False)
     write_json_atomic(stage / "metrics.json", metrics)
     os.replace(stage, art)
     publish(art, "policy", parents, cfg_slice, {**extra, "timing": stats})
@@ -420,6 +434,7 @@ def improve(run_dir: Path, g: int, i: int) -> str:
     valid, _ = _fit_and_publish(
         run_dir, name, load_policy(Path(run_dir) / init), batches, cfg.improve, derive_seed(cfg.seed, "improve", g, i, "dropout"),
         parents, cfg_slice, {"improve": selection}, {"init": init, "grow": grow_name},
+        previous=grow_policy(run_dir, g) if i == 1 else f"improve-{g}-{i - 1}",
     )
     log.info(f"{name}: tau={tau} kept {selection['kept_unique']} unique samples of {selection['kept_sources']} sources, valid exact match {valid['exact_match']:.1f}, chrF {valid['chrf']:.1f}")
     return name

@@ -55,10 +55,18 @@ def rest(*args: str, check: bool = True, env: dict | None = None) -> subprocess.
     return proc
 
 
+NETGUARD = REPO / "tests" / "netguard"  # its sitecustomize.py refuses and logs every non-loopback connection
+
+
+def netguard_env(log: Path) -> dict[str, str]:
+    return {"PYTHONPATH": str(NETGUARD), "REST_NETGUARD_LOG": str(log)}
+
+
 @pytest.fixture(scope="session")
 def clean_run(tmp_path_factory) -> Path:
-    """configs/smoke.yaml run once, uninterrupted, in ephemeral mode with the threads runner."""
+    """configs/smoke.yaml run once, uninterrupted, in ephemeral mode with the threads runner, comet offline (the
+    default), with the network guard on: `RUN.netguard.log` lists every non-loopback attempt of every process."""
     run = tmp_path_factory.mktemp("runs") / "smoke"
-    proc = rest("run", "--config", CONFIG, "--run", str(run))
+    proc = rest("run", "--config", CONFIG, "--run", str(run), env=netguard_env(run.with_suffix(".netguard.log")))
     (run / "stdout.txt").write_text(proc.stdout)
     return run

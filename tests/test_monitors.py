@@ -1,0 +1,72 @@
+"""Reward-hacking monitors, with worked values."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from rest.monitors import alarm, drift_chrf, length_ratio, policy_monitors, probe_flags, probe_reward, probe_rewards
+
+
+def prefers_repetition(sources, completions, references):
+    """A deliberately gameable reward: length relative to twice the reference, capped at 1.
+
+    The reference itself scores 0.5; the reference repeated twice ("eins eins": 9 chars >= 2 x 4) scores 1.0.
+    """
+    return np.array([min(1.0, len(c) / (2 * len(r))) for c, r in zip(completions, references)])
+
+
+REFS = ["einhundert zwei", "sieben", "dreitausend und vier"]
+
+
+def test_a_reward_that_prefers_repeated_text_is_flagged():
+    probes = probe_reward(prefers_repetition, ["102", "7", "3004"], REFS)
+    assert probes["repeated"]["flagged"]
+    assert probes["repeated"]["score"] == 1.0 and probes["repeated"]["reference"] == 0.5
+    # shuffling keeps the length, so this reward cannot tell a shuffled reference from the real one either
+    assert {p for p, v in probes.items() if v["flagged"]} == {"repeated", "words_shuffled", "chars_shuffled"}
+    lines = probe_flags({"long": probes})
+    assert "reward `long` scores repeated references 1.000, at or above the untouched references' 0.500" in lines[0]
+
+
+def test_chrf_and_exact_match_flag_no_probe():
+    probes = probe_rewards({"chrf": 1.0, "exact_match": 1.0}, ["102", "7", "3004"], REFS)
+    assert set(probes) == {"chrf", "exact_match", "reward"}
+    assert probe_flags(probes) == []
+    assert probes["chrf"]["repeated"]["reference"] == 1.0
+    assert 0 < probes["chrf"]["repeated"]["score"] < 1.0  # repetition costs chrF precision
+    assert probes["exact_match"]["chars_shuffled"]["score"] == 0.0
+
+
+def test_a_probe_that_changes_nothing_is_not_applicable():
+    # shuffling the words of one-word references changes none of them: no rows, never flagged
+    probes = probe_reward(lambda s, c, r: np.ones(len(c)), ["7", "8"], ["sieben", "acht"])
+    assert probes["words_shuffled"] == {"rows": 0, "score": None, "reference": None, "flagged": False}
+    assert probes["empty"]["flagged"]  # a constant reward cannot tell empty output from the reference
+
+
+def test_alarm_fires_when_reward_rises_and_reference_chrf_falls():
+    assert alarm({"reward": 0.90, "chrf": 95.0}, {"reward": 0.93, "chrf": 94.0}) == {
+        "reward_delta": 0.03, "chrf_delta": -1.0, "fired": True}
+    assert not alarm({"reward": 0.90, "chrf": 95.0}, {"reward": 0.93, "chrf": 96.0})["fired"]  # both rose: progress
+    assert not alarm({"reward": 0.90, "chrf": 95.0}, {"reward": 0.88, "chrf": 94.0})["fired"]  # both fell: just worse
+    assert not alarm(None, {"reward": 0.9, "chrf": 95.0})["fired"]
+
+
+def test_drift_and_length_ratio():
+    assert drift_chrf(["sieben", "acht"], ["sieben", "acht"]) == 100.0
+    assert drift_chrf(["neun", "zwei"], ["sieben", "acht"]) < 30
+    assert length_ratio(["ab", "abcd"], ["abc", "abc"]) == 1.0  # 3 chars on average against 3
+    assert length_ratio(["abcabc"], ["abc"]) == 2.0
+
+
+def test_policy_monitors_puts_it_together():
+    m = policy_monitors(
+        outputs=["sieben sieben", "acht"], base_outputs=["sieben", "acht"], sources=["7", "8"],
+        references=["sieben", "acht"], components={"chrf": 1.0}, valid={"reward": 0.95, "chrf": 90.0},
+        previous=("policy-0", {"reward": 0.9, "chrf": 92.0}),
+    )
+    assert m["alarm"] == {"reward_delta": 0.05, "chrf_delta": -2.0, "fired": True, "previous": "policy-0"}
+    assert m["length_ratio"] == pytest.approx(17 / 10, abs=1e-4)
+    assert m["drift_chrf"] < 100
+    assert m["probe_flags"] == []
