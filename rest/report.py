@@ -139,8 +139,9 @@ def plots(data: dict[str, Any]) -> list[tuple[str, str]]:
         ax.hist(rows["reward"], bins=bins, histtype="step", linewidth=1.8, label=f"{grow} (mean {rows['reward'].mean():.3f})")
     for t in thresholds:
         ax.axvline(t, color="grey", linestyle="--", linewidth=1)
+    ax.set_yscale("log")  # rewards pile up near 1 as the policy improves: a linear axis hides the tail that matters
     ax.set_xlabel("reward (dashed: thresholds tau)")
-    ax.set_ylabel("samples")
+    ax.set_ylabel("samples (log scale)")
     ax.legend(fontsize=8)
     out.append(("Reward distribution per Grow step", _png(fig)))
 
