@@ -106,6 +106,25 @@ class RewardConfig(_Section):
     """
 
     components: dict[str, float] = Field(default_factory=lambda: {"chrf": 1.0})
+    length_penalty: float = Field(
+        0.0, ge=0, le=1,
+        description="subtract this x |len(output) - len(reference)| / len(reference) (chars, capped at 1); 0: off",
+    )
+    format_regex: str | None = Field(
+        None, description="an output that does not fully match this regex gets reward 0 (e.g. '[a-zäöüß]+'); null: off"
+    )
+
+    @field_validator("format_regex")
+    @classmethod
+    def _compiles(cls, v: str | None) -> str | None:
+        if v is not None:
+            import re
+
+            try:
+                re.compile(v)
+            except re.error as exc:
+                raise ValueError(f"not a valid regular expression ({exc}): {v!r}") from None
+        return v
 
     @field_validator("components")
     @classmethod
@@ -138,6 +157,27 @@ class ImproveConfig(OptimFields):
     )
     steps: int = Field(300, ge=0)
     lr: float = Field(5e-4, gt=0)
+    loss: Literal["token_mean", "sequence_mean", "sum"] = Field(
+        "token_mean",
+        description="token_mean: NLL over every target token of the batch; sequence_mean: each sequence's mean "
+        "NLL, then the batch mean (length-invariant); sum: each sequence's summed NLL, then the batch mean",
+    )
+    kl_beta: float = Field(
+        0.0, ge=0, description="weight of a KL(policy || policy-0) penalty on the batch's target tokens (SuperHF's prior); 0 turns it off"
+    )
+    reward_weighted: bool = Field(
+        False, description="weight each kept sample's loss by its reward (labelled pairs weigh 1)"
+    )
+    selection: Literal["threshold", "percentile", "top_k"] = Field(
+        "threshold",
+        description="threshold: every sample with reward >= tau; percentile: also at or above its source's "
+        "improve.percentile reward quantile; top_k: also among its source's improve.top_k best",
+    )
+    percentile: float = Field(0.75, ge=0, le=1, description="selection=percentile: the per-source reward quantile to clear")
+    top_k: int = Field(1, ge=1, description="selection=top_k: distinct completions kept per source")
+    max_per_source: int | None = Field(
+        None, ge=1, description="cap on kept samples per source, best reward first (ReST-EM caps at 10); null: no cap"
+    )
 
     @field_validator("thresholds")
     @classmethod
@@ -304,7 +344,12 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
             if not isinstance(child, dict):
                 raise RestError(f"override {item!r}: `{part}` is not a section")
             node = child
-        node[parts[-1]] = yaml.safe_load(text) if text.strip() else None
+        try:
+            node[parts[-1]] = yaml.safe_load(text) if text.strip() else None
+        except yaml.YAMLError:
+            raise RestError(
+                f"override {item!r}: the value is not valid YAML; quote it, e.g. {dotted}='{text}'"
+            ) from None
     return raw
 
 

@@ -15,7 +15,7 @@ from sacrebleu.metrics import BLEU, CHRF
 
 from rest.config import RunConfig
 from rest.models import Policy
-from rest.rewards import exact_match, score
+from rest.rewards import exact_match, score_config
 from rest.sampling import generate
 
 
@@ -40,7 +40,7 @@ def evaluate(policy: Policy, df: pd.DataFrame, cfg: RunConfig) -> tuple[dict[str
         max_new_tokens=cfg.eval.max_new_tokens,
         batch_size=cfg.eval.batch_size,
     )
-    rewards = score(cfg.reward.components, sources, out.completions, references)["reward"]
+    rewards = score_config(cfg.reward, sources, out.completions, references)["reward"]
     metrics = corpus_metrics(out.completions, references)
     metrics["reward"] = round(float(np.mean(rewards)), 4)
     metrics["completion_tokens"] = round(float(np.mean(out.num_tokens)), 2)

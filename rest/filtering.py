@@ -26,17 +26,43 @@ def normalise_text(text: str) -> str:
     return _SPACE.sub(" ", unicodedata.normalize("NFKC", text)).strip()
 
 
-def select(rows: pd.DataFrame, tau: float) -> pd.DataFrame:
+def select(
+    rows: pd.DataFrame,
+    tau: float,
+    selection: str = "threshold",
+    percentile: float = 0.75,
+    top_k: int = 1,
+    max_per_source: int | None = None,
+) -> pd.DataFrame:
     """Rows with reward >= tau, one per (source, normalised completion): the best-rewarded, then lowest index.
 
     Dedup matters because a confident policy samples the same correct answer N times; training on N copies
-    would weight easy sources N times more than hard ones.
+    would weight easy sources N times more than hard ones. Then, per source:
+      selection="percentile": only rows at or above the `percentile` quantile of that source's N rewards
+                              (relative to how hard the source is: a hard source still contributes its best);
+      selection="top_k":      only its `top_k` best distinct completions;
+      max_per_source:         at most that many, best reward first (ReST-EM's cap).
+
+    Rewards [0.2, 0.5, 0.9, 0.9] of one source, distinct completions, tau 0.3: threshold keeps 0.5, 0.9, 0.9;
+    percentile 0.75 (quantile 0.9) keeps 0.9, 0.9; top_k 1 keeps the first 0.9.
     """
-    kept = rows[rows["reward"] >= tau].copy()
+    if selection not in ("threshold", "percentile", "top_k"):
+        raise ValueError(f"unknown selection {selection!r}; known: threshold, percentile, top_k")
+    floor = rows.groupby("source_id")["reward"].transform(lambda r: r.quantile(percentile)) if selection == "percentile" else None
+    keep = rows["reward"] >= tau
+    if floor is not None:
+        keep &= rows["reward"] >= floor - 1e-12
+    kept = rows[keep].copy()
     kept["_norm"] = kept["completion"].map(normalise_text)
     kept = kept.sort_values(["source_id", "_norm", "reward", "sample_index"], ascending=[True, True, False, True])
-    kept = kept.drop_duplicates(["source_id", "_norm"], keep="first").drop(columns="_norm")
-    return kept.reset_index(drop=True)
+    kept = kept.drop_duplicates(["source_id", "_norm"], keep="first")
+    cap = top_k if selection == "top_k" else None
+    if max_per_source is not None:
+        cap = max_per_source if cap is None else min(cap, max_per_source)
+    if cap is not None:
+        best_first = kept.sort_values(["source_id", "reward", "sample_index"], ascending=[True, False, True])
+        kept = best_first.groupby("source_id", sort=False).head(cap).sort_values(["source_id", "_norm"])
+    return kept.drop(columns="_norm").reset_index(drop=True)
 
 
 def epoch_batches(n: int, batch_size: int, steps: int, rng: np.random.Generator) -> list[np.ndarray]:

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 from sacrebleu.metrics import CHRF
 
-from rest.rewards import REWARDS, score
+from rest.rewards import REWARDS, score_config
 
 Reward = Callable[[Sequence[str], Sequence[str], Sequence[str]], np.ndarray]
 
@@ -89,10 +89,15 @@ def probe_reward(reward: Reward, sources: Sequence[str], references: Sequence[st
     return out
 
 
-def probe_rewards(components: Mapping[str, float], sources: Sequence[str], references: Sequence[str], seed: int = 0) -> dict[str, Any]:
-    """probe_reward for every configured component and for the weighted total (`reward`)."""
-    probes = {name: probe_reward(REWARDS[name], sources, references, seed) for name in components}
-    probes["reward"] = probe_reward(lambda s, c, r: score(components, s, c, r)["reward"], sources, references, seed)
+def probe_rewards(reward_cfg, sources: Sequence[str], references: Sequence[str], seed: int = 0) -> dict[str, Any]:
+    """probe_reward for every configured component and for the total (`reward`) of a RewardConfig
+    (or a plain {component: weight} mapping)."""
+    if isinstance(reward_cfg, Mapping):
+        from rest.config import RewardConfig
+
+        reward_cfg = RewardConfig(components=dict(reward_cfg))
+    probes = {name: probe_reward(REWARDS[name], sources, references, seed) for name in reward_cfg.components}
+    probes["reward"] = probe_reward(lambda s, c, r: score_config(reward_cfg, s, c, r)["reward"], sources, references, seed)
     return probes
 
 
@@ -132,7 +137,7 @@ def policy_monitors(
     base_outputs: Sequence[str],
     sources: Sequence[str],
     references: Sequence[str],
-    components: Mapping[str, float],
+    components,
     valid: Mapping[str, float],
     previous: tuple[str, Mapping[str, float]] | None,
     seed: int = 0,

@@ -12,6 +12,7 @@ the Grow shards store. Every component is normalised to [0, 1] so that threshold
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
@@ -87,5 +88,48 @@ def score(
         values = REWARDS[name](sources, completions, references)
         out[f"reward_{name}"] = values
         total += (weight / total_weight) * values
+    out["reward"] = total
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Composite rewards (Sparrow): the weighted components, minus a length penalty, zeroed by a format check
+
+
+def length_deviation(completions: Sequence[str], references: Sequence[str | None]) -> np.ndarray:
+    """|len(completion) - len(reference)| / len(reference), in characters, capped at 1.
+
+    >>> length_deviation(["zwei", "zweizwei", ""], ["zwei", "zwei", "zwei"])
+    array([0., 1., 1.])
+    """
+    refs = _need_references("reward.length_penalty", references)
+    return np.array([min(1.0, abs(len(c) - len(r)) / max(1, len(r))) for c, r in zip(completions, refs)], dtype=np.float64)
+
+
+def format_valid(completions: Sequence[str], pattern: str) -> np.ndarray:
+    """1.0 where the whole completion matches `pattern` (re.fullmatch), else 0.0."""
+    regex = re.compile(pattern)
+    return np.array([float(regex.fullmatch(c) is not None) for c in completions], dtype=np.float64)
+
+
+def reward_names(rc) -> list[str]:
+    """The `reward_<name>` columns a reward config writes: its components, then `length` and `format` if set."""
+    return list(rc.components) + (["length"] if rc.length_penalty else []) + (["format"] if rc.format_regex else [])
+
+
+def score_config(rc, sources: Sequence[str], completions: Sequence[str], references: Sequence[str | None]) -> dict[str, np.ndarray]:
+    """The reward of a RewardConfig: clip(weighted mean - length_penalty x reward_length, 0, 1) x reward_format.
+
+    `reward_length` is length_deviation (0 = as long as the reference), `reward_format` is format_valid: an
+    output that does not match `format_regex` gets reward 0 whatever its components say.
+    """
+    out = score(rc.components, sources, completions, references)
+    total = out["reward"]
+    if rc.length_penalty:
+        out["reward_length"] = length_deviation(completions, references)
+        total = np.clip(total - rc.length_penalty * out["reward_length"], 0.0, 1.0)
+    if rc.format_regex:
+        out["reward_format"] = format_valid(completions, rc.format_regex)
+        total = total * out["reward_format"]
     out["reward"] = total
     return out

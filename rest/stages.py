@@ -40,7 +40,7 @@ from rest.evaluation import evaluate
 from rest.filtering import epoch_batches, mix_batches, select
 from rest.models import build_policy, count_parameters, load_policy
 from rest.monitors import policy_monitors
-from rest.rewards import score
+from rest.rewards import reward_names, score_config
 from rest.sampling import generate
 from rest.shards import read_grow, shard_name, write_shard
 from rest.training import train
@@ -126,6 +126,7 @@ def _fit_and_publish(
     metrics: dict[str, Any],
     extra: dict[str, Any],
     previous: str | None = None,
+    objective: dict[str, Any] | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Train `policy` on `batches`, evaluate it on data.valid and publish it as artifact `name`.
 
@@ -136,16 +137,16 @@ def _fit_and_publish(
     """
     cfg = run_config(run_dir)
     with _progress(len(batches), name) as bar:
-        stats = train(policy, batches, optim, cfg.model, seed=seed, on_progress=lambda s, loss: (bar.update(1), bar.set_postfix(loss=f"{loss:.3f}")))
+        stats = train(policy, batches, optim, cfg.model, seed=seed, on_progress=lambda s, loss: (bar.update(1), bar.set_postfix(loss=f"{loss:.3f}")), **(objective or {}))
     valid_df = load_split(cfg.data.valid, "data.valid")
     valid, outputs = evaluate(policy, valid_df, cfg)
     base = outputs if previous is None else pd.read_parquet(Path(run_dir) / "policy-0" / VALID_OUTPUTS)
     monitors = policy_monitors(
         outputs["output"].tolist(), base["output"].tolist(), valid_df["source"].tolist(), valid_df["reference"].tolist(),
-        cfg.reward.components, valid, (previous, policy_metrics(run_dir, previous)["valid"]) if previous else None,
+        cfg.reward, valid, (previous, policy_metrics(run_dir, previous)["valid"]) if previous else None,
         seed=derive_seed(cfg.seed, "probes"),
     )
-    metrics = {"valid": valid, **metrics, "train": {k: stats[k] for k in ("steps", "examples", "loss_first", "loss_last")}, "monitors": monitors}
+    metrics = {"valid": valid, **metrics, "train": {k: stats[k] for k in ("steps", "examples", "loss_first", "loss_last", "kl_last") if k in stats}, "monitors": monitors}
     art = Path(run_dir) / name
     stage = staging(art)
     artifacts.clear(art)  # a partial directory or staging copy left by a crash
@@ -321,8 +322,8 @@ def grow_shard(run_dir: Path, g: int, index: int) -> dict[str, Any]:
         return [v for v in part[col].tolist() for _ in range(n)]
 
     src, refs = repeat("source"), repeat("reference")
-    rewards = score(cfg.reward.components, src, out.completions, refs)
-    names = list(cfg.reward.components)
+    rewards = score_config(cfg.reward, src, out.completions, refs)
+    names = reward_names(cfg.reward)
     columns = {
         "source_id": repeat("source_id"),
         "source": src,
@@ -389,6 +390,11 @@ def finish_grow(run_dir: Path, g: int) -> str:
 # Improve
 
 
+# Every improve.* key but the thresholds list (each step records its own tau).
+IMPROVE_KEYS = ("train_mix", "init", "steps", "batch_size", "lr", "warmup_steps", "weight_decay", "grad_clip", "loss",
+                "kl_beta", "reward_weighted", "selection", "percentile", "top_k", "max_per_source")
+
+
 def improve(run_dir: Path, g: int, i: int) -> str:
     """Improve step i after Grow g: fine-tune on grow-g rows with reward >= tau_i, mixed with data.train."""
     cfg = run_config(run_dir)
@@ -404,13 +410,14 @@ def improve(run_dir: Path, g: int, i: int) -> str:
         init = grow_policy(run_dir, g) if i == 1 else f"improve-{g}-{i - 1}"
     grow_name = f"grow-{g}"
     parents = [_artifact_id(run_dir, init), _artifact_id(run_dir, grow_name)]
-    cfg_slice = _slice(cfg, *POLICY_KEYS, "improve.train_mix", "improve.init", "improve.steps", "improve.batch_size", "improve.lr", "improve.warmup_steps", "improve.weight_decay", "improve.grad_clip")
+    cfg_slice = _slice(cfg, *POLICY_KEYS, *(f"improve.{k}" for k in IMPROVE_KEYS))
     cfg_slice["improve"]["tau"] = tau
     if existing(art, cfg_slice, parents):
         log.info(f"{name}: published, skipping")
         return name
     rows = read_grow(Path(run_dir) / grow_name)
-    kept = select(rows, tau)
+    ic = cfg.improve
+    kept = select(rows, tau, ic.selection, ic.percentile, ic.top_k, ic.max_per_source)
     train_df = load_split(cfg.data.train, "data.train")
     if kept.empty:
         log.warning(f"{name}: no Grow sample reaches tau={tau}; this step trains on data.train only")
@@ -418,8 +425,10 @@ def improve(run_dir: Path, g: int, i: int) -> str:
     plan = mix_batches(len(kept), len(train_df), cfg.improve.train_mix, cfg.improve.batch_size, cfg.improve.steps, rng)
     k_src, k_tgt = kept["source"].tolist(), kept["completion"].tolist()
     t_src, t_tgt = train_df["source"].tolist(), train_df["reference"].tolist()
+    k_w = kept["reward"].tolist()
     batches = [
         ([k_src[j] for j in ki] + [t_src[j] for j in ti], [k_tgt[j] for j in ki] + [t_tgt[j] for j in ti])
+        + (([k_w[j] for j in ki] + [1.0] * len(ti),) if ic.reward_weighted else ())
         for ki, ti in plan
     ]
     selection = {
@@ -435,6 +444,8 @@ def improve(run_dir: Path, g: int, i: int) -> str:
         run_dir, name, load_policy(Path(run_dir) / init), batches, cfg.improve, derive_seed(cfg.seed, "improve", g, i, "dropout"),
         parents, cfg_slice, {"improve": selection}, {"init": init, "grow": grow_name},
         previous=grow_policy(run_dir, g) if i == 1 else f"improve-{g}-{i - 1}",
+        objective={"loss": ic.loss, "kl_beta": ic.kl_beta,
+                   "reference": load_policy(Path(run_dir) / "policy-0") if ic.kl_beta > 0 else None},
     )
     log.info(f"{name}: tau={tau} kept {selection['kept_unique']} unique samples of {selection['kept_sources']} sources, valid exact match {valid['exact_match']:.1f}, chrF {valid['chrf']:.1f}")
     return name

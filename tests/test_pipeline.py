@@ -128,3 +128,19 @@ def test_kill_during_grow_then_resume_gives_the_same_rows(clean_run, tmp_path):
         a = json.loads((run / name / "_manifest.json").read_text())["id"]
         b = json.loads((clean_run / name / "_manifest.json").read_text())["id"]
         assert a == b, name
+
+
+def test_improve_objectives_and_a_composite_reward_end_to_end(tmp_path):
+    """Every option at once on the smoke config: they wire through Grow, Improve and the metrics."""
+    run = tmp_path / "options"
+    rest("run", "--config", CONFIG, "--run", str(run), "improve.loss=sequence_mean", "improve.kl_beta=0.1",
+         "improve.reward_weighted=true", "improve.selection=top_k", "improve.top_k=2", "improve.max_per_source=1",
+         "reward.length_penalty=0.2", "reward.format_regex='[a-zäöüß]+'", "improve.thresholds=[0.1, 0.2]")
+    rows = pd.read_parquet(run / "grow-1")
+    assert {"reward_chrf", "reward_exact_match", "reward_length", "reward_format"} <= set(rows.columns)
+    assert (rows.loc[rows.reward_format == 0, "reward"] == 0).all()
+    assert ((rows.reward_format == 0) == ~rows.completion.str.fullmatch("[a-zäöüß]+")).all()
+    for name in ("improve-1-1", "improve-1-2"):
+        metrics = json.loads((run / name / "metrics.json").read_text())
+        assert metrics["train"]["kl_last"] > 0
+        assert metrics["improve"]["kept_unique"] <= metrics["improve"]["kept_sources"]  # at most 1 per source

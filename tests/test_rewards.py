@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 from sacrebleu import sentence_chrf, sentence_ter
 
+from rest.errors import RestError
 from rest.rewards import bleu, check_reward_names, chrf, exact_match, score, ter
 
 
@@ -53,3 +54,28 @@ def test_reference_free_sources_are_refused_by_reference_rewards():
     with pytest.raises(RestError, match="needs|compares with the reference"):
         chrf(["1"], ["eins"], [None])
     assert np.all(chrf(["1"], ["eins"], ["eins"]) == 1.0)
+
+
+def test_composite_reward_length_penalty_and_format_check():
+    from rest.config import RewardConfig
+    from rest.rewards import reward_names, score_config
+
+    rc = RewardConfig(components={"exact_match": 1.0}, length_penalty=0.5, format_regex="[a-zäöüß]+")
+    assert reward_names(rc) == ["exact_match", "length", "format"]
+    out = score_config(rc, ["2", "2", "2"], ["zwei", "zweizwei", "zwei2"], ["zwei", "zwei", "zwei"])
+    assert out["reward_exact_match"].tolist() == [1.0, 0.0, 0.0]
+    assert out["reward_length"].tolist() == [0.0, 1.0, 0.25]  # |8 - 4| / 4 capped at 1; |5 - 4| / 4
+    assert out["reward_format"].tolist() == [1.0, 1.0, 0.0]  # "zwei2" has a digit
+    # 1 - 0.5 x 0 = 1; max(0, 0 - 0.5 x 1) = 0; format fails -> 0
+    assert out["reward"].tolist() == [1.0, 0.0, 0.0]
+    chrf_only = score_config(RewardConfig(components={"chrf": 1.0}, length_penalty=0.5), ["2"], ["zweizwei"], ["zwei"])
+    assert chrf_only["reward"][0] == pytest.approx(max(0.0, chrf_only["reward_chrf"][0] - 0.5))
+
+
+def test_a_bad_format_regex_names_the_key():
+    from rest.config import load_config
+
+    with pytest.raises(RestError, match=r"reward.format_regex.*not a valid regular expression"):
+        load_config("configs/smoke.yaml", ["reward.format_regex='[a-z'"])
+    with pytest.raises(RestError, match=r"not valid YAML; quote it"):
+        load_config("configs/smoke.yaml", ["reward.format_regex=[a-z"])
