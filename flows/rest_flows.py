@@ -130,17 +130,23 @@ def publish_run_report(run_dir: str, summary: dict, report: str) -> None:
     create_markdown_artifact(key=artifact_key(run_dir, "report"), markdown="\n".join(lines), description=f"ReST run {root}")
 
 
+def check_task_runner(task_runner: str) -> None:
+    """Dask needs a real server: PREFECT_API_URL from the environment or the active profile (`make server` sets it)."""
+    if task_runner == "dask" and not PREFECT_API_URL.value():
+        raise RestError(
+            "orchestration.task_runner=dask needs a real Prefect server: run `make server` (it sets PREFECT_API_URL "
+            "in your Prefect profile) or set PREFECT_API_URL; in ephemeral mode every Dask worker would start a "
+            "temporary server of its own (~45 s each)"
+        )
+
+
 def _with_runner(f, run_dir: str):
     """`f` with the task runner of the run's config: threads, or Dask (a LocalCluster or an existing cluster)."""
     cfg = stages.run_config(Path(run_dir))
     orch = cfg.orchestration
     if orch.task_runner == "threads":
         return f.with_options(task_runner=ThreadPoolTaskRunner(max_workers=cfg.grow.workers))
-    if not PREFECT_API_URL.value():
-        raise RestError(
-            "orchestration.task_runner=dask needs a real Prefect server: run `make server` and set PREFECT_API_URL "
-            "(in ephemeral mode every Dask worker starts a temporary server of its own, ~45 s each)"
-        )
+    check_task_runner(orch.task_runner)
     from prefect_dask import DaskTaskRunner
 
     if orch.dask.address:

@@ -161,13 +161,10 @@ def cmd_pipeline(args: argparse.Namespace) -> None:
     from rest.tracking import check_tracking
 
     check_tracking(cfg.tracking.comet)
-    if cfg.orchestration.task_runner == "dask" and not os.environ.get("PREFECT_API_URL"):
-        from rest.errors import RestError
+    if cfg.orchestration.task_runner != "threads":
+        from flows.rest_flows import check_task_runner
 
-        raise RestError(
-            "orchestration.task_runner=dask needs a real Prefect server: `make server`, then set PREFECT_API_URL "
-            "(in ephemeral mode every Dask worker would start a temporary server of its own)"
-        )
+        check_task_runner(cfg.orchestration.task_runner)  # before anything is written
     from rest import stages
     from rest.artifacts import run_lock
 
