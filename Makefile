@@ -5,6 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 CONFIG ?= configs/numbers.yaml
 RUN ?= runs/numbers
+RM_CONFIG ?= configs/reward-numbers.yaml
 ARGS ?=
 
 # Offline and quiet by default: no Prefect analytics, no hub or comet calls unless the user asks for them.
@@ -22,7 +23,7 @@ POOL ?= rest
 # $(call HEALTHY,SECONDS): wait until the server's health endpoint answers (curl is not on every machine).
 HEALTHY = $(BIN)/python -m flows.wait_for_server $(PREFECT_URL) $(1)
 
-.PHONY: setup run grow improve eval inspect report test test-unit data clean server worker deploy stop
+.PHONY: setup run grow improve eval inspect report reward test test-unit data clean server worker deploy stop
 
 setup: $(VENV)/.installed
 
@@ -49,6 +50,9 @@ inspect: setup  ## one row per artifact of a run
 
 report: setup  ## (re)write RUN/report/index.html
 	$(BIN)/rest report $(RUN)
+
+reward: setup  ## train the learned reward of RM_CONFIG (default: chrF predicted from Grow 1 of runs/numbers)
+	$(BIN)/rest reward train --config $(RM_CONFIG) $(ARGS)
 
 test: setup
 	$(BIN)/python -m pytest -q $(ARGS)

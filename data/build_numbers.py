@@ -1,6 +1,6 @@
 """Build the embedded task: digits -> German number words.
 
-Run: .venv/bin/python data/build_numbers.py   (writes data/numbers/{train,pool,valid,test}.parquet)
+Run: .venv/bin/python data/build_numbers.py   (writes data/numbers/{train,pool,valid,test,unlabelled}.parquet)
 
 Deterministic: the same seed gives byte-identical files, which are committed so that `make run` needs
 no download and no num2words at run time. Numbers are drawn from 0..999999 by first drawing a digit
@@ -27,6 +27,8 @@ MORPHEMES = [
     "neunzig", "hundert", "tausend",
 ]
 SCHEMA = pa.schema([("source_id", pa.string()), ("source", pa.string()), ("reference", pa.string())])
+# Sources without references, disjoint from the four splits: Grow with a learned reward samples for these.
+UNLABELLED = 2000
 
 
 def draw_numbers(total: int, seed: int) -> list[int]:
@@ -72,6 +74,15 @@ def main() -> None:
         )
         pq.write_table(table, args.out / f"{split}.parquet")
         print(f"{split}: {size} rows -> {args.out / f'{split}.parquet'}")
+    # Drawn after, from another stream, so that the four labelled splits stay byte-identical to before.
+    taken = set(numbers)
+    extra = [n for n in draw_numbers(UNLABELLED + len(taken), args.seed + 1) if n not in taken][:UNLABELLED]
+    table = pa.table(
+        {"source_id": [f"unlabelled-{i:05d}" for i in range(UNLABELLED)], "source": [str(n) for n in extra]},
+        schema=pa.schema([("source_id", pa.string()), ("source", pa.string())]),
+    )
+    pq.write_table(table, args.out / "unlabelled.parquet")
+    print(f"unlabelled: {UNLABELLED} rows, no references -> {args.out / 'unlabelled.parquet'}")
 
 
 if __name__ == "__main__":

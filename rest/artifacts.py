@@ -94,9 +94,15 @@ def _file_entries(artifact: Path) -> dict[str, dict[str, Any]]:
 
 
 def publish(
-    artifact: Path, kind: str, parents: list[str], config: dict[str, Any], extra: dict[str, Any] | None = None
+    artifact: Path,
+    kind: str,
+    parents: list[str],
+    config: dict[str, Any],
+    extra: dict[str, Any] | None = None,
+    record: bool = True,
 ) -> dict[str, Any]:
-    """Write the manifest of a finished artifact directory, last and atomically, and record it in run.json."""
+    """Write the manifest of a finished artifact directory, last and atomically, and record it in run.json
+    (`record=False`: an artifact of its own, such as a reward model, outside any run directory)."""
     files = _file_entries(artifact)
     # Content hash of the data files (not of times, paths, or `_`-prefixed bookkeeping such as the per-shard
     # records with their host, pid and timings), so the same inputs give the same id on a rerun.
@@ -114,7 +120,8 @@ def publish(
         **(extra or {}),
     }
     write_json_atomic(artifact / MANIFEST, manifest)
-    _record(artifact.parent, manifest)
+    if record:
+        _record(artifact.parent, manifest)
     return manifest
 
 

@@ -188,24 +188,70 @@ def _pipeline(command: str, run_dir: Path) -> None:
         print_summary(run_dir)
 
 
-def cmd_eval(args: argparse.Namespace) -> None:
+def _policy_name(run_dir: Path, name: str | None) -> str:
     from rest import artifacts, stages
+    from rest.errors import RestError
+
+    record = artifacts.read_run(run_dir)
+    name = name or record.get("best_policy") or (stages.policies(run_dir) or ["policy-0"])[-1]
+    if artifacts.read_manifest(run_dir / name) is None:
+        known = ", ".join(stages.policies(run_dir)) or "none yet"
+        raise RestError(f"--policy {name}: no published policy of that name in {run_dir} (published: {known})")
+    return name
+
+
+def _best_of_n(args: argparse.Namespace, cfg, name: str, df):
+    from rest.best_of_n import best_of_n, reward_for
+    from rest.models import load_policy
+    from rest.stages import derive_seed
+
+    reward = reward_for(args.reward, args.reward_model or cfg.reward.learned, df)  # before sampling: fail fast
+    seed = derive_seed(cfg.seed, "best-of-n", args.best_of_n) if args.seed is None else args.seed
+    return best_of_n(load_policy(Path(args.run) / name), df, cfg, args.best_of_n, reward, seed, args.temperature)
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    import numpy as np
+
     from rest.data import load_split
-    from rest.evaluation import evaluate
+    from rest.evaluation import corpus_metrics, evaluate
     from rest.models import load_policy
 
     run_dir = Path(args.run)
     cfg = _config_for(args)
-    record = artifacts.read_run(run_dir)
-    name = args.policy or record.get("best_policy") or (stages.policies(run_dir) or ["policy-0"])[-1]
-    if artifacts.read_manifest(run_dir / name) is None:
-        from rest.errors import RestError
-
-        known = ", ".join(stages.policies(run_dir)) or "none yet"
-        raise RestError(f"--policy {name}: no published policy of that name in {run_dir} (published: {known})")
+    name = _policy_name(run_dir, args.policy)
     data = args.data or cfg.data.test
-    metrics, _ = evaluate(load_policy(run_dir / name), load_split(data, "--data"), cfg)
+    df = load_split(data, "--data")
+    if args.best_of_n:
+        table = _best_of_n(args, cfg, name, df)
+        greedy, _ = evaluate(load_policy(run_dir / name), df, cfg)
+        metrics = {
+            "best_of_n": args.best_of_n, "reward_name": args.reward,
+            **corpus_metrics(table["output"].tolist(), table["reference"].tolist()),
+            "chosen_reward": round(float(table["reward"].mean()), 4),
+            "candidate_reward": round(float(table["candidate_rewards"].map(np.mean).mean()), 4),
+            "n": len(table), "greedy": greedy,
+        }
+    else:
+        metrics, _ = evaluate(load_policy(run_dir / name), df, cfg)
     print(json.dumps({"policy": name, "data": data, **metrics}, indent=2))
+
+
+def cmd_generate(args: argparse.Namespace) -> None:
+    from rest.best_of_n import write_best_of_n
+    from rest.data import load_split
+
+    run_dir = Path(args.run)
+    cfg = _config_for(args)
+    name = _policy_name(run_dir, args.policy)
+    df = load_split(args.data, "--data", need_reference=False)
+    table = _best_of_n(args, cfg, name, df)
+    write_best_of_n(Path(args.out), table)
+    print(
+        f"{args.out}: {len(table)} rows, best of {args.best_of_n} by `{args.reward}` from {name}; "
+        f"mean reward chosen {table['reward'].mean():.4f}, of all candidates "
+        f"{table['candidate_rewards'].map(lambda r: sum(r) / len(r)).mean():.4f}"
+    )
 
 
 def cmd_report(args: argparse.Namespace) -> None:
@@ -223,6 +269,26 @@ def cmd_report(args: argparse.Namespace) -> None:
         print(path)
 
 
+def cmd_reward(args: argparse.Namespace) -> None:
+    from rest.config import RewardModelConfig, load_config
+    from rest.reward_model import train_reward_model
+
+    cfg = load_config(args.config, args.overrides, model=RewardModelConfig)
+    if args.out:
+        cfg = cfg.model_copy(update={"out": args.out})
+    manifest = train_reward_model(cfg)
+    m = manifest["metrics"]
+    v, t = m["valid"], m["train"]
+    print(f"Reward model ({m['objective']} on {m['score_column']}): {cfg.out}  id {manifest['id']}")
+    print(_table(
+        ["split", "completions", "pairs", "pairwise_accuracy", f"clear_pairs(>={cfg.data.clear_gap:g})", "accuracy_clear", "mse", "pearson"],
+        [[name, d["rows"], d["pairs"], *(f"{d[k]:.3f}" if d.get(k) is not None else "n/a" for k in ("pairwise_accuracy",)),
+          d.get("clear_pairs"), *(f"{d[k]:.3f}" if d.get(k) is not None else "n/a" for k in ("pairwise_accuracy_clear", "mse", "pearson"))]
+         for name, d in (("held-out", v), ("train", t))],
+    ))
+    print(f"Use it: reward.components={{learned: 1.0}} reward.learned={cfg.out}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rest", description="Reinforced Self-Training: Grow/Improve as a Prefect pipeline")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -231,15 +297,35 @@ def build_parser() -> argparse.ArgumentParser:
         "grow": "one more Grow step on an existing run",
         "improve": "the Improve steps of the latest Grow step",
         "eval": "evaluate a policy of a run on a Parquet/JSONL file; prints JSON",
+        "generate": "best-of-N outputs of a policy for a Parquet/JSONL file of sources, with every candidate's reward",
     }
     for name, text in helps.items():
         p = sub.add_parser(name, help=text, description=text)
         p.add_argument("--run", required=True, help="run directory, e.g. runs/numbers")
         p.add_argument("--config", help="YAML config (default: the run's config.yaml)" + ("; required for a new run" if name == "run" else ""))
         p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides, e.g. grow.num_samples=4")
-        if name == "eval":
+        if name in ("eval", "generate"):
             p.add_argument("--policy", help="policy directory name (default: the run's best policy)")
-            p.add_argument("--data", help="file with `source` and `reference` columns (default: data.test)")
+            if name == "eval":
+                p.add_argument("--data", help="file with `source` and `reference` columns (default: data.test)")
+            else:
+                p.add_argument("--data", required=True, help="file with a `source` column (`reference` optional)")
+                p.add_argument("--out", required=True, help="the Parquet file to write")
+            p.add_argument("--best-of-n", type=int, default=0 if name == "eval" else None, required=name == "generate",
+                           metavar="K", help="sample K outputs per source and keep the one the reward likes best"
+                           + (" (default: greedy decoding)" if name == "eval" else ""))
+            p.add_argument("--reward", default="learned" if name == "generate" else "chrf",
+                           help="what picks the best: chrf, bleu, ter, exact_match (need references) or learned "
+                           "(default: %(default)s)")
+            p.add_argument("--reward-model", help="reward-model artifact for --reward learned (default: reward.learned of the run)")
+            p.add_argument("--temperature", type=float, help="sampling temperature (default: grow.temperature of the run)")
+            p.add_argument("--seed", type=int, help="sampling seed (default: derived from the run's seed and K)")
+    p = sub.add_parser("reward", help="learned reward models: `rest reward train --config FILE`")
+    rsub = p.add_subparsers(dest="reward_command", required=True)
+    p = rsub.add_parser("train", help="train a reward model on Grow shards; writes an artifact (default: the config's `out`)")
+    p.add_argument("--config", required=True, help="YAML reward-model config, e.g. configs/reward-numbers.yaml")
+    p.add_argument("--out", help="artifact directory (default: `out` of the config)")
+    p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides, e.g. objective=bradley_terry")
     p = sub.add_parser("inspect", help="one table row per artifact of a run")
     p.add_argument("run", help="run directory")
     p.add_argument("--json", action="store_true", help="print the rows as JSON")
@@ -263,6 +349,10 @@ def main(argv: list[str] | None = None) -> int:
             cmd_report(args)
         elif args.command == "eval":
             cmd_eval(args)
+        elif args.command == "generate":
+            cmd_generate(args)
+        elif args.command == "reward":
+            cmd_reward(args)
         else:
             cmd_pipeline(args)
     except RestError as exc:

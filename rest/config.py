@@ -101,11 +101,30 @@ class GrowConfig(_Section):
 class RewardConfig(_Section):
     """The reward: a weighted mean of named components, each in [0, 1].
 
-    Components: chrf, bleu, ter (inverted: 1 - TER/100, floored at 0), exact_match. Weights are normalised, so
-    the total stays in [0, 1]: `{chrf: 3, exact_match: 1}` is 0.75 chrF + 0.25 exact match.
+    Components: chrf, bleu, ter (inverted: 1 - TER/100, floored at 0), exact_match, and `learned` (a reward model,
+    `reward.learned`). Weights are normalised, so the total stays in [0, 1]: `{chrf: 3, exact_match: 1}` is
+    0.75 chrF + 0.25 exact match.
     """
 
+    @model_validator(mode="after")
+    def _learned_has_model(self) -> RewardConfig:
+        if "learned" in self.components and not self.learned:
+            raise ValueError(
+                "the `learned` component needs reward.learned: the directory `rest reward train` wrote, e.g. runs/rm-numbers"
+            )
+        return self
+
+    @property
+    def needs_reference(self) -> bool:
+        """False when every component reads only (source, completion): Grow sources may then lack references."""
+        return any(name != "learned" for name in self.components) or bool(self.length_penalty)
+
     components: dict[str, float] = Field(default_factory=lambda: {"chrf": 1.0})
+    learned: str | None = Field(
+        None,
+        description="a reward-model artifact made by `rest reward train` (its directory): what the `learned` "
+        "component scores with; it reads (source, completion) only, so Grow sources need no reference",
+    )
     length_penalty: float = Field(
         0.0, ge=0, le=1,
         description="subtract this x |len(output) - len(reference)| / len(reference) (chars, capped at 1); 0: off",
@@ -312,12 +331,15 @@ def _known_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
     return keys
 
 
-def _check_keys(raw: dict[str, Any], model: type[BaseModel], where: str, prefix: str = "") -> None:
+def _check_keys(
+    raw: dict[str, Any], model: type[BaseModel], where: str, prefix: str = "", root: type[BaseModel] | None = None
+) -> None:
     """Unknown keys are errors with a "did you mean": pydantic's own message would not suggest one."""
+    root = root or model
     for key, value in raw.items():
         if key not in model.model_fields:
             dotted = prefix + key
-            close = difflib.get_close_matches(dotted, _known_keys(RunConfig), n=1, cutoff=0.6)
+            close = difflib.get_close_matches(dotted, _known_keys(root), n=1, cutoff=0.6)
             hint = f"; did you mean `{close[0]}`?" if close else f"; known keys under `{prefix or '.'}`: " + ", ".join(
                 model.model_fields
             )
@@ -328,7 +350,7 @@ def _check_keys(raw: dict[str, Any], model: type[BaseModel], where: str, prefix:
                 continue
             if not isinstance(value, dict):
                 raise RestError(f"{where}: config key `{prefix + key}` must be a mapping, got {value!r}")
-            _check_keys(value, ann, where, prefix + key + ".")
+            _check_keys(value, ann, where, prefix + key + ".", root)
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -353,10 +375,11 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return raw
 
 
-def config_from_dict(raw: dict[str, Any], where: str = "config") -> RunConfig:
-    _check_keys(raw, RunConfig, where)
+def config_from_dict(raw: dict[str, Any], where: str = "config", model: type[BaseModel] | None = None) -> Any:
+    model = model or RunConfig
+    _check_keys(raw, model, where)
     try:
-        return RunConfig.model_validate(raw)
+        return model.model_validate(raw)
     except ValidationError as exc:
         err = exc.errors()[0]
         key = ".".join(str(p) for p in err["loc"]) or "(top level)"
@@ -365,10 +388,14 @@ def config_from_dict(raw: dict[str, Any], where: str = "config") -> RunConfig:
 
 
 def load_config(
-    path: str | Path | None, overrides: list[str] | None = None, updates: BaseModel | dict | None = None
-) -> RunConfig:
+    path: str | Path | None,
+    overrides: list[str] | None = None,
+    updates: BaseModel | dict | None = None,
+    model: type[BaseModel] | None = None,
+) -> Any:
     """Read a YAML config (or the defaults when `path` is None), apply dotted overrides, then `updates`
-    (a ConfigOverrides or the same nested dict: what a deployment passes)."""
+    (a ConfigOverrides or the same nested dict: what a deployment passes). `model`: RunConfig (default) or
+    RewardModelConfig."""
     raw: dict[str, Any] = {}
     where = "overrides"
     if path is not None:
@@ -383,8 +410,84 @@ def load_config(
             raise RestError(f"{path}: a config is a YAML mapping of sections (data:, model:, ...)")
         where = str(path)
     raw = _merge(apply_overrides(raw, list(overrides or [])), overrides_dict(updates))
-    return config_from_dict(raw, where)
+    return config_from_dict(raw, where, model)
 
 
-def dump_config(cfg: RunConfig) -> str:
+# ---------------------------------------------------------------------------------------------------------------
+# Reward models: `rest reward train --config FILE`
+
+
+class RMDataConfig(_Section):
+    """What the reward model learns from: Grow shards (or any Parquet with the same columns)."""
+
+    shards: list[str] = Field(
+        default_factory=lambda: ["runs/numbers/grow-1"],
+        description="Grow step directories or Parquet files with source_id, source, completion and score_column",
+    )
+    score_column: str = Field(
+        "reward_chrf",
+        description="the target: regression learns it, bradley_terry ranks each source's completions by it "
+        "(higher is better; e.g. reward_chrf, or a column of human ranks/ratings)",
+    )
+    valid_fraction: float = Field(
+        0.1, gt=0, lt=1, description="fraction of sources (by a hash of source_id) held out for pairwise accuracy"
+    )
+    min_gap: float = Field(0.0, ge=0, description="bradley_terry trains on pairs whose two scores differ by more than this")
+    clear_gap: float = Field(
+        0.1, ge=0, description="accuracy is also reported on the held-out pairs whose scores differ by at least this "
+        "(a difference a labeller would see; 0.1 = 10 chrF points)",
+    )
+    negatives: int = Field(
+        0, ge=0,
+        description="per training source, add this many completions of other sources (of the same source length "
+        "where there are enough), scored by score_column's metric against the source's reference: more, and "
+        "contrasting, examples of what the score means. Needs a reference column and score_column reward_<metric>",
+    )
+
+
+class RMModelConfig(_Section):
+    """The reward model: a transformers sequence-classification model with one output, on (source, completion)."""
+
+    pretrained: str | None = Field(
+        None, description="from_pretrained path or hub id (AutoModelForSequenceClassification, num_labels=1)"
+    )
+    architecture: str = Field(
+        "configs/models/reward-bert.json",
+        description="transformers config JSON (needs model_type) for a model trained from scratch, with a BPE "
+        "tokenizer trained on the shards' sources and completions",
+    )
+    vocab_size: int = Field(128, ge=16, description="BPE vocabulary of the tokenizer trained from scratch")
+    max_tokens: int = Field(64, ge=4, description="source + completion are truncated to this many tokens")
+
+
+class RMTrainConfig(OptimFields):
+    """Optimiser settings; a step is one batch of whole sources (every completion of each)."""
+
+    steps: int = Field(1500, ge=1)
+    batch_size: int = Field(32, ge=1, description="sources per step; all their distinct completions go in the batch")
+    lr: float = Field(1e-3, gt=0)
+    warmup_steps: int = Field(50, ge=0)
+
+
+class RewardModelConfig(_Section):
+    """A learned reward: regression on a score column, or Bradley-Terry on each source's ranked completions.
+
+    Bradley-Terry puts all K-choose-2 pairs of one source in the same batch (InstructGPT: shuffled pairs make each
+    completion appear in K-1 separate updates and overfit); the loss of a source is the mean over its pairs of
+    -log sigmoid(r(better) - r(worse)), and the batch loss the mean over sources.
+    """
+
+    seed: int = Field(0, description="init, the tokenizer's data order and batch order")
+    out: str = Field("runs/rm-numbers", description="the artifact directory to write (a manifest marks it done)")
+    objective: Literal["regression", "bradley_terry"] = Field(
+        "regression",
+        description="regression: mean squared error to score_column (the model's output is the reward, clipped to "
+        "[0, 1]); bradley_terry: pairwise ranking loss (the reward is sigmoid(output))",
+    )
+    data: RMDataConfig = RMDataConfig()
+    model: RMModelConfig = RMModelConfig()
+    train: RMTrainConfig = RMTrainConfig()
+
+
+def dump_config(cfg: BaseModel) -> str:
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

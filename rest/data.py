@@ -102,6 +102,10 @@ def check_inputs(cfg) -> None:
     load_split(cfg.data.valid, "data.valid")
     load_split(cfg.data.test, "data.test")
     if cfg.grow.steps > 0:
-        grow_sources(cfg.data, need_reference=True)
+        grow_sources(cfg.data, need_reference=cfg.reward.needs_reference)
+    if cfg.reward.learned:
+        from rest.reward_model import check_reward_model
+
+        check_reward_model(cfg.reward.learned, "reward.learned")
     if not cfg.model.pretrained and not Path(cfg.model.architecture).is_file():
         raise RestError(f"model.architecture: {cfg.model.architecture} does not exist; point it at a transformers config JSON")

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 from sacrebleu.metrics import CHRF
 
-from rest.rewards import REWARDS, score_config
+from rest.rewards import component, score_config
 
 Reward = Callable[[Sequence[str], Sequence[str], Sequence[str]], np.ndarray]
 
@@ -96,7 +96,7 @@ def probe_rewards(reward_cfg, sources: Sequence[str], references: Sequence[str],
         from rest.config import RewardConfig
 
         reward_cfg = RewardConfig(components=dict(reward_cfg))
-    probes = {name: probe_reward(REWARDS[name], sources, references, seed) for name in reward_cfg.components}
+    probes = {name: probe_reward(component(name, reward_cfg.learned), sources, references, seed) for name in reward_cfg.components}
     probes["reward"] = probe_reward(lambda s, c, r: score_config(reward_cfg, s, c, r)["reward"], sources, references, seed)
     return probes
 

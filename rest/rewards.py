@@ -63,14 +63,29 @@ def exact_match(sources: Sequence[str], completions: Sequence[str], references: 
 
 
 REWARDS: dict[str, Reward] = {"chrf": chrf, "bleu": bleu, "ter": ter, "exact_match": exact_match}
+LEARNED = "learned"  # the reward-model component: needs the artifact's path (reward.learned), not a reference
 
 
 def check_reward_names(names: Mapping[str, float] | Sequence[str]) -> None:
+    known = [*REWARDS, LEARNED]
     for name in names:
-        if name not in REWARDS:
-            close = difflib.get_close_matches(name, REWARDS, n=1)
+        if name not in known:
+            close = difflib.get_close_matches(name, known, n=1)
             hint = f" did you mean `{close[0]}`?" if close else ""
-            raise ValueError(f"unknown reward {name!r}.{hint} Known rewards: {', '.join(REWARDS)}")
+            raise ValueError(f"unknown reward {name!r}.{hint} Known rewards: {', '.join(known)}")
+
+
+def component(name: str, learned: str | None = None) -> Reward:
+    """The reward callable of one component; `learned` loads (once per process) the reward model at that path."""
+    if name == LEARNED:
+        if not learned:
+            raise RestError("the `learned` reward needs the path of a reward model (reward.learned or --reward-model)")
+        from rest.reward_model import load_reward_model
+
+        rm = load_reward_model(learned)
+        return lambda sources, completions, references: rm.score(sources, completions)
+    check_reward_names([name])
+    return REWARDS[name]
 
 
 def score(
@@ -78,6 +93,7 @@ def score(
     sources: Sequence[str],
     completions: Sequence[str],
     references: Sequence[str | None],
+    learned: str | None = None,
 ) -> dict[str, np.ndarray]:
     """Score every component and their weighted mean: {"reward_<name>": ..., "reward": ...}."""
     check_reward_names(components)
@@ -85,7 +101,7 @@ def score(
     out: dict[str, np.ndarray] = {}
     total = np.zeros(len(completions), dtype=np.float64)
     for name, weight in components.items():
-        values = REWARDS[name](sources, completions, references)
+        values = component(name, learned)(sources, completions, references)
         out[f"reward_{name}"] = values
         total += (weight / total_weight) * values
     out["reward"] = total
@@ -123,7 +139,7 @@ def score_config(rc, sources: Sequence[str], completions: Sequence[str], referen
     `reward_length` is length_deviation (0 = as long as the reference), `reward_format` is format_valid: an
     output that does not match `format_regex` gets reward 0 whatever its components say.
     """
-    out = score(rc.components, sources, completions, references)
+    out = score(rc.components, sources, completions, references, rc.learned)
     total = out["reward"]
     if rc.length_penalty:
         out["reward_length"] = length_deviation(completions, references)

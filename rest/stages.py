@@ -249,7 +249,11 @@ def _grow_plan(run_dir: Path, g: int) -> GrowPlan:
     )
     policy = grow_policy(run_dir, g)
     parents = [_artifact_id(run_dir, policy)]
-    sources = grow_sources(cfg.data, need_reference=True)
+    if cfg.reward.learned and "learned" in cfg.reward.components:
+        from rest.reward_model import check_reward_model
+
+        parents.append(check_reward_model(cfg.reward.learned, "reward.learned")["id"])  # lineage: which reward model
+    sources = grow_sources(cfg.data, need_reference=cfg.reward.needs_reference)
     key = artifacts.sha256_json({"config": cfg_slice, "parents": parents, "sources": len(sources)})
     return GrowPlan(cfg, cfg_slice, parents, policy, sources, Path(run_dir) / f"grow-{g}", key)
 

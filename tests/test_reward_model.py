@@ -1,0 +1,122 @@
+"""Learned reward models: the Bradley-Terry loss and pairwise accuracy with worked values; then the real thing small:
+`rest reward train` on the smoke run's Grow shards, Grow with only that reward on sources without references,
+best-of-N `rest generate` and `rest eval --best-of-n`."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from rest.errors import RestError
+from rest.reward_model import bradley_terry_loss, held_out, pairs_of, pairwise_accuracy
+from tests.conftest import CONFIG, rest
+
+
+def test_bradley_terry_loss_of_one_pair_with_known_scores():
+    rewards = torch.tensor([2.0, 0.0])
+    one = (torch.tensor([0]), torch.tensor([1]))
+    assert bradley_terry_loss(rewards, [one]).item() == pytest.approx(-math.log(1 / (1 + math.exp(-2.0))), abs=1e-6)
+    assert bradley_terry_loss(rewards, [one]).item() == pytest.approx(0.126928, abs=1e-6)
+    flipped = (torch.tensor([1]), torch.tensor([0]))  # the pair ranked the wrong way round costs more
+    assert bradley_terry_loss(rewards, [flipped]).item() == pytest.approx(2.126928, abs=1e-6)
+
+
+def test_bradley_terry_averages_pairs_within_a_source_then_sources():
+    # source A: one pair (2 vs 0) -> 0.126928; source B: 3 completions all scored 0 -> 3 pairs of log 2 each.
+    rewards = torch.tensor([2.0, 0.0, 0.0, 0.0, 0.0])
+    b_better, b_worse = pairs_of(np.array([3.0, 2.0, 1.0]), 0.0)
+    groups = [(torch.tensor([0]), torch.tensor([1])), (torch.as_tensor(b_better + 2), torch.as_tensor(b_worse + 2))]
+    per_source = (0.126928 + math.log(2)) / 2  # not (0.126928 + 3 log 2) / 4: every source weighs the same
+    assert bradley_terry_loss(rewards, groups).item() == pytest.approx(per_source, abs=1e-6)
+    # and its gradient raises the better completion of each pair
+    r = rewards.clone().requires_grad_(True)
+    bradley_terry_loss(r, groups).backward()
+    assert r.grad[0] < 0 < r.grad[1] and r.grad[2] < 0 < r.grad[4]
+
+
+def test_pairs_and_pairwise_accuracy():
+    better, worse = pairs_of(np.array([0.5, 1.0, 0.5, 0.9]), 0.0)
+    assert sorted(zip(better.tolist(), worse.tolist())) == [(1, 0), (1, 2), (1, 3), (3, 0), (3, 2)]
+    better, _ = pairs_of(np.array([0.5, 1.0, 0.5, 0.9]), 0.2)  # min_gap 0.2: 1.0 vs 0.9 is not a pair
+    assert len(better) == 4
+    df = pd.DataFrame({"source_id": ["a", "a", "a", "b", "b"], "score": [1.0, 0.5, 0.0, 0.2, 0.2]})
+    # source a: 3 pairs; predicted orders 2 of them right and ties 1 (counts 1/2); source b: its scores tie, no pair
+    acc, n = pairwise_accuracy(df, np.array([0.9, 0.1, 0.1, 5.0, -5.0]))
+    assert (acc, n) == (pytest.approx(2.5 / 3), 3)
+    assert pairwise_accuracy(df.iloc[3:], np.array([1.0, 0.0])) == (None, 0)
+
+
+def test_held_out_split_is_by_source_id_and_stable():
+    ids = pd.Series([f"pool-{i:05d}" for i in range(2000)])
+    mask = held_out(ids, 0.1)
+    assert 150 < mask.sum() < 250
+    assert (held_out(ids[::-1].reset_index(drop=True), 0.1) == mask[::-1]).all()  # order does not matter
+
+
+def test_learned_component_needs_a_model_and_an_existing_artifact(tmp_path):
+    from rest.config import load_config
+    from rest.data import check_inputs
+
+    with pytest.raises(RestError, match="reward.learned"):
+        load_config(CONFIG, ["reward.components={learned: 1.0}"])
+    cfg = load_config(CONFIG, ["reward.components={learned: 1.0}", f"reward.learned={tmp_path / 'nothing'}"])
+    with pytest.raises(RestError, match="does not exist; train one with `rest reward train"):
+        check_inputs(cfg)
+
+
+@pytest.mark.integration
+def test_reward_model_grow_without_references_and_best_of_n(clean_run, tmp_path):
+    rm = tmp_path / "rm"
+    args = ["reward", "train", "--config", "configs/reward-numbers.yaml", "--out", str(rm),
+            f"data.shards=[{clean_run / 'grow-1'}]", f"model.pretrained={clean_run / 'policy-0'}",
+            "train.steps=30", "train.warmup_steps=5", "data.valid_fraction=0.25"]
+    out = rest(*args).stdout
+    assert "pairwise_accuracy" in out and str(rm) in out
+    manifest = json.loads((rm / "_manifest.json").read_text())
+    grow_id = json.loads((clean_run / "grow-1" / "_manifest.json").read_text())["id"]
+    assert manifest["kind"] == "reward_model" and manifest["parents"] == [grow_id]
+    assert {"config.json", "model.safetensors", "tokenizer.json", "reward.json", "metrics.json", "config.yaml"} <= set(manifest["files"])
+    metrics = json.loads((rm / "metrics.json").read_text())
+    assert metrics["valid"]["rows"] > 0 and metrics["train"]["pairs"] > 0 and metrics["loss_last"] < metrics["loss_first"]
+    assert not list(tmp_path.glob(".rm*"))  # no staging copy left behind
+    assert "already trained" in rest(*args).stderr  # a rerun of the same config and shards does no work
+
+    # Grow scores sources that have no reference with the learned reward only
+    run = tmp_path / "learned"
+    rest("run", "--config", CONFIG, "--run", str(run), "reward.components={learned: 1.0}", f"reward.learned={rm}",
+         "data.pool=tests/fixtures/unlabelled-small.parquet", "improve.thresholds=[0.3, 0.6]")
+    rows = pd.read_parquet(run / "grow-1")
+    assert len(rows) == 40 * 8 and rows["reference"].isna().all()
+    assert {"reward", "reward_learned"} <= set(rows.columns) and (rows["reward"] == rows["reward_learned"]).all()
+    from rest.reward_model import load_reward_model
+
+    again = load_reward_model(rm).score(rows["source"].tolist(), rows["completion"].tolist())
+    np.testing.assert_allclose(rows["reward"].to_numpy(), again, atol=1e-5)
+    assert rows["reward"].between(0, 1).all() and rows["reward"].std() > 0
+    grow = json.loads((run / "grow-1" / "_manifest.json").read_text())
+    assert grow["parents"][1] == manifest["id"]  # lineage: which reward model scored the step
+
+    # best-of-N: one row per source, K candidates with their rewards, the chosen one is the best
+    bon = tmp_path / "bon.parquet"
+    rest("generate", "--run", str(run), "--data", "tests/fixtures/unlabelled-small.parquet", "--best-of-n", "4",
+         "--reward", "learned", "--out", str(bon))
+    table = pd.read_parquet(bon)
+    assert len(table) == 40 and table["candidates"].map(len).eq(4).all()
+    for row in table.itertuples():
+        assert row.chosen_index == int(np.argmax(row.candidate_rewards))
+        assert row.output == row.candidates[row.chosen_index] and row.reward == max(row.candidate_rewards)
+    # a reference-based reward on sources without references is refused before any sampling
+    proc = rest("generate", "--run", str(run), "--data", "tests/fixtures/unlabelled-small.parquet", "--best-of-n", "4",
+                "--reward", "chrf", "--out", str(tmp_path / "x.parquet"), check=False)
+    assert proc.returncode == 2 and "--reward learned" in proc.stderr and not (tmp_path / "x.parquet").exists()
+
+    result = json.loads(rest("eval", "--run", str(run), "--data", "tests/fixtures/valid-small.parquet",
+                             "--best-of-n", "4", "--reward", "chrf").stdout)
+    assert result["best_of_n"] == 4 and result["n"] == 40 and "exact_match" in result["greedy"]
+    # the best of 4 by chrF is at least as good by chrF as the mean candidate, and strictly when candidates differ
+    assert result["chosen_reward"] > result["candidate_reward"] > 0
