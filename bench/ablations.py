@@ -101,25 +101,23 @@ def row_metrics(run: Path) -> dict:
 
 def table() -> str:
     lines = [
-        "| row | test EM (seed 0, seed 1) | mean test EM | mean test reward | drift chrF | best policy | command (seed 0) |",
-        "|---|---|---|---|---|---|---|",
+        "| row | policy-0 test EM (s0, s1) | best policy test EM (s0, s1) | mean test EM | mean test reward | drift chrF | best policy (s0 / s1) | command (seed 0) |",
+        "|---|---|---|---:|---:|---:|---|---|",
     ]
     for name, config, overrides, _ in ROWS:
         runs = [OUT / f"{name}-s{seed}" for seed in SEEDS]
         if not all(finished(r) for r in runs):
-            lines.append(f"| {name} | (not run) | | | | | |")
+            lines.append(f"| {name} | (not run) | | | | | | |")
             continue
         ms = [row_metrics(r) for r in runs]
-        em = ", ".join(f"{m['test_em']:.1f}" for m in ms)
         drift = [m["drift"] for m in ms if m["drift"] is not None]
         cmd = " ".join(command(config, overrides, SEEDS[0], runs[0]))
+        p0 = ", ".join(f"{m['policy0_test_em']:.1f}" for m in ms)
+        best = ", ".join(f"{m['test_em']:.1f}" for m in ms)
         lines.append(
-            f"| {name} | {em} | {statistics.mean(m['test_em'] for m in ms):.1f} "
-            f"| {statistics.mean(m['test_reward'] for m in ms):.4f} "
-            f"| {statistics.mean(drift):.1f} | {' / '.join(m['best'] for m in ms)} | `{cmd}` |"
-            if drift else
-            f"| {name} | {em} | {statistics.mean(m['test_em'] for m in ms):.1f} "
-            f"| {statistics.mean(m['test_reward'] for m in ms):.4f} | n/a | {' / '.join(m['best'] for m in ms)} | `{cmd}` |"
+            f"| {name} | {p0} | {best} "
+            f"| {statistics.mean(m['test_em'] for m in ms):.1f} | {statistics.mean(m['test_reward'] for m in ms):.4f} "
+            f"| {f'{statistics.mean(drift):.1f}' if drift else 'n/a'} | {' / '.join(m['best'] for m in ms)} | `{cmd}` |"
         )
     return "\n".join(lines)
 

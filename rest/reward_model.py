@@ -200,11 +200,18 @@ class RewardModel:
 
         tok, config = self.tokenizer, self.model.config
         pad, eos, start = tok.pad_token_id, tok.eos_token_id, config.decoder_start_token_id
-        src = [ids[: self.max_tokens] for ids in tok(sources)["input_ids"]]
+        from transformers.modeling_outputs import BaseModelOutput
+
+        unique = list(dict.fromkeys(sources))  # a batch holds every completion of a source: encode it once
+        index = {u: i for i, u in enumerate(unique)}
+        row = torch.tensor([index[s] for s in sources], dtype=torch.long)
+        src = [ids[: self.max_tokens] for ids in tok(unique)["input_ids"]]
         dec = [[start] + ids[: self.max_tokens - 2] + [eos] for ids in tok(completions, add_special_tokens=False)["input_ids"]]
         src_ids, src_mask = _pad(src, pad)
         dec_ids, dec_mask = _pad(dec, pad)
-        encoder_outputs = self.model.get_encoder()(input_ids=src_ids, attention_mask=src_mask)
+        encoded = self.model.get_encoder()(input_ids=src_ids, attention_mask=src_mask).last_hidden_state
+        encoder_outputs = BaseModelOutput(last_hidden_state=encoded[row])
+        src_mask = src_mask[row]
         out = self.model(
             input_ids=dec_ids, attention_mask=src_mask, decoder_input_ids=dec_ids, decoder_attention_mask=dec_mask,
             encoder_outputs=encoder_outputs, use_cache=False,
