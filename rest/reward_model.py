@@ -223,16 +223,9 @@ class RewardModel:
         out = torch.sigmoid(x) if OUTPUTS[self.objective] == "sigmoid" else x.clamp(0.0, 1.0)
         return out.numpy()
 
-    @torch.no_grad()
     def score(self, sources, completions, batch_size: int = 512) -> np.ndarray:
         """The reward of each (source, completion), in [0, 1]."""
-        self.model.eval()
-        sources, completions = list(sources), list(completions)
-        out = [
-            self.raw(sources[k : k + batch_size], completions[k : k + batch_size]).numpy()
-            for k in range(0, len(sources), batch_size)
-        ]
-        return self.transform(np.concatenate(out)) if out else np.zeros(0)
+        return self.transform(_raw_no_grad(self, list(sources), list(completions), batch_size))
 
 
 def _pair_template(tokenizer) -> None:
@@ -347,10 +340,10 @@ def _evaluate(rm: RewardModel, df: pd.DataFrame, clear_gap: float) -> dict[str, 
 
 @torch.no_grad()
 def _raw_no_grad(rm: RewardModel, sources: list[str], completions: list[str], batch_size: int = 512) -> np.ndarray:
+    """The raw outputs, in eval mode (no dropout), `batch_size` pairs at a time."""
     rm.model.eval()
-    return np.concatenate(
-        [rm.raw(sources[k : k + batch_size], completions[k : k + batch_size]).numpy() for k in range(0, len(sources), batch_size)]
-    )
+    out = [rm.raw(sources[k : k + batch_size], completions[k : k + batch_size]).numpy() for k in range(0, len(sources), batch_size)]
+    return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
 
 
 def train_reward_model(cfg: RewardModelConfig) -> dict[str, Any]:
