@@ -85,6 +85,17 @@ def test_reward_model_grow_without_references_and_best_of_n(clean_run, tmp_path)
     assert metrics["valid"]["rows"] > 0 and metrics["train"]["pairs"] > 0 and metrics["loss_last"] < metrics["loss_first"]
     assert not list(tmp_path.glob(".rm*"))  # no staging copy left behind
     assert "already trained" in rest(*args).stderr  # a rerun of the same config and shards does no work
+    # the pairwise objective on the same shards: all pairs of a source in a batch, reward = sigmoid(output)
+    bt = tmp_path / "rm-bt"
+    rest(*args[:5], str(bt), *args[6:], "objective=bradley_terry", "train.steps=10")
+    assert json.loads((bt / "reward.json").read_text())["output"] == "sigmoid"
+    bt_metrics = json.loads((bt / "metrics.json").read_text())
+    assert bt_metrics["objective"] == "bradley_terry" and bt_metrics["train"]["pairs"] > 0
+    from rest.reward_model import load_reward_model
+
+    sample = pd.read_parquet(clean_run / "grow-1").head(16)
+    scores = load_reward_model(bt).score(sample["source"].tolist(), sample["completion"].tolist())
+    assert ((scores > 0) & (scores < 1)).all()
 
     # Grow scores sources that have no reference with the learned reward only
     run = tmp_path / "learned"
@@ -93,8 +104,6 @@ def test_reward_model_grow_without_references_and_best_of_n(clean_run, tmp_path)
     rows = pd.read_parquet(run / "grow-1")
     assert len(rows) == 40 * 8 and rows["reference"].isna().all()
     assert {"reward", "reward_learned"} <= set(rows.columns) and (rows["reward"] == rows["reward_learned"]).all()
-    from rest.reward_model import load_reward_model
-
     again = load_reward_model(rm).score(rows["source"].tolist(), rows["completion"].tolist())
     np.testing.assert_allclose(rows["reward"].to_numpy(), again, atol=1e-5)
     assert rows["reward"].between(0, 1).all() and rows["reward"].std() > 0
