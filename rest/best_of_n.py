@@ -47,9 +47,7 @@ def reward_for(name: str, learned: str | None, df: pd.DataFrame):
             f"--reward {name} compares with the reference, but {int(df['reference'].isna().sum())} rows of --data have "
             "none: use --reward learned (a reward model reads only source and output)"
         )
-    if name == LEARNED and not learned:
-        raise RestError("--reward learned needs --reward-model DIR (or reward.learned in the run's config)")
-    return component(name, learned)
+    return component(name, learned)  # which also refuses `learned` without a reward model
 
 
 def best_of_n(policy, df: pd.DataFrame, cfg, k: int, reward, seed: int, temperature: float | None = None) -> pd.DataFrame:

@@ -105,17 +105,18 @@ def add_negatives(df: pd.DataFrame, data_cfg, k: int, seed: int) -> pd.DataFrame
     if sources["reference"].isna().any():
         raise RestError("data.negatives scores other sources' completions against each reference, but some shards have no reference; set data.negatives: 0")
     rng = np.random.default_rng(seed)
-    comp = df[["source_id", "completion"]].reset_index(drop=True)
+    owner = df["source_id"].to_numpy()
+    completions = df["completion"].to_numpy()
     length = df["source"].str.len().to_numpy()
     by_length = {n: np.nonzero(length == n)[0] for n in np.unique(length)}
     rows = []
     for src in sources.itertuples():
         pool = by_length[len(src.source)]
-        pool = pool[comp["source_id"].to_numpy()[pool] != src.source_id]
+        pool = pool[owner[pool] != src.source_id]
         if len(pool) < k:
-            pool = np.nonzero(comp["source_id"].to_numpy() != src.source_id)[0]
+            pool = np.nonzero(owner != src.source_id)[0]
         for j in rng.choice(pool, size=min(k, len(pool)), replace=False):
-            rows.append((src.source_id, src.source, src.reference, comp["completion"].iat[j]))
+            rows.append((src.source_id, src.source, src.reference, completions[j]))
     neg = pd.DataFrame(rows, columns=["source_id", "source", "reference", "completion"])
     neg["score"] = REWARDS[metric](neg["source"].tolist(), neg["completion"].tolist(), neg["reference"].tolist())
     neg["negative"] = True
@@ -155,8 +156,9 @@ def bradley_terry_loss(rewards: torch.Tensor, groups: list[tuple[torch.Tensor, t
 def pairwise_accuracy(df: pd.DataFrame, predicted: np.ndarray, min_gap: float = 0.0) -> tuple[float | None, int]:
     """Fraction of within-source pairs with different scores that `predicted` orders the same way (ties: 1/2)."""
     hits, n = 0.0, 0
+    scores = df["score"].to_numpy()
     for _, idx in df.groupby("source_id", sort=False).indices.items():
-        better, worse = pairs_of(df["score"].to_numpy()[idx], min_gap)
+        better, worse = pairs_of(scores[idx], min_gap)
         if len(better):
             p = predicted[idx]
             diff = p[better] - p[worse]
@@ -377,6 +379,7 @@ def train_reward_model(cfg: RewardModelConfig) -> dict[str, Any]:
         train_df = add_negatives(train_df, cfg.data, cfg.data.negatives, cfg.seed)
     groups = list(train_df.groupby("source_id", sort=True).indices.values())
     scores = train_df["score"].to_numpy()
+    sources, completions = train_df["source"].to_numpy(), train_df["completion"].to_numpy()
     if cfg.objective == "bradley_terry":
         groups = [g for g in groups if len(pairs_of(scores[g], cfg.data.min_gap)[0])]
     if not groups:
@@ -399,7 +402,7 @@ def train_reward_model(cfg: RewardModelConfig) -> dict[str, Any]:
     losses, started = [], time.perf_counter()
     for step, batch in enumerate(batches):
         idx = np.concatenate([groups[b] for b in batch])
-        raw = rm.raw(train_df["source"].to_numpy()[idx].tolist(), train_df["completion"].to_numpy()[idx].tolist())
+        raw = rm.raw(sources[idx].tolist(), completions[idx].tolist())
         if cfg.objective == "regression":
             loss = torch.nn.functional.mse_loss(raw, torch.tensor(scores[idx], dtype=torch.float32))
         else:
