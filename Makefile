@@ -8,13 +8,10 @@ RUN ?= runs/numbers
 RM_CONFIG ?= configs/reward-numbers.yaml
 ARGS ?=
 
-# Offline and quiet by default: no Prefect analytics, no hub or comet calls unless the user asks for them.
+# Prefect's state lives in the checkout. The rest of the environment (offline, quiet, bit-exact floats) has one
+# definition, rest/environment.py: `rest` applies it itself, and $(WITH_ENV) runs other commands under it.
 export PREFECT_HOME ?= $(CURDIR)/.prefect
-export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
-export DO_NOT_TRACK ?= 1
-export HF_HUB_DISABLE_TELEMETRY ?= 1
-export COMET_AUTO_LOG_ENV_DETAILS ?= false
-export COMET_ERROR_TRACKING_ENABLE ?= false
+WITH_ENV = $(BIN)/python -m rest.environment
 
 PREFECT_PORT ?= 4200
 STATE ?= .prefect# pid and log files of `make server` / `make worker`
@@ -66,23 +63,24 @@ data: setup  ## rebuild data/numbers/*.parquet (deterministic; the result is com
 server: setup  ## a Prefect server on 127.0.0.1 in the background (state in .prefect/); returns once it answers
 	@mkdir -p $(STATE)
 	@if $(call HEALTHY,1) 2>/dev/null; then echo "a Prefect server already answers on $(PREFECT_URL)"; else \
-	  setsid nohup $(BIN)/prefect server start --host 127.0.0.1 --port $(PREFECT_PORT) --analytics-off \
+	  PREFECT_SERVER_API_PORT=$(PREFECT_PORT) PREFECT_UI_API_URL=$(PREFECT_URL) \
+	  setsid nohup $(WITH_ENV) $(BIN)/prefect server start --host 127.0.0.1 --port $(PREFECT_PORT) --analytics-off \
 	    > $(STATE)/server.log 2>&1 & echo $$! > $(STATE)/server.pid; \
 	  $(call HEALTHY,120) || { echo "the server did not answer in 120 s: see $(STATE)/server.log"; exit 1; }; fi
 	@# The default profile (~/.prefect), so that a plain `prefect ...` in a new shell talks to this server.
 	@env -u PREFECT_HOME $(BIN)/prefect config set PREFECT_API_URL=$(PREFECT_URL) >/dev/null
-	@echo "Prefect server: $(PREFECT_URL) (UI http://127.0.0.1:$(PREFECT_PORT)); PREFECT_API_URL set in your default profile"
+	@echo "Prefect server: $(PREFECT_URL) (UI http://127.0.0.1:$(PREFECT_PORT), which calls this API); PREFECT_API_URL set in your default profile"
 
 worker: setup  ## a process worker on the `rest` pool, in the background
 	@mkdir -p $(STATE)
 	@PREFECT_API_URL=$(PREFECT_URL) $(BIN)/prefect work-pool inspect $(POOL) >/dev/null 2>&1 || \
 	  PREFECT_API_URL=$(PREFECT_URL) $(BIN)/prefect work-pool create $(POOL) --type process >/dev/null
-	@PREFECT_API_URL=$(PREFECT_URL) PREFECT_WORKER_QUERY_SECONDS=1 setsid nohup $(BIN)/prefect worker start \
+	@PREFECT_API_URL=$(PREFECT_URL) PREFECT_WORKER_QUERY_SECONDS=1 setsid nohup $(WITH_ENV) $(BIN)/prefect worker start \
 	  --pool $(POOL) --install-policy never > $(STATE)/worker.log 2>&1 & echo $$! > $(STATE)/worker.pid
 	@echo "worker on pool $(POOL) (log: $(STATE)/worker.log)"
 
 deploy: setup  ## register the deployments of prefect.yaml
-	REST_HOME=$(CURDIR) PREFECT_API_URL=$(PREFECT_URL) $(BIN)/prefect --no-prompt deploy --all
+	REST_HOME=$(CURDIR) PREFECT_API_URL=$(PREFECT_URL) $(WITH_ENV) $(BIN)/prefect --no-prompt deploy --all
 
 stop:  ## stop the worker and the server started above (a worker that ran flows needs a second signal)
 	@for name in worker server; do \

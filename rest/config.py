@@ -242,6 +242,16 @@ class TrackingConfig(_Section):
     """
 
     comet: Literal["off", "offline", "online"] = Field("offline", description="off | offline (RUN/comet/*.zip) | online")
+
+    @field_validator("comet", mode="before")
+    @classmethod
+    def _yaml_off(cls, v: Any) -> Any:
+        # YAML 1.1 (PyYAML) reads a bare `off` (and `no`, `false`) as False: `comet: off` means "off".
+        if v is False:
+            return "off"
+        if v is True:
+            raise ValueError("`on` is not a mode: say offline (an archive under the run directory) or online")
+        return v
     project: str = Field("rest", description="comet project name")
     workspace: str | None = Field(None, description="comet workspace (online); null: your default workspace")
     sample_rows: int = Field(64, ge=0, description="rows of each Grow step logged as a table asset")
@@ -332,13 +342,20 @@ def _known_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
 
 
 def _check_keys(
-    raw: dict[str, Any], model: type[BaseModel], where: str, prefix: str = "", root: type[BaseModel] | None = None
+    raw: dict[str, Any],
+    model: type[BaseModel],
+    where: str,
+    prefix: str = "",
+    root: type[BaseModel] | None = None,
+    origins: dict[str, str] | None = None,
 ) -> None:
     """Unknown keys are errors with a "did you mean": pydantic's own message would not suggest one."""
     root = root or model
+    origins = origins or {}
     for key, value in raw.items():
         if key not in model.model_fields:
             dotted = prefix + key
+            where = _origin(dotted, origins, where)
             close = difflib.get_close_matches(dotted, _known_keys(root), n=1, cutoff=0.6)
             hint = f"; did you mean `{close[0]}`?" if close else f"; known keys under `{prefix or '.'}`: " + ", ".join(
                 model.model_fields
@@ -349,12 +366,16 @@ def _check_keys(
             if value is None:
                 continue
             if not isinstance(value, dict):
-                raise RestError(f"{where}: config key `{prefix + key}` must be a mapping, got {value!r}")
-            _check_keys(value, ann, where, prefix + key + ".", root)
+                raise RestError(f"{_origin(prefix + key, origins, where)}: config key `{prefix + key}` must be a mapping, got {value!r}")
+            _check_keys(value, ann, where, prefix + key + ".", root, origins)
 
 
-def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply `key.sub=value` overrides; values are parsed as YAML (`3`, `0.5`, `[0.9, 1.0]`, `null`)."""
+def apply_overrides(raw: dict[str, Any], overrides: list[str], origins: dict[str, str] | None = None) -> dict[str, Any]:
+    """Apply `key.sub=value` overrides; values are parsed as YAML (`3`, `0.5`, `[0.9, 1.0]`, `null`).
+
+    `origins`, when given, gets `dotted key -> "override `key=value`"` for every key set here, so an error about
+    that key names the override rather than the config file.
+    """
     for item in overrides:
         if "=" not in item:
             raise RestError(f"override {item!r} must look like key.sub=value, e.g. grow.num_samples=4")
@@ -368,23 +389,45 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
             node = child
         try:
             node[parts[-1]] = yaml.safe_load(text) if text.strip() else None
-        except yaml.YAMLError:
+        except yaml.YAMLError as exc:
+            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
             raise RestError(
-                f"override {item!r}: the value is not valid YAML; quote it, e.g. {dotted}='{text}'"
+                f"override `{item}`: the value `{text}` is not valid YAML ({problem}); write a YAML value, e.g. "
+                f"improve.thresholds=[0.9,1.0] or data.pool=null, and quote the whole argument for your shell when "
+                f"it has spaces: 'improve.thresholds=[0.9, 1.0]'"
             ) from None
+        if origins is not None:
+            origins[dotted.strip()] = f"override `{item}`"
     return raw
 
 
-def config_from_dict(raw: dict[str, Any], where: str = "config", model: type[BaseModel] | None = None) -> Any:
+def _origin(key: str, origins: dict[str, str], where: str) -> str:
+    """Who set config key `key` (dotted): the override that set it or a section above it, else `where`."""
+    parts = key.split(".")
+    for n in range(len(parts), 0, -1):
+        hit = origins.get(".".join(parts[:n]))
+        if hit:
+            return hit
+    return where
+
+
+def config_from_dict(
+    raw: dict[str, Any], where: str = "config", model: type[BaseModel] | None = None, origins: dict[str, str] | None = None
+) -> Any:
+    """Validate `raw` as a `model` (RunConfig by default). Errors name the config key and `where` it came from:
+    the file, or the override that set the key (`origins`, from apply_overrides)."""
     model = model or RunConfig
-    _check_keys(raw, model, where)
+    origins = origins or {}
+    _check_keys(raw, model, where, origins=origins)
     try:
         return model.model_validate(raw)
     except ValidationError as exc:
         err = exc.errors()[0]
-        key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        loc = [str(p) for p in err["loc"]]
+        # a key inside a mapping value (reward.components.chrF) is named by the field that holds it
+        key = ".".join(loc) or "(top level)"
         msg = err["msg"].removeprefix("Value error, ")
-        raise RestError(f"{where}: config key `{key}`: {msg}") from None
+        raise RestError(f"{_origin(key, origins, where)}: config key `{key}`: {msg}") from None
 
 
 def load_config(
@@ -397,7 +440,7 @@ def load_config(
     (a ConfigOverrides or the same nested dict: what a deployment passes). `model`: RunConfig (default) or
     RewardModelConfig."""
     raw: dict[str, Any] = {}
-    where = "overrides"
+    where = "defaults"
     if path is not None:
         path = Path(path)
         if not path.is_file():
@@ -409,8 +452,9 @@ def load_config(
         if not isinstance(raw, dict):
             raise RestError(f"{path}: a config is a YAML mapping of sections (data:, model:, ...)")
         where = str(path)
-    raw = _merge(apply_overrides(raw, list(overrides or [])), overrides_dict(updates))
-    return config_from_dict(raw, where, model)
+    origins: dict[str, str] = {}
+    raw = _merge(apply_overrides(raw, list(overrides or []), origins), overrides_dict(updates))
+    return config_from_dict(raw, where, model, origins)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ name the config key, the file, the column or row, and the fix.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -25,11 +26,13 @@ def _read(spec: str, key: str) -> pd.DataFrame:
             return pd.read_parquet(path)
         if path.suffix == ".parquet":
             return pd.read_parquet(path)
-        if path.suffix in (".jsonl", ".json"):
+        if path.suffix == ".jsonl":
+            return _read_jsonl(path, key)
+        if path.suffix == ".json":
             try:
-                return pd.read_json(path, lines=path.suffix == ".jsonl", dtype=False)
+                return pd.read_json(path, dtype=False)
             except ValueError as exc:
-                raise RestError(f"{key}: {path} is not valid {path.suffix[1:].upper()}: {exc}") from None
+                raise RestError(f"{key}: {path} is not valid JSON: {exc}") from None
         raise RestError(f"{key}: {path} is a {path.suffix or 'suffix-less'} file; use .parquet, .jsonl or .json")
     if path.suffix in LOCAL_SUFFIXES or spec.startswith((".", "/")) or "\\" in spec:
         raise RestError(f"{key}: {spec} does not exist; fix the path (relative paths start at the current directory)")
@@ -41,6 +44,23 @@ def _read(spec: str, key: str) -> pd.DataFrame:
         return datasets.load_dataset(name, split=split or "train").to_pandas()
     except Exception as exc:  # the hub raises many types; all mean "could not load this id"
         raise RestError(f"{key}: {spec} is neither a local file nor a loadable dataset id ({exc})") from None
+
+
+def _read_jsonl(path: Path, key: str) -> pd.DataFrame:
+    """One JSON object per line (blank lines skipped); a bad line is named by its number, as an editor shows it."""
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line.rstrip("\r\n"))
+            except json.JSONDecodeError as exc:
+                raise RestError(f"{key}: {path} line {number}: not valid JSON ({exc.msg} at column {exc.colno}); fix or drop that line") from None
+            if not isinstance(row, dict):
+                raise RestError(f"{key}: {path} line {number}: a JSONL row is an object such as {{\"source\": ..., \"reference\": ...}}, got {type(row).__name__}")
+            rows.append(row)
+    return pd.DataFrame(rows)
 
 
 def load_split(spec: str, key: str, need_reference: bool = True) -> pd.DataFrame:

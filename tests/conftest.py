@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+import rest.environment  # noqa: F401  (first: the environment is set before any test module imports torch)
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -18,13 +20,7 @@ def _isolated_env(tmp_path_factory):
     home = tmp_path_factory.mktemp("prefect-home")
     env = {
         "PREFECT_HOME": str(home),
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "DO_NOT_TRACK": "1",
-        "HF_HUB_OFFLINE": "1",
-        "HF_HUB_DISABLE_TELEMETRY": "1",
-        "COMET_AUTO_LOG_ENV_DETAILS": "false",
-        "COMET_ERROR_TRACKING_ENABLE": "false",
-        "TOKENIZERS_PARALLELISM": "false",
+        "HF_HUB_OFFLINE": "1",  # tests never download; the rest of the environment is rest/environment.py's
     }
     old = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
