@@ -14,23 +14,42 @@ so every task here has caching off and simply returns at once when its artifact 
 
 from __future__ import annotations
 
+import errno
+import logging
 import re
 from pathlib import Path
 
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.settings import PREFECT_API_URL
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from prefect.settings import PREFECT_API_URL
-
 from rest import stages
-from rest.artifacts import CONFIG_FILE, read_manifest, run_lock
+from rest.artifacts import CONFIG_FILE, run_lock
 from rest.config import ConfigOverrides, load_config
-from rest.data import check_inputs
 from rest.errors import RestError
 from rest.report import write_report
-from rest.tracking import check_tracking, log_run
+from rest.run import Run
+from rest.tracking import log_run
+
+
+USER_OS_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
+
+
+class _UserErrorsWithoutTraceback(logging.Filter):
+    """A task or flow that fails on bad input (a RestError, a full disk) is logged in one line: the traceback
+    says nothing the message does not, and `rest` prints the message with the fix at the end."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, RestError) or (isinstance(exc, OSError) and exc.errno in USER_OS_ERRORS):
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+for _name in ("prefect.task_runs", "prefect.flow_runs"):
+    logging.getLogger(_name).addFilter(_UserErrorsWithoutTraceback())
 
 
 @task(name="policy-0", cache_policy=NO_CACHE)
@@ -88,7 +107,7 @@ def artifact_key(run_dir: str, stage: str) -> str:
 
 
 def publish_grow_artifact(run_dir: str, g: int) -> None:
-    manifest = read_manifest(Path(run_dir) / f"grow-{g}")
+    manifest = Run.open(run_dir).verified(f"grow-{g}")
     stats = manifest["stats"]
     rows = [{"metric": f"reward {q}", "value": v} for q, v in stats["reward_quantiles"].items()]
     rows.append({"metric": "reward mean", "value": stats["reward_mean"]})
@@ -106,7 +125,7 @@ def publish_grow_artifact(run_dir: str, g: int) -> None:
 
 
 def publish_improve_artifact(run_dir: str, name: str) -> None:
-    metrics = stages.policy_metrics(Path(run_dir), name)
+    metrics = Run.open(run_dir).metrics(name)
     rows = [{"metric": f"valid {k}", "value": v} for k, v in metrics["valid"].items()]
     rows += [{"metric": f"improve {k}", "value": v} for k, v in metrics.get("improve", {}).items()]
     rows += [{"metric": f"train {k}", "value": v} for k, v in metrics["train"].items()]
@@ -142,7 +161,7 @@ def check_task_runner(task_runner: str) -> None:
 
 def _with_runner(f, run_dir: str):
     """`f` with the task runner of the run's config: threads, or Dask (a LocalCluster or an existing cluster)."""
-    cfg = stages.run_config(Path(run_dir))
+    cfg = Run.open(run_dir).config
     orch = cfg.orchestration
     if orch.task_runner == "threads":
         return f.with_options(task_runner=ThreadPoolTaskRunner(max_workers=cfg.grow.workers))
@@ -170,7 +189,7 @@ def grow_step_flow(run: str, step: int) -> str:
 def grow_flow(run: str, step: int | None = None) -> str:
     """One more Grow step on an existing run (default: the next one)."""
     with run_lock(Path(run)):
-        g = step or stages.next_grow_step(Path(run))
+        g = step or Run.open(run).next_grow_step()
         return _with_runner(grow_step_flow, run)(run, g)
 
 
@@ -178,8 +197,9 @@ def grow_flow(run: str, step: int | None = None) -> str:
 def improve_flow(run: str, step: int | None = None) -> list[str]:
     """Every Improve step (one per threshold) after Grow step `step` (default: the latest)."""
     with run_lock(Path(run)):
-        g = step or stages.latest_grow_step(Path(run))
-        thresholds = stages.run_config(Path(run)).improve.thresholds
+        run_ = Run.open(run)
+        g = step or run_.latest_grow_step()
+        thresholds = run_.config.improve.thresholds
         names = []
         for i in range(1, len(thresholds) + 1):
             names.append(improve_task(run, g, i))
@@ -206,18 +226,16 @@ def rest_flow(run: str, config: str | None = None, overrides: ConfigOverrides | 
     the run directory, as `rest run --config FILE key=value` does. The server rejects values the schema rules
     out before a flow run exists; the rest fail the flow run before any task, with the message `rest` prints.
     """
+    cfg = None
     if config is not None:
         cfg = load_config(config, updates=overrides)
-    elif overrides is not None:  # on an existing run: only grow.steps may change (init_run names the others)
+    elif overrides is not None:  # on an existing run: only grow.steps may change (Run.create names the others)
         cfg = load_config(Path(run) / CONFIG_FILE, updates=overrides)
-    if config is not None or overrides is not None:
-        check_inputs(cfg)
-        check_tracking(cfg.tracking.comet)
+    if cfg is not None:
+        stages.start_run(Path(run), cfg)  # what `rest run` calls too: every input checked, then the directory
     with run_lock(Path(run)):  # one writer per run directory, whether it came from `rest` or a deployment
-        if config is not None or overrides is not None:
-            stages.init_run(Path(run), cfg)
         policy0_task(run)
-        for g in range(1, stages.run_config(Path(run)).grow.steps + 1):
+        for g in range(1, Run.open(run).config.grow.steps + 1):
             grow_flow(run, g)
             improve_flow(run, g)
         return finish_flow(run)

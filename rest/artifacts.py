@@ -28,8 +28,13 @@ import pyarrow.parquet as pq
 from rest.errors import RestError
 
 MANIFEST = "_manifest.json"
+SELF_CHECKSUM = "manifest_sha256"  # sha256 of the manifest's JSON without this key
 RUN_RECORD = "run.json"
 CONFIG_FILE = "config.yaml"
+
+# Artifact kinds (the `kind` of a manifest) and how a user makes the ones that live outside a run directory.
+POLICY, GROW, REWARD_MODEL = "policy", "grow", "reward_model"
+HOW_TO_MAKE = {REWARD_MODEL: "train one with `rest reward train --config configs/reward-numbers.yaml`"}
 
 
 def sha256_file(path: Path) -> str:
@@ -119,6 +124,9 @@ def publish(
         "files": files,
         **(extra or {}),
     }
+    # The manifest's own checksum: its statistics and config slice are read (inspect, report, comet) as they are,
+    # so an edit to them must be caught like an edit to a data file.
+    manifest[SELF_CHECKSUM] = sha256_json(manifest)
     write_json_atomic(artifact / MANIFEST, manifest)
     if record:
         _record(artifact.parent, manifest)
@@ -126,17 +134,28 @@ def publish(
 
 
 def read_manifest(artifact: Path) -> dict[str, Any] | None:
+    """The manifest as written (None when there is none). Unverified: readers use `verified` or `require`."""
     path = Path(artifact) / MANIFEST
     if not path.is_file():
         return None
-    return json.loads(path.read_text())
+    try:
+        manifest = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return {"files": {}, "_unreadable": True}
+    return manifest if isinstance(manifest, dict) else {"files": {}, "_unreadable": True}
 
 
 def verify(artifact: Path) -> list[str]:
-    """Problems with a published artifact: missing manifest, missing files, wrong sizes or hashes. [] is good."""
+    """Problems with a published artifact: missing or edited manifest, missing files, wrong sizes or hashes.
+    [] is good."""
     manifest = read_manifest(artifact)
     if manifest is None:
         return [f"{artifact}: no {MANIFEST}"]
+    if manifest.get("_unreadable"):
+        return [f"{Path(artifact) / MANIFEST}: not valid JSON"]
+    body = {k: v for k, v in manifest.items() if k != SELF_CHECKSUM}
+    if manifest.get(SELF_CHECKSUM) != sha256_json(body):
+        return [f"{Path(artifact) / MANIFEST}: edited since it was published (its checksum differs)"]
     problems = []
     for rel, entry in manifest["files"].items():
         path = Path(artifact) / rel
@@ -147,11 +166,57 @@ def verify(artifact: Path) -> list[str]:
     return problems
 
 
-def _diff(old: Any, new: Any, prefix: str = "") -> list[str]:
+_VERIFIED: dict[tuple, dict[str, Any]] = {}  # (path, manifest stat) -> manifest: each artifact hashed once per process
+
+
+def _check(artifact: Path) -> tuple[dict[str, Any] | None, list[str]]:
+    """(manifest, []) when the artifact verifies, (None, problems) when not; hashed once per process."""
+    try:
+        st = (artifact / MANIFEST).stat()
+    except FileNotFoundError:
+        return None, [f"{artifact}: no {MANIFEST}"]
+    key = (str(artifact.resolve()), st.st_mtime_ns, st.st_size)
+    if key not in _VERIFIED:
+        problems = verify(artifact)
+        if problems:
+            return None, problems
+        _VERIFIED[key] = read_manifest(artifact)  # type: ignore[assignment]
+    return _VERIFIED[key], []
+
+
+def verified(artifact: Path, redo_hint: str | None = None) -> dict[str, Any]:
+    """The manifest of a published artifact whose files and manifest all match their checksums, or a RestError.
+
+    Every command verifies what it reads, once per process (a policy is hashed once, however many shards load
+    it): a damaged artifact is refused with a message, never used. `redo_hint` says how to redo it.
+    """
+    artifact = Path(artifact)
+    if not (artifact / MANIFEST).is_file():
+        raise RestError(f"{artifact} is not published (no {MANIFEST}); run the step that makes it first")
+    manifest, problems = _check(artifact)
+    if manifest is None:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        hint = redo_hint or f"delete {artifact} and the artifacts made after it, and rerun the step that made it"
+        raise RestError(f"{artifact} is damaged: {problems[0]}{more}. It was not used; {hint}")
+    return manifest
+
+
+def require(artifact: Path, kind: str, key: str, how_to_make: str) -> dict[str, Any]:
+    """The verified manifest of a finished artifact of `kind` at `artifact` (named by config key or option
+    `key`), or a RestError that says what is wrong and `how_to_make` one."""
+    artifact = Path(artifact)
+    manifest = read_manifest(artifact)
+    if manifest is None or manifest.get("kind") != kind:
+        what = "does not exist" if not artifact.exists() else f"is not a finished {kind} (no {MANIFEST} of kind {kind})"
+        raise RestError(f"{key}: {artifact} {what}; {how_to_make}")
+    return verified(artifact, f"{how_to_make} again")
+
+
+def diff_config(old: Any, new: Any, prefix: str = "") -> list[str]:
     if isinstance(old, dict) and isinstance(new, dict):
         out = []
         for key in sorted(set(old) | set(new)):
-            out += _diff(old.get(key), new.get(key), f"{prefix}{key}.")
+            out += diff_config(old.get(key), new.get(key), f"{prefix}{key}.")
         return out
     return [] if old == new else [f"{prefix.rstrip('.')}: {old!r} -> {new!r}"]
 
@@ -167,11 +232,11 @@ def existing(artifact: Path, config: dict[str, Any], parents: list[str]) -> dict
     manifest = read_manifest(artifact)
     if manifest is None:
         return None
-    problems = verify(artifact)
-    if problems:
+    manifest, problems = _check(artifact)
+    if manifest is None:
         print(f"[rest] {artifact.name}: does not verify ({problems[0]}); redoing it", flush=True)
         return None
-    changed = _diff(manifest["config"], config)
+    changed = diff_config(manifest["config"], config)
     if changed:
         raise RestError(
             f"{artifact} was made with another config ({'; '.join(changed[:3])}). Use a new --run directory, "

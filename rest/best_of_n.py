@@ -20,9 +20,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from rest.artifacts import write_atomic
+from rest.config import REWARD_COMPONENTS, RewardConfig
+from rest.engines import Engine
 from rest.errors import RestError
-from rest.rewards import LEARNED, REWARDS, component
-from rest.sampling import generate
+from rest.rewards import COMPONENTS, component
 
 SCHEMA = pa.schema(
     [
@@ -40,26 +41,25 @@ SCHEMA = pa.schema(
 
 def reward_for(name: str, learned: str | None, df: pd.DataFrame):
     """The reward callable for `--reward NAME`, checked against the data before anything is sampled."""
-    if name != LEARNED and name not in REWARDS:
-        raise RestError(f"--reward {name}: unknown; known: {', '.join([*REWARDS, LEARNED])}")
-    if name != LEARNED and df["reference"].isna().any():
+    if name not in COMPONENTS:
+        raise RestError(f"--reward {name}: unknown; known: {', '.join(REWARD_COMPONENTS)}")
+    if COMPONENTS[name].needs_reference and df["reference"].isna().any():
         raise RestError(
             f"--reward {name} compares with the reference, but {int(df['reference'].isna().sum())} rows of --data have "
             "none: use --reward learned (a reward model reads only source and output)"
         )
-    return component(name, learned)  # which also refuses `learned` without a reward model
+    # RewardConfig.model_construct: `learned` may be missing here, and component() says so as a RestError
+    return component(name, RewardConfig.model_construct(components={name: 1.0}, learned=learned))
 
 
-def best_of_n(policy, df: pd.DataFrame, cfg, k: int, reward, seed: int, temperature: float | None = None) -> pd.DataFrame:
-    """Sample k candidates per row of df (grow's sampling settings), score them with `reward`, keep the best."""
+def best_of_n(engine: Engine, df: pd.DataFrame, cfg, k: int, reward, seed: int, temperature: float | None = None) -> pd.DataFrame:
+    """Sample k candidates per row of df (Grow's engine and sampling settings), score them with `reward`, keep the best."""
     if k < 1:
         raise RestError(f"--best-of-n must be >= 1, got {k}")
     sources = df["source"].tolist()
-    out = generate(
-        policy, sources, cfg.model, num_samples=k,
-        temperature=cfg.grow.temperature if temperature is None else temperature,
-        top_p=cfg.grow.top_p, top_k=cfg.grow.top_k, max_new_tokens=cfg.eval.max_new_tokens,
-        batch_size=cfg.grow.batch_size, seed=seed,
+    out = engine.sample(
+        sources, num_samples=k, temperature=cfg.grow.temperature if temperature is None else temperature,
+        top_p=cfg.grow.top_p, top_k=cfg.grow.top_k, max_new_tokens=cfg.eval.max_new_tokens, seed=seed,
     )
     refs = df["reference"].tolist()
     scores = np.asarray(reward([s for s in sources for _ in range(k)], out.completions, [r for r in refs for _ in range(k)]))

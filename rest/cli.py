@@ -11,29 +11,21 @@ Bad input (a `RestError`) prints one line that says what to fix and exits with c
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import os
 import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
-# Offline unless asked: set before prefect, transformers or comet_ml are imported. setdefault keeps user choices.
-OFFLINE_ENV = {
-    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    "DO_NOT_TRACK": "1",
-    "HF_HUB_DISABLE_TELEMETRY": "1",
-    "COMET_AUTO_LOG_ENV_DETAILS": "false",
-    "COMET_ERROR_TRACKING_ENABLE": "false",
-    "TOKENIZERS_PARALLELISM": "false",
-    "TRANSFORMERS_VERBOSITY": "error",
-}
+from rest.errors import RestError
+from rest.run import Run
 
-
-def _setup_env() -> None:
-    for key, value in OFFLINE_ENV.items():
-        os.environ.setdefault(key, value)
+# How long an interrupted command may take to tell the Prefect server that its flow run ended before it just exits.
+GRACE_S = 10
 
 
 def _setup_logging() -> None:
@@ -62,18 +54,17 @@ def _table(header: list[str], rows: list[list[Any]]) -> str:
 
 
 def print_summary(run_dir: Path) -> None:
-    from rest import stages
-
-    record = json.loads((run_dir / "run.json").read_text())
+    run = Run.open(run_dir)
+    record = run.record
     rows = []
-    for name in stages.policies(run_dir):
-        v = stages.policy_metrics(run_dir, name)["valid"]
+    for name in run.policies():
+        v = run.metrics(name)["valid"]
         rows.append([name, v["exact_match"], v["chrf"], v["bleu"], v["reward"], v["completion_tokens"]])
-    print(f"\nValidation ({stages.run_config(run_dir).data.valid}), greedy decoding:")
+    print(f"\nValidation ({run.config.data.valid}), greedy decoding:")
     print(_table(["policy", "exact_match", "chrF", "BLEU", "reward", "tokens"], rows))
     test = record.get("test", {})
     if test:
-        print(f"\nTest ({stages.run_config(run_dir).data.test}); best policy by validation reward: {record['best_policy']}")
+        print(f"\nTest ({run.config.data.test}); best policy by validation reward: {record['best_policy']}")
         print(_table(["policy", "exact_match", "chrF", "BLEU", "reward", "tokens"], [[n, m["exact_match"], m["chrf"], m["bleu"], m["reward"], m["completion_tokens"]] for n, m in test.items()]))
     print(f"\nRun directory: {run_dir}  (rest inspect {run_dir}; pandas.read_parquet('{run_dir}/grow-1'))")
     report = run_dir / "report" / "index.html"
@@ -84,41 +75,46 @@ def print_summary(run_dir: Path) -> None:
 
 
 def _monitor_alarms(run_dir: Path) -> list[str]:
-    from rest import stages
-
-    names = stages.policies(run_dir)
+    run = Run.open(run_dir)
+    names = run.policies()
     out = []
     for name in names:
-        alarm = stages.policy_metrics(run_dir, name).get("monitors", {}).get("alarm", {})
+        alarm = run.metrics(name).get("monitors", {}).get("alarm", {})
         if alarm.get("fired"):
             out.append(f"{name}: reward {alarm['reward_delta']:+.4f} while chrF {alarm['chrf_delta']:+.2f} (vs {alarm['previous']})")
     if names:
-        out += stages.policy_metrics(run_dir, names[0]).get("monitors", {}).get("probe_flags", [])
+        out += run.metrics(names[0]).get("monitors", {}).get("probe_flags", [])
     return out
 
 
 def inspect_rows(run_dir: Path) -> list[dict[str, Any]]:
-    """One row per artifact directory, published or partial, in the order run.json lists them."""
+    """One row per artifact directory, published, partial or damaged, in the order run.json lists them."""
     from rest import artifacts
 
-    record = artifacts.read_run(run_dir)
+    run = Run.open(run_dir)
+    record = run.record
     order = [a["name"] for a in record.get("artifacts", [])]
     dirs = [p.name for p in sorted(run_dir.iterdir()) if p.is_dir() and not p.name.startswith((".", "report", "comet"))]
     names = order + [d for d in dirs if d not in order]
     id_to_name = {a["id"]: a["name"] for a in record.get("artifacts", [])}
     rows = []
     for name in names:
-        manifest = artifacts.read_manifest(run_dir / name)
         row: dict[str, Any] = {"artifact": name, "kind": "partial", "id": None, "parent": None}
-        if manifest is None:
+        if run.manifest(name) is None:
+            rows.append(row)
+            continue
+        try:
+            manifest = run.verified(name)  # numbers shown are numbers checked: an edited manifest is not shown
+        except RestError as exc:
+            row.update(kind="damaged", problem=str(exc))
             rows.append(row)
             continue
         row.update(kind=manifest["kind"], id=manifest["id"], parent=", ".join(id_to_name.get(p, p) for p in manifest["parents"]))
-        if manifest["kind"] == "grow":
+        if manifest["kind"] == artifacts.GROW:
             s = manifest["stats"]
             row.update(rows=s["rows"], reward=s["reward_mean"], kept=" ".join(f"{t}:{f:.2f}" for t, f in s["kept_fraction"].items()), length=s["completion_tokens"])
         else:
-            m = json.loads((run_dir / name / "metrics.json").read_text())
+            m = run.metrics(name)
             v = m["valid"]
             row.update(steps=m["train"]["steps"], reward=v["reward"], valid_exact_match=v["exact_match"], valid_chrf=v["chrf"], length=v["completion_tokens"])
             if "improve" in m:
@@ -134,7 +130,10 @@ def cmd_inspect(args: argparse.Namespace) -> None:
         return
     cols = ["artifact", "kind", "id", "parent", "rows", "steps", "reward", "kept", "valid_exact_match", "valid_chrf", "length"]
     print(_table(cols, [[r.get(c) for c in cols] for r in rows]))
-    best = json.loads((Path(args.run) / "run.json").read_text()).get("best_policy")
+    for r in rows:
+        if r["kind"] == "damaged":
+            print(f"DAMAGED: {r['problem']}")
+    best = Run.open(Path(args.run)).best_policy
     if best:
         print(f"best policy: {best}")
 
@@ -143,35 +142,32 @@ def _config_for(args: argparse.Namespace):
     """`rest run` takes --config (or the run's own); the other commands work on an existing run."""
     from rest.artifacts import CONFIG_FILE
     from rest.config import load_config
-    from rest.errors import RestError
 
     run_dir = Path(args.run)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RestError(f"--run {run_dir}: is a file, not a run directory; give a directory path (it is created if missing)")
     stored = run_dir / CONFIG_FILE
-    if args.command != "run" and not stored.is_file():
-        raise RestError(f"{run_dir} is not a run directory (no {CONFIG_FILE}); start it with `rest run --config FILE --run {run_dir}`")
+    if args.command != "run":
+        Run.open(run_dir)  # a RestError that says how to start a run when there is none
     path = args.config or (stored if stored.is_file() else None)
     return load_config(path, args.overrides)
 
 
 def cmd_pipeline(args: argparse.Namespace) -> None:
-    from rest.data import check_inputs
-
-    cfg = _config_for(args)
-    check_inputs(cfg)  # before anything is written (and before torch loads): bad input leaves no artifact behind
-    from rest.tracking import check_tracking
-
-    check_tracking(cfg.tracking.comet)
-    if cfg.orchestration.task_runner != "threads":
-        from flows.rest_flows import check_task_runner
-
-        check_task_runner(cfg.orchestration.task_runner)  # before anything is written
+    from flows.rest_flows import check_task_runner
+    from flows.temporary_server import temporary_server
     from rest import stages
     from rest.artifacts import run_lock
 
+    cfg = _config_for(args)
+    check_task_runner(cfg.orchestration.task_runner)  # before anything is written
     run_dir = Path(args.run)
+    if args.command != "run":
+        Run.open(run_dir).check_published()  # they build on earlier steps: a damaged one is refused, not used
+    stages.start_run(run_dir, cfg)  # every input checked first: bad input writes nothing
     with run_lock(run_dir):
-        stages.init_run(run_dir, cfg)
-        _pipeline(args.command, run_dir)
+        with temporary_server():
+            _pipeline(args.command, run_dir)
 
 
 def _pipeline(command: str, run_dir: Path) -> None:
@@ -189,33 +185,37 @@ def _pipeline(command: str, run_dir: Path) -> None:
 
 
 def _policy_name(run_dir: Path, name: str | None) -> str:
-    from rest import artifacts, stages
-    from rest.errors import RestError
-
-    record = artifacts.read_run(run_dir)
-    name = name or record.get("best_policy") or (stages.policies(run_dir) or ["policy-0"])[-1]
-    if artifacts.read_manifest(run_dir / name) is None:
-        known = ", ".join(stages.policies(run_dir)) or "none yet"
+    """The policy --policy names (default: the best, else the last), verified: a damaged one is refused."""
+    run = Run.open(run_dir)
+    name = name or run.best_policy or (run.policies() or ["policy-0"])[-1]
+    if run.manifest(name) is None or name not in run.policies():
+        known = ", ".join(run.policies()) or "none yet"
         raise RestError(f"--policy {name}: no published policy of that name in {run_dir} (published: {known})")
+    run.verified(name)
     return name
+
+
+def _engine(run_dir: Path, cfg, name: str):
+    from rest.engines import engine_for
+
+    return engine_for(cfg, run_dir / name, Run.open(run_dir).artifact_id(name))
 
 
 def _best_of_n(args: argparse.Namespace, cfg, name: str, df):
     from rest.best_of_n import best_of_n, reward_for
-    from rest.models import load_policy
     from rest.stages import derive_seed
 
     reward = reward_for(args.reward, args.reward_model or cfg.reward.learned, df)  # before sampling: fail fast
     seed = derive_seed(cfg.seed, "best-of-n", args.best_of_n) if args.seed is None else args.seed
-    return best_of_n(load_policy(Path(args.run) / name), df, cfg, args.best_of_n, reward, seed, args.temperature)
+    return best_of_n(_engine(Path(args.run), cfg, name), df, cfg, args.best_of_n, reward, seed, args.temperature)
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
     import numpy as np
 
     from rest.data import load_split
-    from rest.evaluation import corpus_metrics, evaluate
-    from rest.models import load_policy
+    from rest.evaluation import evaluate
+    from rest.metrics import corpus_metrics
 
     run_dir = Path(args.run)
     cfg = _config_for(args)
@@ -224,7 +224,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
     df = load_split(data, "--data")
     if args.best_of_n:
         table = _best_of_n(args, cfg, name, df)
-        greedy, _ = evaluate(load_policy(run_dir / name), df, cfg)
+        greedy, _ = evaluate(_engine(run_dir, cfg, name), df, cfg)
         metrics = {
             "best_of_n": args.best_of_n, "reward_name": args.reward,
             **corpus_metrics(table["output"].tolist(), table["reference"].tolist()),
@@ -233,7 +233,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
             "n": len(table), "greedy": greedy,
         }
     else:
-        metrics, _ = evaluate(load_policy(run_dir / name), df, cfg)
+        metrics, _ = evaluate(_engine(run_dir, cfg, name), df, cfg)
     print(json.dumps({"policy": name, "data": data, **metrics}, indent=2))
 
 
@@ -255,13 +255,10 @@ def cmd_generate(args: argparse.Namespace) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> None:
-    from rest.artifacts import CONFIG_FILE
-    from rest.errors import RestError
     from rest.report import report_summary, write_report
 
     run_dir = Path(args.run)
-    if not (run_dir / CONFIG_FILE).is_file():
-        raise RestError(f"{run_dir} is not a run directory (no {CONFIG_FILE})")
+    Run.open(run_dir)  # a RestError when it is not a run directory
     path = write_report(run_dir)
     if args.json:
         print(json.dumps({"report": str(path), **report_summary(run_dir)}, indent=2))
@@ -335,13 +332,76 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# Stopping: Ctrl-C (SIGINT to the process group) or SIGTERM (a scheduler, `kill`) ends the command within seconds,
+# with one line, the run lock free and no process of ours left. Nothing is lost: artifacts appear whole or not at
+# all (manifest last), so the same command resumes.
+
+_STOPPING: list[int] = []
+
+
+def _reap_children() -> None:
+    """Stop every process this one started (the temporary Prefect server, Dask workers), then wait for them."""
+    import psutil
+
+    children = psutil.Process().children(recursive=True)
+    for child in children:
+        try:
+            child.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(children, timeout=5)
+    for child in alive:
+        try:
+            child.kill()
+        except psutil.NoSuchProcess:
+            pass
+
+
+def _exit_now(signum: int) -> None:
+    """Exit without waiting for worker threads (a shard mid-sample would hold the exit for minutes)."""
+    try:
+        _reap_children()
+    finally:
+        sys.stderr.flush()
+        os._exit(128 + signum)
+
+
+def _on_signal(signum: int, frame: Any) -> None:
+    if _STOPPING:  # a second signal: now
+        _exit_now(signum)
+    _STOPPING.append(signum)
+    logging.disable(logging.CRITICAL)  # Prefect's crash reports and tracebacks: the line below says it all
+    print(
+        f"[rest] stopped by {signal.Signals(signum).name}: published artifacts and finished Grow shards are kept; "
+        "run the same command again to resume",
+        file=sys.stderr, flush=True,
+    )
+    timer = threading.Timer(GRACE_S, _exit_now, (signum,))
+    timer.daemon = True
+    timer.start()
+    raise KeyboardInterrupt  # unwinds the flow (which reports its end to the server), then main() exits
+
+
+# OSErrors a user can fix, and how: one line instead of a traceback.
+_OS_FIXES = {
+    errno.ENOSPC: "free some space and run the same command again (published artifacts are kept; the step that "
+                  "failed starts over, and nothing it half-wrote looks finished)",
+    errno.EDQUOT: "free some space (disk quota) and run the same command again",
+    errno.EROFS: "the file system is read-only: give a --run directory on a writable one",
+    errno.EACCES: "no permission to write there: give a --run directory you can write to",
+    errno.EPERM: "no permission to write there: give a --run directory you can write to",
+    errno.ENOTDIR: "a part of that path is a file, not a directory: give another --run path",
+    errno.EEXIST: "a file is in the way of a directory there: give another --run path",
+}
+
+
 def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `rest inspect RUN | head` ends quietly
-    _setup_env()
     args = build_parser().parse_args(argv)
     _setup_logging()
-    from rest.errors import RestError
-
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, _on_signal)
     try:
         if args.command == "inspect":
             cmd_inspect(args)
@@ -358,6 +418,16 @@ def main(argv: list[str] | None = None) -> int:
     except RestError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:
+        if exc.errno not in _OS_FIXES:
+            raise
+        where = exc.filename or getattr(args, "run", "")
+        print(f"error: {where}: {exc.strerror}; {_OS_FIXES[exc.errno]}", file=sys.stderr)
+        return 2
+    except BaseException:
+        if _STOPPING:  # interrupted: the line is printed; exit without a traceback and without waiting for threads
+            _exit_now(_STOPPING[0])
+        raise
     return 0
 
 

@@ -10,6 +10,7 @@ Every field says what it means, its unit and a rule of thumb. Unknown keys are e
 from __future__ import annotations
 
 import difflib
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional
 
@@ -17,6 +18,19 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
 from rest.errors import RestError
+
+
+# The reward components a config may name (rest/rewards.py COMPONENTS builds them; the two lists must agree).
+REWARD_COMPONENTS = ("chrf", "bleu", "ter", "exact_match", "learned")
+
+
+def check_reward_names(names) -> None:
+    """ValueError with a "did you mean" for a name that is not in REWARD_COMPONENTS."""
+    for name in names:
+        if name not in REWARD_COMPONENTS:
+            close = difflib.get_close_matches(name, REWARD_COMPONENTS, n=1)
+            hint = f" did you mean `{close[0]}`?" if close else ""
+            raise ValueError(f"unknown reward {name!r}.{hint} Known rewards: {', '.join(REWARD_COMPONENTS)}")
 
 
 class _Section(BaseModel):
@@ -96,6 +110,10 @@ class GrowConfig(_Section):
     batch_size: int = Field(256, ge=1, description="sequences decoded together (sources x samples)")
     shard_size: int = Field(250, ge=1, description="sources per shard; a shard is the unit of work and of resume")
     workers: int = Field(1, ge=1, description="shards sampled at once (threads); on CPU torch already uses every core")
+    engine: Literal["torch"] = Field(
+        "torch", description="what samples: torch (our batched decoding loop on the transformers model; "
+        "rest/engines.py); part of the Grow step's key, so shards of two engines never mix"
+    )
 
 
 class RewardConfig(_Section):
@@ -113,11 +131,6 @@ class RewardConfig(_Section):
                 "the `learned` component needs reward.learned: the directory `rest reward train` wrote, e.g. runs/rm-numbers"
             )
         return self
-
-    @property
-    def needs_reference(self) -> bool:
-        """False when every component reads only (source, completion): Grow sources may then lack references."""
-        return any(name != "learned" for name in self.components) or bool(self.length_penalty)
 
     components: dict[str, float] = Field(default_factory=lambda: {"chrf": 1.0})
     learned: str | None = Field(
@@ -137,8 +150,6 @@ class RewardConfig(_Section):
     @classmethod
     def _compiles(cls, v: str | None) -> str | None:
         if v is not None:
-            import re
-
             try:
                 re.compile(v)
             except re.error as exc:
@@ -148,8 +159,6 @@ class RewardConfig(_Section):
     @field_validator("components")
     @classmethod
     def _valid_components(cls, v: dict[str, float]) -> dict[str, float]:
-        from rest.rewards import check_reward_names  # here, not at import: rewards imports sacrebleu
-
         if not v:
             raise ValueError("needs at least one component, e.g. {chrf: 1.0}")
         check_reward_names(v)
@@ -392,9 +401,9 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str], origins: dict[str
         except yaml.YAMLError as exc:
             problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
             raise RestError(
-                f"override `{item}`: the value `{text}` is not valid YAML ({problem}); write a YAML value, e.g. "
-                f"improve.thresholds=[0.9,1.0] or data.pool=null, and quote the whole argument for your shell when "
-                f"it has spaces: 'improve.thresholds=[0.9, 1.0]'"
+                f"override `{item}`: the value `{text}` is not valid YAML ({problem}). Write a YAML value: a list "
+                f"as improve.thresholds=[0.9,1.0], text with YAML quotes inside the shell's: "
+                f"'{dotted}=\"{text}\"' (a YAML string may hold any character but an unescaped \")"
             ) from None
         if origins is not None:
             origins[dotted.strip()] = f"override `{item}`"

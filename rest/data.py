@@ -114,18 +114,3 @@ def grow_sources(data_cfg, need_reference: bool) -> pd.DataFrame:
     if df["source_id"].duplicated().any():
         raise RestError(f"data.grow_on={data_cfg.grow_on}: train and pool share source_id values; make them unique")
     return df
-
-
-def check_inputs(cfg) -> None:
-    """Fail before anything is written: every split readable with the columns it needs, the model findable."""
-    load_split(cfg.data.train, "data.train")
-    load_split(cfg.data.valid, "data.valid")
-    load_split(cfg.data.test, "data.test")
-    if cfg.grow.steps > 0:
-        grow_sources(cfg.data, need_reference=cfg.reward.needs_reference)
-    if cfg.reward.learned:
-        from rest.reward_model import check_reward_model
-
-        check_reward_model(cfg.reward.learned, "reward.learned")
-    if not cfg.model.pretrained and not Path(cfg.model.architecture).is_file():
-        raise RestError(f"model.architecture: {cfg.model.architecture} does not exist; point it at a transformers config JSON")

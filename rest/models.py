@@ -10,14 +10,10 @@ so a user's pretrained model goes through exactly the code our from-scratch mode
 
 from __future__ import annotations
 
-import contextlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
@@ -25,14 +21,11 @@ from transformers import (
     AutoTokenizer,
     PreTrainedModel,
     PreTrainedTokenizerBase,
-    PreTrainedTokenizerFast,
 )
-from transformers.utils import logging as hf_logging
 
 from rest.config import ModelConfig
 from rest.errors import RestError
-
-SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<unk>"]  # ids 0..3, in this order
+from rest.hf import pad, quiet, read_architecture, train_tokenizer
 
 
 @dataclass
@@ -45,63 +38,9 @@ class Policy:
         return bool(self.model.config.is_encoder_decoder)
 
     def save(self, path: Path) -> None:
-        with _quiet_hf():
+        with quiet():
             self.model.save_pretrained(path)
             self.tokenizer.save_pretrained(path)
-
-
-@contextlib.contextmanager
-def _quiet_hf():
-    """Silence transformers' load/save progress bars and notes: one per shard task would drown the log."""
-    verbosity = hf_logging.get_verbosity()
-    bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        hf_logging.set_verbosity(verbosity)
-        if bars:
-            hf_logging.enable_progress_bar()
-
-
-def train_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFast:
-    """A byte-free BPE tokenizer: digits one token each, words split by Metaspace, `</s>` appended.
-
-    Digits are kept apart because each digit carries its own meaning in a number; merging "69" into one token
-    would hide the structure the model has to learn from 200 examples. Tokens are capped at 8 characters:
-    uncapped, BPE on a few hundred long compound words learns cross-morpheme tokens ("undvierzigtausend")
-    that the model cannot recombine; capped, it learns the morphemes ("vierund", "zig", "tausend").
-    No "▁" is prepended to the first word, so a word has one token form wherever it stands.
-    """
-    tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="never")]
-    )
-    tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="never")
-    alphabet = sorted(set("".join(texts)) | set("0123456789"))
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, initial_alphabet=alphabet, show_progress=False,
-        max_token_length=8,
-    )
-    tok.train_from_iterator(texts, trainer)
-    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 2)])
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>"
-    )
-
-
-def _architecture(path: str) -> dict[str, Any]:
-    p = Path(path)
-    if not p.is_file():
-        raise RestError(f"model.architecture: {path} does not exist; point it at a transformers config JSON")
-    try:
-        arch = json.loads(p.read_text())
-    except json.JSONDecodeError as exc:
-        raise RestError(f"model.architecture: {path} is not valid JSON: {exc}") from None
-    if "model_type" not in arch:
-        raise RestError(f"model.architecture: {path} has no `model_type` (e.g. \"bart\" or \"llama\")")
-    return arch
 
 
 def build_policy(model_cfg: ModelConfig, train_texts: list[str], seed: int) -> Policy:
@@ -109,7 +48,7 @@ def build_policy(model_cfg: ModelConfig, train_texts: list[str], seed: int) -> P
     if model_cfg.pretrained:
         return load_policy(model_cfg.pretrained, key="model.pretrained")
     tokenizer = train_tokenizer(train_texts, model_cfg.vocab_size)
-    arch = _architecture(model_cfg.architecture)
+    arch = read_architecture(model_cfg.architecture, "model.architecture")
     model_type = arch.pop("model_type")
     ids = {"pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2}
     config = AutoConfig.for_model(model_type, vocab_size=len(tokenizer), **ids, **arch)
@@ -132,7 +71,7 @@ def load_policy(path: str | Path, key: str = "policy") -> Policy:
     """Load any `save_pretrained` directory or hub id: encoder-decoder or decoder-only, read from its config."""
     path = str(path)
     try:
-        with _quiet_hf():
+        with quiet():
             config = AutoConfig.from_pretrained(path)
             auto = AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM
             model = auto.from_pretrained(path)
@@ -151,20 +90,6 @@ def count_parameters(model: PreTrainedModel) -> int:
 
 # ---------------------------------------------------------------------------------------------------------------
 # Batches
-
-
-def _pad(seqs: list[list[int]], pad_id: int, left: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for row, s in enumerate(seqs):
-        if left:
-            ids[row, width - len(s) :] = torch.tensor(s, dtype=torch.long)
-            mask[row, width - len(s) :] = 1
-        else:
-            ids[row, : len(s)] = torch.tensor(s, dtype=torch.long)
-            mask[row, : len(s)] = 1
-    return ids, mask
 
 
 def prompt_ids(policy: Policy, sources: list[str], model_cfg: ModelConfig) -> list[list[int]]:
@@ -193,12 +118,12 @@ def target_ids(policy: Policy, targets: list[str], model_cfg: ModelConfig) -> li
 
 def encode_pairs(policy: Policy, sources: list[str], targets: list[str], model_cfg: ModelConfig) -> dict[str, torch.Tensor]:
     """A training batch whose `labels` are -100 everywhere but on target tokens (loss on targets only)."""
-    pad = policy.tokenizer.pad_token_id
+    pad_id = policy.tokenizer.pad_token_id
     src = prompt_ids(policy, sources, model_cfg)
     tgt = target_ids(policy, targets, model_cfg)
     if policy.is_encoder_decoder:
-        input_ids, attention_mask = _pad(src, pad)
-        labels, label_mask = _pad(tgt, pad)
+        input_ids, attention_mask = pad(src, pad_id)
+        labels, label_mask = pad(tgt, pad_id)
         start = policy.model.config.decoder_start_token_id
         decoder_input_ids = torch.cat([torch.full((len(tgt), 1), start, dtype=torch.long), labels[:, :-1]], dim=1)
         labels = labels.masked_fill(label_mask == 0, -100)
@@ -209,7 +134,7 @@ def encode_pairs(policy: Policy, sources: list[str], targets: list[str], model_c
             "labels": labels,
         }
     seqs = [s + t for s, t in zip(src, tgt)]
-    input_ids, attention_mask = _pad(seqs, pad)
+    input_ids, attention_mask = pad(seqs, pad_id)
     # Causal LM: position t predicts token t+1, so labels are the inputs shifted left, masked outside targets.
     labels = torch.full_like(input_ids, -100)
     for row, (s, t) in enumerate(zip(src, tgt)):

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 from sacrebleu.metrics import CHRF
 
+from rest.config import RewardConfig
 from rest.rewards import component, score_config
 
 Reward = Callable[[Sequence[str], Sequence[str], Sequence[str]], np.ndarray]
@@ -93,10 +94,8 @@ def probe_rewards(reward_cfg, sources: Sequence[str], references: Sequence[str],
     """probe_reward for every configured component and for the total (`reward`) of a RewardConfig
     (or a plain {component: weight} mapping)."""
     if isinstance(reward_cfg, Mapping):
-        from rest.config import RewardConfig
-
         reward_cfg = RewardConfig(components=dict(reward_cfg))
-    probes = {name: probe_reward(component(name, reward_cfg.learned), sources, references, seed) for name in reward_cfg.components}
+    probes = {name: probe_reward(component(name, reward_cfg), sources, references, seed) for name in reward_cfg.components}
     probes["reward"] = probe_reward(lambda s, c, r: score_config(reward_cfg, s, c, r)["reward"], sources, references, seed)
     return probes
 

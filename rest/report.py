@@ -21,7 +21,9 @@ matplotlib.use("Agg")  # no display, no GUI toolkit: the same on a laptop and on
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from rest import artifacts, stages  # noqa: E402
+from rest import artifacts  # noqa: E402
+from rest.errors import RestError  # noqa: E402
+from rest.run import Run  # noqa: E402
 from rest.shards import read_grow  # noqa: E402
 
 REPORT_DIR = "report"
@@ -58,19 +60,19 @@ def _table(header: list[str], rows: list[list[Any]]) -> str:
 
 def collect(run_dir: Path) -> dict[str, Any]:
     """Everything the page shows, read from the run directory."""
-    run_dir = Path(run_dir)
-    cfg = stages.run_config(run_dir)
-    policies = stages.policies(run_dir)
-    grows = stages.published_steps(run_dir, "grow-")
+    run = Run.open(run_dir)
+    policies = run.policies()
+    grows = run.published("grow-")
+    manifests = {n: run.verified(n) for n in policies + grows}  # every artifact shown is checked first
     return {
-        "run": run_dir,
-        "cfg": cfg,
-        "record": artifacts.read_run(run_dir),
+        "run": run.path,
+        "cfg": run.config,
+        "record": run.record,
         "policies": policies,
-        "metrics": {n: stages.policy_metrics(run_dir, n) for n in policies},
-        "manifests": {n: artifacts.read_manifest(run_dir / n) for n in policies + grows},
+        "metrics": {n: run.metrics(n) for n in policies},
+        "manifests": manifests,
         "grows": grows,
-        "rows": {g: read_grow(run_dir / g) for g in grows},
+        "rows": {g: read_grow(run.dir(g)) for g in grows},
     }
 
 
@@ -296,8 +298,6 @@ def write_report(run_dir: Path) -> Path:
     run_dir = Path(run_dir)
     data = collect(run_dir)
     if not data["policies"]:
-        from rest.errors import RestError
-
         raise RestError(f"{run_dir} has no published policy yet: nothing to report")
     path = run_dir / REPORT_DIR / "index.html"
     path.parent.mkdir(exist_ok=True)

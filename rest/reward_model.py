@@ -37,12 +37,20 @@ import pandas as pd
 import torch
 from tokenizers import processors
 
+from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+from transformers.modeling_outputs import BaseModelOutput
+
 from rest import artifacts
 from rest.config import RewardModelConfig, dump_config
 from rest.errors import RestError
+from rest.filtering import epoch_batches
+from rest.hf import made_by_train_tokenizer, quiet, read_architecture, train_tokenizer
+from rest.hf import pad as pad_ids
+from rest.metrics import SENTENCE_METRICS
+from rest.training import lr_factor
 
 log = logging.getLogger("rest")
-KIND = "reward_model"
+KIND = artifacts.REWARD_MODEL
 REWARD_FILE = "reward.json"
 OUTPUTS = {"regression": "clip01", "bradley_terry": "sigmoid"}
 
@@ -93,12 +101,10 @@ def add_negatives(df: pd.DataFrame, data_cfg, k: int, seed: int) -> pd.DataFrame
     Other sources of the same length (in characters) are preferred: on the numbers task they share most words,
     so their chrF against this reference spreads over the whole range. Rows get `negative` = True.
     """
-    from rest.rewards import REWARDS
-
     metric = data_cfg.score_column.removeprefix("reward_")
-    if metric not in REWARDS:
+    if metric not in SENTENCE_METRICS:
         raise RestError(
-            f"data.negatives needs data.score_column to be reward_<metric> with a metric of {', '.join(REWARDS)} "
+            f"data.negatives needs data.score_column to be reward_<metric> with a metric of {', '.join(SENTENCE_METRICS)} "
             f"(it rescored the new pairs with it); got {data_cfg.score_column}. Set data.negatives: 0"
         )
     sources = df.drop_duplicates("source_id")[["source_id", "source", "reference"]].reset_index(drop=True)
@@ -118,7 +124,7 @@ def add_negatives(df: pd.DataFrame, data_cfg, k: int, seed: int) -> pd.DataFrame
         for j in rng.choice(pool, size=min(k, len(pool)), replace=False):
             rows.append((src.source_id, src.source, src.reference, completions[j]))
     neg = pd.DataFrame(rows, columns=["source_id", "source", "reference", "completion"])
-    neg["score"] = REWARDS[metric](neg["source"].tolist(), neg["completion"].tolist(), neg["reference"].tolist())
+    neg["score"] = SENTENCE_METRICS[metric](neg["source"].tolist(), neg["completion"].tolist(), neg["reference"].tolist())
     neg["negative"] = True
     out = pd.concat([df.assign(negative=False), neg], ignore_index=True)
     # a sampled completion that is also some other source's completion stays once, as the source's own sample
@@ -198,19 +204,15 @@ class RewardModel:
         The stock *ForSequenceClassification (Bart, mBART, ...) feeds one text to both halves and finds the EOS in
         `input_ids`; given `encoder_outputs`, `input_ids` is used for nothing else, so it gets the decoder's ids.
         """
-        from rest.models import _pad
-
         tok, config = self.tokenizer, self.model.config
         pad, eos, start = tok.pad_token_id, tok.eos_token_id, config.decoder_start_token_id
-        from transformers.modeling_outputs import BaseModelOutput
-
         unique = list(dict.fromkeys(sources))  # a batch holds every completion of a source: encode it once
         index = {u: i for i, u in enumerate(unique)}
         row = torch.tensor([index[s] for s in sources], dtype=torch.long)
         src = [ids[: self.max_tokens] for ids in tok(unique)["input_ids"]]
         dec = [[start] + ids[: self.max_tokens - 2] + [eos] for ids in tok(completions, add_special_tokens=False)["input_ids"]]
-        src_ids, src_mask = _pad(src, pad)
-        dec_ids, dec_mask = _pad(dec, pad)
+        src_ids, src_mask = pad_ids(src, pad)
+        dec_ids, dec_mask = pad_ids(dec, pad)
         encoded = self.model.get_encoder()(input_ids=src_ids, attention_mask=src_mask).last_hidden_state
         encoder_outputs = BaseModelOutput(last_hidden_state=encoded[row])
         src_mask = src_mask[row]
@@ -237,33 +239,22 @@ def _pair_template(tokenizer) -> None:
     )
 
 
-def _made_by_rest(tokenizer) -> bool:
-    """A tokenizer from rest.models.train_tokenizer: it knows single sequences only."""
-    from rest.models import SPECIAL_TOKENS
-
-    return tokenizer.convert_ids_to_tokens(list(range(len(SPECIAL_TOKENS)))) == SPECIAL_TOKENS and tokenizer.sep_token is None
-
-
 def build_reward_model(cfg: RewardModelConfig, texts: list[str]) -> RewardModel:
-    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
-
-    from rest.models import _architecture, _quiet_hf, train_tokenizer
-
     if cfg.model.pretrained:
         try:
-            with _quiet_hf():
+            with quiet():
                 tokenizer = AutoTokenizer.from_pretrained(cfg.model.pretrained)
                 model = AutoModelForSequenceClassification.from_pretrained(cfg.model.pretrained, num_labels=1)
         except (OSError, ValueError) as exc:
             raise RestError(f"model.pretrained: cannot load {cfg.model.pretrained}: {exc}") from None
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
-        if _made_by_rest(tokenizer) and not model.config.is_encoder_decoder:
+        if made_by_train_tokenizer(tokenizer) and not model.config.is_encoder_decoder:
             _pair_template(tokenizer)  # a decoder-only policy of ours (InstructGPT starts the RM from the SFT policy)
         model.config.pad_token_id = tokenizer.pad_token_id
     else:
         tokenizer = train_tokenizer(texts, cfg.model.vocab_size)
-        arch = _architecture(cfg.model.architecture)
+        arch = read_architecture(cfg.model.architecture, "model.architecture")
         model_type = arch.pop("model_type")
         config = AutoConfig.for_model(
             model_type, vocab_size=len(tokenizer), num_labels=1, pad_token_id=0, bos_token_id=1, eos_token_id=2, **arch
@@ -279,23 +270,14 @@ def build_reward_model(cfg: RewardModelConfig, texts: list[str]) -> RewardModel:
 
 
 def check_reward_model(path: str | Path, key: str = "reward model") -> dict[str, Any]:
-    """The manifest of a finished reward-model artifact at `path`, or a RestError that says how to make one."""
-    path = Path(path)
-    manifest = artifacts.read_manifest(path)
-    if manifest is None or manifest.get("kind") != KIND:
-        what = "does not exist" if not path.exists() else f"is not a finished reward model (no {artifacts.MANIFEST} of kind {KIND})"
-        raise RestError(f"{key}: {path} {what}; train one with `rest reward train --config configs/reward-numbers.yaml`")
-    return manifest
+    """The verified manifest of a finished reward-model artifact at `path`, or a RestError that says how to make one."""
+    return artifacts.require(Path(path), KIND, key, artifacts.HOW_TO_MAKE[KIND])
 
 
 @functools.lru_cache(maxsize=4)
 def _load(path: str, manifest_id: str) -> RewardModel:
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    from rest.models import _quiet_hf
-
     info = json.loads((Path(path) / REWARD_FILE).read_text())
-    with _quiet_hf():
+    with quiet():
         model = AutoModelForSequenceClassification.from_pretrained(path)
         tokenizer = AutoTokenizer.from_pretrained(path)
     model.eval()
@@ -313,8 +295,6 @@ def load_reward_model(path: str | Path) -> RewardModel:
 
 
 def _batches(groups: list[np.ndarray], batch_size: int, steps: int, rng: np.random.Generator) -> list[list[int]]:
-    from rest.filtering import epoch_batches
-
     return [list(b) for b in epoch_batches(len(groups), min(batch_size, len(groups)), steps, rng)]
 
 
@@ -353,9 +333,6 @@ def train_reward_model(cfg: RewardModelConfig) -> dict[str, Any]:
 
     Skips the work when cfg.out already holds a reward model made from the same config and shards.
     """
-    from rest.models import _quiet_hf
-    from rest.training import lr_factor
-
     out = Path(cfg.out)
     df, parents = load_comparisons(cfg.data)
     cfg_dump = cfg.model_dump(mode="json")
@@ -435,7 +412,7 @@ def train_reward_model(cfg: RewardModelConfig) -> dict[str, Any]:
     stage = artifacts.staging(out)
     artifacts.clear(out)
     stage.mkdir(parents=True)
-    with _quiet_hf():
+    with quiet():
         rm.model.save_pretrained(stage)
         rm.tokenizer.save_pretrained(stage)
     artifacts.write_json_atomic(

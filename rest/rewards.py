@@ -1,91 +1,137 @@
-"""Rewards: small callables `(sources, completions, references) -> scores in [0, 1]`, chosen by name.
+"""Rewards: configured components `(sources, completions, references) -> scores in [0, 1]`, and their total.
 
-    >>> chrf(["1"], ["eins"], ["eins"])
-    array([1.])
-    >>> score({"chrf": 3.0, "exact_match": 1.0}, ["1"], ["einz"], ["eins"])["reward_exact_match"]
+    >>> from rest.config import RewardConfig
+    >>> score_config(RewardConfig(components={"chrf": 3.0, "exact_match": 1.0}), ["1"], ["einz"], ["eins"])["reward_exact_match"]
     array([0.])
 
-`score` returns one array per component (`reward_<name>`) and their weighted mean (`reward`), which is what
-the Grow shards store. Every component is normalised to [0, 1] so that thresholds mean the same across rewards.
+A component kind (`COMPONENTS`) says how its scorer is built from the reward config, whether it reads the reference,
+and which artifacts it depends on: their ids join the parents of every Grow step scored with it, so a shard can be
+traced to the reward model that scored it. `score_config` returns one array per component (`reward_<name>`) and
+the total (`reward`), which is what the Grow shards store. Every component is normalised to [0, 1] so that
+thresholds mean the same across rewards.
+
+Adding a component: a scorer (a function of the three lists, or a builder that reads its own config fields), an
+entry in COMPONENTS here, and its name in config.REWARD_COMPONENTS (which validates configs without importing
+this module).
 """
 
 from __future__ import annotations
 
-import difflib
-import re
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import numpy as np
-from sacrebleu.metrics import BLEU, CHRF, TER
 
+from rest import artifacts
+from rest.config import REWARD_COMPONENTS, RewardConfig, check_reward_names
 from rest.errors import RestError
+from rest.metrics import SENTENCE_METRICS, format_valid, length_deviation
 
 Reward = Callable[[Sequence[str], Sequence[str], Sequence[str | None]], np.ndarray]
 
-# One metric object each: building them is not free, and sentence_score is stateless.
-_CHRF = CHRF()
-_BLEU = BLEU(effective_order=True)  # effective order: short sentences without 4-grams still get a score
-_TER = TER()
+TRAIN_A_REWARD_MODEL = artifacts.HOW_TO_MAKE[artifacts.REWARD_MODEL]
 
 
-def _need_references(name: str, references: Sequence[str | None]) -> Sequence[str]:
-    if any(r is None for r in references):
-        raise RestError(
-            f"reward `{name}` compares with the reference, but some sources have none: give every Grow source a "
-            "`reference`, or pick a reward that needs no reference"
-        )
-    return references  # type: ignore[return-value]
+@dataclass(frozen=True)
+class Component:
+    """One kind of reward component.
+
+    build:     RewardConfig -> the scorer (called once per process and config; it may load a model)
+    needs_reference: whether the scorer compares with the reference (Grow sources may lack one otherwise)
+    artifacts: RewardConfig -> [(config key, artifact directory)] the scorer reads: checked before a run starts,
+               and their manifest ids are parents of the Grow steps it scores
+    """
+
+    name: str
+    needs_reference: bool
+    build: Callable[[RewardConfig], Reward]
+    artifacts: Callable[[RewardConfig], list[tuple[str, str]]] = field(default=lambda rc: [])
 
 
-def chrf(sources: Sequence[str], completions: Sequence[str], references: Sequence[str | None]) -> np.ndarray:
-    """sacrebleu sentence chrF (char 6-grams, beta 2) / 100. Ignores whitespace: 1.0 is not exact match."""
-    refs = _need_references("chrf", references)
-    return np.array([_CHRF.sentence_score(c, [r]).score / 100.0 for c, r in zip(completions, refs)], dtype=np.float64)
+def _metric(name: str) -> Component:
+    return Component(name, needs_reference=True, build=lambda rc: SENTENCE_METRICS[name])
 
 
-def bleu(sources: Sequence[str], completions: Sequence[str], references: Sequence[str | None]) -> np.ndarray:
-    """sacrebleu sentence BLEU (effective order) / 100."""
-    refs = _need_references("bleu", references)
-    return np.array([_BLEU.sentence_score(c, [r]).score / 100.0 for c, r in zip(completions, refs)], dtype=np.float64)
+def _learned(rc: RewardConfig) -> Reward:
+    # Imported here, not at the top: torch and transformers load only when a learned reward is used.
+    from rest.reward_model import load_reward_model
+
+    rm = load_reward_model(rc.learned)
+    return lambda sources, completions, references: rm.score(sources, completions)
 
 
-def ter(sources: Sequence[str], completions: Sequence[str], references: Sequence[str | None]) -> np.ndarray:
-    """1 - sacrebleu TER / 100, floored at 0 (TER is an error rate and can exceed 100)."""
-    refs = _need_references("ter", references)
-    scores = [1.0 - _TER.sentence_score(c, [r]).score / 100.0 for c, r in zip(completions, refs)]
-    return np.clip(np.array(scores, dtype=np.float64), 0.0, 1.0)
+COMPONENTS: dict[str, Component] = {
+    **{name: _metric(name) for name in SENTENCE_METRICS},
+    "learned": Component(
+        "learned", needs_reference=False, build=_learned,
+        artifacts=lambda rc: [("reward.learned", rc.learned)],
+    ),
+}
+assert list(COMPONENTS) == list(REWARD_COMPONENTS), "config.REWARD_COMPONENTS and rewards.COMPONENTS must agree"
 
 
-def exact_match(sources: Sequence[str], completions: Sequence[str], references: Sequence[str | None]) -> np.ndarray:
-    """1.0 where the completion equals the reference after stripping outer whitespace, else 0.0."""
-    refs = _need_references("exact_match", references)
-    return np.array([float(c.strip() == r.strip()) for c, r in zip(completions, refs)], dtype=np.float64)
+def needs_reference(rc: RewardConfig) -> bool:
+    """False when every component reads only (source, completion): Grow sources may then lack references."""
+    return any(COMPONENTS[name].needs_reference for name in rc.components) or bool(rc.length_penalty)
 
 
-REWARDS: dict[str, Reward] = {"chrf": chrf, "bleu": bleu, "ter": ter, "exact_match": exact_match}
-LEARNED = "learned"  # the reward-model component: needs the artifact's path (reward.learned), not a reference
+def _dependencies(name: str, rc: RewardConfig) -> list[dict[str, Any]]:
+    out = []
+    for key, path in COMPONENTS[name].artifacts(rc):
+        if not path:
+            raise RestError(f"the `{name}` reward needs {key} (or --reward-model): the directory of a reward model; {TRAIN_A_REWARD_MODEL}")
+        out.append(artifacts.require(Path(path), artifacts.REWARD_MODEL, key, TRAIN_A_REWARD_MODEL))
+    return out
 
 
-def check_reward_names(names: Mapping[str, float] | Sequence[str]) -> None:
-    known = [*REWARDS, LEARNED]
-    for name in names:
-        if name not in known:
-            close = difflib.get_close_matches(name, known, n=1)
-            hint = f" did you mean `{close[0]}`?" if close else ""
-            raise ValueError(f"unknown reward {name!r}.{hint} Known rewards: {', '.join(known)}")
+def artifact_dependencies(rc: RewardConfig) -> list[dict[str, Any]]:
+    """The verified manifests of every artifact the configured components read (a RestError says how to make
+    a missing one): what a run checks before it starts and what Grow lists among its parents."""
+    return [m for name in rc.components for m in _dependencies(name, rc)]
 
 
-def component(name: str, learned: str | None = None) -> Reward:
-    """The reward callable of one component; `learned` loads (once per process) the reward model at that path."""
-    if name == LEARNED:
-        if not learned:
-            raise RestError("the `learned` reward needs the path of a reward model (reward.learned or --reward-model)")
-        from rest.reward_model import load_reward_model
+_BUILT: dict[tuple, Reward] = {}
 
-        rm = load_reward_model(learned)
-        return lambda sources, completions, references: rm.score(sources, completions)
+
+def component(name: str, rc: RewardConfig) -> Reward:
+    """The scorer of component `name` as configured by `rc`, built once per process (per artifact id for a
+    component that reads an artifact, so a retrained reward model is picked up)."""
     check_reward_names([name])
-    return REWARDS[name]
+    key = (name, *(m["id"] for m in _dependencies(name, rc)))
+    if key not in _BUILT:
+        _BUILT[key] = COMPONENTS[name].build(rc)
+    return _BUILT[key]
+
+
+def reward_names(rc: RewardConfig) -> list[str]:
+    """The `reward_<name>` columns a reward config writes: its components, then `length` and `format` if set."""
+    return list(rc.components) + (["length"] if rc.length_penalty else []) + (["format"] if rc.format_regex else [])
+
+
+def score_config(rc: RewardConfig, sources: Sequence[str], completions: Sequence[str], references: Sequence[str | None]) -> dict[str, np.ndarray]:
+    """Every component and the total: clip(weighted mean - length_penalty x reward_length, 0, 1) x reward_format.
+
+    Weights are normalised, so the total stays in [0, 1]: {chrf: 3, exact_match: 1} is 0.75 chrF + 0.25 exact
+    match. `reward_length` is length_deviation (0 = as long as the reference), `reward_format` is format_valid: an
+    output that does not match `format_regex` gets reward 0 whatever its components say.
+    """
+    total_weight = float(sum(rc.components.values()))
+    out: dict[str, np.ndarray] = {}
+    total = np.zeros(len(completions), dtype=np.float64)
+    for name, weight in rc.components.items():
+        values = component(name, rc)(sources, completions, references)
+        out[f"reward_{name}"] = values
+        total += (weight / total_weight) * values
+    if rc.length_penalty:
+        out["reward_length"] = length_deviation(completions, references)
+        total = np.clip(total - rc.length_penalty * out["reward_length"], 0.0, 1.0)
+    if rc.format_regex:
+        out["reward_format"] = format_valid(completions, rc.format_regex)
+        total = total * out["reward_format"]
+    out["reward"] = total
+    return out
 
 
 def score(
@@ -95,57 +141,5 @@ def score(
     references: Sequence[str | None],
     learned: str | None = None,
 ) -> dict[str, np.ndarray]:
-    """Score every component and their weighted mean: {"reward_<name>": ..., "reward": ...}."""
-    check_reward_names(components)
-    total_weight = float(sum(components.values()))
-    out: dict[str, np.ndarray] = {}
-    total = np.zeros(len(completions), dtype=np.float64)
-    for name, weight in components.items():
-        values = component(name, learned)(sources, completions, references)
-        out[f"reward_{name}"] = values
-        total += (weight / total_weight) * values
-    out["reward"] = total
-    return out
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Composite rewards (Sparrow): the weighted components, minus a length penalty, zeroed by a format check
-
-
-def length_deviation(completions: Sequence[str], references: Sequence[str | None]) -> np.ndarray:
-    """|len(completion) - len(reference)| / len(reference), in characters, capped at 1.
-
-    >>> length_deviation(["zwei", "zweizwei", ""], ["zwei", "zwei", "zwei"])
-    array([0., 1., 1.])
-    """
-    refs = _need_references("reward.length_penalty", references)
-    return np.array([min(1.0, abs(len(c) - len(r)) / max(1, len(r))) for c, r in zip(completions, refs)], dtype=np.float64)
-
-
-def format_valid(completions: Sequence[str], pattern: str) -> np.ndarray:
-    """1.0 where the whole completion matches `pattern` (re.fullmatch), else 0.0."""
-    regex = re.compile(pattern)
-    return np.array([float(regex.fullmatch(c) is not None) for c in completions], dtype=np.float64)
-
-
-def reward_names(rc) -> list[str]:
-    """The `reward_<name>` columns a reward config writes: its components, then `length` and `format` if set."""
-    return list(rc.components) + (["length"] if rc.length_penalty else []) + (["format"] if rc.format_regex else [])
-
-
-def score_config(rc, sources: Sequence[str], completions: Sequence[str], references: Sequence[str | None]) -> dict[str, np.ndarray]:
-    """The reward of a RewardConfig: clip(weighted mean - length_penalty x reward_length, 0, 1) x reward_format.
-
-    `reward_length` is length_deviation (0 = as long as the reference), `reward_format` is format_valid: an
-    output that does not match `format_regex` gets reward 0 whatever its components say.
-    """
-    out = score(rc.components, sources, completions, references, rc.learned)
-    total = out["reward"]
-    if rc.length_penalty:
-        out["reward_length"] = length_deviation(completions, references)
-        total = np.clip(total - rc.length_penalty * out["reward_length"], 0.0, 1.0)
-    if rc.format_regex:
-        out["reward_format"] = format_valid(completions, rc.format_regex)
-        total = total * out["reward_format"]
-    out["reward"] = total
-    return out
+    """score_config of a plain {component: weight} mapping (no length penalty, no format check)."""
+    return score_config(RewardConfig(components=dict(components), learned=learned), sources, completions, references)

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 import torch
 
 from rest.config import ModelConfig
-from rest.models import Policy, _pad, prompt_ids
+from rest.hf import pad as pad_ids
+from rest.models import Policy, prompt_ids
 
 
 @dataclass
@@ -56,14 +57,14 @@ def _decode_batch(
     pad, eos = tok.pad_token_id, tok.eos_token_id
     batch = len(prompts)
     if policy.is_encoder_decoder:
-        ids, mask = _pad(prompts, pad)
+        ids, mask = pad_ids(prompts, pad)
         encoder_outputs = model.get_encoder()(input_ids=ids, attention_mask=mask)
         step_inputs = {
             "decoder_input_ids": torch.full((batch, 1), model.config.decoder_start_token_id, dtype=torch.long)
         }
     else:
         # Decoder-only: left padding, so every row's next token sits in the last column; positions skip the pads.
-        ids, mask = _pad(prompts, pad, left=True)
+        ids, mask = pad_ids(prompts, pad, left=True)
         position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
         step_inputs = {"input_ids": ids, "position_ids": position_ids}
     past = None

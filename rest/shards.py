@@ -1,4 +1,4 @@
-"""Grow shards: the Parquet schema of DESIGN.md and how a shard is written (atomically) and read back.
+"""Grow shards: the Parquet schema (docs/design.md) and how a shard is written (atomically) and read back.
 
     df = pandas.read_parquet("runs/numbers/grow-1")        # every shard of Grow step 1, one row per sample
 """

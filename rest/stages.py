@@ -1,15 +1,17 @@
 """The pipeline's stages as plain functions of a run directory: what the Prefect tasks in flows/ call.
 
-    check_inputs(cfg); init_run(run, cfg)
-    make_policy0(run)                                     # BC on data.train -> policy-0/
+    run = start_run(path, cfg)                            # checks every input, then writes config.yaml, run.json
+    make_policy0(path)                                    # BC on data.train -> policy-0/
     for g in 1..G:
-        for s in plan_grow(run, g): grow_shard(run, g, s) # any order, any process -> grow-g/shard-*.parquet
-        finish_grow(run, g)                               # -> grow-g/_manifest.json
-        for i in 1..I: improve(run, g, i)                 # -> improve-g-i/
-    finish_run(run)                                       # best policy by validation reward; test metrics
+        for s in plan_grow(path, g): grow_shard(path, g, s)   # any order, any process -> grow-g/shard-*.parquet
+        finish_grow(path, g)                              # -> grow-g/_manifest.json
+        for i in 1..I: improve(path, g, i)                # -> improve-g-i/
+    finish_run(path)                                      # best policy by validation reward; test metrics
 
-Every stage takes and returns names and paths, reads the run's config.yaml, and returns at once when its
-artifact is already published for the same config and parents (idempotence from manifests, not from Prefect).
+Every stage takes and returns names and paths, opens the run (rest/run.py), and returns at once when its artifact
+is already published for the same config and parents (idempotence from manifests, not from Prefect). A policy step
+has three phases that can run apart: `fit` (training), `assess` (validation metrics and monitors) and
+`publish_policy` (the artifact, written whole, manifest last).
 """
 
 from __future__ import annotations
@@ -28,26 +30,25 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import yaml
 from tqdm.auto import tqdm
 
-from rest import artifacts
-from rest.artifacts import existing, publish, read_manifest, staging, update_run, write_json_atomic
-from rest.config import RunConfig, config_from_dict, dump_config
+from rest import artifacts, engines
+from rest.artifacts import existing, publish, run_lock, staging, write_json_atomic
+from rest.config import GrowConfig, ImproveConfig, OptimFields, RunConfig
 from rest.data import grow_sources, load_split
 from rest.errors import RestError
 from rest.evaluation import evaluate
 from rest.filtering import epoch_batches, mix_batches, select
-from rest.models import build_policy, count_parameters, load_policy
+from rest.models import Policy, build_policy, count_parameters, load_policy
 from rest.monitors import policy_monitors
-from rest.rewards import reward_names, score_config
-from rest.sampling import generate
+from rest.objectives import Batch, Objective, objective_for
+from rest.preflight import check_run_inputs
+from rest.rewards import artifact_dependencies, needs_reference, reward_names, score_config
+from rest.run import METRICS_FILE, VALID_OUTPUTS, Run
 from rest.shards import read_grow, shard_name, write_shard
 from rest.training import train
 
 log = logging.getLogger("rest")
-CONFIG_FILE = artifacts.CONFIG_FILE
-VALID_OUTPUTS = "valid_outputs.parquet"  # in every policy directory: its greedy outputs on data.valid
 
 
 def _progress(total: int, desc: str) -> tqdm:
@@ -60,14 +61,15 @@ def derive_seed(*parts: Any) -> int:
     return int.from_bytes(hashlib.sha256("/".join(map(str, parts)).encode()).digest()[:8], "little") % (2**63)
 
 
-def run_config(run_dir: Path) -> RunConfig:
-    path = Path(run_dir) / CONFIG_FILE
-    if not path.is_file():
-        raise RestError(f"{run_dir} has no {CONFIG_FILE}: start the run with `rest run --config FILE --run {run_dir}`")
-    return config_from_dict(yaml.safe_load(path.read_text()) or {}, str(path))
+def start_run(path: Path, cfg: RunConfig) -> Run:
+    """Check every input the config names (nothing is written on bad input, not even the run directory), then
+    start or reopen the run under its lock. What `rest run|grow|improve` and the `rest` flow call."""
+    check_run_inputs(cfg)
+    with run_lock(path):
+        return Run.create(path, cfg)
 
 
-def _slice(cfg: RunConfig, *keys: str) -> dict[str, Any]:
+def config_slice(cfg: RunConfig, *keys: str) -> dict[str, Any]:
     """The part of the config an artifact depends on, by dotted keys: what its manifest records and checks."""
     full = cfg.model_dump(mode="json")
     out: dict[str, Any] = {}
@@ -81,97 +83,86 @@ def _slice(cfg: RunConfig, *keys: str) -> dict[str, Any]:
     return out
 
 
-# Config keys whose change does not touch any finished artifact: a run may be extended or resumed with them changed
-# (how the work is spread and where it is tracked do not change what it makes).
-EXTENDABLE = ("grow.steps", "grow.workers", "orchestration.", "tracking.")
+def section_keys(section: str, model: type, leave_out: tuple[str, ...] = ()) -> list[str]:
+    """`section.field` for every field of a config model but `leave_out`: an artifact's lineage follows its config
+    model, so a field added to the model is in the artifact's key without anyone remembering to add it."""
+    return [f"{section}.{name}" for name in model.model_fields if name not in leave_out]
 
 
-def init_run(run_dir: Path, cfg: RunConfig) -> None:
-    """Create the run directory (or reopen it) with the resolved config and run.json."""
-    run_dir = Path(run_dir)
-    path = run_dir / CONFIG_FILE
-    if path.is_file():
-        old = run_config(run_dir).model_dump(mode="json")
-        changed = [c for c in artifacts._diff(old, cfg.model_dump(mode="json")) if not c.split(":")[0].startswith(EXTENDABLE)]
-        if changed:
-            raise RestError(
-                f"{run_dir} was started with another config ({'; '.join(changed[:3])}). "
-                "Use a new --run directory for a new experiment."
-            )
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if not (run_dir / artifacts.RUN_RECORD).is_file():
-        write_json_atomic(
-            run_dir / artifacts.RUN_RECORD,
-            {"name": run_dir.name, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "config": CONFIG_FILE, "artifacts": []},
-        )
-    artifacts.write_atomic(path, dump_config(cfg).encode())
+# What every policy depends on besides its own training settings (validation metrics use data.valid and reward).
+POLICY_KEYS = ["seed", "data.train", "data.valid", "model", "reward", "eval.max_new_tokens"]
+# Grow: how the work is spread (workers) and how many steps a run has do not change a step's rows.
+GROW_KEYS = ["seed", "data.grow_on", "data.train", "data.pool", "model.prompt_template", "model.max_source_tokens",
+             *section_keys("grow", GrowConfig, leave_out=("steps", "workers")), "reward"]
+# Improve: every improve.* key but the thresholds list (each step records its own tau).
+IMPROVE_KEYS = [*POLICY_KEYS, *section_keys("improve", ImproveConfig, leave_out=("thresholds",))]
 
 
-def _artifact_id(run_dir: Path, name: str) -> str:
-    manifest = read_manifest(Path(run_dir) / name)
-    if manifest is None:
-        raise RestError(f"{Path(run_dir) / name} is not published yet; run the step that makes it first")
-    return manifest["id"]
+# ---------------------------------------------------------------------------------------------------------------
+# The phases of a policy step: fit, assess, publish
 
 
-def _fit_and_publish(
-    run_dir: Path,
-    name: str,
-    policy,
-    batches: list[tuple[list[str], list[str]]],
-    optim,
-    seed: int,
-    parents: list[str],
-    cfg_slice: dict[str, Any],
-    metrics: dict[str, Any],
-    extra: dict[str, Any],
-    previous: str | None = None,
-    objective: dict[str, Any] | None = None,
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Train `policy` on `batches`, evaluate it on data.valid and publish it as artifact `name`.
+def fit(
+    policy: Policy, batches: list[Batch], optim: OptimFields, cfg: RunConfig, seed: int, desc: str,
+    objective: Objective | None = None, reference: Policy | None = None,
+) -> dict[str, Any]:
+    """Train `policy` in place on `batches` (one optimiser step each). Returns the training stats."""
+    with _progress(len(batches), desc) as bar:
+        def progress(step: int, loss: float) -> None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.3f}")
 
-    The artifact holds the policy, metrics.json (validation metrics, training stats, the reward-hacking monitors
-    against policy-0 and against `previous`, the policy made just before) and valid_outputs.parquet (its greedy
-    outputs: what drift is measured on). The policy is saved to a hidden staging directory and renamed into place
-    whole; the manifest that makes it an artifact comes last. Returns (validation metrics, training stats).
+        return train(policy, batches, optim, cfg.model, seed=seed, objective=objective, reference=reference, on_progress=progress)
+
+
+def assess(run: Run, policy: Policy, previous: str | None) -> tuple[dict[str, Any], pd.DataFrame, dict[str, Any]]:
+    """Validation metrics, greedy outputs and monitors of a policy (in memory, not yet published).
+
+    Monitors compare with policy-0's outputs (drift) and with `previous`, the policy made just before (alarm);
+    policy-0 itself has no previous and is its own drift base.
     """
-    cfg = run_config(run_dir)
-    with _progress(len(batches), name) as bar:
-        stats = train(policy, batches, optim, cfg.model, seed=seed, on_progress=lambda s, loss: (bar.update(1), bar.set_postfix(loss=f"{loss:.3f}")), **(objective or {}))
+    cfg = run.config
     valid_df = load_split(cfg.data.valid, "data.valid")
-    valid, outputs = evaluate(policy, valid_df, cfg)
-    base = outputs if previous is None else pd.read_parquet(Path(run_dir) / "policy-0" / VALID_OUTPUTS)
+    valid, outputs = evaluate(engines.engine_on(policy, cfg), valid_df, cfg)
+    base = outputs if previous is None else pd.read_parquet(run.dir("policy-0") / VALID_OUTPUTS)
     monitors = policy_monitors(
         outputs["output"].tolist(), base["output"].tolist(), valid_df["source"].tolist(), valid_df["reference"].tolist(),
-        cfg.reward, valid, (previous, policy_metrics(run_dir, previous)["valid"]) if previous else None,
+        cfg.reward, valid, (previous, run.metrics(previous)["valid"]) if previous else None,
         seed=derive_seed(cfg.seed, "probes"),
     )
-    metrics = {"valid": valid, **metrics, "train": {k: stats[k] for k in ("steps", "examples", "loss_first", "loss_last", "kl_last") if k in stats}, "monitors": monitors}
-    art = Path(run_dir) / name
+    return valid, outputs, monitors
+
+
+def publish_policy(
+    run: Run, name: str, policy: Policy, outputs: pd.DataFrame, metrics: dict[str, Any], parents: list[str],
+    cfg_slice: dict[str, Any], extra: dict[str, Any],
+) -> dict[str, Any]:
+    """Write policy artifact `name`: the policy (save_pretrained), metrics.json and valid_outputs.parquet, in a
+    hidden staging directory renamed into place whole; the manifest that makes it an artifact comes last."""
+    art = run.dir(name)
     stage = staging(art)
     artifacts.clear(art)  # a partial directory or staging copy left by a crash
     policy.save(stage)
     outputs[["source_id", "source", "reference", "output", "reward"]].to_parquet(stage / VALID_OUTPUTS, index=False)
-    write_json_atomic(stage / "metrics.json", metrics)
+    write_json_atomic(stage / METRICS_FILE, metrics)
     os.replace(stage, art)
-    publish(art, "policy", parents, cfg_slice, {**extra, "timing": stats})
-    return valid, stats
+    return publish(art, artifacts.POLICY, parents, cfg_slice, extra)
+
+
+def _train_stats(stats: dict[str, Any]) -> dict[str, Any]:
+    return {k: stats[k] for k in ("steps", "examples", "loss_first", "loss_last", "kl_last") if k in stats}
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # policy-0
 
 
-# What every policy depends on besides its own training settings (validation metrics use data.valid and reward).
-POLICY_KEYS = ["seed", "data.train", "data.valid", "model", "reward", "eval.max_new_tokens"]
-
-
 def make_policy0(run_dir: Path) -> str:
     """policy-0 = BC(D): a fresh (or pretrained) model trained with token-level NLL on data.train."""
-    cfg = run_config(run_dir)
-    art = Path(run_dir) / "policy-0"
-    cfg_slice = _slice(cfg, *POLICY_KEYS, "bc")
-    if existing(art, cfg_slice, []):
+    run = Run.open(run_dir)
+    cfg = run.config
+    cfg_slice = config_slice(cfg, *POLICY_KEYS, "bc")
+    if existing(run.dir("policy-0"), cfg_slice, []):
         log.info("policy-0: published, skipping")
         return "policy-0"
     train_df = load_split(cfg.data.train, "data.train")
@@ -179,13 +170,14 @@ def make_policy0(run_dir: Path) -> str:
     policy = build_policy(cfg.model, sources + targets, seed=cfg.seed)
     rng = np.random.default_rng(derive_seed(cfg.seed, "bc"))
     batches = [
-        ([sources[j] for j in idx], [targets[j] for j in idx])
+        Batch([sources[j] for j in idx], [targets[j] for j in idx])
         for idx in epoch_batches(len(train_df), cfg.bc.batch_size, cfg.bc.steps, rng)
     ]
-    valid, stats = _fit_and_publish(
-        run_dir, "policy-0", policy, batches, cfg.bc, derive_seed(cfg.seed, "bc", "dropout"), [], cfg_slice, {},
-        {"parameters": count_parameters(policy.model)},
-    )
+    stats = fit(policy, batches, cfg.bc, cfg, derive_seed(cfg.seed, "bc", "dropout"), "policy-0", objective_for(cfg.bc))
+    valid, outputs, monitors = assess(run, policy, previous=None)
+    metrics = {"valid": valid, "train": _train_stats(stats), "monitors": monitors}
+    publish_policy(run, "policy-0", policy, outputs, metrics, [], cfg_slice,
+                   {"parameters": count_parameters(policy.model), "timing": stats})
     log.info(f"policy-0: BC {stats['steps']} steps ({stats['examples_per_s']:.0f} ex/s), valid exact match {valid['exact_match']:.1f}, chrF {valid['chrf']:.1f}")
     return "policy-0"
 
@@ -194,40 +186,11 @@ def make_policy0(run_dir: Path) -> str:
 # Grow
 
 
-def published_steps(run_dir: Path, prefix: str) -> list[str]:
-    return sorted(
-        (p.name for p in Path(run_dir).glob(f"{prefix}*") if (p / artifacts.MANIFEST).is_file()),
-        key=lambda n: [int(x) for x in n.split("-")[1:]],
-    )
-
-
-def next_grow_step(run_dir: Path) -> int:
-    return len(published_steps(run_dir, "grow-")) + 1
-
-
-def latest_grow_step(run_dir: Path) -> int:
-    steps = published_steps(run_dir, "grow-")
-    if not steps:
-        raise RestError(f"{run_dir} has no published Grow step; run `rest grow --run {run_dir}` first")
-    return int(steps[-1].split("-")[1])
-
-
-def grow_policy(run_dir: Path, g: int) -> str:
-    """The policy Grow step g samples from: policy-0, then the last Improve policy of the previous Grow (ReST)."""
-    if g == 1:
-        return "policy-0"
-    cfg = run_config(run_dir)
-    name = f"improve-{g - 1}-{len(cfg.improve.thresholds)}"
-    if read_manifest(Path(run_dir) / name) is None:
-        raise RestError(f"Grow step {g} samples from {name}, which is not published: run `rest improve --run {run_dir}` first")
-    return name
-
-
 @dataclass(frozen=True)
 class GrowPlan:
     """What Grow step g is made from; `key` identifies it, so shards of another plan are never reused."""
 
-    cfg: RunConfig
+    run: Run
     cfg_slice: dict[str, Any]
     parents: list[str]
     policy: str
@@ -236,26 +199,24 @@ class GrowPlan:
     key: str
 
     @property
+    def cfg(self) -> RunConfig:
+        return self.run.config
+
+    @property
     def n_shards(self) -> int:
         return math.ceil(len(self.sources) / self.cfg.grow.shard_size)
 
 
 def _grow_plan(run_dir: Path, g: int) -> GrowPlan:
-    cfg = run_config(run_dir)
-    cfg_slice = _slice(
-        cfg, "seed", "data.grow_on", "data.train", "data.pool", "model.prompt_template", "model.max_source_tokens",
-        "grow.num_samples", "grow.temperature", "grow.top_p", "grow.top_k", "grow.max_new_tokens", "grow.batch_size",
-        "grow.shard_size", "reward",
-    )
-    policy = grow_policy(run_dir, g)
-    parents = [_artifact_id(run_dir, policy)]
-    if cfg.reward.learned and "learned" in cfg.reward.components:
-        from rest.reward_model import check_reward_model
-
-        parents.append(check_reward_model(cfg.reward.learned, "reward.learned")["id"])  # lineage: which reward model
-    sources = grow_sources(cfg.data, need_reference=cfg.reward.needs_reference)
+    run = Run.open(run_dir)
+    cfg = run.config
+    cfg_slice = config_slice(cfg, *GROW_KEYS)
+    policy = run.grow_policy(g)
+    # lineage: the sampling policy, then every artifact the reward reads (a learned reward model)
+    parents = [run.artifact_id(policy)] + [m["id"] for m in artifact_dependencies(cfg.reward)]
+    sources = grow_sources(cfg.data, need_reference=needs_reference(cfg.reward))
     key = artifacts.sha256_json({"config": cfg_slice, "parents": parents, "sources": len(sources)})
-    return GrowPlan(cfg, cfg_slice, parents, policy, sources, Path(run_dir) / f"grow-{g}", key)
+    return GrowPlan(run, cfg_slice, parents, policy, sources, run.dir(f"grow-{g}"), key)
 
 
 def _shard_record_path(grow_dir: Path, index: int) -> Path:
@@ -267,7 +228,10 @@ def _shard_done(grow_dir: Path, index: int, plan: str) -> bool:
     rec_path, path = _shard_record_path(grow_dir, index), grow_dir / shard_name(index)
     if not (rec_path.is_file() and path.is_file()):
         return False
-    rec = json.loads(rec_path.read_text())
+    try:
+        rec = json.loads(rec_path.read_text())
+    except json.JSONDecodeError:
+        return False
     return rec.get("plan") == plan and rec.get("sha256") == artifacts.sha256_file(path)
 
 
@@ -276,7 +240,7 @@ def plan_grow(run_dir: Path, g: int) -> list[int]:
 
     An interrupted step keeps the shards it finished for the same plan (config, policy, sources): a shard is
     a pure function of them, so resuming gives the rows an uninterrupted run gives. Anything else in the
-    directory (a stale manifest, temp files, shards of another plan) is removed first.
+    directory (a stale manifest, temp files, shards of another plan, a damaged shard) is removed first.
     """
     plan = _grow_plan(run_dir, g)
     grow_dir = plan.directory
@@ -303,20 +267,17 @@ def grow_shard(run_dir: Path, g: int, index: int) -> dict[str, Any]:
     part = plan.sources.iloc[index * cfg.grow.shard_size : (index + 1) * cfg.grow.shard_size]
     if part.empty:
         raise RestError(f"grow-{g}: shard {index} is past the end of the {len(plan.sources)} sources")
-    policy = load_policy(Path(run_dir) / plan.policy)
+    engine = engines.engine_for(cfg, plan.run.dir(plan.policy), plan.parents[0])
     n = cfg.grow.num_samples
     started = time.perf_counter()
     with _progress(len(part) * n, f"grow-{g} {shard_name(index)}") as bar:
-        out = generate(
-            policy,
+        out = engine.sample(
             part["source"].tolist(),
-            cfg.model,
             num_samples=n,
             temperature=cfg.grow.temperature,
             top_p=cfg.grow.top_p,
             top_k=cfg.grow.top_k,
             max_new_tokens=cfg.grow.max_new_tokens,
-            batch_size=cfg.grow.batch_size,
             seed=derive_seed(cfg.seed, "grow", g, index),
             on_progress=bar.update,
         )
@@ -385,7 +346,7 @@ def finish_grow(run_dir: Path, g: int) -> str:
     stats = grow_stats(read_grow(grow_dir), plan.cfg.improve.thresholds)
     stats["samples_per_s"] = round(sum(r["rows"] for r in records) / max(1e-9, sum(r["seconds"] for r in records)), 1)
     extra = {"policy": plan.policy, "grow_step": g, "shards": records, "stats": stats}
-    publish(grow_dir, "grow", plan.parents, plan.cfg_slice, extra)
+    publish(grow_dir, artifacts.GROW, plan.parents, plan.cfg_slice, extra)
     log.info(f"{grow_dir.name}: {stats['rows']} samples, mean reward {stats['reward_mean']:.3f}, kept at tau: {stats['kept_fraction']}")
     return grow_dir.name
 
@@ -394,45 +355,38 @@ def finish_grow(run_dir: Path, g: int) -> str:
 # Improve
 
 
-# Every improve.* key but the thresholds list (each step records its own tau).
-IMPROVE_KEYS = ("train_mix", "init", "steps", "batch_size", "lr", "warmup_steps", "weight_decay", "grad_clip", "loss",
-                "kl_beta", "reward_weighted", "selection", "percentile", "top_k", "max_per_source")
-
-
 def improve(run_dir: Path, g: int, i: int) -> str:
     """Improve step i after Grow g: fine-tune on grow-g rows with reward >= tau_i, mixed with data.train."""
-    cfg = run_config(run_dir)
-    thresholds = cfg.improve.thresholds
-    if not 1 <= i <= len(thresholds):
-        raise RestError(f"improve.thresholds has {len(thresholds)} entries; there is no Improve step {i}")
-    tau = thresholds[i - 1]
+    run = Run.open(run_dir)
+    cfg = run.config
+    ic = cfg.improve
+    if not 1 <= i <= len(ic.thresholds):
+        raise RestError(f"improve.thresholds has {len(ic.thresholds)} entries; there is no Improve step {i}")
+    tau = ic.thresholds[i - 1]
     name = f"improve-{g}-{i}"
-    art = Path(run_dir) / name
-    if cfg.improve.init == "policy-0":
-        init = "policy-0"
-    else:
-        init = grow_policy(run_dir, g) if i == 1 else f"improve-{g}-{i - 1}"
-    grow_name = f"grow-{g}"
-    parents = [_artifact_id(run_dir, init), _artifact_id(run_dir, grow_name)]
-    cfg_slice = _slice(cfg, *POLICY_KEYS, *(f"improve.{k}" for k in IMPROVE_KEYS))
+    init, grow_name = run.improve_init(g, i), f"grow-{g}"
+    parents = [run.artifact_id(init), run.artifact_id(grow_name)]  # verified: a damaged input is refused here
+    cfg_slice = config_slice(cfg, *IMPROVE_KEYS)
     cfg_slice["improve"]["tau"] = tau
-    if existing(art, cfg_slice, parents):
+    if existing(run.dir(name), cfg_slice, parents):
         log.info(f"{name}: published, skipping")
         return name
-    rows = read_grow(Path(run_dir) / grow_name)
-    ic = cfg.improve
+    engines.release()  # the Grow engine's policy is not needed while training
+    rows = read_grow(run.dir(grow_name))
     kept = select(rows, tau, ic.selection, ic.percentile, ic.top_k, ic.max_per_source)
     train_df = load_split(cfg.data.train, "data.train")
     if kept.empty:
         log.warning(f"{name}: no Grow sample reaches tau={tau}; this step trains on data.train only")
     rng = np.random.default_rng(derive_seed(cfg.seed, "improve", g, i))
-    plan = mix_batches(len(kept), len(train_df), cfg.improve.train_mix, cfg.improve.batch_size, cfg.improve.steps, rng)
-    k_src, k_tgt = kept["source"].tolist(), kept["completion"].tolist()
+    plan = mix_batches(len(kept), len(train_df), ic.train_mix, ic.batch_size, ic.steps, rng)
+    k_src, k_tgt, k_w = kept["source"].tolist(), kept["completion"].tolist(), kept["reward"].tolist()
     t_src, t_tgt = train_df["source"].tolist(), train_df["reference"].tolist()
-    k_w = kept["reward"].tolist()
     batches = [
-        ([k_src[j] for j in ki] + [t_src[j] for j in ti], [k_tgt[j] for j in ki] + [t_tgt[j] for j in ti])
-        + (([k_w[j] for j in ki] + [1.0] * len(ti),) if ic.reward_weighted else ())
+        Batch(
+            [k_src[j] for j in ki] + [t_src[j] for j in ti],
+            [k_tgt[j] for j in ki] + [t_tgt[j] for j in ti],
+            [k_w[j] for j in ki] + [1.0] * len(ti) if ic.reward_weighted else None,
+        )
         for ki, ti in plan
     ]
     selection = {
@@ -442,15 +396,18 @@ def improve(run_dir: Path, g: int, i: int) -> str:
         "kept_unique": len(kept),
         "kept_sources": int(kept["source_id"].nunique()),
         "kept_reward_mean": round(float(kept["reward"].mean()), 4) if len(kept) else None,
-        "train_mix": cfg.improve.train_mix,
+        "train_mix": ic.train_mix,
     }
-    valid, _ = _fit_and_publish(
-        run_dir, name, load_policy(Path(run_dir) / init), batches, cfg.improve, derive_seed(cfg.seed, "improve", g, i, "dropout"),
-        parents, cfg_slice, {"improve": selection}, {"init": init, "grow": grow_name},
-        previous=grow_policy(run_dir, g) if i == 1 else f"improve-{g}-{i - 1}",
-        objective={"loss": ic.loss, "kl_beta": ic.kl_beta,
-                   "reference": load_policy(Path(run_dir) / "policy-0") if ic.kl_beta > 0 else None},
-    )
+    objective = objective_for(ic)
+    reference = None
+    if objective.needs_reference:
+        run.verified("policy-0")
+        reference = load_policy(run.dir("policy-0"))
+    policy = load_policy(run.dir(init))
+    stats = fit(policy, batches, ic, cfg, derive_seed(cfg.seed, "improve", g, i, "dropout"), name, objective, reference)
+    valid, outputs, monitors = assess(run, policy, previous=run.improve_previous(g, i))
+    metrics = {"valid": valid, "improve": selection, "train": _train_stats(stats), "monitors": monitors}
+    publish_policy(run, name, policy, outputs, metrics, parents, cfg_slice, {"init": init, "grow": grow_name, "timing": stats})
     log.info(f"{name}: tau={tau} kept {selection['kept_unique']} unique samples of {selection['kept_sources']} sources, valid exact match {valid['exact_match']:.1f}, chrF {valid['chrf']:.1f}")
     return name
 
@@ -459,28 +416,19 @@ def improve(run_dir: Path, g: int, i: int) -> str:
 # The end of a run
 
 
-def policies(run_dir: Path) -> list[str]:
-    """Published policies in the order they were made."""
-    names = ["policy-0"] if read_manifest(Path(run_dir) / "policy-0") else []
-    return names + published_steps(run_dir, "improve-")
-
-
-def policy_metrics(run_dir: Path, name: str) -> dict[str, Any]:
-    return json.loads((Path(run_dir) / name / "metrics.json").read_text())
-
-
 def finish_run(run_dir: Path) -> dict[str, Any]:
     """Name the best policy by validation reward (earliest on ties) in run.json, with test metrics of it and policy-0."""
-    cfg = run_config(run_dir)
-    names = policies(run_dir)
+    run = Run.open(run_dir)
+    names = run.policies()
     if not names:
         raise RestError(f"{run_dir} has no published policy yet")
-    valid = {n: policy_metrics(run_dir, n)["valid"] for n in names}
+    valid = {n: run.metrics(n)["valid"] for n in names}
     best = max(names, key=lambda n: (valid[n]["reward"], -names.index(n)))
-    test_df = load_split(cfg.data.test, "data.test")
+    test_df = load_split(run.config.data.test, "data.test")
     test = {}
     for name in dict.fromkeys(["policy-0", best]):
-        test[name], _ = evaluate(load_policy(Path(run_dir) / name), test_df, cfg)
-    summary = {"best_policy": best, "valid": valid, "test": test}
-    update_run(run_dir, best_policy=best, test=test)
-    return summary
+        engine = engines.engine_for(run.config, run.dir(name), run.artifact_id(name))
+        test[name], _ = evaluate(engine, test_df, run.config)
+    engines.release()
+    run.update_record(best_policy=best, test=test)
+    return {"best_policy": best, "valid": valid, "test": test}

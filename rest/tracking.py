@@ -14,7 +14,7 @@ rebuilt whole (written to a staging directory, then swapped in). What it holds:
 - a table asset per Grow step (`grow-<g>-sample.csv`, tracking.sample_rows rows) and the report page.
 
 Offline, comet makes no network attempt once COMET_AUTO_LOG_ENV_DETAILS and COMET_ERROR_TRACKING_ENABLE are off
-(../shared/PLATFORM.md): this module sets both before comet_ml is imported, and turns off every auto-logger.
+(rest/environment.py sets both when `rest` is imported, before comet_ml is), and every auto-logger is off here.
 """
 
 from __future__ import annotations
@@ -30,12 +30,12 @@ import pandas as pd
 
 from rest import artifacts
 from rest.errors import RestError
+from rest.run import Run
+from rest.shards import read_grow
 
 log = logging.getLogger("rest")
 
 COMET_DIR = "comet"
-# Every outbound attempt comet-ml makes on its own (cloud metadata probes, DNS, remote error reporting).
-OFFLINE_ENV = {"COMET_AUTO_LOG_ENV_DETAILS": "false", "COMET_ERROR_TRACKING_ENABLE": "false", "COMET_DISABLE_AUTO_LOGGING": "1"}
 
 
 def check_tracking(mode: str) -> None:
@@ -65,13 +65,12 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def run_metrics(run_dir: Path) -> list[tuple[str, int, dict[str, float]]]:
     """(policy or grow step, step, {prefixed metric: value}) for everything the run published."""
-    from rest import stages  # stages imports torch; tracking stays light until it is used
-
-    names = stages.policies(run_dir)
+    run = Run.open(run_dir)
+    names = run.policies()
     index = {n: k for k, n in enumerate(names)}
     rows: list[tuple[str, int, dict[str, float]]] = []
     for name in names:
-        m = stages.policy_metrics(run_dir, name)
+        m = run.metrics(name)
         mon = m.get("monitors", {})
         values = {f"eval/{k}": v for k, v in m["valid"].items() if k != "n"}
         values["eval/drift_chrf"] = mon.get("drift_chrf")
@@ -82,10 +81,10 @@ def run_metrics(run_dir: Path) -> list[tuple[str, int, dict[str, float]]]:
         values.update({f"{prefix}/{k}": v for k, v in m["train"].items()})
         values.update({f"improve/{k}": v for k, v in m.get("improve", {}).items() if k != "train_mix"})
         rows.append((name, index[name], values))
-    for grow in stages.published_steps(run_dir, "grow-"):
-        manifest = artifacts.read_manifest(run_dir / grow)
+    for grow in run.published("grow-"):
+        manifest = run.verified(grow)
         st = manifest["stats"]
-        sampler = stages.grow_policy(run_dir, int(grow.split("-")[1]))
+        sampler = manifest["policy"]
         values = {
             "grow/reward_mean": st["reward_mean"],
             **{f"grow/reward_{q}": v for q, v in st["reward_quantiles"].items()},
@@ -99,8 +98,6 @@ def run_metrics(run_dir: Path) -> list[tuple[str, int, dict[str, float]]]:
 
 
 def _experiment(mode: str, directory: Path, key: str, cfg):
-    for name, value in OFFLINE_ENV.items():
-        os.environ.setdefault(name, value)
     import comet_ml
 
     logging.getLogger("comet_ml").setLevel(logging.WARNING)  # its INFO lines name the staging directory
@@ -122,11 +119,9 @@ def _experiment(mode: str, directory: Path, key: str, cfg):
 
 def log_run(run_dir: Path, report: Path | None = None) -> Path | None:
     """Write the run's experiment (see the module docstring). Returns the offline archive, or None."""
-    from rest import stages
-    from rest.shards import read_grow
-
     run_dir = Path(run_dir)
-    cfg = stages.run_config(run_dir)
+    run = Run.open(run_dir)
+    cfg = run.config
     mode = cfg.tracking.comet
     if mode == "off":
         return None
@@ -142,7 +137,8 @@ def log_run(run_dir: Path, report: Path | None = None) -> Path | None:
         exp.log_others({"run_dir": str(run_dir.resolve()), "best_policy": artifacts.read_run(run_dir).get("best_policy")})
         for name, step, values in run_metrics(run_dir):
             exp.log_metrics(values, step=step)
-        for grow in stages.published_steps(run_dir, "grow-"):
+        for grow in run.published("grow-"):
+            run.verified(grow)
             rows = read_grow(run_dir / grow)
             n = min(cfg.tracking.sample_rows, len(rows))
             if n:

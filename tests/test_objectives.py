@@ -11,7 +11,8 @@ import torch
 
 from rest.config import ImproveConfig
 from rest.filtering import select
-from rest.training import reduce_nll, sequence_nll, token_kl, token_nll, train
+from rest.objectives import NLL, Batch, reduce_nll, sequence_nll, token_kl, token_nll
+from rest.training import train
 from tests.test_models_sampling import _tiny
 
 
@@ -69,13 +70,13 @@ def test_kl_of_a_policy_against_itself_is_zero_and_positive_otherwise():
 def test_train_with_kl_prior_weights_and_sequence_mean_on_a_tiny_model(tmp_path):
     policy, cfg = _tiny(tmp_path, "bart")
     reference = copy.deepcopy(policy)
-    batches = [(["12", "5"], ["zwölf", "fünf"], [1.0, 0.5])] * 3
+    batches = [Batch(["12", "5"], ["zwölf", "fünf"], [1.0, 0.5])] * 3
     stats = train(policy, batches, ImproveConfig(steps=3, lr=1e-2, warmup_steps=0), cfg, seed=0,
-                  loss="sequence_mean", kl_beta=0.5, reference=reference)
+                  objective=NLL("sequence_mean", kl_beta=0.5), reference=reference)
     assert stats["steps"] == 3 and stats["kl_last"] > 0  # the policy moved away from its frozen copy
     assert all(not p.requires_grad for p in reference.model.parameters())
     with pytest.raises(ValueError, match="needs the reference"):
-        train(policy, batches, ImproveConfig(), cfg, seed=0, kl_beta=0.1)
+        train(policy, batches, ImproveConfig(), cfg, seed=0, objective=NLL(kl_beta=0.1))
 
 
 def _one_source(rewards):

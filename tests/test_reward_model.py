@@ -60,7 +60,7 @@ def test_held_out_split_is_by_source_id_and_stable():
 
 def test_learned_component_needs_a_model_and_an_existing_artifact(tmp_path):
     from rest.config import load_config
-    from rest.data import check_inputs
+    from rest.preflight import check_run_inputs as check_inputs
 
     with pytest.raises(RestError, match="reward.learned"):
         load_config(CONFIG, ["reward.components={learned: 1.0}"])

@@ -3,7 +3,9 @@ import pytest
 from sacrebleu import sentence_chrf, sentence_ter
 
 from rest.errors import RestError
-from rest.rewards import bleu, check_reward_names, chrf, exact_match, score, ter
+from rest.config import check_reward_names
+from rest.metrics import bleu, chrf, exact_match, ter
+from rest.rewards import score
 
 
 def test_chrf_is_sacrebleu_sentence_chrf_over_100():
@@ -77,5 +79,5 @@ def test_a_bad_format_regex_names_the_key():
 
     with pytest.raises(RestError, match=r"reward.format_regex.*not a valid regular expression"):
         load_config("configs/smoke.yaml", ["reward.format_regex='[a-z'"])
-    with pytest.raises(RestError, match=r"not valid YAML; quote it"):
+    with pytest.raises(RestError, match=r"the value `\[a-z` is not valid YAML .*'reward.format_regex=\"\[a-z\"'"):
         load_config("configs/smoke.yaml", ["reward.format_regex=[a-z"])

@@ -1,0 +1,139 @@
+"""Hugging Face plumbing shared by policies and reward models: padding, architecture files, quiet loading,
+a tokenizer trained from scratch, and the checks that a model path can be loaded before a run writes anything.
+
+    ids, mask = pad([[5, 6, 7], [5]], pad_id=0)            # right padding (left=True for decoder-only prompts)
+    arch = read_architecture("configs/models/bart-2.6m.json", "model.architecture")
+    with quiet(): model.save_pretrained(path)
+    tok = train_tokenizer(texts, vocab_size=128)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from transformers import AutoConfig, PreTrainedTokenizerFast
+from transformers.utils import logging as hf_logging
+
+from rest.errors import RestError
+
+SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<unk>"]  # ids 0..3, in this order
+
+
+def pad(seqs: list[list[int]], pad_id: int, left: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token id lists -> (ids [B, T], attention mask [B, T]), padded with `pad_id` on the right (or the left)."""
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for row, s in enumerate(seqs):
+        if left:
+            ids[row, width - len(s) :] = torch.tensor(s, dtype=torch.long)
+            mask[row, width - len(s) :] = 1
+        else:
+            ids[row, : len(s)] = torch.tensor(s, dtype=torch.long)
+            mask[row, : len(s)] = 1
+    return ids, mask
+
+
+@contextlib.contextmanager
+def quiet():
+    """Silence transformers' load/save progress bars and notes: one per shard task would drown the log."""
+    verbosity = hf_logging.get_verbosity()
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def read_architecture(path: str, key: str) -> dict[str, Any]:
+    """A transformers config JSON (with `model_type`) as a dict; config key `key` is named in every error."""
+    p = Path(path)
+    if not p.is_file():
+        what = "is a directory" if p.is_dir() else "does not exist"
+        raise RestError(f"{key}: {path} {what}; point it at a transformers config JSON such as configs/models/bart-2.6m.json")
+    try:
+        arch = json.loads(p.read_text())
+    except json.JSONDecodeError as exc:
+        raise RestError(f"{key}: {path} is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
+    if not isinstance(arch, dict) or "model_type" not in arch:
+        raise RestError(f"{key}: {path} has no `model_type` (e.g. \"bart\" or \"llama\")")
+    return arch
+
+
+def check_architecture(path: str, key: str) -> None:
+    """Before a run writes anything: the file parses and transformers knows its model type and every field."""
+    arch = read_architecture(path, key)
+    model_type = arch.pop("model_type")
+    try:
+        with quiet():
+            AutoConfig.for_model(model_type, **arch)
+    except (ValueError, TypeError, KeyError) as exc:
+        raise RestError(f"{key}: {path}: transformers cannot build a `{model_type}` config from it ({exc})") from None
+
+
+def looks_like_path(spec: str) -> bool:
+    """A local path rather than a hub id (`org/name`): absolute, relative with ./ or ../, ~, or more than one /."""
+    return spec.startswith(("/", "./", "../", "~")) or spec.count("/") > 1 or "\\" in spec
+
+
+def check_pretrained(spec: str, key: str) -> None:
+    """Before a run writes anything: a local checkpoint exists and has a config.json that transformers reads.
+
+    A hub id (`org/name`, no such local path) is checked by loading its config, which reads the local cache and
+    needs the network only when the user allows it (HF_HUB_OFFLINE unset).
+    """
+    p = Path(spec).expanduser()
+    if p.exists():
+        if not p.is_dir():
+            raise RestError(f"{key}: {spec} is a file; give the directory that save_pretrained wrote (with config.json)")
+        if not (p / "config.json").is_file():
+            what = "is an empty directory" if not any(p.iterdir()) else "has no config.json"
+            raise RestError(f"{key}: {spec} {what}; give a directory that save_pretrained wrote (config.json, weights, tokenizer)")
+    elif looks_like_path(spec):
+        raise RestError(f"{key}: {spec} does not exist; fix the path (relative paths start at the current directory)")
+    try:
+        with quiet():
+            AutoConfig.from_pretrained(str(p) if p.exists() else spec)
+    except (OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise RestError(f"{key}: cannot load a model config from {spec}: {first}") from None
+
+
+def train_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFast:
+    """A byte-free BPE tokenizer: digits one token each, words split by Metaspace, `</s>` appended.
+
+    Digits are kept apart because each digit carries its own meaning in a number; merging "69" into one token
+    would hide the structure the model has to learn from 200 examples. Tokens are capped at 8 characters:
+    uncapped, BPE on a few hundred long compound words learns cross-morpheme tokens ("undvierzigtausend")
+    that the model cannot recombine; capped, it learns the morphemes ("vierund", "zig", "tausend").
+    No "▁" is prepended to the first word, so a word has one token form wherever it stands.
+    """
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="never")]
+    )
+    tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="never")
+    alphabet = sorted(set("".join(texts)) | set("0123456789"))
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, initial_alphabet=alphabet, show_progress=False,
+        max_token_length=8,
+    )
+    tok.train_from_iterator(texts, trainer)
+    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 2)])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>"
+    )
+
+
+def made_by_train_tokenizer(tokenizer) -> bool:
+    """A tokenizer from train_tokenizer: SPECIAL_TOKENS at ids 0..3 and no separator (it knows single sequences)."""
+    return tokenizer.convert_ids_to_tokens(list(range(len(SPECIAL_TOKENS)))) == SPECIAL_TOKENS and tokenizer.sep_token is None

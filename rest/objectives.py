@@ -1,0 +1,157 @@
+"""Training objectives: what a BC or Improve step minimises, as objects built from the config.
+
+    objective = objective_for(cfg.improve)             # improve.loss, improve.kl_beta
+    loss, stats = objective(policy, Batch(sources, targets, weights), cfg.model, reference)
+
+A `Batch` is what selection hands the objective: rows (source, target, optional per-row weight). An objective
+takes (policy, batch, model config, reference policy or None) and returns the scalar loss to minimise and the
+numbers to log (`stats`: floats; `kl` is averaged into metrics.json's train.kl_last). `needs_reference` says
+whether it reads the frozen reference policy (policy-0): the step then loads it once.
+
+Adding an objective: a class with `needs_reference` and `__call__` here, an entry in OBJECTIVES, and the name in
+the Literal of `improve.loss` in rest/config.py (with its own config fields there, if it has any). An objective
+that learns from pairs (a preference loss) declares `data = "pairs"` and is handed pairs of rows of one source
+(chosen, rejected) instead: see docs/design.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+
+from rest.config import ModelConfig
+from rest.models import Policy, encode_pairs, forward_logits
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One optimiser step's rows: sources, the targets to learn, and per-row loss weights (None: all 1)."""
+
+    sources: list[str]
+    targets: list[str]
+    weights: list[float] | None = None
+
+    def __len__(self) -> int:
+        return len(self.sources)
+
+
+class Objective(Protocol):
+    needs_reference: bool
+
+    def __call__(
+        self, policy: Policy, batch: Batch, model_cfg: ModelConfig, reference: Policy | None
+    ) -> tuple[torch.Tensor, dict[str, float]]: ...
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Pure functions of logits and labels, with worked values
+
+
+def token_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean negative log-likelihood over the target tokens of the batch (labels -100 are ignored).
+
+    Two sequences of 1 and 3 target tokens with per-token NLLs [a] and [b, c, d] give (a + b + c + d) / 4.
+    """
+    return torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100)
+
+
+def sequence_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per sequence: the summed NLL of its target tokens, and how many there are. Shapes [B], [B]."""
+    per_token = torch.nn.functional.cross_entropy(
+        logits.float().transpose(1, 2), labels, ignore_index=-100, reduction="none"
+    )  # [B, T], 0 where labels are -100
+    mask = labels != -100
+    return (per_token * mask).sum(dim=1), mask.sum(dim=1)
+
+
+REDUCTIONS = ("token_mean", "sequence_mean", "sum")
+
+
+def reduce_nll(sums: torch.Tensor, counts: torch.Tensor, loss: str, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """The batch loss from per-sequence summed NLLs `sums` over `counts` target tokens, optionally weighted.
+
+    Two sequences, NLLs [a] and [b, c, d] (sums s1 = a, s2 = b + c + d; counts 1 and 3), weights w1, w2 (all 1
+    without weights):
+        token_mean     (w1 s1 + w2 s2) / (w1 * 1 + w2 * 3)   every target token counts the same (the default)
+        sequence_mean  (w1 s1 / 1 + w2 s2 / 3) / (w1 + w2)   each sequence's mean log-likelihood, then the mean:
+                                                              the length-invariant form of direct alignment
+        sum            (w1 s1 + w2 s2) / (w1 + w2)            summed log-likelihood per sequence, mean over the batch
+    """
+    w = torch.ones_like(sums) if weights is None else weights.to(sums)
+    if loss == "token_mean":
+        return (w * sums).sum() / (w * counts).sum().clamp_min(1e-9)
+    if loss == "sequence_mean":
+        return (w * sums / counts.clamp_min(1)).sum() / w.sum().clamp_min(1e-9)
+    if loss == "sum":
+        return (w * sums).sum() / w.sum().clamp_min(1e-9)
+    raise ValueError(f"unknown loss {loss!r}; known: {', '.join(REDUCTIONS)}")
+
+
+def token_kl(logits: torch.Tensor, ref_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean over target tokens of KL(policy || reference) between the two next-token distributions.
+
+    KL(p || q) = sum_v p(v) (log p(v) - log q(v)) >= 0, and 0 when the policy is the reference (SuperHF's prior,
+    here against policy-0 on the same batch).
+    """
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    logq = torch.log_softmax(ref_logits.float(), dim=-1)
+    kl = (logp.exp() * (logp - logq)).sum(dim=-1)  # [B, T]
+    mask = labels != -100
+    return (kl * mask).sum() / mask.sum().clamp_min(1)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Objectives
+
+
+@dataclass(frozen=True)
+class NLL:
+    """Negative log-likelihood of the targets (`reduction`: see reduce_nll), weighted per row when the batch has
+    weights, plus `kl_beta` x token_kl against the reference policy on the same batch (SuperHF's KL prior)."""
+
+    reduction: str = "token_mean"
+    kl_beta: float = 0.0
+    data = "rows"
+
+    @property
+    def needs_reference(self) -> bool:
+        return self.kl_beta > 0
+
+    def __call__(
+        self, policy: Policy, batch: Batch, model_cfg: ModelConfig, reference: Policy | None = None
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        if self.needs_reference and reference is None:
+            raise ValueError("kl_beta > 0 needs the reference policy")
+        encoded = encode_pairs(policy, list(batch.sources), list(batch.targets), model_cfg)
+        logits = forward_logits(policy, encoded)
+        labels = encoded["labels"]
+        if self.reduction == "token_mean" and batch.weights is None:
+            loss = token_nll(logits, labels)  # the same numbers as BC: default runs stay bit-identical
+        else:
+            weights = None if batch.weights is None else torch.tensor(batch.weights, dtype=torch.float32)
+            loss = reduce_nll(*sequence_nll(logits, labels), self.reduction, weights)
+        stats: dict[str, float] = {}
+        if self.kl_beta > 0:
+            with torch.no_grad():
+                ref_logits = forward_logits(reference, encoded)  # type: ignore[arg-type]
+            kl = token_kl(logits, ref_logits, labels)
+            stats["kl"] = kl.item()
+            loss = loss + self.kl_beta * kl
+        return loss, stats
+
+
+# improve.loss -> the objective built from a BC or Improve config section (fields it does not have read as off).
+OBJECTIVES: dict[str, Callable[[Any], Objective]] = {
+    name: (lambda cfg, name=name: NLL(name, getattr(cfg, "kl_beta", 0.0))) for name in REDUCTIONS
+}
+
+
+def objective_for(cfg: Any) -> Objective:
+    """The objective of a `bc` or `improve` config section: `loss` names it (BC: token_mean)."""
+    name = getattr(cfg, "loss", "token_mean")
+    if name not in OBJECTIVES:
+        raise ValueError(f"unknown loss {name!r}; known: {', '.join(OBJECTIVES)}")
+    return OBJECTIVES[name](cfg)

@@ -1,0 +1,31 @@
+"""Checks before a run writes anything: every file and model a config names can be read, as the run will read it.
+
+    check_run_inputs(cfg)   # RestError naming the config key, the file and the fix; nothing written yet
+
+Data splits (columns, empty rows, duplicates), the policy (`model.architecture` parses and transformers knows it,
+or `model.pretrained` is a loadable checkpoint), the reward's artifacts (a learned reward model exists and
+verifies) and tracking (online needs a key). A bad value found only after the run directory exists would leave a
+directory that then refuses the corrected config, with a Prefect traceback in between.
+"""
+
+from __future__ import annotations
+
+from rest.config import RunConfig
+from rest.data import grow_sources, load_split
+from rest.hf import check_architecture, check_pretrained
+from rest.rewards import artifact_dependencies, needs_reference
+from rest.tracking import check_tracking
+
+
+def check_run_inputs(cfg: RunConfig) -> None:
+    load_split(cfg.data.train, "data.train")
+    load_split(cfg.data.valid, "data.valid")
+    load_split(cfg.data.test, "data.test")
+    if cfg.grow.steps > 0:
+        grow_sources(cfg.data, need_reference=needs_reference(cfg.reward))
+    if cfg.model.pretrained:
+        check_pretrained(cfg.model.pretrained, "model.pretrained")
+    else:
+        check_architecture(cfg.model.architecture, "model.architecture")
+    artifact_dependencies(cfg.reward)
+    check_tracking(cfg.tracking.comet)

@@ -1,0 +1,120 @@
+"""The shape of the code: imports run one way, no private names cross modules, the library stays Prefect-free,
+and the repository stands on its own (no references to files outside it)."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+PACKAGES = ("rest", "flows")
+
+
+def _modules() -> dict[str, Path]:
+    out = {}
+    for pkg in PACKAGES:
+        for path in sorted((REPO / pkg).glob("*.py")):
+            out[f"{pkg}.{path.stem}" if path.stem != "__init__" else pkg] = path
+    return out
+
+
+def _imports(path: Path, known: set[str]) -> list[tuple[str, list[str], int]]:
+    """(imported module, names, line) for every import of our own modules, at any depth (inside functions too)."""
+    out = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.split(".")[0] in PACKAGES:
+                    out.append((alias.name, [], node.lineno))
+        elif isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] in PACKAGES:
+            for alias in node.names:
+                sub = f"{node.module}.{alias.name}"
+                if sub in known:  # `from rest import stages` imports the module rest.stages
+                    out.append((sub, [], node.lineno))
+                else:
+                    out.append((node.module, [alias.name], node.lineno))
+    return out
+
+
+def test_imports_form_no_cycle():
+    modules = _modules()
+    graph = {m: sorted({dep for dep, _, _ in _imports(p, set(modules)) if dep in modules and dep != m and dep not in PACKAGES})
+             for m, p in modules.items()}
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(m: str) -> None:
+        state[m] = 1
+        stack.append(m)
+        for dep in graph[m]:
+            if state.get(dep) == 1:
+                cycle = stack[stack.index(dep):] + [dep]
+                raise AssertionError("import cycle: " + " -> ".join(cycle))
+            if dep not in state:
+                visit(dep)
+        stack.pop()
+        state[m] = 2
+
+    for m in graph:
+        if m not in state:
+            visit(m)
+    # the direction: configuration at the bottom, the CLI and the flows at the top
+    assert graph["rest.config"] == ["rest.errors"]
+    assert not any(dep.startswith("flows") for m, deps in graph.items() if m.startswith("rest") and m != "rest.cli" for dep in deps)
+
+
+def test_no_private_name_crosses_a_module():
+    modules = _modules()
+    found = []
+    for m, path in modules.items():
+        for dep, names, line in _imports(path, set(modules)):
+            found += [f"{path.relative_to(REPO)}:{line} imports {dep}.{n}" for n in names if n.startswith("_") and not n.startswith("__") and dep != m]
+        tree = ast.parse(path.read_text())
+        aliases = {a.asname or a.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module in PACKAGES
+                   for a in n.names}
+        for node in ast.walk(tree):
+            if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in aliases
+                    and node.attr.startswith("_") and not node.attr.startswith("__")):
+                found.append(f"{path.relative_to(REPO)}:{node.lineno} uses {node.value.id}.{node.attr}")
+    assert not found, "\n".join(found)
+
+
+def test_the_library_never_imports_prefect():
+    offenders = [f"{p.relative_to(REPO)}" for m, p in _modules().items()
+                 if m.startswith("rest") and m != "rest.cli" and "prefect" in {d.split(".")[0] for d in _all_imports(p)}]
+    assert not offenders  # rest/ is plain functions; flows/ wires them (the CLI calls the flows)
+
+
+def _all_imports(path: Path) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+    return names
+
+
+def test_the_repository_points_at_nothing_outside_it():
+    files = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
+    hits = []
+    for rel in files:
+        path = REPO / rel
+        if path.suffix in (".parquet", ".png") or not path.is_file() or rel == "tests/test_structure.py":
+            continue
+        text = path.read_text(errors="ignore")
+        for needle in ("../shared", "PLATFORM.md", "DESIGN.md", "STYLE.md"):
+            if needle in text:
+                hits.append(f"{rel}: {needle}")
+    assert not hits, hits
+
+
+def test_the_environment_is_set_before_torch_in_every_process():
+    """MKL_CBWR (bit-exact floats) and the offline switches are in the environment of any process that imports
+    rest, before torch is imported: a fresh interpreter that imports the library sees them."""
+    code = "import rest.stages, os, sys; print(os.environ['MKL_CBWR'], os.environ['DO_NOT_TRACK'], os.environ['COMET_ERROR_TRACKING_ENABLE'])"
+    env = {"PATH": "/usr/bin:/bin", "HOME": "/tmp"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["AUTO", "1", "false"]
