@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from rest.errors import RestError
+from rest.monitors import input_use_line
 from rest.run import Run
 
 # How long an interrupted command may take to tell the Prefect server that its flow run ended before it just exits.
@@ -79,7 +80,10 @@ def _monitor_alarms(run_dir: Path) -> list[str]:
     names = run.policies()
     out = []
     for name in names:
-        alarm = run.metrics(name).get("monitors", {}).get("alarm", {})
+        monitors = run.metrics(name).get("monitors", {})
+        if monitors.get("input", {}).get("ignores_input"):
+            out.append(input_use_line(name, monitors["input"]))
+        alarm = monitors.get("alarm", {})
         if alarm.get("fired"):
             out.append(f"{name}: reward {alarm['reward_delta']:+.4f} while chrF {alarm['chrf_delta']:+.2f} (vs {alarm['previous']})")
     if names:

@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import torch
 
-from rest.config import RunConfig
+from rest.config import ModelConfig, RunConfig
 from rest.engines import Engine
 from rest.metrics import corpus_metrics
+from rest.models import Policy, encode_pairs, forward_logits
+from rest.objectives import sequence_nll
 from rest.rewards import score_config
 
 
@@ -30,3 +33,16 @@ def evaluate(engine: Engine, df: pd.DataFrame, cfg: RunConfig) -> tuple[dict[str
     metrics["n"] = len(df)
     outputs = df.assign(output=out.completions, reward=rewards)
     return metrics, outputs
+
+
+@torch.no_grad()
+def target_nll(policy: Policy, sources: list[str], targets: list[str], model_cfg: ModelConfig, batch_size: int = 250) -> float:
+    """Token-mean NLL of `targets` given `sources` under the policy (teacher forcing, eval mode: no dropout)."""
+    policy.model.eval()
+    total, count = 0.0, 0
+    for k in range(0, len(sources), batch_size):
+        batch = encode_pairs(policy, sources[k : k + batch_size], targets[k : k + batch_size], model_cfg)
+        sums, counts = sequence_nll(forward_logits(policy, batch), batch["labels"])
+        total += float(sums.sum())
+        count += int(counts.sum())
+    return total / max(1, count)

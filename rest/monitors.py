@@ -10,6 +10,10 @@ gets these on the validation split, stored under `monitors` in its metrics.json:
     probes         each reward component, and the total, scores perturbed references; a probe that scores at or
                    above the untouched reference is flagged: the reward prefers a corrupted answer to the right one
     alarm          mean reward rose from the previous policy while chrF to the references fell
+    input          does the policy read its input? the share of validation outputs that are one and the same
+                   string, and how much worse the references' NLL gets when each is paired with another row's
+                   source; `ignores_input` when most outputs are identical (far more than the references are) or
+                   shuffling the sources leaves the NLL almost unchanged
 
     >>> probe_reward(lambda s, c, r: np.array([min(1.0, len(x) / (2 * len(y))) for x, y in zip(c, r)]),
     ...              ["1"], ["eins"])["repeated"]["flagged"]
@@ -18,6 +22,7 @@ gets these on the validation split, stored under `monitors` in its metrics.json:
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -131,6 +136,54 @@ def alarm(previous: Mapping[str, float] | None, current: Mapping[str, float]) ->
     return {"reward_delta": reward_delta, "chrf_delta": chrf_delta, "fired": bool(reward_delta > 0 and chrf_delta < 0)}
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# Does the policy read its input?
+
+COLLAPSE_FRACTION = 0.5  # most outputs are one string...
+COLLAPSE_MARGIN = 0.25  # ...and that is not what the references do (a 2-label task may have 60% one label)
+MIN_INPUT_SENSITIVITY = 0.05  # shuffled sources cost < 5% more NLL: the input hardly matters to the policy
+
+
+def input_use(
+    outputs: Sequence[str], references: Sequence[str], nll: float, nll_shuffled_sources: float
+) -> dict[str, Any]:
+    """Signs that a policy ignores its input, from its greedy validation outputs and two NLLs of the references:
+    with their own sources (`nll`) and with the sources shuffled among the rows (`nll_shuffled_sources`).
+
+    A policy that learned the targets' marginal distribution only (an encoder-decoder whose decoder ignores the
+    encoder) writes the same string for every input and loses nothing when the sources are shuffled.
+
+    >>> input_use(["K AE T"] * 9 + ["D AO G"], ["K AE T", "D AO G"] * 5, 0.960, 0.974)["ignores_input"]
+    True
+    >>> input_use(["eins", "zwei"], ["eins", "zwei"], 0.1, 3.2)["ignores_input"]
+    False
+    """
+    top, n = Counter(outputs).most_common(1)[0] if outputs else ("", 0)
+    top_fraction = n / max(1, len(outputs))
+    ref_fraction = Counter(references).most_common(1)[0][1] / max(1, len(references)) if references else 0.0
+    sensitivity = (nll_shuffled_sources - nll) / nll_shuffled_sources if nll_shuffled_sources > 0 else 0.0
+    collapsed = top_fraction >= COLLAPSE_FRACTION and top_fraction >= ref_fraction + COLLAPSE_MARGIN
+    return {
+        "top_output": top,
+        "top_output_fraction": round(top_fraction, 4),
+        "top_reference_fraction": round(ref_fraction, 4),
+        "nll": round(nll, 4),
+        "nll_shuffled_sources": round(nll_shuffled_sources, 4),
+        "input_sensitivity": round(sensitivity, 4),
+        "ignores_input": bool(collapsed or sensitivity < MIN_INPUT_SENSITIVITY),
+    }
+
+
+def input_use_line(name: str, m: Mapping[str, Any]) -> str:
+    """The plain-words line for a policy whose `input` monitor fired."""
+    return (
+        f"{name} ignores its input: {100 * m['top_output_fraction']:.0f}% of validation outputs are {m['top_output']!r}, "
+        f"and pairing each reference with another row's source raises its NLL by only {100 * m['input_sensitivity']:.1f}% "
+        f"({m['nll']:.3f} -> {m['nll_shuffled_sources']:.3f}). It did not learn the task: nothing later can fix that. "
+        "From scratch, try a lower bc.lr or a longer bc.warmup_steps, more bc.steps, or a pre-LN architecture"
+    )
+
+
 def policy_monitors(
     outputs: Sequence[str],
     base_outputs: Sequence[str],
@@ -140,15 +193,20 @@ def policy_monitors(
     valid: Mapping[str, float],
     previous: tuple[str, Mapping[str, float]] | None,
     seed: int = 0,
+    nlls: tuple[float, float] | None = None,
 ) -> dict[str, Any]:
-    """Every monitor of one policy, as stored under `monitors` in its metrics.json."""
+    """Every monitor of one policy, as stored under `monitors` in its metrics.json. `nlls`: the references' NLL
+    with their own sources and with shuffled sources (the `input` monitor)."""
     probes = probe_rewards(components, sources, references, seed)
     fired = alarm(previous[1] if previous else None, valid)
     fired["previous"] = previous[0] if previous else None
-    return {
+    out = {
         "drift_chrf": drift_chrf(outputs, base_outputs),
         "length_ratio": length_ratio(outputs, references),
         "probes": probes,
         "probe_flags": probe_flags(probes),
         "alarm": fired,
     }
+    if nlls is not None:
+        out["input"] = input_use(outputs, references, *nlls)
+    return out

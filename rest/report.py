@@ -23,6 +23,7 @@ import numpy as np  # noqa: E402
 
 from rest import artifacts  # noqa: E402
 from rest.errors import RestError  # noqa: E402
+from rest.monitors import input_use_line  # noqa: E402
 from rest.run import Run  # noqa: E402
 from rest.shards import read_grow  # noqa: E402
 
@@ -104,6 +105,8 @@ def monitor_lines(data: dict[str, Any]) -> list[tuple[str, str]]:
     lines: list[tuple[str, str]] = []
     for name in data["policies"]:
         mon = data["metrics"][name].get("monitors", {})
+        if mon.get("input", {}).get("ignores_input"):
+            lines.append(("alarm", input_use_line(name, mon["input"]) + "."))
         alarm = mon.get("alarm", {})
         if alarm.get("fired"):
             lines.append(("alarm", f"{name}: the mean validation reward rose by {alarm['reward_delta']:+.4f} over "
@@ -119,8 +122,9 @@ def monitor_lines(data: dict[str, Any]) -> list[tuple[str, str]]:
         lines.append((level, f"{data['policies'][-1]}: outputs are {ratio:.2f}x as long as the references "
                              f"(characters) and score chrF {drift:.1f} against policy-0's outputs (100 = unchanged)."))
     if not any(level == "alarm" for level, _ in lines):
-        lines.insert(0, ("ok", "No monitor fired: no policy raised the reward while chrF to the references fell, "
-                               "and no reward probe scored a corrupted reference at or above the reference itself."))
+        lines.insert(0, ("ok", "No monitor fired: every policy reads its input, no policy raised the reward while "
+                               "chrF to the references fell, and no reward probe scored a corrupted reference at or "
+                               "above the reference itself."))
     return lines
 
 
@@ -255,11 +259,13 @@ def render(data: dict[str, Any]) -> str:
     mon_rows = []
     for n in names:
         m = data["metrics"][n].get("monitors", {})
-        a = m.get("alarm", {})
+        a, inp = m.get("alarm", {}), m.get("input", {})
         mon_rows.append([n, m.get("drift_chrf"), m.get("length_ratio"), a.get("reward_delta"), a.get("chrf_delta"),
-                         "FIRED" if a.get("fired") else "-"])
+                         "FIRED" if a.get("fired") else "-", inp.get("top_output_fraction"), inp.get("input_sensitivity"),
+                         "FIRED" if inp.get("ignores_input") else "-"])
     sections.append(_table(["policy", "drift: chrF to policy-0 outputs", "length / reference", "reward change",
-                            "chrF change", "alarm"], mon_rows))
+                            "chrF change", "alarm", "share of the commonest output", "NLL cost of shuffled sources",
+                            "ignores input"], mon_rows))
     probes = data["metrics"][names[0]].get("monitors", {}).get("probes", {}) if names else {}
     if probes:
         probe_names = list(next(iter(probes.values())))

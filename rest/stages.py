@@ -37,10 +37,10 @@ from rest.artifacts import existing, publish, run_lock, staging, write_json_atom
 from rest.config import GrowConfig, ImproveConfig, OptimFields, RunConfig
 from rest.data import grow_sources, load_split
 from rest.errors import RestError
-from rest.evaluation import evaluate
+from rest.evaluation import evaluate, target_nll
 from rest.filtering import epoch_batches, mix_batches, select
 from rest.models import Policy, build_policy, count_parameters, load_policy
-from rest.monitors import policy_monitors
+from rest.monitors import input_use_line, policy_monitors
 from rest.objectives import Batch, Objective, objective_for
 from rest.preflight import check_run_inputs
 from rest.rewards import artifact_dependencies, needs_reference, reward_names, score_config
@@ -115,7 +115,7 @@ def fit(
         return train(policy, batches, optim, cfg.model, seed=seed, objective=objective, reference=reference, on_progress=progress)
 
 
-def assess(run: Run, policy: Policy, previous: str | None) -> tuple[dict[str, Any], pd.DataFrame, dict[str, Any]]:
+def assess(run: Run, name: str, policy: Policy, previous: str | None) -> tuple[dict[str, Any], pd.DataFrame, dict[str, Any]]:
     """Validation metrics, greedy outputs and monitors of a policy (in memory, not yet published).
 
     Monitors compare with policy-0's outputs (drift) and with `previous`, the policy made just before (alarm);
@@ -125,11 +125,16 @@ def assess(run: Run, policy: Policy, previous: str | None) -> tuple[dict[str, An
     valid_df = load_split(cfg.data.valid, "data.valid")
     valid, outputs = evaluate(engines.engine_on(policy, cfg), valid_df, cfg)
     base = outputs if previous is None else pd.read_parquet(run.dir("policy-0") / VALID_OUTPUTS)
+    sources, references = valid_df["source"].tolist(), valid_df["reference"].tolist()
+    shuffled = [sources[j] for j in np.random.default_rng(derive_seed(cfg.seed, "input-probe")).permutation(len(sources))]
+    nlls = (target_nll(policy, sources, references, cfg.model), target_nll(policy, shuffled, references, cfg.model))
     monitors = policy_monitors(
-        outputs["output"].tolist(), base["output"].tolist(), valid_df["source"].tolist(), valid_df["reference"].tolist(),
+        outputs["output"].tolist(), base["output"].tolist(), sources, references,
         cfg.reward, valid, (previous, run.metrics(previous)["valid"]) if previous else None,
-        seed=derive_seed(cfg.seed, "probes"),
+        seed=derive_seed(cfg.seed, "probes"), nlls=nlls,
     )
+    if monitors["input"]["ignores_input"]:
+        log.warning("MONITOR: " + input_use_line(name, monitors["input"]))
     return valid, outputs, monitors
 
 
@@ -174,7 +179,7 @@ def make_policy0(run_dir: Path) -> str:
         for idx in epoch_batches(len(train_df), cfg.bc.batch_size, cfg.bc.steps, rng)
     ]
     stats = fit(policy, batches, cfg.bc, cfg, derive_seed(cfg.seed, "bc", "dropout"), "policy-0", objective_for(cfg.bc))
-    valid, outputs, monitors = assess(run, policy, previous=None)
+    valid, outputs, monitors = assess(run, "policy-0", policy, previous=None)
     metrics = {"valid": valid, "train": _train_stats(stats), "monitors": monitors}
     publish_policy(run, "policy-0", policy, outputs, metrics, [], cfg_slice,
                    {"parameters": count_parameters(policy.model), "timing": stats})
@@ -405,7 +410,7 @@ def improve(run_dir: Path, g: int, i: int) -> str:
         reference = load_policy(run.dir("policy-0"))
     policy = load_policy(run.dir(init))
     stats = fit(policy, batches, ic, cfg, derive_seed(cfg.seed, "improve", g, i, "dropout"), name, objective, reference)
-    valid, outputs, monitors = assess(run, policy, previous=run.improve_previous(g, i))
+    valid, outputs, monitors = assess(run, name, policy, previous=run.improve_previous(g, i))
     metrics = {"valid": valid, "improve": selection, "train": _train_stats(stats), "monitors": monitors}
     publish_policy(run, name, policy, outputs, metrics, parents, cfg_slice, {"init": init, "grow": grow_name, "timing": stats})
     log.info(f"{name}: tau={tau} kept {selection['kept_unique']} unique samples of {selection['kept_sources']} sources, valid exact match {valid['exact_match']:.1f}, chrF {valid['chrf']:.1f}")

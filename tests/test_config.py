@@ -80,3 +80,37 @@ def test_overrides_model_keeps_constraints_and_merges_only_what_was_set():
     assert cfg.reward.components == {"ter": 1.0}  # a mapping value replaces, not merges
     with pytest.raises(RestError, match="thresholds must rise"):
         load_config("configs/smoke.yaml", updates={"improve": {"thresholds": [0.5, 0.4]}})
+
+
+def test_comet_off_as_yaml_writes_it(tmp_path):
+    """YAML 1.1 reads a bare `off` as False: `comet: off` (the README's spelling) and `tracking.comet=off` work."""
+    assert load_config(None, ["tracking.comet=off"]).tracking.comet == "off"
+    path = tmp_path / "c.yaml"
+    path.write_text("tracking:\n  comet: off\n")
+    assert load_config(path).tracking.comet == "off"
+    with pytest.raises(RestError, match="say offline .* or online"):
+        load_config(None, ["tracking.comet=on"])
+
+
+def test_errors_name_the_override_that_set_the_key_not_the_file(tmp_path):
+    with pytest.raises(RestError, match=r"^override `improve.thresholds=\[1.0,0.9\]`: config key `improve.thresholds`"):
+        load_config("configs/numbers.yaml", ["improve.thresholds=[1.0,0.9]"])
+    with pytest.raises(RestError, match=r"^override `grow.num_sampels=4`: unknown config key"):
+        load_config("configs/numbers.yaml", ["grow.num_sampels=4"])
+    path = tmp_path / "bad.yaml"
+    path.write_text("improve:\n  thresholds: [0.4, 0.3]\n")
+    with pytest.raises(RestError, match=rf"^{path}: config key `improve.thresholds`"):
+        load_config(path, ["grow.num_samples=4"])  # the bad key came from the file, not from the override
+
+
+def test_the_yaml_advice_leads_to_a_valid_value():
+    """The message for an unparsable value shows a form that parses (the old advice led to another error)."""
+    import re
+
+    with pytest.raises(RestError) as err:
+        load_config(None, ["improve.thresholds=[0.9,"])
+    assert "improve.thresholds=[0.9,1.0]" in str(err.value)
+    suggested = re.search(r"'(improve\.thresholds=\"\[0\.9,\")'", str(err.value)).group(1)
+    with pytest.raises(RestError, match="Input should be a valid list"):
+        load_config(None, [suggested])  # text, as suggested: parses, and is then a type error of its own
+    assert load_config(None, ["improve.thresholds=[0.9,1.0]"]).improve.thresholds == [0.9, 1.0]

@@ -43,3 +43,16 @@ def test_duplicate_ids(tmp_path):
     pd.DataFrame({"source_id": ["a", "a"], "source": ["1", "2"], "reference": ["eins", "zwei"]}).to_parquet(tmp_path / "d.parquet")
     with pytest.raises(RestError, match="'a' appears more than once"):
         load_split(str(tmp_path / "d.parquet"), "data.train")
+
+
+def test_a_malformed_jsonl_line_is_named_by_its_number(tmp_path):
+    from rest.data import load_split
+    from rest.errors import RestError
+
+    path = tmp_path / "train.jsonl"
+    path.write_text('{"source": "1", "reference": "eins"}\n\n{"source": "2", "reference": "zwei"\n{"source": "3"}\n')
+    with pytest.raises(RestError, match=r"train.jsonl line 3: not valid JSON \(Expecting ',' delimiter at column 36\)"):
+        load_split(str(path), "data.train")
+    path.write_text('{"source": "1", "reference": "eins"}\n["2", "zwei"]\n')
+    with pytest.raises(RestError, match=r"line 2: a JSONL row is an object"):
+        load_split(str(path), "data.train")

@@ -70,3 +70,42 @@ def test_policy_monitors_puts_it_together():
     assert m["length_ratio"] == pytest.approx(17 / 10, abs=1e-4)
     assert m["drift_chrf"] < 100
     assert m["probe_flags"] == []
+
+
+def test_input_monitor_fires_on_a_policy_that_ignores_its_input(tmp_path):
+    """Two tiny real models: one trained on the true pairs reads its input; one trained with the sources shuffled
+    at every step learns only what the targets look like, and the monitor says so (from NLLs and outputs)."""
+    import numpy as np
+
+    from rest.config import OptimFields
+    from rest.evaluation import target_nll
+    from rest.monitors import input_use
+    from rest.objectives import Batch
+    from rest.sampling import generate
+    from rest.training import train
+    from tests.test_models_sampling import _tiny
+
+    sources = ["1", "2", "3", "4", "5", "6"]
+    targets = ["eins", "zwei", "drei", "vier", "fünf", "sechs"]
+    optim = OptimFields(steps=300, batch_size=6, lr=3e-3, warmup_steps=5, weight_decay=0.0)
+    rng = np.random.default_rng(0)
+    verdicts = {}
+    for name, shuffle in (("reads", False), ("ignores", True)):
+        policy, cfg = _tiny(tmp_path, "bart")
+        batches = [Batch([sources[j] for j in (rng.permutation(6) if shuffle else range(6))], targets) for _ in range(optim.steps)]
+        train(policy, batches, optim, cfg, seed=0)
+        outputs = generate(policy, sources, cfg, greedy=True, max_new_tokens=12).completions
+        shuffled = [sources[j] for j in (1, 2, 3, 4, 5, 0)]
+        verdicts[name] = input_use(outputs, targets, target_nll(policy, sources, targets, cfg), target_nll(policy, shuffled, targets, cfg))
+    assert not verdicts["reads"]["ignores_input"] and verdicts["reads"]["input_sensitivity"] > 0.5, verdicts["reads"]
+    assert verdicts["ignores"]["ignores_input"] and verdicts["ignores"]["input_sensitivity"] < 0.05, verdicts["ignores"]
+
+
+def test_input_monitor_worked_values():
+    from rest.monitors import input_use
+
+    m = input_use(["a", "a", "a", "b"], ["a", "b", "c", "d"], nll=1.0, nll_shuffled_sources=2.0)
+    assert m["top_output"] == "a" and m["top_output_fraction"] == 0.75 and m["input_sensitivity"] == 0.5
+    assert m["ignores_input"]  # 75% one output while the references' commonest is 25%
+    two_labels = input_use(["pos"] * 6 + ["neg"] * 4, ["pos"] * 6 + ["neg"] * 4, nll=0.1, nll_shuffled_sources=0.7)
+    assert not two_labels["ignores_input"]  # 60% one output is what the references do, and the input matters

@@ -96,6 +96,10 @@ def test_the_readme_prefect_section_verbatim(tmp_path):
     run = tmp_path / "smoke"
     try:
         make("server")
+        # The UI is served by the server and calls the API the server tells it: on this (non-default) port.
+        with urllib.request.urlopen(f"http://127.0.0.1:{env['PREFECT_PORT']}/ui-settings", timeout=30) as r:
+            ui = json.loads(r.read())
+        assert ui["api_url"] == f"http://127.0.0.1:{env['PREFECT_PORT']}/api", ui
         make("worker")
         make("deploy")
         # a new shell: no PREFECT_* in the environment, only the default profile that `make server` wrote
