@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-from transformers import AutoConfig, PreTrainedTokenizerFast
+from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, PreTrainedTokenizerFast
 from transformers.utils import logging as hf_logging
 
 from rest.errors import RestError
@@ -70,14 +70,25 @@ def read_architecture(path: str, key: str) -> dict[str, Any]:
 
 
 def check_architecture(path: str, key: str) -> None:
-    """Before a run writes anything: the file parses and transformers knows its model type and every field."""
+    """Before a run writes anything: the file parses, transformers knows its model type and every field, and the
+    model can be built from it (on the meta device: no memory, no time)."""
     arch = read_architecture(path, key)
     model_type = arch.pop("model_type")
     try:
-        with quiet():
-            AutoConfig.for_model(model_type, **arch)
-    except (ValueError, TypeError, KeyError) as exc:
-        raise RestError(f"{key}: {path}: transformers cannot build a `{model_type}` config from it ({exc})") from None
+        with quiet(), torch.device("meta"):
+            config = AutoConfig.for_model(model_type, **arch)
+            auto = AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM
+            auto.from_config(config)
+    except Exception as exc:  # transformers and huggingface_hub raise many types; all mean "not a usable config"
+        if "Unrecognized model identifier" in str(exc):
+            raise RestError(f"{key}: {path}: transformers knows no model_type `{model_type}` (e.g. bart, t5, llama, gpt2)") from None
+        raise RestError(f"{key}: {path}: transformers cannot build a `{model_type}` model from it ({_brief(exc)})") from None
+
+
+def _brief(exc: Exception, limit: int = 300) -> str:
+    """An exception's message on one line, at most `limit` characters."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def looks_like_path(spec: str) -> bool:
@@ -103,9 +114,10 @@ def check_pretrained(spec: str, key: str) -> None:
     try:
         with quiet():
             AutoConfig.from_pretrained(str(p) if p.exists() else spec)
-    except (OSError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise RestError(f"{key}: cannot load a model config from {spec}: {first}") from None
+    except Exception as exc:  # OSError, ValueError, huggingface_hub's validation errors: all "not loadable"
+        if not p.exists():
+            raise RestError(f"{key}: {spec} is no local path (it does not exist) and does not load as a hub id: {_brief(exc)}") from None
+        raise RestError(f"{key}: cannot load a model config from {spec}: {_brief(exc)}") from None
 
 
 def train_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFast:
