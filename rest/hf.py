@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +54,25 @@ def quiet():
         hf_logging.set_verbosity(verbosity)
         if bars:
             hf_logging.enable_progress_bar()
+
+
+_OS_ERROR = re.compile(r"os error (\d+)")
+
+
+def save(obj, path) -> None:
+    """`obj.save_pretrained(path)` quietly, with a disk error as the OSError it is: safetensors reports a full
+    disk as `SafetensorError("... No space left on device (os error 28)")`, which names neither the errno nor the file."""
+    try:
+        with quiet():
+            obj.save_pretrained(path)
+    except OSError:
+        raise
+    except Exception as exc:
+        found = _OS_ERROR.search(str(exc))
+        if not found:
+            raise
+        code = int(found.group(1))
+        raise OSError(code, os.strerror(code), str(path)) from exc
 
 
 def read_architecture(path: str, key: str) -> dict[str, Any]:

@@ -25,7 +25,7 @@ from transformers import (
 
 from rest.config import ModelConfig
 from rest.errors import RestError
-from rest.hf import pad, quiet, read_architecture, train_tokenizer
+from rest.hf import pad, quiet, read_architecture, save, train_tokenizer
 
 
 @dataclass
@@ -38,9 +38,8 @@ class Policy:
         return bool(self.model.config.is_encoder_decoder)
 
     def save(self, path: Path) -> None:
-        with quiet():
-            self.model.save_pretrained(path)
-            self.tokenizer.save_pretrained(path)
+        save(self.model, path)
+        save(self.tokenizer, path)
 
 
 def build_policy(model_cfg: ModelConfig, train_texts: list[str], seed: int) -> Policy:

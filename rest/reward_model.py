@@ -44,7 +44,7 @@ from rest import artifacts
 from rest.config import RewardModelConfig, dump_config
 from rest.errors import RestError
 from rest.filtering import epoch_batches
-from rest.hf import made_by_train_tokenizer, quiet, read_architecture, train_tokenizer
+from rest.hf import made_by_train_tokenizer, quiet, read_architecture, save, train_tokenizer
 from rest.hf import pad as pad_ids
 from rest.metrics import SENTENCE_METRICS
 from rest.training import lr_factor
@@ -412,9 +412,8 @@ def train_reward_model(cfg: RewardModelConfig) -> dict[str, Any]:
     stage = artifacts.staging(out)
     artifacts.clear(out)
     stage.mkdir(parents=True)
-    with quiet():
-        rm.model.save_pretrained(stage)
-        rm.tokenizer.save_pretrained(stage)
+    save(rm.model, stage)
+    save(rm.tokenizer, stage)
     artifacts.write_json_atomic(
         stage / REWARD_FILE,
         {"objective": cfg.objective, "output": OUTPUTS[cfg.objective], "max_tokens": cfg.model.max_tokens,
