@@ -373,7 +373,7 @@ def train_reward_model(cfg: RewardModelConfig) -> dict[str, Any]:
     rng = np.random.default_rng(cfg.seed)
     batches = _batches(groups, cfg.train.batch_size, cfg.train.steps, rng)
     opt = torch.optim.AdamW(rm.model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg.train.warmup_steps, len(batches)))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg.train.warmup(len(batches)), len(batches)))
     torch.manual_seed(cfg.seed)
     rm.model.train()
     losses, started = [], time.perf_counter()

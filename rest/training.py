@@ -53,7 +53,7 @@ def train(
     model = policy.model
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=optim.lr, weight_decay=optim.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, optim.warmup_steps, len(batches)))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, optim.warmup(len(batches)), len(batches)))
     losses: list[float] = []
     kls: list[float] = []
     examples = 0
