@@ -14,7 +14,6 @@ so every task here has caching off and simply returns at once when its artifact 
 
 from __future__ import annotations
 
-import errno
 import logging
 import re
 from pathlib import Path
@@ -28,13 +27,10 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from rest import stages
 from rest.artifacts import CONFIG_FILE, run_lock
 from rest.config import ConfigOverrides, load_config
-from rest.errors import RestError
+from rest.errors import OS_ERROR_FIXES, RestError
 from rest.report import write_report
 from rest.run import Run
 from rest.tracking import log_run
-
-
-USER_OS_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
 
 
 class _UserErrorsWithoutTraceback(logging.Filter):
@@ -43,7 +39,7 @@ class _UserErrorsWithoutTraceback(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
-        if isinstance(exc, RestError) or (isinstance(exc, OSError) and exc.errno in USER_OS_ERRORS):
+        if isinstance(exc, RestError) or (isinstance(exc, OSError) and exc.errno in OS_ERROR_FIXES):
             record.exc_info, record.exc_text = None, None
         return True
 

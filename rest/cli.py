@@ -11,7 +11,6 @@ Bad input (a `RestError`) prints one line that says what to fix and exits with c
 from __future__ import annotations
 
 import argparse
-import errno
 import json
 import logging
 import os
@@ -21,9 +20,9 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from rest.errors import RestError
+from rest.errors import OS_ERROR_FIXES, RestError
 from rest.monitors import input_use_line
-from rest.run import Run
+from rest.run import Run, check_run_path
 
 # How long an interrupted command may take to tell the Prefect server that its flow run ended before it just exits.
 GRACE_S = 10
@@ -148,8 +147,7 @@ def _config_for(args: argparse.Namespace):
     from rest.config import load_config
 
     run_dir = Path(args.run)
-    if run_dir.exists() and not run_dir.is_dir():
-        raise RestError(f"--run {run_dir}: is a file, not a run directory; give a directory path (it is created if missing)")
+    check_run_path(run_dir)  # before the config and the data are read
     stored = run_dir / CONFIG_FILE
     if args.command != "run":
         Run.open(run_dir)  # a RestError that says how to start a run when there is none
@@ -192,7 +190,7 @@ def _policy_name(run_dir: Path, name: str | None) -> str:
     """The policy --policy names (default: the best, else the last), verified: a damaged one is refused."""
     run = Run.open(run_dir)
     name = name or run.best_policy or (run.policies() or ["policy-0"])[-1]
-    if run.manifest(name) is None or name not in run.policies():
+    if name not in run.policies():
         known = ", ".join(run.policies()) or "none yet"
         raise RestError(f"--policy {name}: no published policy of that name in {run_dir} (published: {known})")
     run.verified(name)
@@ -387,19 +385,6 @@ def _on_signal(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt  # unwinds the flow (which reports its end to the server), then main() exits
 
 
-# OSErrors a user can fix, and how: one line instead of a traceback.
-_OS_FIXES = {
-    errno.ENOSPC: "free some space and run the same command again (published artifacts are kept; the step that "
-                  "failed starts over, and nothing it half-wrote looks finished)",
-    errno.EDQUOT: "free some space (disk quota) and run the same command again",
-    errno.EROFS: "the file system is read-only: give a --run directory on a writable one",
-    errno.EACCES: "no permission to write there: give a --run directory you can write to",
-    errno.EPERM: "no permission to write there: give a --run directory you can write to",
-    errno.ENOTDIR: "a part of that path is a file, not a directory: give another --run path",
-    errno.EEXIST: "a file is in the way of a directory there: give another --run path",
-}
-
-
 def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `rest inspect RUN | head` ends quietly
     args = build_parser().parse_args(argv)
@@ -423,10 +408,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:
-        if exc.errno not in _OS_FIXES:
+        if exc.errno not in OS_ERROR_FIXES:
             raise
         where = exc.filename or getattr(args, "run", "")
-        print(f"error: {where}: {exc.strerror}; {_OS_FIXES[exc.errno]}", file=sys.stderr)
+        print(f"error: {where}: {exc.strerror}; {OS_ERROR_FIXES[exc.errno]}", file=sys.stderr)
         return 2
     except BaseException:
         if _STOPPING:  # interrupted: the line is printed; exit without a traceback and without waiting for threads

@@ -34,6 +34,12 @@ EXTENDABLE = ("grow.steps", "grow.workers", "orchestration.", "tracking.")
 _OPEN: dict[tuple, Run] = {}
 
 
+def check_run_path(path: Path) -> None:
+    """A run directory path must not name a file (it is created if missing)."""
+    if path.exists() and not path.is_dir():
+        raise RestError(f"--run {path}: is a file, not a run directory; give a directory path (it is created if missing)")
+
+
 def _step_key(name: str) -> list[int]:
     return [int(x) for x in name.split("-")[1:]]
 
@@ -51,8 +57,7 @@ class Run:
         """The run at `path`; its config.yaml is read once per process (again only if it changes)."""
         path = Path(path)
         file = path / CONFIG_FILE
-        if path.exists() and not path.is_dir():
-            raise RestError(f"--run {path}: is a file, not a run directory; give a directory path (it is created if missing)")
+        check_run_path(path)
         if not file.is_file():
             raise RestError(f"{path} is not a run directory (no {CONFIG_FILE}); start it with `rest run --config FILE --run {path}`")
         st = file.stat()
@@ -67,8 +72,7 @@ class Run:
         another config refuses it (only EXTENDABLE keys may change); one with nothing published yet takes the new
         config (a first attempt that failed on bad input leaves nothing that depends on its config)."""
         path = Path(path)
-        if path.exists() and not path.is_dir():
-            raise RestError(f"--run {path}: is a file, not a run directory; give a directory path (it is created if missing)")
+        check_run_path(path)
         if (path / CONFIG_FILE).is_file():
             run = cls.open(path)
             changed = [
@@ -101,8 +105,6 @@ class Run:
 
     def verified(self, name: str) -> dict[str, Any]:
         """The manifest of published artifact `name` after every checksum matched, or a RestError."""
-        if self.manifest(name) is None:
-            raise RestError(f"{self.path / name} is not published yet; run the step that makes it first")
         return artifacts.verified(
             self.path / name,
             f"`rest run --run {self.path}` redoes it (or delete it and the artifacts made after it, and rerun)",
