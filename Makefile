@@ -20,7 +20,7 @@ POOL ?= rest
 # $(call HEALTHY,SECONDS): wait until the server's health endpoint answers (curl is not on every machine).
 HEALTHY = $(BIN)/python -m flows.wait_for_server $(PREFECT_URL) $(1)
 
-.PHONY: setup run grow improve eval inspect report reward test test-unit data clean server worker deploy stop
+.PHONY: setup run grow improve eval inspect report reward test test-unit bench data clean server worker deploy stop
 
 setup: $(VENV)/.installed
 
@@ -56,6 +56,9 @@ test: setup
 
 test-unit: setup
 	$(BIN)/python -m pytest -q -m "not integration" $(ARGS)
+
+bench: setup  ## speed side by side (Grow, Improve, scoring, memory, make run's stages): writes docs/benchmarks.md
+	$(BIN)/python bench/speed.py $(ARGS)
 
 data: setup  ## rebuild data/numbers/*.parquet (deterministic; the result is committed)
 	$(BIN)/python data/build_numbers.py

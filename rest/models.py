@@ -10,7 +10,7 @@ so a user's pretrained model goes through exactly the code our from-scratch mode
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -32,6 +32,10 @@ from rest.hf import pad, quiet, read_architecture, save, train_tokenizer
 class Policy:
     model: PreTrainedModel
     tokenizer: PreTrainedTokenizerBase
+    # (kind, text) -> token ids while training (rest.training.train turns it on): each distinct text is tokenized
+    # once, not once per batch it appears in (BC walks its data many times; Improve mixes the labelled pairs into
+    # every batch). Off (None) otherwise, so that sampling a large pool keeps no tokens around.
+    token_cache: dict[tuple[str, str], list[int]] | None = field(default=None, repr=False)
 
     @property
     def is_encoder_decoder(self) -> bool:
@@ -91,8 +95,25 @@ def count_parameters(model: PreTrainedModel) -> int:
 # Batches
 
 
+def _cached(policy: Policy, kind: str, texts: list[str], encode) -> list[list[int]]:
+    """encode(texts not seen before) once, then every text's ids from the policy's cache (copies: callers may
+    append to them)."""
+    cache = policy.token_cache
+    if cache is None:
+        return encode(texts)
+    new = list(dict.fromkeys(t for t in texts if (kind, t) not in cache))
+    if new:
+        cache.update(zip(((kind, t) for t in new), encode(new)))
+    return [list(cache[(kind, t)]) for t in texts]
+
+
 def prompt_ids(policy: Policy, sources: list[str], model_cfg: ModelConfig) -> list[list[int]]:
     """Token ids of the model input for each source: the encoder input, or the decoder-only prompt."""
+    key = f"prompt:{model_cfg.prompt_template}:{model_cfg.max_source_tokens}"
+    return _cached(policy, key, list(sources), lambda texts: _prompt_ids(policy, texts, model_cfg))
+
+
+def _prompt_ids(policy: Policy, sources: list[str], model_cfg: ModelConfig) -> list[list[int]]:
     tok = policy.tokenizer
     if policy.is_encoder_decoder:
         ids = tok(sources, add_special_tokens=True)["input_ids"]
@@ -107,6 +128,11 @@ def prompt_ids(policy: Policy, sources: list[str], model_cfg: ModelConfig) -> li
 
 def target_ids(policy: Policy, targets: list[str], model_cfg: ModelConfig) -> list[list[int]]:
     """Token ids of each wanted output, ending in EOS (the model must learn to stop)."""
+    key = f"target:{model_cfg.max_target_tokens}"
+    return _cached(policy, key, list(targets), lambda texts: _target_ids(policy, texts, model_cfg))
+
+
+def _target_ids(policy: Policy, targets: list[str], model_cfg: ModelConfig) -> list[list[int]]:
     tok = policy.tokenizer
     eos = tok.eos_token_id
     out = []

@@ -180,8 +180,8 @@ def input_use_line(name: str, m: Mapping[str, Any]) -> str:
         f"{name} ignores its input: {100 * m['top_output_fraction']:.0f}% of validation outputs are {m['top_output']!r}, "
         f"and pairing each reference with another row's source raises its NLL by only {100 * m['input_sensitivity']:.1f}% "
         f"({m['nll']:.3f} -> {m['nll_shuffled_sources']:.3f}). It did not learn the task: nothing later can fix that. "
-        "From scratch, try bc.lr=5e-4 bc.warmup_fraction=0.1 (it learns on data/g2p), more bc.steps, or a pre-LN "
-        "architecture"
+        "From scratch, try a lower bc.lr (5e-4), a longer warm-up (bc.warmup_fraction=0.2), more bc.steps or more "
+        "labelled pairs; with model.architecture, keep a pre-LN model (configs/models/mbart-2.6m.json)"
     )
 
 

@@ -139,29 +139,30 @@ def plots(data: dict[str, Any]) -> list[tuple[str, str]]:
     names = data["policies"]
     x = np.arange(len(names))
 
-    fig, ax = _figure("Reward of the Grow samples")
-    bins = np.linspace(0, 1, 41)
-    for grow, rows in data["rows"].items():
-        ax.hist(rows["reward"], bins=bins, histtype="step", linewidth=1.8, label=f"{grow} (mean {rows['reward'].mean():.3f})")
-    for t in thresholds:
-        ax.axvline(t, color="grey", linestyle="--", linewidth=1)
-    ax.set_yscale("log")  # rewards pile up near 1 as the policy improves: a linear axis hides the tail that matters
-    ax.set_xlabel("reward (dashed: thresholds tau)")
-    ax.set_ylabel("samples (log scale)")
-    ax.legend(fontsize=8)
-    out.append(("Reward distribution per Grow step", _png(fig)))
+    if data["grows"]:  # a BC-only run (grow.steps: 0) has no Grow step to plot
+        fig, ax = _figure("Reward of the Grow samples")
+        bins = np.linspace(0, 1, 41)
+        for grow, rows in data["rows"].items():
+            ax.hist(rows["reward"], bins=bins, histtype="step", linewidth=1.8, label=f"{grow} (mean {rows['reward'].mean():.3f})")
+        for t in thresholds:
+            ax.axvline(t, color="grey", linestyle="--", linewidth=1)
+        ax.set_yscale("log")  # rewards pile up near 1 as the policy improves: a linear axis hides the tail that matters
+        ax.set_xlabel("reward (dashed: thresholds tau)")
+        ax.set_ylabel("samples (log scale)")
+        ax.legend(fontsize=8)
+        out.append(("Reward distribution per Grow step", _png(fig)))
 
-    fig, ax = _figure("Fraction of Grow samples kept at each threshold")
-    width = 0.8 / max(1, len(data["grows"]))
-    for k, grow in enumerate(data["grows"]):
-        rows = data["rows"][grow]
-        kept = [float((rows["reward"] >= t).mean()) for t in thresholds]
-        ax.bar(np.arange(len(thresholds)) + k * width, kept, width, label=grow)
-    ax.set_xticks(np.arange(len(thresholds)) + width * (len(data["grows"]) - 1) / 2, [f"tau={t}" for t in thresholds])
-    ax.set_ylim(0, 1)
-    ax.set_ylabel("fraction kept")
-    ax.legend(fontsize=8)
-    out.append(("Fraction kept per threshold", _png(fig)))
+        fig, ax = _figure("Fraction of Grow samples kept at each threshold")
+        width = 0.8 / max(1, len(data["grows"]))
+        for k, grow in enumerate(data["grows"]):
+            rows = data["rows"][grow]
+            kept = [float((rows["reward"] >= t).mean()) for t in thresholds]
+            ax.bar(np.arange(len(thresholds)) + k * width, kept, width, label=grow)
+        ax.set_xticks(np.arange(len(thresholds)) + width * (len(data["grows"]) - 1) / 2, [f"tau={t}" for t in thresholds])
+        ax.set_ylim(0, 1)
+        ax.set_ylabel("fraction kept")
+        ax.legend(fontsize=8)
+        out.append(("Fraction kept per threshold", _png(fig)))
 
     fig, ax = _figure("Validation metrics per policy")
     valid = [data["metrics"][n]["valid"] for n in names]

@@ -113,10 +113,24 @@ def reward_names(rc: RewardConfig) -> list[str]:
 def score_config(rc: RewardConfig, sources: Sequence[str], completions: Sequence[str], references: Sequence[str | None]) -> dict[str, np.ndarray]:
     """Every component and the total: clip(weighted mean - length_penalty x reward_length, 0, 1) x reward_format.
 
+    Each distinct (source, completion, reference) is scored once and its scores copied to its repeats: a policy
+    that has learned its task samples the same completion many times out of N (on the embedded task most of the
+    8), and every component is a function of those three.
+
     Weights are normalised, so the total stays in [0, 1]: {chrf: 3, exact_match: 1} is 0.75 chrF + 0.25 exact
     match. `reward_length` is length_deviation (0 = as long as the reference), `reward_format` is format_valid: an
     output that does not match `format_regex` gets reward 0 whatever its components say.
     """
+    keys = list(zip(sources, completions, references))
+    first: dict[tuple, int] = {}
+    inverse = np.fromiter((first.setdefault(k, len(first)) for k in keys), dtype=np.int64, count=len(keys))
+    if len(first) < len(keys):
+        d_src, d_comp, d_ref = (list(col) for col in zip(*first)) if first else ([], [], [])
+        return {name: values[inverse] for name, values in _score_rows(rc, d_src, d_comp, d_ref).items()}
+    return _score_rows(rc, sources, completions, references)
+
+
+def _score_rows(rc: RewardConfig, sources: Sequence[str], completions: Sequence[str], references: Sequence[str | None]) -> dict[str, np.ndarray]:
     total_weight = float(sum(rc.components.values()))
     out: dict[str, np.ndarray] = {}
     total = np.zeros(len(completions), dtype=np.float64)

@@ -11,6 +11,7 @@ draws from its own `torch.Generator`. It also gives each sample's log-probabilit
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -19,6 +20,11 @@ import torch
 from rest.config import ModelConfig
 from rest.hf import pad as pad_ids
 from rest.models import Policy, prompt_ids
+
+
+# What makes our loop faster than decoding every row to the end (see _decode_batch); the benchmark turns them off.
+SPEEDUPS = ("shared_prompt", "drop_finished")
+MIN_ROWS = 16  # drop_finished never shrinks a batch below this many rows
 
 
 @dataclass
@@ -50,52 +56,83 @@ def _choose(logits: torch.Tensor, greedy: bool, temperature: float, top_p: float
 def _decode_batch(
     policy: Policy,
     prompts: list[list[int]],
+    copies: list[int],
     max_new_tokens: int,
     choose: Callable[[torch.Tensor], torch.Tensor],
+    speedups: tuple[str, ...] = SPEEDUPS,
 ) -> tuple[list[list[int]], list[float]]:
+    """Decode `copies[j]` sequences from each distinct prompt j; rows come back prompt-major.
+
+    Two things (`speedups`) make it faster than decoding every row the whole way: the prompt is read once for all
+    of its copies ("shared_prompt": the encoder pass and the first decoder step of an encoder-decoder, the prompt's
+    forward pass of a decoder-only model; their KV cache is then copied per row), and a row that has emitted EOS
+    leaves the batch ("drop_finished": its KV cache rows are dropped), so each step costs what the unfinished rows
+    cost. Without them (the benchmark's baseline) every row is decoded until the last one ends.
+    """
     model, tok = policy.model, policy.tokenizer
     pad, eos = tok.pad_token_id, tok.eos_token_id
-    batch = len(prompts)
+    if "shared_prompt" not in speedups:
+        prompts = [p for p, c in zip(prompts, copies) for _ in range(c)]
+        copies = [1] * len(prompts)
+    expand = torch.repeat_interleave(torch.arange(len(prompts)), torch.tensor(copies))
+    batch = int(expand.numel())
     if policy.is_encoder_decoder:
         ids, mask = pad_ids(prompts, pad)
         encoder_outputs = model.get_encoder()(input_ids=ids, attention_mask=mask)
-        step_inputs = {
-            "decoder_input_ids": torch.full((batch, 1), model.config.decoder_start_token_id, dtype=torch.long)
-        }
+        start = torch.full((len(prompts), 1), model.config.decoder_start_token_id, dtype=torch.long)
+        out = model(encoder_outputs=encoder_outputs, attention_mask=mask, decoder_input_ids=start, use_cache=True)
+        encoder_outputs.last_hidden_state = encoder_outputs.last_hidden_state.index_select(0, expand)
+        mask = mask.index_select(0, expand)
     else:
         # Decoder-only: left padding, so every row's next token sits in the last column; positions skip the pads.
         ids, mask = pad_ids(prompts, pad, left=True)
         position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
-        step_inputs = {"input_ids": ids, "position_ids": position_ids}
-    past = None
-    finished = torch.zeros(batch, dtype=torch.bool)
-    logprob = torch.zeros(batch, dtype=torch.float64)
-    tokens = []
-    for _ in range(max_new_tokens):
+        out = model(input_ids=ids, attention_mask=mask, position_ids=position_ids, use_cache=True)
+        mask = mask.index_select(0, expand)
+        position = position_ids[:, -1:].index_select(0, expand)
+    past = out.past_key_values
+    past.batch_select_indices(expand)
+    logits = out.logits[:, -1, :].float().index_select(0, expand)
+    # The batch's rows: where each writes its tokens (index `batch` is a spare row for finished rows that stay in the
+    # batch, dropped at the end), and whether it is still decoding.
+    rows = torch.arange(batch)
+    alive = torch.ones(batch, dtype=torch.bool)
+    tokens = torch.full((batch + 1, max_new_tokens), pad, dtype=torch.long)
+    logprob = torch.zeros(batch + 1, dtype=torch.float64)
+    min_rows = MIN_ROWS if "drop_finished" in speedups else batch
+    for t in range(max_new_tokens):
+        nxt = choose(logits)
+        tokens[rows, t] = nxt
+        logprob[rows] += torch.log_softmax(logits, dim=-1).gather(-1, nxt[:, None]).squeeze(-1).double()
+        alive &= nxt != eos
+        if t == max_new_tokens - 1 or not bool(alive.any()):
+            break
+        n_alive = int(alive.sum())
+        if n_alive < len(rows) and len(rows) > min_rows:
+            # Drop finished rows, keeping at least min_rows: a matmul of a handful of rows takes another kernel
+            # path whose float sums depend on the thread count, and ids must not (a Dask worker has 1 thread).
+            keep = torch.cat([alive.nonzero(), (~alive).nonzero()[: max(0, min_rows - n_alive)]]).squeeze(-1)
+            rows, nxt, alive, mask = rows[keep], nxt[keep], alive[keep], mask.index_select(0, keep)
+            past.batch_select_indices(keep)
+            if policy.is_encoder_decoder:
+                encoder_outputs.last_hidden_state = encoder_outputs.last_hidden_state.index_select(0, keep)
+            else:
+                position = position.index_select(0, keep)
+        rows = torch.where(alive, rows, batch)  # finished rows still in the batch write to the spare row
+        nxt = torch.where(alive, nxt, pad)
         if policy.is_encoder_decoder:
-            out = model(encoder_outputs=encoder_outputs, attention_mask=mask, past_key_values=past, use_cache=True, **step_inputs)
+            out = model(encoder_outputs=encoder_outputs, attention_mask=mask, decoder_input_ids=nxt[:, None],
+                        past_key_values=past, use_cache=True)
         else:
-            out = model(attention_mask=mask, past_key_values=past, use_cache=True, **step_inputs)
+            mask = torch.cat([mask, torch.ones((len(rows), 1), dtype=mask.dtype)], dim=1)
+            position = position + 1
+            out = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=position, past_key_values=past, use_cache=True)
         past = out.past_key_values
         logits = out.logits[:, -1, :].float()
-        nxt = choose(logits)
-        lp = torch.log_softmax(logits, dim=-1).gather(-1, nxt[:, None]).squeeze(-1)
-        nxt = torch.where(finished, torch.full_like(nxt, pad), nxt)
-        logprob += torch.where(finished, torch.zeros_like(lp), lp).double()
-        tokens.append(nxt)
-        finished |= nxt == eos
-        if bool(finished.all()):
-            break
-        if policy.is_encoder_decoder:
-            step_inputs = {"decoder_input_ids": nxt[:, None]}
-        else:
-            mask = torch.cat([mask, torch.ones((batch, 1), dtype=mask.dtype)], dim=1)
-            step_inputs = {"input_ids": nxt[:, None], "position_ids": step_inputs["position_ids"][:, -1:] + 1}
-    out_ids = torch.stack(tokens, dim=1).tolist() if tokens else [[] for _ in range(batch)]
     seqs = []
-    for row in out_ids:
+    for row in tokens[:batch].tolist():
         seqs.append(row[: row.index(eos)] if eos in row else row)
-    return seqs, logprob.tolist()
+    return seqs, logprob[:batch].tolist()
 
 
 def generate(
@@ -112,6 +149,7 @@ def generate(
     batch_size: int = 256,
     seed: int = 0,
     on_progress: Callable[[int], None] | None = None,
+    speedups: tuple[str, ...] = SPEEDUPS,
 ) -> Generation:
     """Sample `num_samples` completions per source (or one greedy one). Same inputs and seed: same outputs.
 
@@ -133,7 +171,10 @@ def generate(
 
     for start in range(0, len(rows), batch_size):
         chunk = rows[start : start + batch_size]
-        seqs, lps = _decode_batch(policy, [prompts[i] for i, _ in chunk], max_new_tokens, choose)
+        distinct = list(dict.fromkeys(i for i, _ in chunk))  # a source's samples are adjacent rows of a chunk
+        counts = Counter(i for i, _ in chunk)
+        copies = [counts[j] for j in distinct]
+        seqs, lps = _decode_batch(policy, [prompts[i] for i in distinct], copies, max_new_tokens, choose, speedups)
         texts = policy.tokenizer.batch_decode(seqs, skip_special_tokens=True)
         for (i, k), seq, text, lp in zip(chunk, seqs, texts, lps):
             slot = i * num_samples + k

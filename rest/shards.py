@@ -44,6 +44,13 @@ def write_shard(path: Path, columns: dict[str, list], reward_names: list[str]) -
     write_atomic(path, buf.getvalue())
 
 
-def read_grow(grow_dir: Path) -> pd.DataFrame:
-    """All rows of a Grow step, in shard order."""
-    return pd.read_parquet(grow_dir)
+def read_grow(grow_dir: Path, columns: list[str] | None = None, min_reward: float | None = None) -> pd.DataFrame:
+    """The rows of a Grow step, in shard order: all columns or only `columns`, all rows or only those with
+    reward >= `min_reward`. The filter is applied while reading (pyarrow), so memory follows what is kept."""
+    filters = None if min_reward is None else [("reward", ">=", min_reward)]
+    return pd.read_parquet(grow_dir, columns=columns, filters=filters)
+
+
+def shard_paths(grow_dir: Path) -> list[Path]:
+    """The shard files of a Grow step, in order."""
+    return sorted(Path(grow_dir).glob("shard-*.parquet"))

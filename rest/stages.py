@@ -45,7 +45,7 @@ from rest.objectives import Batch, Objective, objective_for
 from rest.preflight import check_run_inputs
 from rest.rewards import artifact_dependencies, needs_reference, reward_names, score_config
 from rest.run import METRICS_FILE, VALID_OUTPUTS, Run
-from rest.shards import read_grow, shard_name, write_shard
+from rest.shards import read_grow, shard_name, shard_paths, write_shard
 from rest.training import train
 
 log = logging.getLogger("rest")
@@ -325,16 +325,27 @@ def grow_shard(run_dir: Path, g: int, index: int) -> dict[str, Any]:
     return record
 
 
-def grow_stats(rows: pd.DataFrame, thresholds: list[float]) -> dict[str, Any]:
-    q = rows["reward"].quantile([0.1, 0.25, 0.5, 0.75, 0.9])
+def grow_stats(grow_dir: Path, thresholds: list[float]) -> dict[str, Any]:
+    """Summary of a Grow step, read shard by shard (a source's N samples are in one shard), so that memory does
+    not grow with the pool: only the rewards (8 bytes a row) are held for the quantiles."""
+    rewards, tokens, distinct, sources = [], 0, 0, 0
+    for path in shard_paths(grow_dir):
+        df = pd.read_parquet(path, columns=["source_id", "completion", "num_tokens", "reward"])
+        rewards.append(df["reward"].to_numpy())
+        tokens += int(df["num_tokens"].sum())
+        per_source = df.groupby("source_id")["completion"].nunique()
+        distinct += int(per_source.sum())
+        sources += len(per_source)
+    reward = np.concatenate(rewards) if rewards else np.zeros(0)
+    q = np.quantile(reward, [0.1, 0.25, 0.5, 0.75, 0.9])
     return {
-        "rows": len(rows),
-        "sources": int(rows["source_id"].nunique()),
-        "reward_mean": round(float(rows["reward"].mean()), 4),
-        "reward_quantiles": {f"p{int(k * 100)}": round(float(v), 4) for k, v in q.items()},
-        "kept_fraction": {str(t): round(float((rows["reward"] >= t).mean()), 4) for t in thresholds},
-        "completion_tokens": round(float(rows["num_tokens"].mean()), 2),
-        "distinct_per_source": round(float(rows.groupby("source_id")["completion"].nunique().mean()), 2),
+        "rows": len(reward),
+        "sources": sources,
+        "reward_mean": round(float(reward.mean()), 4),
+        "reward_quantiles": {f"p{k}": round(float(v), 4) for k, v in zip((10, 25, 50, 75, 90), q)},
+        "kept_fraction": {str(t): round(float((reward >= t).mean()), 4) for t in thresholds},
+        "completion_tokens": round(tokens / max(1, len(reward)), 2),
+        "distinct_per_source": round(distinct / max(1, sources), 2),
     }
 
 
@@ -348,7 +359,7 @@ def finish_grow(run_dir: Path, g: int) -> str:
     if missing:
         raise RuntimeError(f"{grow_dir.name}: shards {missing} are not done; rerun the Grow step to finish them")
     records = [json.loads(_shard_record_path(grow_dir, i).read_text()) for i in range(plan.n_shards)]
-    stats = grow_stats(read_grow(grow_dir), plan.cfg.improve.thresholds)
+    stats = grow_stats(grow_dir, plan.cfg.improve.thresholds)
     stats["samples_per_s"] = round(sum(r["rows"] for r in records) / max(1e-9, sum(r["seconds"] for r in records)), 1)
     extra = {"policy": plan.policy, "grow_step": g, "shards": records, "stats": stats}
     publish(grow_dir, artifacts.GROW, plan.parents, plan.cfg_slice, extra)
@@ -377,8 +388,13 @@ def improve(run_dir: Path, g: int, i: int) -> str:
         log.info(f"{name}: published, skipping")
         return name
     engines.release()  # the Grow engine's policy is not needed while training
-    rows = read_grow(run.dir(grow_name))
+    # Read what selection needs, filtered while reading: memory follows the kept rows, not the Grow step's size
+    # (percentile selection compares each source's N rewards, so it reads every row of those columns).
+    rewards = read_grow(run.dir(grow_name), columns=["reward"])["reward"]
+    columns = ["source_id", "source", "sample_index", "completion", "reward"]
+    rows = read_grow(run.dir(grow_name), columns, min_reward=None if ic.selection == "percentile" else tau)
     kept = select(rows, tau, ic.selection, ic.percentile, ic.top_k, ic.max_per_source)
+    del rows
     train_df = load_split(cfg.data.train, "data.train")
     if kept.empty:
         log.warning(f"{name}: no Grow sample reaches tau={tau}; this step trains on data.train only")
@@ -396,8 +412,8 @@ def improve(run_dir: Path, g: int, i: int) -> str:
     ]
     selection = {
         "tau": tau,
-        "grow_rows": len(rows),
-        "kept_fraction": round(float((rows["reward"] >= tau).mean()), 4),
+        "grow_rows": len(rewards),
+        "kept_fraction": round(float((rewards >= tau).mean()), 4),
         "kept_unique": len(kept),
         "kept_sources": int(kept["source_id"].nunique()),
         "kept_reward_mean": round(float(kept["reward"].mean()), 4) if len(kept) else None,

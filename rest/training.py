@@ -52,12 +52,17 @@ def train(
     torch.manual_seed(seed)  # dropout masks
     model = policy.model
     model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=optim.lr, weight_decay=optim.weight_decay)
+    params = [p for p in model.parameters() if p.requires_grad]
+    # fused: one kernel for the whole update instead of a few per parameter tensor (3.5x faster on this CPU for the
+    # 2.6M default's 137 tensors: 7 ms -> 2 ms a step); torch has it for CPU and CUDA floating-point parameters.
+    fused = all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
+    opt = torch.optim.AdamW(params, lr=optim.lr, weight_decay=optim.weight_decay, fused=fused)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, optim.warmup(len(batches)), len(batches)))
     losses: list[float] = []
     kls: list[float] = []
     examples = 0
     started = time.perf_counter()
+    policy.token_cache = {}  # each distinct text is tokenized once for the whole run of steps
     for step, batch in enumerate(batches):
         loss, stats = objective(policy, batch, model_cfg, reference)
         if "kl" in stats:
@@ -72,6 +77,7 @@ def train(
         if on_progress is not None:
             on_progress(step + 1, losses[-1])
     model.eval()
+    policy.token_cache = None
     seconds = time.perf_counter() - started
     tail = losses[-max(1, len(losses) // 10) :]
     return {

@@ -54,27 +54,59 @@ def test_sampling_is_reproducible_from_its_seed(tmp_path, model_type):
     assert len(a.completions) == 12 and all(n <= 8 for n in a.num_tokens)
 
 
+def _teacher_forced_logprob(policy, prompt, ids):
+    """log pi(ids + EOS | prompt) by one forward pass over the whole sequence."""
+    eos, start = policy.tokenizer.eos_token_id, getattr(policy.model.config, "decoder_start_token_id", None)
+    target = ids + [eos]
+    with torch.no_grad():
+        if policy.is_encoder_decoder:
+            logits = policy.model(input_ids=torch.tensor([prompt]), decoder_input_ids=torch.tensor([[start] + ids])).logits[0]
+        else:
+            logits = policy.model(input_ids=torch.tensor([prompt + ids])).logits[0, len(prompt) - 1 :]
+    return torch.log_softmax(logits, -1)[torch.arange(len(target)), torch.tensor(target)].sum().item()
+
+
 @pytest.mark.parametrize("model_type", ["bart", "llama"])
 def test_logprob_is_the_policy_sequence_logprob(tmp_path, model_type):
-    """The recorded logprob equals the teacher-forced log-likelihood of the sampled tokens and their EOS."""
+    """The recorded logprob equals the teacher-forced log-likelihood of the sampled tokens and their EOS, for every
+    row: sources of different lengths (padding), a batch that splits one source's samples (7 rows, 5 samples per
+    source: the prompt is read once per batch and its cache copied), and rows that stop at different steps (a
+    finished row leaves the batch, the others go on)."""
     policy, cfg = _tiny(tmp_path, model_type)
-    out = generate(policy, ["12"], cfg, num_samples=16, max_new_tokens=20, seed=3, temperature=2.0)
-    eos, start = policy.tokenizer.eos_token_id, getattr(policy.model.config, "decoder_start_token_id", None)
-    prompt = prompt_ids(policy, ["12"], cfg)[0]
-    checked = 0
-    for ids, lp in zip(out.token_ids, out.logprobs):
+    sources = ["12", "6947", "5"]
+    out = generate(policy, sources, cfg, num_samples=5, batch_size=7, max_new_tokens=20, seed=3, temperature=2.0)
+    prompts = prompt_ids(policy, sources, cfg)
+    checked, lengths = 0, set()
+    for row, (ids, lp) in enumerate(zip(out.token_ids, out.logprobs)):
         if len(ids) == 20:  # stopped by the length limit, not by EOS
             continue
-        target = ids + [eos]
-        with torch.no_grad():
-            if policy.is_encoder_decoder:
-                logits = policy.model(input_ids=torch.tensor([prompt]), decoder_input_ids=torch.tensor([[start] + ids])).logits[0]
-            else:
-                logits = policy.model(input_ids=torch.tensor([prompt + ids])).logits[0, len(prompt) - 1 :]
-        want = torch.log_softmax(logits, -1)[torch.arange(len(target)), torch.tensor(target)].sum().item()
-        assert lp == pytest.approx(want, abs=1e-4)
+        assert lp == pytest.approx(_teacher_forced_logprob(policy, prompts[row // 5], ids), abs=1e-4)
         checked += 1
-    assert checked >= 2
+        lengths.add(len(ids))
+    assert checked >= 5 and len(lengths) >= 3
+
+
+@pytest.mark.parametrize("model_type", ["bart", "llama"])
+def test_greedy_is_what_transformers_generate_returns(tmp_path, model_type):
+    """Our decoding loop and transformers' `generate` agree token for token (greedy), on a padded batch."""
+    from rest.hf import pad
+
+    policy, cfg = _tiny(tmp_path, model_type)
+    sources = ["12", "6947", "5", "sechstausend"]
+    ours = generate(policy, sources, cfg, greedy=True, max_new_tokens=12)
+    tok = policy.tokenizer
+    ids, mask = pad(prompt_ids(policy, sources, cfg), tok.pad_token_id, left=not policy.is_encoder_decoder)
+    with torch.no_grad():
+        theirs = policy.model.generate(input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=12,
+                                       pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+    theirs = theirs[:, 1:] if policy.is_encoder_decoder else theirs[:, ids.shape[1] :]  # drop the start / the prompt
+    for row, want in enumerate(theirs.tolist()):
+        want = want[: want.index(tok.eos_token_id)] if tok.eos_token_id in want else want
+        assert ours.token_ids[row] == want
+    # and the loop without its speed-ups (every row to the end, the prompt read per row) decodes the same
+    plain = generate(policy, sources, cfg, greedy=True, max_new_tokens=12, speedups=())
+    assert plain.token_ids == ours.token_ids
+    assert plain.logprobs == pytest.approx(ours.logprobs, abs=1e-5)
 
 
 def test_top_k_1_is_greedy(tmp_path):
@@ -113,3 +145,21 @@ def test_trained_targets_are_what_greedy_decoding_returns(tmp_path, model_type):
     assert stats["loss_last"] < 0.05
     out = generate(policy, sources, cfg, greedy=True, max_new_tokens=48)  # the tiny vocabulary is near char-level
     assert out.completions == targets
+    # the two rows end at different steps: the short one leaves the batch early, the long one must not notice
+    assert len(set(out.num_tokens)) == 2
+    plain = generate(policy, sources, cfg, greedy=True, max_new_tokens=48, speedups=())
+    assert plain.token_ids == out.token_ids and plain.logprobs == pytest.approx(out.logprobs, abs=1e-5)
+    samples = generate(policy, sources, cfg, num_samples=3, batch_size=4, top_k=1, max_new_tokens=48, seed=0)
+    assert samples.completions == [t for t in targets for _ in range(3)]
+    # ids promise the same floats with 1 thread (a Dask worker) as with 2: batches shrink as rows finish, and
+    # must not shrink to the few-row matmuls whose sums depend on the thread count
+    threads = torch.get_num_threads()
+    try:
+        runs = []
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            runs.append(generate(policy, sources * 20, cfg, num_samples=4, temperature=1.5, max_new_tokens=48, seed=5))
+    finally:
+        torch.set_num_threads(threads)
+    assert len(set(runs[0].num_tokens)) > 5  # rows did finish at many different steps
+    assert runs[0] == runs[1]

@@ -81,3 +81,16 @@ def test_a_bad_format_regex_names_the_key():
         load_config("configs/smoke.yaml", ["reward.format_regex='[a-z'"])
     with pytest.raises(RestError, match=r"the value `\[a-z` is not valid YAML .*'reward.format_regex=\"\[a-z\"'"):
         load_config("configs/smoke.yaml", ["reward.format_regex=[a-z"])
+
+
+def test_repeated_rows_are_scored_once_and_get_the_same_scores():
+    """score() scores each distinct (source, completion, reference) once; every row still gets its own numbers,
+    in its own place, as if each were scored alone."""
+    sources = ["1", "1", "2", "1", "2", "2"]
+    completions = ["eins", "eins", "zwo", "ein", "zwei", "zwo"]
+    references = ["eins", "eins", "zwei", "eins", "zwei", "zwei"]
+    got = score({"chrf": 3.0, "exact_match": 1.0}, sources, completions, references)
+    alone = [score({"chrf": 3.0, "exact_match": 1.0}, [s], [c], [r]) for s, c, r in zip(sources, completions, references)]
+    for name in ("reward", "reward_chrf", "reward_exact_match"):
+        assert got[name].tolist() == [a[name][0] for a in alone]
+    assert got["reward_exact_match"].tolist() == [1, 1, 0, 0, 1, 0]

@@ -1,0 +1,436 @@
+"""`make bench`: how fast rest is, side by side with what a user would otherwise write, in one script run.
+
+    .venv/bin/python bench/speed.py                   # everything (~10 min on 2 cores); writes docs/benchmarks.md
+    .venv/bin/python bench/speed.py --only grow,score # some sections
+    .venv/bin/python bench/speed.py --quick --out /tmp/b.md   # tiny sizes (numbers mean nothing): the smoke test
+
+Every comparison runs in this one process (or, for memory and `make run`, in child processes started by it), on
+the same inputs, and prints ratios of medians over repeated runs. Benchmarks are not tests: nothing here asserts a
+speed. Sections:
+  grow    our Grow engine vs transformers `generate` (one source per call, and batched) vs one teacher-forced
+          forward pass over the same sampled tokens; encoder-decoder (the default) and decoder-only policies.
+  improve our training loop vs transformers `Trainer` (same collated tensors, schedule and batches) and, for the
+          decoder-only policy, TRL's `SFTTrainer` on the same prompt/completion pairs: examples/s and the loss reached.
+  score   rows/s of the reward step (rest.rewards.score_config) vs sacrebleu's sentence chrF in a plain loop.
+  memory  peak RSS of one Grow step and one Improve step (in a child process each) at 2k, 16k and 64k pool sources.
+  run     seconds per stage of the default pipeline, run in-process, and the whole `rest run` (Prefect included).
+The policies are policy-0 of the default config (and of its decoder-only variant), trained once into runs/bench/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import torch  # noqa: E402
+
+import rest  # noqa: E402,F401  (the environment: bit-exact floats, offline)
+from rest.config import load_config  # noqa: E402
+from rest.engines import TorchEngine  # noqa: E402
+from rest.hf import pad  # noqa: E402
+from rest.models import encode_pairs, forward_logits, load_policy, prompt_ids  # noqa: E402
+from rest.objectives import Batch  # noqa: E402
+from rest.sampling import SPEEDUPS, generate  # noqa: E402
+from rest.training import train  # noqa: E402
+
+CONFIG = "configs/numbers.yaml"
+DECODER_ONLY = "configs/models/llama-2.6m.json"
+SECTIONS = ("grow", "improve", "score", "memory", "run")
+WORK = ROOT / "runs/bench"  # where the bench's runs go (--work)
+
+
+def median_time(fn: Callable[[], object], repeats: int) -> float:
+    """Median wall seconds of `repeats` calls, after one untimed warm-up call."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def rest_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "rest.cli", *args]
+
+
+def quiet_run(cmd: list[str]) -> subprocess.CompletedProcess:
+    """Run a command from the repository root; its output is shown only if it fails."""
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    if proc.returncode != 0:
+        sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-4000:])
+        raise SystemExit(f"[bench] failed ({proc.returncode}): {' '.join(cmd)}")
+    return proc
+
+
+def trained_policy(name: str, quick: bool, *overrides: str) -> Path:
+    """policy-0 of the default config (plus overrides), trained once into runs/bench[-quick]/<name>."""
+    run = WORK / name
+    extra = ["bc.steps=20"] if quick else []
+    if not (run / "policy-0" / "_manifest.json").is_file():
+        print(f"[bench] training policy-0 of {name} (once) ...", flush=True)
+        quiet_run(rest_cmd("run", "--config", CONFIG, "--run", str(run), "grow.steps=0", *extra, *overrides))
+    return run / "policy-0"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Grow
+
+
+def bench_grow(policy_dir: Path, label: str, n_sources: int, repeats: int) -> list[dict]:
+    cfg = load_config(ROOT / CONFIG)
+    policy = load_policy(policy_dir)
+    model, tok = policy.model.eval(), policy.tokenizer
+    sources = pd.read_parquet(ROOT / cfg.data.pool)["source"].tolist()[:n_sources]
+    n, max_new = cfg.grow.num_samples, cfg.grow.max_new_tokens
+    engine = TorchEngine(policy, cfg)
+    prompts = prompt_ids(policy, sources, cfg.model)
+    gen_kwargs = dict(do_sample=True, temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=max_new,
+                      num_return_sequences=n, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+    left = not policy.is_encoder_decoder
+
+    def ours():
+        return engine.sample(sources, num_samples=n, temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=max_new, seed=0)
+
+    def ours_without(*speedups_off: str):
+        on = tuple(x for x in SPEEDUPS if x not in speedups_off)
+        return lambda: generate(policy, sources, cfg.model, num_samples=n, max_new_tokens=max_new,
+                                batch_size=cfg.grow.batch_size, seed=0, speedups=on)
+
+    @torch.inference_mode()
+    def generate_per(k: int):
+        for s in range(0, len(prompts), k):
+            ids, mask = pad(prompts[s : s + k], tok.pad_token_id, left=left)
+            model.generate(input_ids=ids, attention_mask=mask, **gen_kwargs)
+
+    sampled = ours()
+    completions = sampled.completions
+    rep_sources = [s for s in sources for _ in range(n)]
+
+    @torch.inference_mode()
+    def teacher_forced():
+        bs = cfg.grow.batch_size
+        for s in range(0, len(rep_sources), bs):
+            forward_logits(policy, encode_pairs(policy, rep_sources[s : s + bs], completions[s : s + bs], cfg.model))
+
+    samples = len(sources) * n
+    rows = []
+    t_ours = median_time(ours, repeats)
+    for what, fn in [
+        ("rest Grow engine (torch)", ours),
+        ("the same loop, every row decoded until the batch ends", ours_without("drop_finished")),
+        ("the same loop, without both: the prompt read once per sample (the engine before 2026-11-23)",
+         ours_without("drop_finished", "shared_prompt")),
+        ("transformers generate, 1 source per call", lambda: generate_per(1)),
+        ("transformers generate, 32 sources per call", lambda: generate_per(32)),
+        ("one teacher-forced forward pass over the same tokens", teacher_forced),
+    ]:
+        t = t_ours if fn is ours else median_time(fn, repeats)
+        rows.append({"policy": label, "what": what, "samples_per_s": samples / t, "ours_vs_this": t / t_ours})
+        print(f"[bench] grow {label}: {what}: {samples / t:,.0f} samples/s (rest {t / t_ours:.2f}x)", flush=True)
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Improve
+
+
+def bench_improve(policy_dir: Path, label: str, steps: int, with_sft: bool) -> list[dict]:
+    cfg = load_config(ROOT / CONFIG)
+    ic = cfg.improve.model_copy(update={"steps": steps})
+    pool = pd.read_parquet(ROOT / cfg.data.pool)
+    rng = np.random.default_rng(0)
+    idx = [rng.choice(len(pool), ic.batch_size, replace=False) for _ in range(steps)]
+    src, ref = pool["source"].tolist(), pool["reference"].tolist()
+    batches = [Batch([src[j] for j in b], [ref[j] for j in b]) for b in idx]
+    examples = steps * ic.batch_size
+    warmup = ic.warmup(steps)
+    rows = []
+
+    policy = load_policy(policy_dir)
+    t = time.perf_counter()
+    stats = train(policy, batches, ic, cfg.model, seed=0)
+    ours = time.perf_counter() - t
+    rows.append({"policy": label, "what": "rest training loop", "examples_per_s": examples / ours,
+                 "loss_last": stats["loss_last"], "ours_vs_this": 1.0})
+    print(f"[bench] improve {label}: rest {examples / ours:,.0f} ex/s, loss {stats['loss_last']:.4f}", flush=True)
+
+    from transformers import Trainer, TrainingArguments
+
+    # What both trainers share with our loop: steps, AdamW settings, warm-up then cosine to 10%, seed, no saving.
+    same = dict(max_steps=steps, learning_rate=ic.lr, weight_decay=ic.weight_decay, max_grad_norm=ic.grad_clip,
+                warmup_steps=warmup, lr_scheduler_type="cosine_with_min_lr", lr_scheduler_kwargs={"min_lr_rate": 0.1},
+                optim="adamw_torch", report_to=[], save_strategy="no", logging_steps=max(1, steps // 10), use_cpu=True,
+                dataloader_num_workers=0, seed=0, disable_tqdm=True)
+
+    def timed(make_trainer: Callable[[str], object], what: str) -> None:
+        with tempfile.TemporaryDirectory() as out:
+            trainer = make_trainer(out)
+            t = time.perf_counter()
+            trainer.train()
+            theirs = time.perf_counter() - t
+            losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]  # the last: mean of the last 10%
+        rows.append({"policy": label, "what": what, "examples_per_s": examples / theirs,
+                     "loss_last": losses[-1] if losses else float("nan"), "ours_vs_this": theirs / ours})
+        print(f"[bench] improve {label}: {what}: {examples / theirs:,.0f} ex/s (rest {theirs / ours:.2f}x)", flush=True)
+
+    policy = load_policy(policy_dir)
+    collated = [encode_pairs(policy, b.sources, b.targets, cfg.model) for b in batches]
+    timed(lambda out: Trainer(
+        model=policy.model, train_dataset=collated, data_collator=lambda items: items[0],
+        args=TrainingArguments(output_dir=out, per_device_train_batch_size=1, remove_unused_columns=False, **same),
+    ), "transformers Trainer, same collated batches")
+
+    if with_sft:
+        from datasets import Dataset
+        from trl import SFTConfig, SFTTrainer
+
+        sft_policy = load_policy(policy_dir)
+        prompts = [cfg.model.prompt_template.format(source=s) for b in batches for s in b.sources]
+        data = Dataset.from_dict({"prompt": prompts, "completion": [" " + t for b in batches for t in b.targets]})
+        timed(lambda out: SFTTrainer(
+            model=sft_policy.model, train_dataset=data, processing_class=sft_policy.tokenizer,
+            args=SFTConfig(output_dir=out, per_device_train_batch_size=ic.batch_size, completion_only_loss=True,
+                           packing=False, max_length=cfg.model.max_source_tokens + cfg.model.max_target_tokens, **same),
+        ), "TRL SFTTrainer, same pairs (tokenized by TRL)")
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Scoring
+
+
+def bench_score(policy_dir: Path, n_sources: int, repeats: int) -> tuple[list[dict], int, int]:
+    from sacrebleu.metrics import CHRF
+
+    from rest.rewards import score_config
+
+    cfg = load_config(ROOT / CONFIG)
+    pool = pd.read_parquet(ROOT / cfg.data.pool).iloc[:n_sources]
+    engine = TorchEngine(load_policy(policy_dir), cfg)
+    n = cfg.grow.num_samples
+    out = engine.sample(pool["source"].tolist(), num_samples=n, temperature=1.0, top_p=1.0, top_k=0,
+                        max_new_tokens=cfg.grow.max_new_tokens, seed=0)
+    refs = [r for r in pool["reference"].tolist() for _ in range(n)]
+    srcs = [s for s in pool["source"].tolist() for _ in range(n)]
+    metric = CHRF()
+
+    def plain():
+        return [metric.sentence_score(c, [r]).score / 100 for c, r in zip(out.completions, refs)]
+
+    def ours():
+        return score_config(cfg.reward, srcs, out.completions, refs)["reward"]
+
+    assert np.allclose(plain(), ours()), "the reward step must give sacrebleu's numbers"
+    t_plain, t_ours = median_time(plain, repeats), median_time(ours, repeats)
+    rows = [
+        {"what": "rest reward step (chrF)", "rows_per_s": len(refs) / t_ours, "ours_vs_this": 1.0},
+        {"what": "sacrebleu sentence chrF, plain loop", "rows_per_s": len(refs) / t_plain, "ours_vs_this": t_plain / t_ours},
+    ]
+    distinct = len(set(zip(srcs, out.completions, refs)))
+    print(f"[bench] score: rest {len(refs) / t_ours:,.0f} rows/s, sacrebleu loop {len(refs) / t_plain:,.0f} rows/s "
+          f"({t_plain / t_ours:.2f}x); {distinct} distinct rows of {len(refs)}", flush=True)
+    return rows, distinct, len(refs)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Memory: one Grow step and one Improve step in a child process each, on pools of growing size
+
+MEMORY_CHILD = r"""
+import json, resource, sys, time
+from pathlib import Path
+from rest import stages
+run, what = Path(sys.argv[1]), sys.argv[2]
+t = time.perf_counter()
+if what == "grow":
+    for i in stages.plan_grow(run, 1):
+        stages.grow_shard(run, 1, i)
+    stages.finish_grow(run, 1)
+else:
+    stages.improve(run, 1, 1)
+print(json.dumps({"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                  "seconds": time.perf_counter() - t}))
+"""
+
+
+def bench_memory(policy_dir: Path, sizes: list[int], quick: bool) -> list[dict]:
+    """Each size: a run whose policy-0 is the bench's (copied, manifest included: `rest run` finds it published for
+    the same config, since BC does not read the pool), then Grow 1 and Improve 1-1 in a child process each."""
+    cfg = load_config(ROOT / CONFIG)
+    pool = pd.read_parquet(ROOT / cfg.data.pool)
+    base = WORK / "memory"
+    rows = []
+    for size in sizes:
+        run = base / f"pool-{size}"
+        shutil.rmtree(run, ignore_errors=True)
+        run.mkdir(parents=True)
+        big = pd.concat([pool.assign(source_id=pool["source_id"] + f"-{r}") for r in range(-(-size // len(pool)))])
+        pool_file = base / f"pool-{size}.parquet"
+        big.iloc[:size].to_parquet(pool_file, index=False)
+        shutil.copytree(policy_dir, run / "policy-0")
+        overrides = [f"data.pool={pool_file}", "grow.steps=0", "grow.num_samples=2", "grow.shard_size=1000",
+                     "improve.steps=20", *(["bc.steps=20"] if quick else [])]
+        quiet_run(rest_cmd("run", "--config", CONFIG, "--run", str(run), *overrides))
+        row: dict = {"pool_sources": size, "grow_rows": 2 * size}
+        for what in ("grow", "improve"):
+            out = quiet_run([sys.executable, "-c", MEMORY_CHILD, str(run), what])
+            m = json.loads(out.stdout.strip().splitlines()[-1])
+            row[f"{what}_peak_rss_mb"], row[f"{what}_seconds"] = m["peak_rss_mb"], m["seconds"]
+        rows.append(row)
+        print(f"[bench] memory at {size:,} pool sources: Grow peak RSS {row['grow_peak_rss_mb']:.0f} MB "
+              f"({row['grow_seconds']:.0f} s), Improve {row['improve_peak_rss_mb']:.0f} MB", flush=True)
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# make run: each stage in-process (no Prefect), then the whole `rest run`
+
+STAGES_CHILD = r"""
+import json, sys, time
+from pathlib import Path
+from rest import stages
+from rest.config import load_config
+from rest.report import write_report
+from rest.run import Run
+run, config, overrides = Path(sys.argv[1]), sys.argv[2], sys.argv[3:]
+cfg = load_config(config, overrides)
+seconds = {}
+def timed(name, fn, *args):
+    t = time.perf_counter(); out = fn(*args); seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - t; return out
+timed("start", stages.start_run, run, cfg)
+timed("policy-0 (BC + evaluation)", stages.make_policy0, run)
+for g in range(1, cfg.grow.steps + 1):
+    for i in timed(f"grow-{g}", stages.plan_grow, run, g):
+        timed(f"grow-{g}", stages.grow_shard, run, g, i)
+    timed(f"grow-{g}", stages.finish_grow, run, g)
+    for i in range(1, len(cfg.improve.thresholds) + 1):
+        timed(f"improve-{g}-{i} (train + evaluation)", stages.improve, run, g, i)
+timed("test evaluation", stages.finish_run, run)
+timed("report", write_report, run)
+print(json.dumps(seconds))
+"""
+
+
+def bench_run(quick: bool) -> list[dict]:
+    base = WORK
+    config = "configs/smoke.yaml" if quick else CONFIG
+    overrides = ["tracking.comet=off"]
+    rows = []
+    direct = base / "stages"
+    shutil.rmtree(direct, ignore_errors=True)
+    t = time.perf_counter()
+    out = quiet_run([sys.executable, "-c", STAGES_CHILD, str(direct), config, *overrides])
+    direct_total = time.perf_counter() - t
+    for stage, sec in json.loads(out.stdout.strip().splitlines()[-1]).items():
+        rows.append({"stage": stage, "seconds": sec})
+    rows.append({"stage": "process start, imports (the rest of the in-process run)",
+                 "seconds": direct_total - sum(r["seconds"] for r in rows)})
+    whole = base / "rest-run"
+    shutil.rmtree(whole, ignore_errors=True)
+    t = time.perf_counter()
+    quiet_run(rest_cmd("run", "--config", config, "--run", str(whole), *overrides))
+    flow_total = time.perf_counter() - t
+    rows.append({"stage": "Prefect (rest run minus the in-process run: server, flows, tasks)", "seconds": flow_total - direct_total})
+    rows.append({"stage": f"`rest run --config {config}`, whole", "seconds": flow_total})
+    same = json.loads((whole / "run.json").read_text()).get("best_policy") == json.loads((direct / "run.json").read_text()).get("best_policy")
+    for r in rows:
+        print(f"[bench] run: {r['stage']}: {r['seconds']:.1f} s", flush=True)
+    print(f"[bench] run: the in-process run and rest run name the same best policy: {same}", flush=True)
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The report
+
+
+def table(rows: list[dict], columns: list[tuple[str, str, str]]) -> str:
+    head = "| " + " | ".join(title for _, title, _ in columns) + " |"
+    rule = "|" + "|".join("---" if fmt == "" else "---:" for _, _, fmt in columns) + "|"
+    body = ["| " + " | ".join(format(r[key], fmt) if fmt else str(r[key]) for key, _, fmt in columns) + " |" for r in rows]
+    return "\n".join([head, rule, *body])
+
+
+def machine() -> str:
+    import sacrebleu
+    import transformers
+
+    threads = torch.get_num_threads()
+    return (f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__} ({threads} threads), "
+            f"transformers {transformers.__version__}, sacrebleu {sacrebleu.__version__}, Python {platform.python_version()}, "
+            f"{time.strftime('%Y-%m-%d')}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated sections of {', '.join(SECTIONS)}")
+    ap.add_argument("--quick", action="store_true", help="tiny sizes (the smoke test): numbers mean nothing")
+    ap.add_argument("--out", default=str(ROOT / "docs/benchmarks.md"))
+    ap.add_argument("--work", default=None, help="directory of the bench's runs (default runs/bench, runs/bench-quick)")
+    args = ap.parse_args(argv)
+    global WORK
+    WORK = Path(args.work) if args.work else ROOT / ("runs/bench-quick" if args.quick else "runs/bench")
+    only = [s.strip() for s in args.only.split(",") if s.strip()]
+    unknown = set(only) - set(SECTIONS)
+    if unknown:
+        ap.error(f"unknown sections {sorted(unknown)}; known: {', '.join(SECTIONS)}")
+    q = args.quick
+    repeats = 1 if q else 3
+    started = time.perf_counter()
+    parts = [f"# Benchmarks\n\nWritten by `make bench` (`bench/speed.py{' --quick' if q else ''}`): {machine()}.\n"
+             "Every ratio compares runs made side by side in one script run (medians of "
+             f"{repeats} runs after a warm-up where a section repeats); `rest ... x` is how many times faster rest is.\n"]
+    enc = trained_policy("enc-dec", q) if set(only) & {"grow", "improve", "score", "memory"} else None
+    dec = trained_policy("dec-only", q, f"model.architecture={DECODER_ONLY}") if set(only) & {"grow", "improve"} else None
+    if "grow" in only:
+        n = 16 if q else 250
+        rows = bench_grow(enc, "encoder-decoder (mbart 2.6M)", n, repeats) + bench_grow(dec, "decoder-only (llama 2.6M)", n, repeats)
+        parts.append(f"## Grow: {n} pool sources x 8 samples, temperature 1\n\n" + table(rows, [
+            ("policy", "policy", ""), ("what", "what samples", ""), ("samples_per_s", "samples/s", ",.0f"),
+            ("ours_vs_this", "rest ... x", ".2f")]) + "\n")
+    if "improve" in only:
+        steps = 10 if q else 150
+        rows = bench_improve(enc, "encoder-decoder", steps, with_sft=False) + bench_improve(dec, "decoder-only", steps, with_sft=True)
+        parts.append(f"## Improve: {steps} optimiser steps of 32 (pool sources and references), same schedule\n\n" + table(rows, [
+            ("policy", "policy", ""), ("what", "what trains", ""), ("examples_per_s", "examples/s", ",.0f"),
+            ("loss_last", "loss reached", ".4f"), ("ours_vs_this", "rest ... x", ".2f")]) + "\n")
+    if "score" in only:
+        n = 50 if q else 2000
+        rows, distinct, total = bench_score(enc, n, repeats)
+        parts.append(f"## Scoring: {n} pool sources x 8 samples of policy-0, reward chrF ({distinct:,} distinct rows of "
+                     f"{total:,}: rest scores each distinct row once)\n\n" + table(rows, [
+            ("what", "what scores", ""), ("rows_per_s", "rows/s", ",.0f"), ("ours_vs_this", "rest ... x", ".2f")]) + "\n")
+    if "memory" in only:
+        sizes = [200, 400] if q else [2000, 16000, 64000]
+        rows = bench_memory(enc, sizes, q)
+        parts.append("## Memory: peak RSS of one Grow step (2 samples per source) and one Improve step (20 steps + "
+                     "evaluation), each in its own process\n\n" + table(rows, [
+                         ("pool_sources", "pool sources", ","), ("grow_rows", "Grow rows", ","),
+                         ("grow_peak_rss_mb", "Grow peak RSS (MB)", ".0f"), ("grow_seconds", "Grow s", ".1f"),
+                         ("improve_peak_rss_mb", "Improve peak RSS (MB)", ".0f"), ("improve_seconds", "Improve s", ".1f")]) + "\n")
+    if "run" in only:
+        rows = bench_run(q)
+        parts.append("## `make run`: seconds per stage (in-process), and the whole `rest run`\n\n" + table(rows, [
+            ("stage", "stage", ""), ("seconds", "seconds", ".1f")]) + "\n")
+    parts.append(f"Whole bench: {time.perf_counter() - started:.0f} s.\n")
+    Path(args.out).write_text("\n".join(parts))
+    print(f"[bench] wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
