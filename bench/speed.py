@@ -150,7 +150,9 @@ def bench_grow(policy_dir: Path, label: str, n_sources: int, repeats: int) -> li
 # Improve
 
 
-def bench_improve(policy_dir: Path, label: str, steps: int, with_sft: bool) -> list[dict]:
+def bench_improve(policy_dir: Path, label: str, steps: int, with_sft: bool, repeats: int) -> list[dict]:
+    """Each trainer `repeats` times from the same policy-0 (interleaved, so a slow spell of the machine hits all of
+    them alike); the median time, and the loss of that run."""
     cfg = load_config(ROOT / CONFIG)
     ic = cfg.improve.model_copy(update={"steps": steps})
     pool = pd.read_parquet(ROOT / cfg.data.pool)
@@ -162,13 +164,11 @@ def bench_improve(policy_dir: Path, label: str, steps: int, with_sft: bool) -> l
     warmup = ic.warmup(steps)
     rows = []
 
-    policy = load_policy(policy_dir)
-    t = time.perf_counter()
-    stats = train(policy, batches, ic, cfg.model, seed=0)
-    ours = time.perf_counter() - t
-    rows.append({"policy": label, "what": "rest training loop", "examples_per_s": examples / ours,
-                 "loss_last": stats["loss_last"], "ours_vs_this": 1.0})
-    print(f"[bench] improve {label}: rest {examples / ours:,.0f} ex/s, loss {stats['loss_last']:.4f}", flush=True)
+    def ours_once() -> tuple[float, float]:
+        policy = load_policy(policy_dir)
+        t = time.perf_counter()
+        stats = train(policy, batches, ic, cfg.model, seed=0)
+        return time.perf_counter() - t, stats["loss_last"]
 
     from transformers import Trainer, TrainingArguments
 
@@ -178,36 +178,58 @@ def bench_improve(policy_dir: Path, label: str, steps: int, with_sft: bool) -> l
                 optim="adamw_torch", report_to=[], save_strategy="no", logging_steps=max(1, steps // 10), use_cpu=True,
                 dataloader_num_workers=0, seed=0, disable_tqdm=True)
 
-    def timed(make_trainer: Callable[[str], object], what: str) -> None:
-        with tempfile.TemporaryDirectory() as out:
-            trainer = make_trainer(out)
-            t = time.perf_counter()
-            trainer.train()
-            theirs = time.perf_counter() - t
-            losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]  # the last: mean of the last 10%
-        rows.append({"policy": label, "what": what, "examples_per_s": examples / theirs,
-                     "loss_last": losses[-1] if losses else float("nan"), "ours_vs_this": theirs / ours})
-        print(f"[bench] improve {label}: {what}: {examples / theirs:,.0f} ex/s (rest {theirs / ours:.2f}x)", flush=True)
+    def hf_once(make_trainer: Callable[[str], object]) -> Callable[[], tuple[float, float]]:
+        def once() -> tuple[float, float]:
+            with tempfile.TemporaryDirectory() as out:
+                trainer = make_trainer(out)
+                t = time.perf_counter()
+                trainer.train()
+                seconds = time.perf_counter() - t
+                losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]  # the last: mean of the last 10%
+            return seconds, losses[-1] if losses else float("nan")
+        return once
 
-    policy = load_policy(policy_dir)
-    collated = [encode_pairs(policy, b.sources, b.targets, cfg.model) for b in batches]
-    timed(lambda out: Trainer(
-        model=policy.model, train_dataset=collated, data_collator=lambda items: items[0],
-        args=TrainingArguments(output_dir=out, per_device_train_batch_size=1, remove_unused_columns=False, **same),
-    ), "transformers Trainer, same collated batches")
-
+    collated = [encode_pairs(load_policy(policy_dir), b.sources, b.targets, cfg.model) for b in batches]
+    if "decoder_input_ids" not in collated[0]:
+        # Our causal-LM labels are already shifted (position p holds token p+1); transformers shifts them itself.
+        for batch in collated:
+            hf = torch.full_like(batch["labels"], -100)
+            hf[:, 1:] = batch["labels"][:, :-1]
+            batch["labels"] = hf
+    contenders: list[tuple[str, Callable[[], tuple[float, float]]]] = [
+        ("rest training loop", ours_once),
+        ("transformers Trainer, same collated batches", hf_once(lambda out: Trainer(
+            model=load_policy(policy_dir).model, train_dataset=collated, data_collator=lambda items: items[0],
+            args=TrainingArguments(output_dir=out, per_device_train_batch_size=1, remove_unused_columns=False, **same),
+        ))),
+    ]
     if with_sft:
         from datasets import Dataset
         from trl import SFTConfig, SFTTrainer
 
-        sft_policy = load_policy(policy_dir)
         prompts = [cfg.model.prompt_template.format(source=s) for b in batches for s in b.sources]
         data = Dataset.from_dict({"prompt": prompts, "completion": [" " + t for b in batches for t in b.targets]})
-        timed(lambda out: SFTTrainer(
-            model=sft_policy.model, train_dataset=data, processing_class=sft_policy.tokenizer,
-            args=SFTConfig(output_dir=out, per_device_train_batch_size=ic.batch_size, completion_only_loss=True,
-                           packing=False, max_length=cfg.model.max_source_tokens + cfg.model.max_target_tokens, **same),
-        ), "TRL SFTTrainer, same pairs (tokenized by TRL)")
+
+        def sft(out: str) -> SFTTrainer:
+            policy = load_policy(policy_dir)
+            return SFTTrainer(
+                model=policy.model, train_dataset=data, processing_class=policy.tokenizer,
+                args=SFTConfig(output_dir=out, per_device_train_batch_size=ic.batch_size, completion_only_loss=True,
+                               packing=False, max_length=cfg.model.max_source_tokens + cfg.model.max_target_tokens, **same),
+            )
+        contenders.append(("TRL SFTTrainer, same pairs (tokenized by TRL)", hf_once(sft)))
+
+    runs: dict[str, list[tuple[float, float]]] = {what: [] for what, _ in contenders}
+    for _ in range(repeats):
+        for what, once in contenders:
+            runs[what].append(once())
+    medians = {what: sorted(r)[len(r) // 2] for what, r in runs.items()}
+    ours = medians["rest training loop"][0]
+    for what, (seconds, loss) in medians.items():
+        rows.append({"policy": label, "what": what, "examples_per_s": examples / seconds, "loss_last": loss,
+                     "ours_vs_this": seconds / ours})
+        print(f"[bench] improve {label}: {what}: {examples / seconds:,.0f} ex/s, loss {loss:.4f} "
+              f"(rest {seconds / ours:.2f}x)", flush=True)
     return rows
 
 
@@ -252,10 +274,16 @@ def bench_score(policy_dir: Path, n_sources: int, repeats: int) -> tuple[list[di
 # Memory: one Grow step and one Improve step in a child process each, on pools of growing size
 
 MEMORY_CHILD = r"""
-import json, resource, sys, time
+import json, sys, time
 from pathlib import Path
 from rest import stages
+
+def status(key):  # kB, from /proc/self/status
+    return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith(key + ":"))
+
 run, what = Path(sys.argv[1]), sys.argv[2]
+Path("/proc/self/clear_refs").write_text("5")  # reset the peak (VmHWM) to now: imports are not the step's
+start = status("VmRSS")
 t = time.perf_counter()
 if what == "grow":
     for i in stages.plan_grow(run, 1):
@@ -263,7 +291,7 @@ if what == "grow":
     stages.finish_grow(run, 1)
 else:
     stages.improve(run, 1, 1)
-print(json.dumps({"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+print(json.dumps({"peak_rss_mb": status("VmHWM") / 1024, "start_rss_mb": start / 1024,
                   "seconds": time.perf_counter() - t}))
 """
 
@@ -291,9 +319,11 @@ def bench_memory(policy_dir: Path, sizes: list[int], quick: bool) -> list[dict]:
             out = quiet_run([sys.executable, "-c", MEMORY_CHILD, str(run), what])
             m = json.loads(out.stdout.strip().splitlines()[-1])
             row[f"{what}_peak_rss_mb"], row[f"{what}_seconds"] = m["peak_rss_mb"], m["seconds"]
+            row[f"{what}_above_start_mb"] = m["peak_rss_mb"] - m["start_rss_mb"]
         rows.append(row)
         print(f"[bench] memory at {size:,} pool sources: Grow peak RSS {row['grow_peak_rss_mb']:.0f} MB "
-              f"({row['grow_seconds']:.0f} s), Improve {row['improve_peak_rss_mb']:.0f} MB", flush=True)
+              f"(+{row['grow_above_start_mb']:.0f} MB over the process after imports, {row['grow_seconds']:.0f} s), "
+              f"Improve {row['improve_peak_rss_mb']:.0f} MB (+{row['improve_above_start_mb']:.0f} MB)", flush=True)
     return rows
 
 
@@ -404,7 +434,8 @@ def main(argv: list[str] | None = None) -> int:
             ("ours_vs_this", "rest ... x", ".2f")]) + "\n")
     if "improve" in only:
         steps = 10 if q else 150
-        rows = bench_improve(enc, "encoder-decoder", steps, with_sft=False) + bench_improve(dec, "decoder-only", steps, with_sft=True)
+        rows = (bench_improve(enc, "encoder-decoder", steps, with_sft=False, repeats=repeats)
+                + bench_improve(dec, "decoder-only", steps, with_sft=True, repeats=repeats))
         parts.append(f"## Improve: {steps} optimiser steps of 32 (pool sources and references), same schedule\n\n" + table(rows, [
             ("policy", "policy", ""), ("what", "what trains", ""), ("examples_per_s", "examples/s", ",.0f"),
             ("loss_last", "loss reached", ".4f"), ("ours_vs_this", "rest ... x", ".2f")]) + "\n")
@@ -415,13 +446,15 @@ def main(argv: list[str] | None = None) -> int:
                      f"{total:,}: rest scores each distinct row once)\n\n" + table(rows, [
             ("what", "what scores", ""), ("rows_per_s", "rows/s", ",.0f"), ("ours_vs_this", "rest ... x", ".2f")]) + "\n")
     if "memory" in only:
-        sizes = [200, 400] if q else [2000, 16000, 64000]
+        sizes = [200] if q else [2000, 16000, 64000]
         rows = bench_memory(enc, sizes, q)
         parts.append("## Memory: peak RSS of one Grow step (2 samples per source) and one Improve step (20 steps + "
-                     "evaluation), each in its own process\n\n" + table(rows, [
+                     "evaluation), each in its own process; the peak is reset after the imports (`/proc/self/clear_refs`), "
+                     "so it is the step's own\n\n" + table(rows, [
                          ("pool_sources", "pool sources", ","), ("grow_rows", "Grow rows", ","),
-                         ("grow_peak_rss_mb", "Grow peak RSS (MB)", ".0f"), ("grow_seconds", "Grow s", ".1f"),
-                         ("improve_peak_rss_mb", "Improve peak RSS (MB)", ".0f"), ("improve_seconds", "Improve s", ".1f")]) + "\n")
+                         ("grow_peak_rss_mb", "Grow peak RSS (MB)", ".0f"), ("grow_above_start_mb", "over its start (MB)", ".0f"),
+                         ("grow_seconds", "Grow s", ".1f"), ("improve_peak_rss_mb", "Improve peak RSS (MB)", ".0f"),
+                         ("improve_above_start_mb", "over its start (MB)", ".0f"), ("improve_seconds", "Improve s", ".1f")]) + "\n")
     if "run" in only:
         rows = bench_run(q)
         parts.append("## `make run`: seconds per stage (in-process), and the whole `rest run`\n\n" + table(rows, [
