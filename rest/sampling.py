@@ -7,6 +7,11 @@ Why a decoding loop of our own rather than `model.generate`: `generate` draws fr
 threads running shards side by side would share, so a shard could not be regenerated exactly. Here every call
 draws from its own `torch.Generator`. It also gives each sample's log-probability under the policy itself
 (temperature 1, no truncation), which is what KL and drift measures need, whatever the sampling settings were.
+
+It is also faster than `generate` here (docs/benchmarks.md): a source's N samples share one reading of the prompt,
+and rows that have ended leave the batch (`_decode_batch`). The same inputs and seed give the same samples and the
+same floats whatever the number of threads (a Dask worker has one): batches never shrink below MIN_ROWS rows, where
+a matrix product of a few rows takes a kernel path whose sums depend on the thread count.
 """
 
 from __future__ import annotations
