@@ -422,8 +422,10 @@ def main(argv: list[str] | None = None) -> int:
     repeats = 1 if q else 3
     started = time.perf_counter()
     parts = [f"# Benchmarks\n\nWritten by `make bench` (`bench/speed.py{' --quick' if q else ''}`): {machine()}.\n"
-             "Every ratio compares runs made side by side in one script run (medians of "
-             f"{repeats} runs after a warm-up where a section repeats); `rest ... x` is how many times faster rest is.\n"]
+             f"Every ratio compares runs made side by side in one script run: medians of {repeats} runs (Grow and scoring "
+             "after an untimed warm-up; Improve's trainers interleaved, each from the same policy-0); memory and "
+             "`make run` once. `rest ... x` is how many times faster rest is. The machine's speed drifts by 10-20% "
+             "from one script run to the next: compare ratios, not samples/s across runs.\n"]
     enc = trained_policy("enc-dec", q) if set(only) & {"grow", "improve", "score", "memory"} else None
     dec = trained_policy("dec-only", q, f"model.architecture={DECODER_ONLY}") if set(only) & {"grow", "improve"} else None
     if "grow" in only:
