@@ -16,9 +16,9 @@ a matrix product of a few rows takes a kernel path whose sums depend on the thre
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
+from itertools import groupby
 
 import torch
 
@@ -176,9 +176,9 @@ def generate(
 
     for start in range(0, len(rows), batch_size):
         chunk = rows[start : start + batch_size]
-        distinct = list(dict.fromkeys(i for i, _ in chunk))  # a source's samples are adjacent rows of a chunk
-        counts = Counter(i for i, _ in chunk)
-        copies = [counts[j] for j in distinct]
+        # a source's samples are adjacent rows of a chunk: one prompt and its number of copies per run of rows
+        runs = [(i, len(list(group))) for i, group in groupby(i for i, _ in chunk)]
+        distinct, copies = [i for i, _ in runs], [n for _, n in runs]
         seqs, lps = _decode_batch(policy, [prompts[i] for i in distinct], copies, max_new_tokens, choose, speedups)
         texts = policy.tokenizer.batch_decode(seqs, skip_special_tokens=True)
         for (i, k), seq, text, lp in zip(chunk, seqs, texts, lps):

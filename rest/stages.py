@@ -389,8 +389,9 @@ def improve(run_dir: Path, g: int, i: int) -> str:
         return name
     engines.release()  # the Grow engine's policy is not needed while training
     # Read what selection needs, filtered while reading: memory follows the kept rows, not the Grow step's size
-    # (percentile selection compares each source's N rewards, so it reads every row of those columns).
-    rewards = read_grow(run.dir(grow_name), columns=["reward"])["reward"]
+    # (percentile selection compares each source's N rewards, so it reads every row of those columns). The Grow
+    # step's row count and kept fraction at each tau are in its manifest (finish_grow's stats).
+    grow_summary = run.verified(grow_name)["stats"]
     columns = ["source_id", "source", "sample_index", "completion", "reward"]
     rows = read_grow(run.dir(grow_name), columns, min_reward=None if ic.selection == "percentile" else tau)
     kept = select(rows, tau, ic.selection, ic.percentile, ic.top_k, ic.max_per_source)
@@ -412,8 +413,8 @@ def improve(run_dir: Path, g: int, i: int) -> str:
     ]
     selection = {
         "tau": tau,
-        "grow_rows": len(rewards),
-        "kept_fraction": round(float((rewards >= tau).mean()), 4),
+        "grow_rows": grow_summary["rows"],
+        "kept_fraction": grow_summary["kept_fraction"][str(tau)],
         "kept_unique": len(kept),
         "kept_sources": int(kept["source_id"].nunique()),
         "kept_reward_mean": round(float(kept["reward"].mean()), 4) if len(kept) else None,

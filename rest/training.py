@@ -63,21 +63,23 @@ def train(
     examples = 0
     started = time.perf_counter()
     policy.token_cache = {}  # each distinct text is tokenized once for the whole run of steps
-    for step, batch in enumerate(batches):
-        loss, stats = objective(policy, batch, model_cfg, reference)
-        if "kl" in stats:
-            kls.append(stats["kl"])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), optim.grad_clip)
-        opt.step()
-        sched.step()
-        losses.append(loss.item())
-        examples += len(batch)
-        if on_progress is not None:
-            on_progress(step + 1, losses[-1])
+    try:
+        for step, batch in enumerate(batches):
+            loss, stats = objective(policy, batch, model_cfg, reference)
+            if "kl" in stats:
+                kls.append(stats["kl"])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), optim.grad_clip)
+            opt.step()
+            sched.step()
+            losses.append(loss.item())
+            examples += len(batch)
+            if on_progress is not None:
+                on_progress(step + 1, losses[-1])
+    finally:
+        policy.token_cache = None  # also when a step fails: the policy may be used after, for sampling
     model.eval()
-    policy.token_cache = None
     seconds = time.perf_counter() - started
     tail = losses[-max(1, len(losses) // 10) :]
     return {
