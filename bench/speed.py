@@ -9,8 +9,9 @@ the same inputs, and prints ratios of medians over repeated runs. Benchmarks are
 speed. Sections:
   grow    our Grow engine vs transformers `generate` (one source per call, and batched) vs one teacher-forced
           forward pass over the same sampled tokens; encoder-decoder (the default) and decoder-only policies.
-  improve our training loop vs transformers `Trainer` (same collated tensors, schedule and batches) and, for the
-          decoder-only policy, TRL's `SFTTrainer` on the same prompt/completion pairs: examples/s and the loss reached.
+  improve our training loop vs transformers `Trainer` on the same batches (as drawn, and grouped by length as
+          `group_by_length: true` does) and, for the decoder-only policy, TRL's `SFTTrainer` on the same pairs:
+          examples/s, and the token NLL each trained model reaches on the valid split.
   score   rows/s of the reward step (rest.rewards.score_config) vs sacrebleu's sentence chrF in a plain loop.
   memory  peak RSS of one Grow step and one Improve step (in a child process each) at 2k, 16k and 64k pool sources.
   run     seconds per stage of the default pipeline, run in-process, and the whole `rest run` (Prefect included).
@@ -20,6 +21,7 @@ The policies are policy-0 of the default config (and of its decoder-only variant
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
@@ -42,9 +44,11 @@ import torch  # noqa: E402
 import rest  # noqa: E402,F401  (the environment: bit-exact floats, offline)
 from rest.config import load_config  # noqa: E402
 from rest.engines import TorchEngine  # noqa: E402
+from rest.rewards import PARALLEL_MIN_CHARS  # noqa: E402
+from rest.filtering import group_by_length, length_window, text_lengths  # noqa: E402
 from rest.hf import pad  # noqa: E402
-from rest.models import encode_pairs, forward_logits, load_policy, prompt_ids  # noqa: E402
-from rest.objectives import Batch  # noqa: E402
+from rest.models import Policy, encode_pairs, forward_logits, load_policy, prompt_ids, target_ids  # noqa: E402
+from rest.objectives import Batch, token_nll  # noqa: E402
 from rest.sampling import SPEEDUPS, generate  # noqa: E402
 from rest.training import train  # noqa: E402
 
@@ -79,9 +83,13 @@ def quiet_run(cmd: list[str]) -> subprocess.CompletedProcess:
 
 
 def trained_policy(name: str, quick: bool, *overrides: str) -> Path:
-    """policy-0 of the default config (plus overrides), trained once into runs/bench[-quick]/<name>."""
-    run = WORK / name
+    """policy-0 of the default config (plus overrides), trained once into runs/bench/<name>-<key>: the key changes
+    with the config file, the config schema (rest/config.py) and the overrides, so a stale policy-0 (which `rest
+    run` would refuse to extend with another config) is never reused."""
     extra = ["bc.steps=20"] if quick else []
+    key = hashlib.sha256("\0".join([(ROOT / CONFIG).read_text(), (ROOT / "rest/config.py").read_text(), *extra,
+                                       *overrides]).encode()).hexdigest()[:10]
+    run = WORK / f"{name}-{key}"
     if not (run / "policy-0" / "_manifest.json").is_file():
         print(f"[bench] training policy-0 of {name} (once) ...", flush=True)
         quiet_run(rest_cmd("run", "--config", CONFIG, "--run", str(run), "grow.steps=0", *extra, *overrides))
@@ -149,6 +157,8 @@ def bench_grow(policy_dir: Path, label: str, n_sources: int, repeats: int) -> li
 # ---------------------------------------------------------------------------------------------------------------
 # Improve
 
+OURS = "rest training loop (the default: batches as drawn)"
+
 
 def bench_improve(policy_dir: Path, label: str, steps: int, with_sft: bool, repeats: int) -> list[dict]:
     """Each trainer `repeats` times from the same policy-0 (interleaved, so a slow spell of the machine hits all of
@@ -159,16 +169,40 @@ def bench_improve(policy_dir: Path, label: str, steps: int, with_sft: bool, repe
     rng = np.random.default_rng(0)
     idx = [rng.choice(len(pool), ic.batch_size, replace=False) for _ in range(steps)]
     src, ref = pool["source"].tolist(), pool["reference"].tolist()
-    batches = [Batch([src[j] for j in b], [ref[j] for j in b]) for b in idx]
+    # improve.group_by_length: true: the same draws regrouped by length.
+    grouped = group_by_length(idx, text_lengths(src, ref), length_window(len(pool), ic.batch_size), rng)
+    batches = [Batch([src[j] for j in b], [ref[j] for j in b]) for b in grouped]
+    as_drawn = [Batch([src[j] for j in b], [ref[j] for j in b]) for b in idx]
     examples = steps * ic.batch_size
     warmup = ic.warmup(steps)
     rows = []
 
-    def ours_once() -> tuple[float, float]:
-        policy = load_policy(policy_dir)
-        t = time.perf_counter()
-        stats = train(policy, batches, ic, cfg.model, seed=0)
-        return time.perf_counter() - t, stats["loss_last"]
+    # "The loss reached": token-mean NLL of the trained model on the valid split (fixed batches, eval mode), the
+    # same measure for every trainer; a training loss averaged over the last steps would depend on those steps'
+    # batches, and grouped batches are ordered otherwise than drawn ones.
+    valid = pd.read_parquet(ROOT / cfg.data.valid)
+    tokenizer = load_policy(policy_dir).tokenizer
+
+    def heldout_loss(model) -> float:
+        policy = Policy(model, tokenizer)
+        model.eval()
+        total = tokens = 0.0
+        with torch.no_grad():
+            for a in range(0, len(valid), 64):
+                part = valid.iloc[a : a + 64]
+                enc = encode_pairs(policy, part["source"].tolist(), part["reference"].tolist(), cfg.model)
+                n = int((enc["labels"] != -100).sum())
+                total += token_nll(forward_logits(policy, enc), enc["labels"]).item() * n
+                tokens += n
+        return total / tokens
+
+    def ours_on(these: list[Batch]) -> Callable[[], tuple[float, float]]:
+        def once() -> tuple[float, float]:
+            policy = load_policy(policy_dir)
+            t = time.perf_counter()
+            train(policy, these, ic, cfg.model, seed=0)
+            return time.perf_counter() - t, heldout_loss(policy.model)
+        return once
 
     from transformers import Trainer, TrainingArguments
 
@@ -185,30 +219,42 @@ def bench_improve(policy_dir: Path, label: str, steps: int, with_sft: bool, repe
                 t = time.perf_counter()
                 trainer.train()
                 seconds = time.perf_counter() - t
-                losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]  # the last: mean of the last 10%
-            return seconds, losses[-1] if losses else float("nan")
+            return seconds, heldout_loss(trainer.model)
         return once
 
-    collated = [encode_pairs(load_policy(policy_dir), b.sources, b.targets, cfg.model) for b in batches]
-    if "decoder_input_ids" not in collated[0]:
-        # Our causal-LM labels are already shifted (position p holds token p+1); transformers shifts them itself.
-        for batch in collated:
-            hf = torch.full_like(batch["labels"], -100)
-            hf[:, 1:] = batch["labels"][:, :-1]
-            batch["labels"] = hf
-    contenders: list[tuple[str, Callable[[], tuple[float, float]]]] = [
-        ("rest training loop", ours_once),
-        ("transformers Trainer, same collated batches", hf_once(lambda out: Trainer(
+    def collate(these: list[Batch]) -> list[dict[str, torch.Tensor]]:
+        collated = [encode_pairs(load_policy(policy_dir), b.sources, b.targets, cfg.model) for b in these]
+        if "decoder_input_ids" not in collated[0]:
+            # Our causal-LM labels are already shifted (position p holds token p+1); transformers shifts them itself.
+            for batch in collated:
+                hf = torch.full_like(batch["labels"], -100)
+                hf[:, 1:] = batch["labels"][:, :-1]
+                batch["labels"] = hf
+        return collated
+
+    def trainer_on(collated: list[dict[str, torch.Tensor]]) -> Callable[[], tuple[float, float]]:
+        return hf_once(lambda out: Trainer(
             model=load_policy(policy_dir).model, train_dataset=collated, data_collator=lambda items: items[0],
             args=TrainingArguments(output_dir=out, per_device_train_batch_size=1, remove_unused_columns=False, **same),
-        ))),
+        ))
+
+    contenders: list[tuple[str, Callable[[], tuple[float, float]]]] = [
+        (OURS, ours_on(as_drawn)),
+        ("rest training loop, batches grouped by length (group_by_length: true)", ours_on(batches)),
+        ("transformers Trainer, the same batches as drawn", trainer_on(collate(as_drawn))),
+        ("transformers Trainer, the same batches grouped by length", trainer_on(collate(batches))),
     ]
     if with_sft:
         from datasets import Dataset
         from trl import SFTConfig, SFTTrainer
 
-        prompts = [cfg.model.prompt_template.format(source=s) for b in batches for s in b.sources]
-        data = Dataset.from_dict({"prompt": prompts, "completion": [" " + t for b in batches for t in b.targets]})
+        # Our tokens (prompt, then target and EOS), so that the valid loss measures every trainer alike; TRL builds
+        # the labels from completion_mask, collates and pads.
+        policy = load_policy(policy_dir)
+        src = prompt_ids(policy, [s for b in as_drawn for s in b.sources], cfg.model)
+        tgt = target_ids(policy, [t for b in as_drawn for t in b.targets], cfg.model)
+        data = Dataset.from_dict({"input_ids": [p + t for p, t in zip(src, tgt)],
+                                  "completion_mask": [[0] * len(p) + [1] * len(t) for p, t in zip(src, tgt)]})
 
         def sft(out: str) -> SFTTrainer:
             policy = load_policy(policy_dir)
@@ -217,14 +263,14 @@ def bench_improve(policy_dir: Path, label: str, steps: int, with_sft: bool, repe
                 args=SFTConfig(output_dir=out, per_device_train_batch_size=ic.batch_size, completion_only_loss=True,
                                packing=False, max_length=cfg.model.max_source_tokens + cfg.model.max_target_tokens, **same),
             )
-        contenders.append(("TRL SFTTrainer, same pairs (tokenized by TRL)", hf_once(sft)))
+        contenders.append(("TRL SFTTrainer, same pairs as drawn (our tokens)", hf_once(sft)))
 
     runs: dict[str, list[tuple[float, float]]] = {what: [] for what, _ in contenders}
     for _ in range(repeats):
         for what, once in contenders:
             runs[what].append(once())
     medians = {what: sorted(r)[len(r) // 2] for what, r in runs.items()}
-    ours = medians["rest training loop"][0]
+    ours = medians[OURS][0]
     for what, (seconds, loss) in medians.items():
         rows.append({"policy": label, "what": what, "examples_per_s": examples / seconds, "loss_last": loss,
                      "ours_vs_this": seconds / ours})
@@ -237,9 +283,12 @@ def bench_improve(policy_dir: Path, label: str, steps: int, with_sft: bool, repe
 # Scoring
 
 
-def bench_score(policy_dir: Path, n_sources: int, repeats: int) -> tuple[list[dict], int, int]:
+def bench_score(policy_dir: Path, n_sources: int, repeats: int, quick: bool) -> list[dict]:
+    """Two workloads: a real Grow step of policy-0 (many repeated rows), and rows that are all distinct (each pool
+    reference against 16 other references), the case only processes speed up."""
     from sacrebleu.metrics import CHRF
 
+    from rest import rewards
     from rest.rewards import score_config
 
     cfg = load_config(ROOT / CONFIG)
@@ -248,26 +297,43 @@ def bench_score(policy_dir: Path, n_sources: int, repeats: int) -> tuple[list[di
     n = cfg.grow.num_samples
     out = engine.sample(pool["source"].tolist(), num_samples=n, temperature=1.0, top_p=1.0, top_k=0,
                         max_new_tokens=cfg.grow.max_new_tokens, seed=0)
-    refs = [r for r in pool["reference"].tolist() for _ in range(n)]
-    srcs = [s for s in pool["source"].tolist() for _ in range(n)]
     metric = CHRF()
+    pool_refs = pool["reference"].tolist()
+    workloads = {
+        "a Grow step": ([s for s in pool["source"].tolist() for _ in range(n)], out.completions,
+                        [r for r in pool_refs for _ in range(n)]),
+        "all rows distinct": ([""] * (16 * len(pool)), [pool_refs[(i + k + 1) % len(pool)] for i in range(len(pool)) for k in range(16)],
+                              [r for r in pool_refs for _ in range(16)]),
+    }
+    if quick:  # tiny sizes: let the distinct rows take the parallel path anyway, so the smoke test runs it
+        rewards.PARALLEL_MIN_CHARS = 0
+    rows, distinct_of = [], {}
+    for name, (srcs, comps, refs) in workloads.items():
+        def plain():
+            return [metric.sentence_score(c, [r]).score / 100 for c, r in zip(comps, refs)]
 
-    def plain():
-        return [metric.sentence_score(c, [r]).score / 100 for c, r in zip(out.completions, refs)]
+        def ours():
+            return score_config(cfg.reward, srcs, comps, refs)["reward"]
 
-    def ours():
-        return score_config(cfg.reward, srcs, out.completions, refs)["reward"]
+        def ours_one_process():
+            os.environ["REST_SCORE_PROCESSES"] = "1"
+            try:
+                return ours()
+            finally:
+                del os.environ["REST_SCORE_PROCESSES"]
 
-    assert np.allclose(plain(), ours()), "the reward step must give sacrebleu's numbers"
-    t_plain, t_ours = median_time(plain, repeats), median_time(ours, repeats)
-    rows = [
-        {"what": "rest reward step (chrF)", "rows_per_s": len(refs) / t_ours, "ours_vs_this": 1.0},
-        {"what": "sacrebleu sentence chrF, plain loop", "rows_per_s": len(refs) / t_plain, "ours_vs_this": t_plain / t_ours},
-    ]
-    distinct = len(set(zip(srcs, out.completions, refs)))
-    print(f"[bench] score: rest {len(refs) / t_ours:,.0f} rows/s, sacrebleu loop {len(refs) / t_plain:,.0f} rows/s "
-          f"({t_plain / t_ours:.2f}x); {distinct} distinct rows of {len(refs)}", flush=True)
-    return rows, distinct, len(refs)
+        assert np.array_equal(plain(), ours()), "the reward step must give sacrebleu's numbers"
+        times = {what: median_time(fn, repeats) for what, fn in [
+            (f"rest reward step (chrF, up to {rewards.scoring_processes()} processes)", ours),
+            ("rest reward step in one process (REST_SCORE_PROCESSES=1)", ours_one_process),
+            ("sacrebleu sentence chrF, plain loop", plain)]}
+        t_ours = next(iter(times.values()))
+        distinct = len(set(zip(srcs, comps, refs)))
+        distinct_of[name] = f"{distinct:,} distinct of {len(refs):,}"
+        for what, t in times.items():
+            rows.append({"rows": f"{name} ({distinct_of[name]})", "what": what, "rows_per_s": len(refs) / t, "ours_vs_this": t / t_ours})
+            print(f"[bench] score {name}: {what}: {len(refs) / t:,.0f} rows/s (rest {t / t_ours:.2f}x)", flush=True)
+    return rows
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -440,13 +506,14 @@ def main(argv: list[str] | None = None) -> int:
                 + bench_improve(dec, "decoder-only", steps, with_sft=True, repeats=repeats))
         parts.append(f"## Improve: {steps} optimiser steps of 32 (pool sources and references), same schedule\n\n" + table(rows, [
             ("policy", "policy", ""), ("what", "what trains", ""), ("examples_per_s", "examples/s", ",.0f"),
-            ("loss_last", "loss reached", ".4f"), ("ours_vs_this", "rest ... x", ".2f")]) + "\n")
+            ("loss_last", "valid loss reached", ".4f"), ("ours_vs_this", "rest ... x", ".2f")]) + "\n")
     if "score" in only:
         n = 50 if q else 2000
-        rows, distinct, total = bench_score(enc, n, repeats)
-        parts.append(f"## Scoring: {n} pool sources x 8 samples of policy-0, reward chrF ({distinct:,} distinct rows of "
-                     f"{total:,}: rest scores each distinct row once)\n\n" + table(rows, [
-            ("what", "what scores", ""), ("rows_per_s", "rows/s", ",.0f"), ("ours_vs_this", "rest ... x", ".2f")]) + "\n")
+        rows = bench_score(enc, n, repeats, q)
+        parts.append(f"## Scoring: reward chrF on {n} pool sources x 8 samples of policy-0 (rest scores each distinct "
+                     f"row once), and on {16 * n:,} distinct rows (each reference against 16 others: what processes "
+                     f"speed up; a call of fewer than {PARALLEL_MIN_CHARS:,} characters stays in one process)\n\n" + table(rows, [
+            ("rows", "rows", ""), ("what", "what scores", ""), ("rows_per_s", "rows/s", ",.0f"), ("ours_vs_this", "rest ... x", ".2f")]) + "\n")
     if "memory" in only:
         sizes = [200] if q else [2000, 16000, 64000]
         rows = bench_memory(enc, sizes, q)

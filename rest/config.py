@@ -56,6 +56,10 @@ class DataConfig(_Section):
     )
 
 
+# `device`: auto (a GPU when torch sees one), cpu, cuda, cuda:N, mps.
+DEVICE_PATTERN = r"^(auto|cpu|cuda|cuda:\d+|mps)$"
+
+
 class ModelConfig(_Section):
     """The policy. Either a pretrained model (`pretrained`: a local path or hub id, loaded with from_pretrained)
     or one built from scratch from a transformers config file (`architecture`) with a BPE tokenizer trained on
@@ -76,6 +80,11 @@ class ModelConfig(_Section):
     )
     max_source_tokens: int = Field(32, ge=1, description="sources are truncated to this many tokens")
     max_target_tokens: int = Field(48, ge=1, description="training targets are truncated to this many tokens")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32",
+        description="the weights' dtype where a published policy samples or is evaluated (Grow, `rest eval`, "
+        "best-of-N); training keeps float32 weights and uses bc/improve.precision",
+    )
 
     @field_validator("prompt_template")
     @classmethod
@@ -107,7 +116,53 @@ class OptimFields(_Section):
         return self.warmup_steps
 
 
-class BCConfig(OptimFields):
+class LoraConfig(_Section):
+    """A LoRA adapter (peft) trained instead of the whole model; merged into the weights when the step ends, so a
+    published policy stays a plain `save_pretrained` directory."""
+
+    r: int = Field(8, ge=1, description="rank of each adapter")
+    alpha: float = Field(16.0, gt=0, description="scaling: the adapter's update is multiplied by alpha / r")
+    dropout: float = Field(0.05, ge=0, lt=1, description="dropout on the adapter's input")
+    target_modules: list[str] | Literal["all-linear"] = Field(
+        "all-linear",
+        description="module names to adapt (e.g. [q_proj, v_proj]), or all-linear: every linear layer but the output head",
+    )
+
+
+class PolicyOptimFields(OptimFields):
+    """What BC and Improve add to the optimiser settings: how their rows are batched, and how a step is computed."""
+
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32",
+        description="fp32; bf16: the forward and backward pass under bfloat16 autocast (CPUs with AVX512-BF16 and "
+        "GPUs from Ampere on); fp16: float16 autocast with a gradient scaler (older GPUs). Weights stay float32",
+    )
+    micro_batch_size: int | None = Field(
+        None, ge=1,
+        description="sequences per forward/backward pass; a step accumulates the gradients of batch_size / "
+        "micro_batch_size of them, normalised over the whole batch (the same step as one pass, up to float sums). "
+        "null: the whole batch at once. Lower it when a batch does not fit in memory",
+    )
+    gradient_checkpointing: bool = Field(
+        False, description="recompute activations in the backward pass: less memory, ~30% more compute"
+    )
+    lora: LoraConfig | None = Field(
+        None,
+        description="train a LoRA adapter instead of every weight ({r, alpha, dropout, target_modules}); null: full "
+        "fine-tuning. With kl_beta > 0 and policy-0 as the start, the reference is the adapter switched off: no "
+        "second model in memory",
+    )
+
+    group_by_length: bool = Field(
+        False,
+        description="batches of rows of similar length (source + target characters), regrouped within runs of at "
+        "most 50 batches and one epoch (transformers' group_by_length): ~15% more examples/s on the embedded task "
+        "(far less padding), but a higher held-out loss after as many steps (docs/benchmarks.md); false: batches "
+        "as drawn",
+    )
+
+
+class BCConfig(PolicyOptimFields):
     """policy-0: behaviour cloning (token-level NLL) on `data.train`.
 
     The from-scratch recipe (a pre-LN model, lr 1e-3, warm-up over the first 10% of `steps`) learns on the embedded
@@ -195,7 +250,7 @@ class RewardConfig(_Section):
         return v
 
 
-class ImproveConfig(OptimFields):
+class ImproveConfig(PolicyOptimFields):
     """Improve: fine-tune on the Grow samples whose reward clears tau, one step per threshold."""
 
     thresholds: list[float] = Field(
@@ -295,6 +350,11 @@ class RunConfig(_Section):
     """One ReST run: policy-0 = BC(train); G x (Grow, then one Improve step per threshold); test of the best."""
 
     seed: int = Field(0, description="drives init, data order and every Grow shard's sampling seed")
+    device: str = Field(
+        "auto", pattern=DEVICE_PATTERN,
+        description="where every model of the run works (BC, Grow, Improve, evaluation, reward models): auto (a "
+        "GPU when torch sees one, else the CPU), cpu, cuda, cuda:N or mps",
+    )
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     bc: BCConfig = BCConfig()
@@ -556,6 +616,7 @@ class RewardModelConfig(_Section):
     """
 
     seed: int = Field(0, description="init, the tokenizer's data order and batch order")
+    device: str = Field("auto", pattern=DEVICE_PATTERN, description="where the reward model trains: auto, cpu, cuda, cuda:N, mps")
     out: str = Field("runs/rm-numbers", description="the artifact directory to write (a manifest marks it done)")
     objective: Literal["regression", "bradley_terry"] = Field(
         "regression",

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
+from rest import rewards
 from rest.config import RunConfig
 from rest.models import Policy, load_policy
 from rest.sampling import Generation, generate
@@ -70,17 +71,20 @@ _LOCK = threading.Lock()  # shards of one process may run on threads: one engine
 def engine_for(cfg: RunConfig, policy_dir: Path, policy_id: str) -> Engine:
     """The engine of `grow.engine` on the policy at `policy_dir` (a verified artifact with id `policy_id`),
     created on first use in this process and reused after (one entry: a process samples one policy at a time)."""
-    key = (cfg.grow.engine, str(Path(policy_dir).resolve()), policy_id, cfg.model.model_dump_json(),
+    key = (cfg.grow.engine, str(Path(policy_dir).resolve()), policy_id, cfg.model.model_dump_json(), cfg.device,
            cfg.grow.batch_size, cfg.eval.batch_size)
+    rewards.use_device(cfg.device)
     with _LOCK:
         if key not in _CACHE:
             _CACHE.clear()
-            _CACHE[key] = ENGINES[cfg.grow.engine](load_policy(policy_dir), cfg)
+            policy = load_policy(policy_dir, device=cfg.device, dtype=cfg.model.dtype)
+            _CACHE[key] = ENGINES[cfg.grow.engine](policy, cfg)
         return _CACHE[key]
 
 
 def engine_on(policy: Policy, cfg: RunConfig) -> Engine:
     """An engine of `grow.engine` on a policy already in memory (just trained, not yet published): not cached."""
+    rewards.use_device(cfg.device)
     return ENGINES[cfg.grow.engine](policy, cfg)
 
 

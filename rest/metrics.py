@@ -65,6 +65,21 @@ def exact_match(sources: Sequence[str], completions: Sequence[str], references: 
 SENTENCE_METRICS = {"chrf": chrf, "bleu": bleu, "ter": ter, "exact_match": exact_match}
 
 
+def serve_chunk(data: bytes) -> None:
+    """A scoring helper process (rest.rewards): `data` is a pickled (metric name, (sources, completions,
+    references)); writes the pickled ("ok", scores) or ("error", exception) to stdout."""
+    import pickle
+    import sys
+
+    name, args = pickle.loads(data)
+    try:
+        result = ("ok", SENTENCE_METRICS[name](*args))
+    except Exception as exc:  # the caller re-raises it: a RestError stays one line there
+        result = ("error", exc)
+    sys.stdout.buffer.write(pickle.dumps(result))
+    sys.stdout.buffer.flush()
+
+
 def length_deviation(completions: Sequence[str], references: Sequence[str | None]) -> np.ndarray:
     """|len(completion) - len(reference)| / len(reference), in characters, capped at 1.
 

@@ -46,10 +46,33 @@ class Policy:
         save(self.tokenizer, path)
 
 
-def build_policy(model_cfg: ModelConfig, train_texts: list[str], seed: int) -> Policy:
-    """policy-0 before BC: the pretrained model, or a fresh one built from `model.architecture`."""
+# model.dtype -> torch dtype
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_device(spec: str = "auto", key: str = "device") -> torch.device:
+    """The torch device a `device` setting names: auto is the first GPU when torch sees one, else the CPU. A GPU
+    that is not there is a RestError naming `key`, not a CUDA traceback later."""
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(spec)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise RestError(f"{key}: {spec}, but torch {torch.__version__} sees no GPU (a CPU build of torch, or no "
+                            "driver); use `auto` (a GPU when there is one) or `cpu`")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise RestError(f"{key}: {spec}, but torch sees {torch.cuda.device_count()} GPU(s) (cuda:0..."
+                            f"cuda:{torch.cuda.device_count() - 1}); pick one of them or `cuda`")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise RestError(f"{key}: mps, but torch sees no Apple GPU; use `auto` or `cpu`")
+    return device
+
+
+def build_policy(model_cfg: ModelConfig, train_texts: list[str], seed: int, device: str = "cpu") -> Policy:
+    """policy-0 before BC: the pretrained model, or a fresh one built from `model.architecture`, on `device`
+    (float32 weights: training's)."""
     if model_cfg.pretrained:
-        return load_policy(model_cfg.pretrained, key="model.pretrained")
+        return load_policy(model_cfg.pretrained, key="model.pretrained", device=device)
     tokenizer = train_tokenizer(train_texts, model_cfg.vocab_size)
     arch = read_architecture(model_cfg.architecture, "model.architecture")
     model_type = arch.pop("model_type")
@@ -67,17 +90,19 @@ def build_policy(model_cfg: ModelConfig, train_texts: list[str], seed: int) -> P
     gen.pad_token_id, gen.bos_token_id, gen.eos_token_id = 0, 1, 2
     gen.decoder_start_token_id = config.decoder_start_token_id if config.is_encoder_decoder else None
     gen.forced_eos_token_id = gen.forced_bos_token_id = None
-    return Policy(model, tokenizer)
+    return Policy(model.to(resolve_device(device)), tokenizer)
 
 
-def load_policy(path: str | Path, key: str = "policy") -> Policy:
-    """Load any `save_pretrained` directory or hub id: encoder-decoder or decoder-only, read from its config."""
+def load_policy(path: str | Path, key: str = "policy", device: str = "cpu", dtype: str = "float32") -> Policy:
+    """Load any `save_pretrained` directory or hub id: encoder-decoder or decoder-only, read from its config; its
+    weights in `dtype` (model.dtype) on `device` (the run's `device` setting)."""
     path = str(path)
+    where = resolve_device(device)
     try:
         with quiet():
             config = AutoConfig.from_pretrained(path)
             auto = AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM
-            model = auto.from_pretrained(path)
+            model = auto.from_pretrained(path, dtype=DTYPES[dtype]).to(where)
             tokenizer = AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError) as exc:
         raise RestError(f"{key}: cannot load a model from {path}: {exc}") from None
@@ -168,6 +193,12 @@ def encode_pairs(policy: Policy, sources: list[str], targets: list[str], model_c
 
 
 def forward_logits(policy: Policy, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Logits aligned with `batch["labels"]` (same shape plus vocabulary)."""
-    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    """Logits aligned with `batch["labels"]` (same shape plus vocabulary), on the model's device."""
+    device = policy.model.device
+    inputs = {k: v.to(device) for k, v in batch.items() if k != "labels"}
     return policy.model(**inputs, use_cache=False).logits
+
+
+def target_counts(policy: Policy, targets: list[str], model_cfg: ModelConfig) -> list[int]:
+    """How many target tokens (EOS included) each target has in a training batch: what a loss averages over."""
+    return [len(ids) for ids in target_ids(policy, targets, model_cfg)]

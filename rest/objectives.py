@@ -23,7 +23,7 @@ from typing import Any, Protocol
 import torch
 
 from rest.config import ModelConfig
-from rest.models import Policy, encode_pairs, forward_logits
+from rest.models import Policy, encode_pairs, forward_logits, target_counts
 
 
 @dataclass(frozen=True)
@@ -38,11 +38,27 @@ class Batch:
         return len(self.sources)
 
 
+    def split(self, size: int) -> list[Batch]:
+        """Consecutive parts of at most `size` rows (micro-batches of one optimiser step)."""
+        return [
+            Batch(self.sources[a : a + size], self.targets[a : a + size],
+                  None if self.weights is None else self.weights[a : a + size])
+            for a in range(0, len(self), size)
+        ]
+
+
 class Objective(Protocol):
+    """`totals`, when given, are `objective.totals(...)` of the whole optimiser step's batch, of which `batch` is a
+    micro-batch: the loss is then normalised by them (not by the micro-batch's own), so that the micro-batches'
+    losses, and their gradients, add up to the whole batch's. Additive `stats` add up likewise."""
+
     needs_reference: bool
 
+    def totals(self, policy: Policy, batch: Batch, model_cfg: ModelConfig) -> dict[str, float]: ...
+
     def __call__(
-        self, policy: Policy, batch: Batch, model_cfg: ModelConfig, reference: Policy | None
+        self, policy: Policy, batch: Batch, model_cfg: ModelConfig, reference: Policy | None,
+        totals: dict[str, float] | None = None,
     ) -> tuple[torch.Tensor, dict[str, float]]: ...
 
 
@@ -70,7 +86,16 @@ def sequence_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tens
 REDUCTIONS = ("token_mean", "sequence_mean", "sum")
 
 
-def reduce_nll(sums: torch.Tensor, counts: torch.Tensor, loss: str, weights: torch.Tensor | None = None) -> torch.Tensor:
+def nll_denominator(counts: torch.Tensor, loss: str, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """What reduce_nll divides by: the (weighted) target tokens for token_mean, the weights' sum otherwise."""
+    w = torch.ones_like(counts, dtype=torch.float32) if weights is None else weights.to(counts.device, torch.float32)
+    return (w * counts).sum() if loss == "token_mean" else w.sum()
+
+
+def reduce_nll(
+    sums: torch.Tensor, counts: torch.Tensor, loss: str, weights: torch.Tensor | None = None,
+    denominator: float | None = None,
+) -> torch.Tensor:
     """The batch loss from per-sequence summed NLLs `sums` over `counts` target tokens, optionally weighted.
 
     Two sequences, NLLs [a] and [b, c, d] (sums s1 = a, s2 = b + c + d; counts 1 and 3), weights w1, w2 (all 1
@@ -79,19 +104,20 @@ def reduce_nll(sums: torch.Tensor, counts: torch.Tensor, loss: str, weights: tor
         sequence_mean  (w1 s1 / 1 + w2 s2 / 3) / (w1 + w2)   each sequence's mean log-likelihood, then the mean:
                                                               the length-invariant form of direct alignment
         sum            (w1 s1 + w2 s2) / (w1 + w2)            summed log-likelihood per sequence, mean over the batch
+
+    `denominator` replaces the batch's own (nll_denominator) when the rows are a micro-batch of a larger step.
     """
+    if loss not in REDUCTIONS:
+        raise ValueError(f"unknown loss {loss!r}; known: {', '.join(REDUCTIONS)}")
     w = torch.ones_like(sums) if weights is None else weights.to(sums)
-    if loss == "token_mean":
-        return (w * sums).sum() / (w * counts).sum().clamp_min(1e-9)
-    if loss == "sequence_mean":
-        return (w * sums / counts.clamp_min(1)).sum() / w.sum().clamp_min(1e-9)
-    if loss == "sum":
-        return (w * sums).sum() / w.sum().clamp_min(1e-9)
-    raise ValueError(f"unknown loss {loss!r}; known: {', '.join(REDUCTIONS)}")
+    den = nll_denominator(counts, loss, weights) if denominator is None else torch.tensor(denominator)
+    num = (w * sums / counts.clamp_min(1)).sum() if loss == "sequence_mean" else (w * sums).sum()
+    return num / den.to(sums).clamp_min(1e-9)
 
 
-def token_kl(logits: torch.Tensor, ref_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean over target tokens of KL(policy || reference) between the two next-token distributions.
+def token_kl(logits: torch.Tensor, ref_logits: torch.Tensor, labels: torch.Tensor, tokens: float | None = None) -> torch.Tensor:
+    """Mean over target tokens of KL(policy || reference) between the two next-token distributions (over `tokens`
+    target tokens when the rows are a micro-batch of a larger step).
 
     KL(p || q) = sum_v p(v) (log p(v) - log q(v)) >= 0, and 0 when the policy is the reference (SuperHF's prior,
     here against policy-0 on the same batch).
@@ -100,7 +126,7 @@ def token_kl(logits: torch.Tensor, ref_logits: torch.Tensor, labels: torch.Tenso
     logq = torch.log_softmax(ref_logits.float(), dim=-1)
     kl = (logp.exp() * (logp - logq)).sum(dim=-1)  # [B, T]
     mask = labels != -100
-    return (kl * mask).sum() / mask.sum().clamp_min(1)
+    return (kl * mask).sum() / (mask.sum().clamp_min(1) if tokens is None else max(tokens, 1.0))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -120,24 +146,32 @@ class NLL:
     def needs_reference(self) -> bool:
         return self.kl_beta > 0
 
+    def totals(self, policy: Policy, batch: Batch, model_cfg: ModelConfig) -> dict[str, float]:
+        """The whole batch's denominators: its NLL's (nll_denominator) and its target tokens (the KL's)."""
+        counts = torch.tensor(target_counts(policy, list(batch.targets), model_cfg), dtype=torch.float32)
+        weights = None if batch.weights is None else torch.tensor(batch.weights, dtype=torch.float32)
+        return {"nll": float(nll_denominator(counts, self.reduction, weights)), "tokens": float(counts.sum())}
+
     def __call__(
-        self, policy: Policy, batch: Batch, model_cfg: ModelConfig, reference: Policy | None = None
+        self, policy: Policy, batch: Batch, model_cfg: ModelConfig, reference: Policy | None = None,
+        totals: dict[str, float] | None = None,
     ) -> tuple[torch.Tensor, dict[str, float]]:
         if self.needs_reference and reference is None:
             raise ValueError("kl_beta > 0 needs the reference policy")
         encoded = encode_pairs(policy, list(batch.sources), list(batch.targets), model_cfg)
         logits = forward_logits(policy, encoded)
-        labels = encoded["labels"]
-        if self.reduction == "token_mean" and batch.weights is None:
+        labels = encoded["labels"].to(logits.device)
+        if self.reduction == "token_mean" and batch.weights is None and totals is None:
             loss = token_nll(logits, labels)  # the same numbers as BC: default runs stay bit-identical
         else:
             weights = None if batch.weights is None else torch.tensor(batch.weights, dtype=torch.float32)
-            loss = reduce_nll(*sequence_nll(logits, labels), self.reduction, weights)
+            loss = reduce_nll(*sequence_nll(logits, labels), self.reduction, weights,
+                              None if totals is None else totals["nll"])
         stats: dict[str, float] = {}
         if self.kl_beta > 0:
             with torch.no_grad():
                 ref_logits = forward_logits(reference, encoded)  # type: ignore[arg-type]
-            kl = token_kl(logits, ref_logits, labels)
+            kl = token_kl(logits, ref_logits, labels, None if totals is None else totals["tokens"])
             stats["kl"] = kl.item()
             loss = loss + self.kl_beta * kl
         return loss, stats

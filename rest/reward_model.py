@@ -47,6 +47,7 @@ from rest.filtering import epoch_batches
 from rest.hf import made_by_train_tokenizer, quiet, read_architecture, save, train_tokenizer
 from rest.hf import pad as pad_ids
 from rest.metrics import SENTENCE_METRICS
+from rest.models import resolve_device
 from rest.training import lr_factor
 
 log = logging.getLogger("rest")
@@ -187,9 +188,10 @@ class RewardModel:
 
     def encode(self, sources: list[str], completions: list[str]) -> dict[str, torch.Tensor]:
         """Encoder-only and decoder-only models read the pair as one sequence (the tokenizer's pair template)."""
-        return self.tokenizer(
+        encoded = self.tokenizer(
             list(sources), list(completions), padding=True, truncation=True, max_length=self.max_tokens, return_tensors="pt"
         )
+        return {k: v.to(self.model.device) for k, v in encoded.items()}
 
     def raw(self, sources: list[str], completions: list[str]) -> torch.Tensor:
         """The model's output per pair (shape [B]), with gradients when the model trains."""
@@ -208,11 +210,12 @@ class RewardModel:
         pad, eos, start = tok.pad_token_id, tok.eos_token_id, config.decoder_start_token_id
         unique = list(dict.fromkeys(sources))  # a batch holds every completion of a source: encode it once
         index = {u: i for i, u in enumerate(unique)}
-        row = torch.tensor([index[s] for s in sources], dtype=torch.long)
+        device = self.model.device
+        row = torch.tensor([index[s] for s in sources], dtype=torch.long, device=device)
         src = [ids[: self.max_tokens] for ids in tok(unique)["input_ids"]]
         dec = [[start] + ids[: self.max_tokens - 2] + [eos] for ids in tok(completions, add_special_tokens=False)["input_ids"]]
-        src_ids, src_mask = pad_ids(src, pad)
-        dec_ids, dec_mask = pad_ids(dec, pad)
+        src_ids, src_mask = (t.to(device) for t in pad_ids(src, pad))
+        dec_ids, dec_mask = (t.to(device) for t in pad_ids(dec, pad))
         encoded = self.model.get_encoder()(input_ids=src_ids, attention_mask=src_mask).last_hidden_state
         encoder_outputs = BaseModelOutput(last_hidden_state=encoded[row])
         src_mask = src_mask[row]
@@ -223,7 +226,7 @@ class RewardModel:
         return out.logits[:, 0].float()
 
     def transform(self, raw: torch.Tensor | np.ndarray) -> np.ndarray:
-        x = torch.as_tensor(raw, dtype=torch.float64)
+        x = torch.as_tensor(raw, dtype=torch.float64, device="cpu")
         out = torch.sigmoid(x) if OUTPUTS[self.objective] == "sigmoid" else x.clamp(0.0, 1.0)
         return out.numpy()
 
@@ -275,19 +278,19 @@ def check_reward_model(path: str | Path, key: str = "reward model") -> dict[str,
 
 
 @functools.lru_cache(maxsize=4)
-def _load(path: str, manifest_id: str) -> RewardModel:
+def _load(path: str, manifest_id: str, device: str) -> RewardModel:
     info = json.loads((Path(path) / REWARD_FILE).read_text())
     with quiet():
-        model = AutoModelForSequenceClassification.from_pretrained(path)
+        model = AutoModelForSequenceClassification.from_pretrained(path, dtype=torch.float32).to(resolve_device(device))
         tokenizer = AutoTokenizer.from_pretrained(path)
     model.eval()
     return RewardModel(model, tokenizer, info["objective"], info["max_tokens"], path)
 
 
-def load_reward_model(path: str | Path) -> RewardModel:
-    """Load (once per process and artifact id) the reward model `rest reward train` wrote at `path`."""
+def load_reward_model(path: str | Path, device: str = "cpu") -> RewardModel:
+    """Load (once per process, artifact id and device) the reward model `rest reward train` wrote at `path`."""
     manifest = check_reward_model(path)
-    return _load(str(Path(path)), manifest["id"])
+    return _load(str(Path(path)), manifest["id"], device)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -324,7 +327,7 @@ def _evaluate(rm: RewardModel, df: pd.DataFrame, clear_gap: float) -> dict[str, 
 def _raw_no_grad(rm: RewardModel, sources: list[str], completions: list[str], batch_size: int = 512) -> np.ndarray:
     """The raw outputs, in eval mode (no dropout), `batch_size` pairs at a time."""
     rm.model.eval()
-    out = [rm.raw(sources[k : k + batch_size], completions[k : k + batch_size]).numpy() for k in range(0, len(sources), batch_size)]
+    out = [rm.raw(sources[k : k + batch_size], completions[k : k + batch_size]).cpu().numpy() for k in range(0, len(sources), batch_size)]
     return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
 
 
@@ -336,7 +339,7 @@ def train_reward_model(cfg: RewardModelConfig) -> dict[str, Any]:
     out = Path(cfg.out)
     df, parents = load_comparisons(cfg.data)
     cfg_dump = cfg.model_dump(mode="json")
-    cfg_slice = {k: v for k, v in cfg_dump.items() if k != "out"}
+    cfg_slice = {k: v for k, v in cfg_dump.items() if k not in ("out", "device")}  # where it trains is not what
     done = artifacts.read_manifest(out)
     if done is not None:
         if done.get("kind") == KIND and done["config"] == cfg_slice and done["parents"] == parents and not artifacts.verify(out):
@@ -365,6 +368,7 @@ def train_reward_model(cfg: RewardModelConfig) -> dict[str, Any]:
             f"differ by more than data.min_gap={cfg.data.min_gap}: nothing to rank (sample more per source)"
         )
     rm = build_reward_model(cfg, train_df["source"].drop_duplicates().tolist() + train_df["completion"].tolist())
+    rm.model.to(resolve_device(cfg.device))
     log.info(
         f"reward model ({cfg.objective}): {len(train_df)} completions ({int(train_df.get('negative', pd.Series(dtype=bool)).sum())} "
         f"of other sources) of {len(groups)} sources to train on, "
@@ -381,13 +385,14 @@ def train_reward_model(cfg: RewardModelConfig) -> dict[str, Any]:
         idx = np.concatenate([groups[b] for b in batch])
         raw = rm.raw(sources[idx].tolist(), completions[idx].tolist())
         if cfg.objective == "regression":
-            loss = torch.nn.functional.mse_loss(raw, torch.tensor(scores[idx], dtype=torch.float32))
+            loss = torch.nn.functional.mse_loss(raw, torch.tensor(scores[idx], dtype=torch.float32, device=raw.device))
         else:
             offsets = np.cumsum([0] + [len(groups[b]) for b in batch])
             pair_idx = []
             for k, b in enumerate(batch):
                 better, worse = pairs_of(scores[groups[b]], cfg.data.min_gap)
-                pair_idx.append((torch.as_tensor(better + offsets[k]), torch.as_tensor(worse + offsets[k])))
+                pair_idx.append((torch.as_tensor(better + offsets[k], device=raw.device),
+                                 torch.as_tensor(worse + offsets[k], device=raw.device)))
             loss = bradley_terry_loss(raw, pair_idx)
         opt.zero_grad(set_to_none=True)
         loss.backward()

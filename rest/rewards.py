@@ -17,6 +17,12 @@ this module).
 
 from __future__ import annotations
 
+import multiprocessing
+import os
+import pickle
+import subprocess
+import sys
+import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,14 +57,93 @@ class Component:
 
 
 def _metric(name: str) -> Component:
-    return Component(name, needs_reference=True, build=lambda rc: SENTENCE_METRICS[name])
+    return Component(name, needs_reference=True, build=lambda rc: _in_parallel(name))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# A sentence metric over many rows, in processes: sacrebleu is pure Python, one core per process.
+
+# Below this many characters (completions + references) a metric runs in this process: a helper process costs
+# ~0.35 s to start (Python, numpy, sacrebleu), more than it saves on less. 400k characters is about 13k rows of the
+# embedded task, ~1.3 s of chrF on one core; the default run's shards (a few hundred distinct rows) never reach it.
+PARALLEL_MIN_CHARS = 400_000
+
+# A helper reads its whole input before it imports anything, so the parent's write never waits for the imports.
+_WORKER = "import sys; data = sys.stdin.buffer.read(); from rest.metrics import serve_chunk; serve_chunk(data)"
+
+
+def scoring_processes() -> int:
+    """How many processes a large metric call uses: $REST_SCORE_PROCESSES, else the cores this process may run on
+    (at most 8); 1 inside a daemonic process (a Dask worker), whose children would be orphaned with it."""
+    if multiprocessing.current_process().daemon:
+        return 1
+    wanted = os.environ.get("REST_SCORE_PROCESSES")
+    if wanted:
+        try:
+            return max(1, int(wanted))
+        except ValueError:
+            raise RestError(f"REST_SCORE_PROCESSES={wanted!r}: give a whole number of processes (1 turns scoring in parallel off)") from None
+    return max(1, min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
+
+
+def _in_parallel(name: str) -> Reward:
+    """Sentence metric `name` (rest.metrics.SENTENCE_METRICS), scored over contiguous chunks by this process and
+    `scoring_processes() - 1` helper processes (`python -c`, so nothing of the caller's main module is re-run,
+    unlike multiprocessing's spawn) when the rows are large enough to pay for it. The same numbers either way."""
+    metric = SENTENCE_METRICS[name]
+
+    def scored(sources: Sequence[str], completions: Sequence[str], references: Sequence[str | None]) -> np.ndarray:
+        processes = scoring_processes()
+        chars = sum(map(len, completions)) + sum(len(r) for r in references if r is not None)
+        if processes < 2 or chars < PARALLEL_MIN_CHARS:
+            return metric(sources, completions, references)
+        cuts = np.linspace(0, len(completions), processes + 1).astype(int)
+        chunks = [(list(sources[a:b]) if len(sources) else [], list(completions[a:b]), list(references[a:b]))
+                  for a, b in zip(cuts[:-1], cuts[1:])]
+        helpers: list[subprocess.Popen] = []
+        try:
+            for chunk in chunks[1:]:
+                # stderr to a file: a helper that warns a lot must not block on a full pipe nobody reads yet
+                helper = subprocess.Popen([sys.executable, "-c", _WORKER], stdin=subprocess.PIPE,
+                                          stdout=subprocess.PIPE, stderr=tempfile.TemporaryFile())
+                helpers.append(helper)
+                helper.stdin.write(pickle.dumps((name, chunk)))  # type: ignore[union-attr]
+                helper.stdin.close()  # type: ignore[union-attr]
+            parts = [metric(*chunks[0])]
+            for helper in helpers:
+                out = helper.stdout.read()  # type: ignore[union-attr]
+                if helper.wait() != 0:
+                    raise RuntimeError(f"a scoring process ended with exit code {helper.returncode}")
+                status, value = pickle.loads(out)
+                if status == "error":
+                    raise value
+                parts.append(value)
+        finally:
+            for helper in helpers:  # on any error (or Ctrl-C) here: no helper outlives the call
+                if helper.poll() is None:
+                    helper.kill()
+                    helper.wait()
+        return np.concatenate(parts)
+
+    scored.metric = metric  # type: ignore[attr-defined]
+    return scored
+
+
+# Where a learned reward model is loaded: the device of the policy this process runs (rest.engines sets it when it
+# creates an engine, so that Grow, evaluation and best-of-N score on the device they sample on).
+_DEVICE = ["cpu"]
+
+
+def use_device(device: str) -> None:
+    """Load learned reward models on `device` (a `device` setting: auto, cpu, cuda, cuda:N, mps) from now on."""
+    _DEVICE[0] = device
 
 
 def _learned(rc: RewardConfig) -> Reward:
     # Imported here, not at the top: torch and transformers load only when a learned reward is used.
     from rest.reward_model import load_reward_model
 
-    rm = load_reward_model(rc.learned)
+    rm = load_reward_model(rc.learned, device=_DEVICE[0])
     return lambda sources, completions, references: rm.score(sources, completions)
 
 
@@ -99,7 +184,7 @@ def component(name: str, rc: RewardConfig) -> Reward:
     """The scorer of component `name` as configured by `rc`, built once per process (per artifact id for a
     component that reads an artifact, so a retrained reward model is picked up)."""
     check_reward_names([name])
-    key = (name, *(m["id"] for m in _dependencies(name, rc)))
+    key = (name, *(m["id"] for m in _dependencies(name, rc)), _DEVICE[0] if COMPONENTS[name].artifacts(rc) else None)
     if key not in _BUILT:
         _BUILT[key] = COMPONENTS[name].build(rc)
     return _BUILT[key]

@@ -28,8 +28,9 @@ METRICS_FILE = "metrics.json"  # in every policy artifact
 VALID_OUTPUTS = "valid_outputs.parquet"  # in every policy artifact: its greedy outputs on data.valid
 
 # Config keys whose change does not touch any finished artifact: a run may be extended or resumed with them changed
-# (how the work is spread and where it is tracked do not change what it makes).
-EXTENDABLE = ("grow.steps", "grow.workers", "orchestration.", "tracking.")
+# (how the work is spread, where it runs and where it is tracked do not change what it makes).
+EXTENDABLE = ("grow.steps", "grow.workers", "orchestration.", "tracking.", "device",
+              "bc.micro_batch_size", "bc.gradient_checkpointing", "improve.micro_batch_size", "improve.gradient_checkpointing")
 
 _OPEN: dict[tuple, Run] = {}
 

@@ -79,18 +79,19 @@ def _decode_batch(
     if "shared_prompt" not in speedups:
         prompts = [p for p, c in zip(prompts, copies) for _ in range(c)]
         copies = [1] * len(prompts)
-    expand = torch.repeat_interleave(torch.arange(len(prompts)), torch.tensor(copies))
+    device = model.device
+    expand = torch.repeat_interleave(torch.arange(len(prompts)), torch.tensor(copies)).to(device)
     batch = int(expand.numel())
     if policy.is_encoder_decoder:
-        ids, mask = pad_ids(prompts, pad)
+        ids, mask = (t.to(device) for t in pad_ids(prompts, pad))
         encoder_outputs = model.get_encoder()(input_ids=ids, attention_mask=mask)
-        start = torch.full((len(prompts), 1), model.config.decoder_start_token_id, dtype=torch.long)
+        start = torch.full((len(prompts), 1), model.config.decoder_start_token_id, dtype=torch.long, device=device)
         out = model(encoder_outputs=encoder_outputs, attention_mask=mask, decoder_input_ids=start, use_cache=True)
         encoder_outputs.last_hidden_state = encoder_outputs.last_hidden_state.index_select(0, expand)
         mask = mask.index_select(0, expand)
     else:
         # Decoder-only: left padding, so every row's next token sits in the last column; positions skip the pads.
-        ids, mask = pad_ids(prompts, pad, left=True)
+        ids, mask = (t.to(device) for t in pad_ids(prompts, pad, left=True))
         position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
         out = model(input_ids=ids, attention_mask=mask, position_ids=position_ids, use_cache=True)
         mask = mask.index_select(0, expand)
@@ -100,15 +101,16 @@ def _decode_batch(
     logits = out.logits[:, -1, :].float().index_select(0, expand)
     # The batch's rows: where each writes its tokens (index `batch` is a spare row for finished rows that stay in the
     # batch, dropped at the end), and whether it is still decoding.
-    rows = torch.arange(batch)
-    alive = torch.ones(batch, dtype=torch.bool)
-    tokens = torch.full((batch + 1, max_new_tokens), pad, dtype=torch.long)
-    logprob = torch.zeros(batch + 1, dtype=torch.float64)
+    rows = torch.arange(batch, device=device)
+    alive = torch.ones(batch, dtype=torch.bool, device=device)
+    tokens = torch.full((batch + 1, max_new_tokens), pad, dtype=torch.long, device=device)
+    # float64 sums of log-probabilities; MPS has no float64, and float32 is plenty for a few hundred tokens there
+    logprob = torch.zeros(batch + 1, dtype=torch.float32 if device.type == "mps" else torch.float64, device=device)
     min_rows = MIN_ROWS if "drop_finished" in speedups else batch
     for t in range(max_new_tokens):
         nxt = choose(logits)
         tokens[rows, t] = nxt
-        logprob[rows] += torch.log_softmax(logits, dim=-1).gather(-1, nxt[:, None]).squeeze(-1).double()
+        logprob[rows] += torch.log_softmax(logits, dim=-1).gather(-1, nxt[:, None]).squeeze(-1).to(logprob.dtype)
         alive &= nxt != eos
         if t == max_new_tokens - 1 or not bool(alive.any()):
             break
@@ -129,7 +131,7 @@ def _decode_batch(
             out = model(encoder_outputs=encoder_outputs, attention_mask=mask, decoder_input_ids=nxt[:, None],
                         past_key_values=past, use_cache=True)
         else:
-            mask = torch.cat([mask, torch.ones((len(rows), 1), dtype=mask.dtype)], dim=1)
+            mask = torch.cat([mask, torch.ones((len(rows), 1), dtype=mask.dtype, device=device)], dim=1)
             position = position + 1
             out = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=position, past_key_values=past, use_cache=True)
         past = out.past_key_values
@@ -162,7 +164,9 @@ def generate(
     similar length (less padding) and the order, hence the random stream, depends only on the inputs.
     """
     policy.model.eval()
-    gen = torch.Generator().manual_seed(seed)
+    # The random stream lives where the logits are (a CUDA generator on a GPU): the same seed gives the same samples
+    # on the same device; a GPU's draws differ from the CPU's.
+    gen = torch.Generator(device=policy.model.device).manual_seed(seed)
     prompts = prompt_ids(policy, sources, model_cfg)
     order = sorted(range(len(sources)), key=lambda i: (-len(prompts[i]), i))
     rows = [(i, k) for i in order for k in range(num_samples)]

@@ -34,11 +34,11 @@ from tqdm.auto import tqdm
 
 from rest import artifacts, engines
 from rest.artifacts import existing, publish, run_lock, staging, write_json_atomic
-from rest.config import GrowConfig, ImproveConfig, OptimFields, RunConfig
+from rest.config import BCConfig, GrowConfig, ImproveConfig, OptimFields, RunConfig
 from rest.data import grow_sources, load_split
 from rest.errors import RestError
 from rest.evaluation import evaluate, target_nll
-from rest.filtering import epoch_batches, mix_batches, select
+from rest.filtering import epoch_batches, mix_batches, select, text_lengths
 from rest.models import Policy, build_policy, count_parameters, load_policy
 from rest.monitors import input_use_line, policy_monitors
 from rest.objectives import Batch, Objective, objective_for
@@ -94,8 +94,12 @@ POLICY_KEYS = ["seed", "data.train", "data.valid", "model", "reward", "eval.max_
 # Grow: how the work is spread (workers) and how many steps a run has do not change a step's rows.
 GROW_KEYS = ["seed", "data.grow_on", "data.train", "data.pool", "model.prompt_template", "model.max_source_tokens",
              *section_keys("grow", GrowConfig, leave_out=("steps", "workers")), "reward"]
+# How a training step is computed, not what it computes (the same gradient up to float sums): a run may be resumed
+# with them changed (a smaller micro-batch after running out of memory), so they are in no artifact's key.
+HOW_TO_TRAIN = ("micro_batch_size", "gradient_checkpointing")
+BC_KEYS = [*POLICY_KEYS, *section_keys("bc", BCConfig, leave_out=HOW_TO_TRAIN)]
 # Improve: every improve.* key but the thresholds list (each step records its own tau).
-IMPROVE_KEYS = [*POLICY_KEYS, *section_keys("improve", ImproveConfig, leave_out=("thresholds",))]
+IMPROVE_KEYS = [*POLICY_KEYS, *section_keys("improve", ImproveConfig, leave_out=("thresholds", *HOW_TO_TRAIN))]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -166,17 +170,18 @@ def make_policy0(run_dir: Path) -> str:
     """policy-0 = BC(D): a fresh (or pretrained) model trained with token-level NLL on data.train."""
     run = Run.open(run_dir)
     cfg = run.config
-    cfg_slice = config_slice(cfg, *POLICY_KEYS, "bc")
+    cfg_slice = config_slice(cfg, *BC_KEYS)
     if existing(run.dir("policy-0"), cfg_slice, []):
         log.info("policy-0: published, skipping")
         return "policy-0"
     train_df = load_split(cfg.data.train, "data.train")
     sources, targets = train_df["source"].tolist(), train_df["reference"].tolist()
-    policy = build_policy(cfg.model, sources + targets, seed=cfg.seed)
+    policy = build_policy(cfg.model, sources + targets, seed=cfg.seed, device=cfg.device)
     rng = np.random.default_rng(derive_seed(cfg.seed, "bc"))
     batches = [
         Batch([sources[j] for j in idx], [targets[j] for j in idx])
-        for idx in epoch_batches(len(train_df), cfg.bc.batch_size, cfg.bc.steps, rng)
+        for idx in epoch_batches(len(train_df), cfg.bc.batch_size, cfg.bc.steps, rng,
+                                 text_lengths(sources, targets) if cfg.bc.group_by_length else None)
     ]
     stats = fit(policy, batches, cfg.bc, cfg, derive_seed(cfg.seed, "bc", "dropout"), "policy-0", objective_for(cfg.bc))
     valid, outputs, monitors = assess(run, "policy-0", policy, previous=None)
@@ -400,9 +405,10 @@ def improve(run_dir: Path, g: int, i: int) -> str:
     if kept.empty:
         log.warning(f"{name}: no Grow sample reaches tau={tau}; this step trains on data.train only")
     rng = np.random.default_rng(derive_seed(cfg.seed, "improve", g, i))
-    plan = mix_batches(len(kept), len(train_df), ic.train_mix, ic.batch_size, ic.steps, rng)
     k_src, k_tgt, k_w = kept["source"].tolist(), kept["completion"].tolist(), kept["reward"].tolist()
     t_src, t_tgt = train_df["source"].tolist(), train_df["reference"].tolist()
+    lengths = (text_lengths(k_src, k_tgt), text_lengths(t_src, t_tgt)) if ic.group_by_length else None
+    plan = mix_batches(len(kept), len(train_df), ic.train_mix, ic.batch_size, ic.steps, rng, lengths)
     batches = [
         Batch(
             [k_src[j] for j in ki] + [t_src[j] for j in ti],
@@ -421,11 +427,12 @@ def improve(run_dir: Path, g: int, i: int) -> str:
         "train_mix": ic.train_mix,
     }
     objective = objective_for(ic)
+    policy = load_policy(run.dir(init), device=cfg.device)
     reference = None
     if objective.needs_reference:
         run.verified("policy-0")
-        reference = load_policy(run.dir("policy-0"))
-    policy = load_policy(run.dir(init))
+        # Starting from policy-0 with LoRA, policy-0 is the policy with its adapter switched off: no second copy.
+        reference = policy if ic.lora and init == "policy-0" else load_policy(run.dir("policy-0"), device=cfg.device)
     stats = fit(policy, batches, ic, cfg, derive_seed(cfg.seed, "improve", g, i, "dropout"), name, objective, reference)
     valid, outputs, monitors = assess(run, name, policy, previous=run.improve_previous(g, i))
     metrics = {"valid": valid, "improve": selection, "train": _train_stats(stats), "monitors": monitors}

@@ -23,7 +23,9 @@ def test_bench_script_runs_every_section_and_writes_its_tables(tmp_path):
         assert heading in text
     # each comparison has its row, with a number in it
     for row in ("transformers generate, 1 source per call", "one teacher-forced forward pass", "transformers Trainer",
-                "TRL SFTTrainer", "sacrebleu sentence chrF", "Prefect (rest run minus"):
+                "TRL SFTTrainer", "batches grouped by length (group_by_length: true)", "sacrebleu sentence chrF",
+                "REST_SCORE_PROCESSES=1", "Prefect (rest run minus"):
         line = next(line for line in text.splitlines() if row in line)
         assert any(ch.isdigit() for ch in line.split("|")[-2]), line
+    assert "all rows distinct" in text
     assert "the in-process run and rest run name the same best policy: True" in proc.stdout

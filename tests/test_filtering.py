@@ -1,7 +1,7 @@
 import numpy as np
 import pandas as pd
 
-from rest.filtering import epoch_batches, mix_batches, normalise_text, select
+from rest.filtering import epoch_batches, length_window, mix_batches, normalise_text, select, sort_windows
 
 
 def _rows():
@@ -54,3 +54,49 @@ def test_mix_batches_ratio():
 def test_mix_batches_with_nothing_kept_is_all_train():
     plan = mix_batches(n_kept=0, n_train=20, train_mix=0.25, batch_size=8, steps=3, rng=np.random.default_rng(0))
     assert all(len(k) == 0 and len(t) == 8 for k, t in plan)
+
+
+def _spread(batches, lengths):
+    """Mean over batches of (longest - shortest) length in the batch: what padding follows."""
+    return float(np.mean([lengths[b].max() - lengths[b].min() for b in batches if len(b)]))
+
+
+def test_sort_windows_deals_each_run_shortest_first():
+    lengths = np.array([9, 1, 5, 2, 7, 3])
+    out = sort_windows([np.array([0, 1]), np.array([2, 3]), np.array([4, 5])], lengths, window=2)
+    # run 1 = {0, 1, 2, 3} sorted by length -> 1 (1), 3 (2), 2 (5), 0 (9); run 2 = {4, 5} -> 5 (3), 4 (7)
+    assert [b.tolist() for b in out] == [[1, 3], [2, 0], [5, 4]]
+
+
+def test_group_by_length_keeps_every_draw_within_its_run_and_cuts_the_spread():
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(1, 100, size=1000)
+    drawn = epoch_batches(1000, 32, 60, np.random.default_rng(1))
+    grouped = epoch_batches(1000, 32, 60, np.random.default_rng(1), lengths=lengths)
+    window = length_window(1000, 32)
+    assert window == 31  # one epoch of 1000 items in batches of 32
+    for start in range(0, 60, window):  # the same draws, within the same run of steps
+        assert sorted(np.concatenate(drawn[start:start + window])) == sorted(np.concatenate(grouped[start:start + window]))
+    assert [len(b) for b in grouped] == [32] * 60
+    assert _spread(grouped, lengths) < 0.2 * _spread(drawn, lengths)
+    # Within a run the batches are shuffled, not shortest first.
+    firsts = [lengths[b].mean() for b in grouped[:window]]
+    assert firsts != sorted(firsts)
+
+
+def test_length_window_never_spans_two_epochs():
+    # 200 labelled rows in batches of 32 (BC): a window of 6 batches, so one row is not copied into one batch 8 times.
+    assert length_window(200, 32) == 6
+    grouped = epoch_batches(200, 32, 600, np.random.default_rng(0), lengths=np.arange(200) % 7)
+    assert max(np.bincount(b).max() for b in grouped) <= 2
+
+
+def test_mix_batches_grouped_keeps_the_mix_and_pairs_lengths():
+    rng = np.random.default_rng(0)
+    kept_len, train_len = rng.integers(1, 60, size=500), rng.integers(1, 60, size=200)
+    plan = mix_batches(500, 200, 0.25, 32, 100, np.random.default_rng(2), lengths=(kept_len, train_len))
+    assert all(len(k) == 24 and len(t) == 8 for k, t in plan)
+    # A batch's kept rows and train rows are of similar length: their means move together.
+    corr = np.corrcoef([kept_len[k].mean() for k, _ in plan], [train_len[t].mean() for _, t in plan])[0, 1]
+    assert corr > 0.9
+    assert mix_batches(0, 20, 0.25, 8, 3, np.random.default_rng(0), lengths=(np.zeros(0), np.arange(20)))[0][1].size == 8

@@ -1,3 +1,5 @@
+import os
+
 import numpy as np
 import pytest
 from sacrebleu import sentence_chrf, sentence_ter
@@ -5,6 +7,7 @@ from sacrebleu import sentence_chrf, sentence_ter
 from rest.errors import RestError
 from rest.config import check_reward_names
 from rest.metrics import bleu, chrf, exact_match, ter
+from rest import rewards
 from rest.rewards import score
 
 
@@ -94,3 +97,32 @@ def test_repeated_rows_are_scored_once_and_get_the_same_scores():
     for name in ("reward", "reward_chrf", "reward_exact_match"):
         assert got[name].tolist() == [a[name][0] for a in alone]
     assert got["reward_exact_match"].tolist() == [1, 1, 0, 0, 1, 0]
+
+
+def test_large_calls_are_scored_in_other_processes_with_the_same_numbers(monkeypatch):
+    monkeypatch.setattr(rewards, "PARALLEL_MIN_CHARS", 1000)
+    monkeypatch.setenv("REST_SCORE_PROCESSES", "2")
+    rng = np.random.default_rng(0)
+    words = ["eins", "zwei", "drei", "vier", "fünf", "sechs", "sieben", "acht"]
+    comps = [" ".join(rng.choice(words, 3)) for _ in range(400)]
+    refs = [" ".join(rng.choice(words, 3)) for _ in range(400)]
+    started = []
+    real_popen = rewards.subprocess.Popen
+    monkeypatch.setattr(rewards.subprocess, "Popen", lambda *a, **k: started.append(a) or real_popen(*a, **k))
+    parallel = score({"chrf": 1.0, "bleu": 1.0}, [""] * 400, comps, refs)
+    assert len(started) == 2  # one helper per metric call (this process scores the other half)
+    assert np.array_equal(parallel["reward_chrf"], [sentence_chrf(c, [r]).score / 100 for c, r in zip(comps, refs)])
+    monkeypatch.setenv("REST_SCORE_PROCESSES", "1")  # off: no helper, the same numbers
+    assert np.array_equal(score({"chrf": 1.0, "bleu": 1.0}, [""] * 400, comps, refs)["reward"], parallel["reward"])
+    monkeypatch.setenv("REST_SCORE_PROCESSES", "2")
+    score({"chrf": 1.0}, [""] * 5, comps[:5], refs[:5])  # small calls stay here whatever the setting
+    assert len(started) == 2
+    # An error in a helper comes back as itself: a reference-based metric on rows without references.
+    with pytest.raises(RestError, match="compares with the reference"):
+        rewards._in_parallel("chrf")([], comps, refs[:200] + [None] * 200)
+
+
+def test_a_bad_process_count_names_the_variable(monkeypatch):
+    monkeypatch.setenv("REST_SCORE_PROCESSES", "two")
+    with pytest.raises(RestError, match="REST_SCORE_PROCESSES"):
+        rewards.scoring_processes()
