@@ -105,29 +105,34 @@ def _in_parallel(name: str) -> Reward:
         cuts = np.concatenate([[0], np.linspace(first * len(completions), len(completions), processes)]).astype(int)
         chunks = [(list(sources[a:b]) if len(sources) else [], list(completions[a:b]), list(references[a:b]))
                   for a, b in zip(cuts[:-1], cuts[1:])]
-        helpers: list[subprocess.Popen] = []
+        helpers: list[tuple[subprocess.Popen, Any]] = []
         try:
             for chunk in chunks[1:]:
                 # stderr to a file: a helper that warns a lot must not block on a full pipe nobody reads yet
+                err = tempfile.TemporaryFile()
                 helper = subprocess.Popen([sys.executable, "-c", _WORKER], stdin=subprocess.PIPE,
-                                          stdout=subprocess.PIPE, stderr=tempfile.TemporaryFile())
-                helpers.append(helper)
+                                          stdout=subprocess.PIPE, stderr=err)
+                helpers.append((helper, err))
                 helper.stdin.write(pickle.dumps((name, chunk)))  # type: ignore[union-attr]
                 helper.stdin.close()  # type: ignore[union-attr]
             parts = [metric(*chunks[0])]
-            for helper in helpers:
+            for helper, err in helpers:
                 out = helper.stdout.read()  # type: ignore[union-attr]
                 if helper.wait() != 0:
-                    raise RuntimeError(f"a scoring process ended with exit code {helper.returncode}")
+                    err.seek(0)
+                    tail = err.read().decode(errors="replace")[-2000:]
+                    raise RuntimeError(f"a scoring process ended with exit code {helper.returncode}: {tail}")
                 status, value = pickle.loads(out)
                 if status == "error":
                     raise value
                 parts.append(value)
         finally:
-            for helper in helpers:  # on any error (or Ctrl-C) here: no helper outlives the call
+            for helper, err in helpers:  # on any error (or Ctrl-C) here: no helper outlives the call
                 if helper.poll() is None:
                     helper.kill()
                     helper.wait()
+                helper.stdout.close()  # type: ignore[union-attr]
+                err.close()
         return np.concatenate(parts)
 
     scored.metric = metric  # type: ignore[attr-defined]

@@ -126,3 +126,15 @@ def test_a_bad_process_count_names_the_variable(monkeypatch):
     monkeypatch.setenv("REST_SCORE_PROCESSES", "two")
     with pytest.raises(RestError, match="REST_SCORE_PROCESSES"):
         rewards.scoring_processes()
+
+
+def test_a_helper_that_dies_is_reported_with_its_last_words_and_leaves_no_process(monkeypatch):
+    monkeypatch.setattr(rewards, "PARALLEL_MIN_CHARS", 10)
+    monkeypatch.setenv("REST_SCORE_PROCESSES", "2")
+    monkeypatch.setattr(rewards, "_WORKER", "import sys; sys.stdin.buffer.read(); sys.exit('helper gave up')")
+    started = []
+    real_popen = rewards.subprocess.Popen
+    monkeypatch.setattr(rewards.subprocess, "Popen", lambda *a, **k: started.append(real_popen(*a, **k)) or started[-1])
+    with pytest.raises(RuntimeError, match="exit code 1: helper gave up"):
+        rewards._in_parallel("chrf")([], ["eins zwei"] * 20, ["eins drei"] * 20)
+    assert len(started) == 1 and started[0].poll() is not None
