@@ -106,6 +106,28 @@ def check_architecture(path: str, key: str) -> None:
         raise RestError(f"{key}: {path}: transformers cannot build a `{model_type}` model from it ({_brief(exc)})") from None
 
 
+def module_names(model_cfg) -> list[str]:
+    """The module names of the policy `model_cfg` describes (its pretrained config or its architecture file), from
+    a skeleton built on the meta device: no weights read, no memory."""
+    with quiet(), torch.device("meta"):
+        if model_cfg.pretrained:
+            config = AutoConfig.from_pretrained(model_cfg.pretrained)
+        else:
+            arch = read_architecture(model_cfg.architecture, "model.architecture")
+            config = AutoConfig.for_model(arch.pop("model_type"), **arch)
+        auto = AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM
+        return [name for name, _ in auto.from_config(config).named_modules()]
+
+
+def check_lora_targets(names: list[str], targets: list[str], key: str) -> None:
+    """Each LoRA target names some module (peft matches a target to a module name's last parts), or a RestError
+    with the names there are."""
+    leaves = sorted({n.rsplit(".", 1)[-1] for n in names if n and not n.rsplit(".", 1)[-1].isdigit()})
+    for target in targets:
+        if not any(n == target or n.endswith("." + target) for n in names):
+            raise RestError(f"{key}: this model has no module `{target}`; its module names end in: {', '.join(leaves[:40])}")
+
+
 def _brief(exc: Exception, limit: int = 300) -> str:
     """An exception's message on one line, at most `limit` characters."""
     text = " ".join(str(exc).split()) or type(exc).__name__

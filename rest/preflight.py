@@ -4,7 +4,8 @@
 
 Data splits (columns, empty rows, duplicates), the policy (`model.architecture` parses and transformers knows it,
 or `model.pretrained` is a loadable checkpoint), the reward's artifacts (a learned reward model exists and
-verifies) and tracking (online needs a key). A bad value found only after the run directory exists would leave a
+verifies), tracking (online needs a key), the device (a GPU that is there) and LoRA's target modules (names the
+model has). A bad value found only after the run directory exists would leave a
 directory that then refuses the corrected config, with a Prefect traceback in between.
 """
 
@@ -12,7 +13,8 @@ from __future__ import annotations
 
 from rest.config import RunConfig
 from rest.data import grow_sources, load_split
-from rest.hf import check_architecture, check_pretrained
+from rest.hf import check_architecture, check_lora_targets, check_pretrained, module_names
+from rest.models import resolve_device
 from rest.rewards import artifact_dependencies, needs_reference
 from rest.tracking import check_tracking
 
@@ -29,3 +31,10 @@ def check_run_inputs(cfg: RunConfig) -> None:
         check_architecture(cfg.model.architecture, "model.architecture")
     artifact_dependencies(cfg.reward)
     check_tracking(cfg.tracking.comet)
+    resolve_device(cfg.device, "device")
+    named = [(f"{section}.lora.target_modules", getattr(cfg, section).lora) for section in ("bc", "improve")]
+    named = [(key, lora.target_modules) for key, lora in named if lora is not None and lora.target_modules != "all-linear"]
+    if named:
+        names = module_names(cfg.model)
+        for key, targets in named:
+            check_lora_targets(names, list(targets), key)
