@@ -45,10 +45,11 @@ import rest  # noqa: E402,F401  (the environment: bit-exact floats, offline)
 from rest.config import load_config  # noqa: E402
 from rest.engines import TorchEngine  # noqa: E402
 from rest.rewards import PARALLEL_MIN_CHARS  # noqa: E402
-from rest.filtering import group_by_length, length_window, text_lengths  # noqa: E402
+from rest.filtering import group_by_length, length_window, text_lengths, window_order  # noqa: E402
 from rest.hf import pad  # noqa: E402
 from rest.models import Policy, encode_pairs, forward_logits, load_policy, prompt_ids, target_ids  # noqa: E402
-from rest.objectives import Batch, token_nll  # noqa: E402
+from rest.evaluation import target_nll  # noqa: E402
+from rest.objectives import Batch  # noqa: E402
 from rest.sampling import SPEEDUPS, generate  # noqa: E402
 from rest.training import train  # noqa: E402
 
@@ -170,31 +171,22 @@ def bench_improve(policy_dir: Path, label: str, steps: int, with_sft: bool, repe
     idx = [rng.choice(len(pool), ic.batch_size, replace=False) for _ in range(steps)]
     src, ref = pool["source"].tolist(), pool["reference"].tolist()
     # improve.group_by_length: true: the same draws regrouped by length.
-    grouped = group_by_length(idx, text_lengths(src, ref), length_window(len(pool), ic.batch_size), rng)
+    window = length_window(len(pool), ic.batch_size)
+    grouped = group_by_length(idx, text_lengths(src, ref), window, window_order(steps, window, rng))
     batches = [Batch([src[j] for j in b], [ref[j] for j in b]) for b in grouped]
     as_drawn = [Batch([src[j] for j in b], [ref[j] for j in b]) for b in idx]
     examples = steps * ic.batch_size
     warmup = ic.warmup(steps)
     rows = []
 
-    # "The loss reached": token-mean NLL of the trained model on the valid split (fixed batches, eval mode), the
+    # "The loss reached": token-mean NLL of the trained model on the valid split (rest.evaluation.target_nll), the
     # same measure for every trainer; a training loss averaged over the last steps would depend on those steps'
     # batches, and grouped batches are ordered otherwise than drawn ones.
     valid = pd.read_parquet(ROOT / cfg.data.valid)
     tokenizer = load_policy(policy_dir).tokenizer
 
     def heldout_loss(model) -> float:
-        policy = Policy(model, tokenizer)
-        model.eval()
-        total = tokens = 0.0
-        with torch.no_grad():
-            for a in range(0, len(valid), 64):
-                part = valid.iloc[a : a + 64]
-                enc = encode_pairs(policy, part["source"].tolist(), part["reference"].tolist(), cfg.model)
-                n = int((enc["labels"] != -100).sum())
-                total += token_nll(forward_logits(policy, enc), enc["labels"]).item() * n
-                tokens += n
-        return total / tokens
+        return target_nll(Policy(model, tokenizer), valid["source"].tolist(), valid["reference"].tolist(), cfg.model)
 
     def ours_on(these: list[Batch]) -> Callable[[], tuple[float, float]]:
         def once() -> tuple[float, float]:
@@ -307,7 +299,7 @@ def bench_score(policy_dir: Path, n_sources: int, repeats: int, quick: bool) -> 
     }
     if quick:  # tiny sizes: let the distinct rows take the parallel path anyway, so the smoke test runs it
         rewards.PARALLEL_MIN_CHARS = 0
-    rows, distinct_of = [], {}
+    rows = []
     for name, (srcs, comps, refs) in workloads.items():
         def plain():
             return [metric.sentence_score(c, [r]).score / 100 for c, r in zip(comps, refs)]
@@ -329,9 +321,8 @@ def bench_score(policy_dir: Path, n_sources: int, repeats: int, quick: bool) -> 
             ("sacrebleu sentence chrF, plain loop", plain)]}
         t_ours = next(iter(times.values()))
         distinct = len(set(zip(srcs, comps, refs)))
-        distinct_of[name] = f"{distinct:,} distinct of {len(refs):,}"
         for what, t in times.items():
-            rows.append({"rows": f"{name} ({distinct_of[name]})", "what": what, "rows_per_s": len(refs) / t, "ours_vs_this": t / t_ours})
+            rows.append({"rows": f"{name} ({distinct:,} distinct of {len(refs):,})", "what": what, "rows_per_s": len(refs) / t, "ours_vs_this": t / t_ours})
             print(f"[bench] score {name}: {what}: {len(refs) / t:,.0f} rows/s (rest {t / t_ours:.2f}x)", flush=True)
     return rows
 

@@ -129,6 +129,11 @@ class LoraConfig(_Section):
     )
 
 
+# How a training step is computed, not what it computes (the same gradient up to float sums): a run may be resumed
+# with them changed (a smaller micro-batch after running out of memory), so they are in no artifact's key.
+HOW_TO_TRAIN = ("micro_batch_size", "gradient_checkpointing")
+
+
 class PolicyOptimFields(OptimFields):
     """What BC and Improve add to the optimiser settings: how their rows are batched, and how a step is computed."""
 
@@ -152,7 +157,6 @@ class PolicyOptimFields(OptimFields):
         "fine-tuning. With kl_beta > 0 and policy-0 as the start, the reference is the adapter switched off: no "
         "second model in memory",
     )
-
     group_by_length: bool = Field(
         False,
         description="batches of rows of similar length (source + target characters), regrouped within runs of at "

@@ -42,8 +42,7 @@ def target_nll(policy: Policy, sources: list[str], targets: list[str], model_cfg
     total, count = 0.0, 0
     for k in range(0, len(sources), batch_size):
         batch = encode_pairs(policy, sources[k : k + batch_size], targets[k : k + batch_size], model_cfg)
-        logits = forward_logits(policy, batch)
-        sums, counts = sequence_nll(logits, batch["labels"].to(logits.device))
+        sums, counts = sequence_nll(forward_logits(policy, batch), batch["labels"])
         total += float(sums.sum())
         count += int(counts.sum())
     return total / max(1, count)

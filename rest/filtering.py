@@ -82,7 +82,8 @@ def epoch_batches(
         out.append(pool[:batch_size])
         pool = pool[batch_size:]
     if lengths is not None:
-        out = group_by_length(out, lengths, length_window(n, batch_size), rng)
+        window = length_window(n, batch_size)
+        out = group_by_length(out, lengths, window, window_order(steps, window, rng))
     return out
 
 
@@ -99,8 +100,11 @@ LENGTH_WINDOW = 50
 
 def length_window(n: int, batch_size: int) -> int:
     """How many consecutive batches one length group spans: at most one epoch of the n items (a window of several
-    epochs would put the copies of one item, all of the same length, into the same batch) and at most LENGTH_WINDOW."""
-    return max(1, min(LENGTH_WINDOW, n // max(1, batch_size)))
+    epochs would put the copies of one item, all of the same length, into the same batch) and at most LENGTH_WINDOW.
+    Batches of no rows (a part of a mixed batch that is empty) constrain nothing."""
+    if batch_size == 0:
+        return LENGTH_WINDOW
+    return max(1, min(LENGTH_WINDOW, n // batch_size))
 
 
 def sort_windows(batches: list[np.ndarray], lengths: np.ndarray, window: int) -> list[np.ndarray]:
@@ -127,13 +131,14 @@ def window_order(steps: int, window: int, rng: np.random.Generator) -> list[int]
 
 
 def group_by_length(
-    batches: list[np.ndarray], lengths: np.ndarray, window: int, rng: np.random.Generator
+    batches: list[np.ndarray], lengths: np.ndarray, window: int, order: list[int]
 ) -> list[np.ndarray]:
     """Batches of rows of similar length, so that little of a batch is padding (transformers' `group_by_length`,
-    kept to runs of `window` batches): each run's indices sorted by length and dealt again, then the run's batches
-    shuffled. Every item is drawn as often as before, and within the same run of steps."""
+    kept to runs of `window` batches): each run's indices sorted by length and dealt again, then the batches put in
+    `order` (window_order: each run shuffled). Every item is drawn as often as before, and within the same run of
+    steps."""
     sorted_batches = sort_windows(batches, lengths, window)
-    return [sorted_batches[k] for k in window_order(len(batches), window, rng)]
+    return [sorted_batches[k] for k in order]
 
 
 def mix_batches(
@@ -158,10 +163,8 @@ def mix_batches(
     kept = epoch_batches(n_kept, batch_size - n_from_train, steps, rng)
     train = epoch_batches(n_train, n_from_train, steps, rng)
     if lengths is not None:
-        # One window for both parts, the smaller of their two, so that neither repeats an item within a window.
-        window = min(length_window(n_kept, batch_size - n_from_train) if n_from_train < batch_size else LENGTH_WINDOW,
-                     length_window(n_train, n_from_train) if n_from_train else LENGTH_WINDOW)
+        # One window and one order for both parts: the smaller window, so that neither repeats an item within one.
+        window = min(length_window(n_kept, batch_size - n_from_train), length_window(n_train, n_from_train))
         order = window_order(steps, window, rng)
-        kept_sorted, train_sorted = sort_windows(kept, lengths[0], window), sort_windows(train, lengths[1], window)
-        kept, train = [kept_sorted[k] for k in order], [train_sorted[k] for k in order]
+        kept, train = group_by_length(kept, lengths[0], window, order), group_by_length(train, lengths[1], window, order)
     return list(zip(kept, train))

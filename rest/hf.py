@@ -96,27 +96,31 @@ def check_architecture(path: str, key: str) -> None:
     arch = read_architecture(path, key)
     model_type = arch.pop("model_type")
     try:
-        with quiet(), torch.device("meta"):
+        with quiet():
             config = AutoConfig.for_model(model_type, **arch)
-            auto = AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM
-            auto.from_config(config)
+        _skeleton(config)
     except Exception as exc:  # transformers and huggingface_hub raise many types; all mean "not a usable config"
         if "Unrecognized model identifier" in str(exc):
             raise RestError(f"{key}: {path}: transformers knows no model_type `{model_type}` (e.g. bart, t5, llama, gpt2)") from None
         raise RestError(f"{key}: {path}: transformers cannot build a `{model_type}` model from it ({_brief(exc)})") from None
 
 
-def module_names(model_cfg) -> list[str]:
-    """The module names of the policy `model_cfg` describes (its pretrained config or its architecture file), from
-    a skeleton built on the meta device: no weights read, no memory."""
+def _skeleton(config):
+    """The model a transformers config describes, built on the meta device: no weights, no memory, no time."""
     with quiet(), torch.device("meta"):
+        auto = AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM
+        return auto.from_config(config)
+
+
+def module_names(model_cfg) -> list[str]:
+    """The module names of the policy `model_cfg` describes (its pretrained config or its architecture file)."""
+    with quiet():
         if model_cfg.pretrained:
             config = AutoConfig.from_pretrained(model_cfg.pretrained)
         else:
             arch = read_architecture(model_cfg.architecture, "model.architecture")
             config = AutoConfig.for_model(arch.pop("model_type"), **arch)
-        auto = AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM
-        return [name for name, _ in auto.from_config(config).named_modules()]
+    return [name for name, _ in _skeleton(config).named_modules()]
 
 
 def check_lora_targets(names: list[str], targets: list[str], key: str) -> None:

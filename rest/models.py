@@ -167,7 +167,8 @@ def _target_ids(policy: Policy, targets: list[str], model_cfg: ModelConfig) -> l
 
 
 def encode_pairs(policy: Policy, sources: list[str], targets: list[str], model_cfg: ModelConfig) -> dict[str, torch.Tensor]:
-    """A training batch whose `labels` are -100 everywhere but on target tokens (loss on targets only)."""
+    """A training batch whose `labels` are -100 everywhere but on target tokens (loss on targets only), on the
+    policy's device."""
     pad_id = policy.tokenizer.pad_token_id
     src = prompt_ids(policy, sources, model_cfg)
     tgt = target_ids(policy, targets, model_cfg)
@@ -177,25 +178,27 @@ def encode_pairs(policy: Policy, sources: list[str], targets: list[str], model_c
         start = policy.model.config.decoder_start_token_id
         decoder_input_ids = torch.cat([torch.full((len(tgt), 1), start, dtype=torch.long), labels[:, :-1]], dim=1)
         labels = labels.masked_fill(label_mask == 0, -100)
-        return {
+        batch = {
             "input_ids": input_ids,
             "attention_mask": attention_mask,
             "decoder_input_ids": decoder_input_ids,
             "labels": labels,
         }
-    seqs = [s + t for s, t in zip(src, tgt)]
-    input_ids, attention_mask = pad(seqs, pad_id)
-    # Causal LM: position t predicts token t+1, so labels are the inputs shifted left, masked outside targets.
-    labels = torch.full_like(input_ids, -100)
-    for row, (s, t) in enumerate(zip(src, tgt)):
-        labels[row, len(s) - 1 : len(s) + len(t) - 1] = torch.tensor(t, dtype=torch.long)
-    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+    else:
+        seqs = [s + t for s, t in zip(src, tgt)]
+        input_ids, attention_mask = pad(seqs, pad_id)
+        # Causal LM: position t predicts token t+1, so labels are the inputs shifted left, masked outside targets.
+        labels = torch.full_like(input_ids, -100)
+        for row, (s, t) in enumerate(zip(src, tgt)):
+            labels[row, len(s) - 1 : len(s) + len(t) - 1] = torch.tensor(t, dtype=torch.long)
+        batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+    device = policy.model.device
+    return {k: v.to(device) for k, v in batch.items()}
 
 
 def forward_logits(policy: Policy, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Logits aligned with `batch["labels"]` (same shape plus vocabulary), on the model's device."""
-    device = policy.model.device
-    inputs = {k: v.to(device) for k, v in batch.items() if k != "labels"}
+    """Logits aligned with `batch["labels"]` (same shape plus vocabulary)."""
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
     return policy.model(**inputs, use_cache=False).logits
 
 

@@ -37,7 +37,6 @@ class Batch:
     def __len__(self) -> int:
         return len(self.sources)
 
-
     def split(self, size: int) -> list[Batch]:
         """Consecutive parts of at most `size` rows (micro-batches of one optimiser step)."""
         return [
@@ -160,7 +159,7 @@ class NLL:
             raise ValueError("kl_beta > 0 needs the reference policy")
         encoded = encode_pairs(policy, list(batch.sources), list(batch.targets), model_cfg)
         logits = forward_logits(policy, encoded)
-        labels = encoded["labels"].to(logits.device)
+        labels = encoded["labels"]
         if self.reduction == "token_mean" and batch.weights is None and totals is None:
             loss = token_nll(logits, labels)  # the same numbers as BC: default runs stay bit-identical
         else:

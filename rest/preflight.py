@@ -32,9 +32,9 @@ def check_run_inputs(cfg: RunConfig) -> None:
     artifact_dependencies(cfg.reward)
     check_tracking(cfg.tracking.comet)
     resolve_device(cfg.device, "device")
-    named = [(f"{section}.lora.target_modules", getattr(cfg, section).lora) for section in ("bc", "improve")]
-    named = [(key, lora.target_modules) for key, lora in named if lora is not None and lora.target_modules != "all-linear"]
-    if named:
-        names = module_names(cfg.model)
-        for key, targets in named:
-            check_lora_targets(names, list(targets), key)
+    names: list[str] = []
+    for section in ("bc", "improve"):
+        lora = getattr(cfg, section).lora
+        if lora is not None and lora.target_modules != "all-linear":
+            names = names or module_names(cfg.model)
+            check_lora_targets(names, list(lora.target_modules), f"{section}.lora.target_modules")

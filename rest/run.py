@@ -21,7 +21,7 @@ import yaml
 
 from rest import artifacts
 from rest.artifacts import CONFIG_FILE, MANIFEST, RUN_RECORD
-from rest.config import RunConfig, config_from_dict, dump_config
+from rest.config import HOW_TO_TRAIN, RunConfig, config_from_dict, dump_config
 from rest.errors import RestError
 
 METRICS_FILE = "metrics.json"  # in every policy artifact
@@ -30,7 +30,7 @@ VALID_OUTPUTS = "valid_outputs.parquet"  # in every policy artifact: its greedy 
 # Config keys whose change does not touch any finished artifact: a run may be extended or resumed with them changed
 # (how the work is spread, where it runs and where it is tracked do not change what it makes).
 EXTENDABLE = ("grow.steps", "grow.workers", "orchestration.", "tracking.", "device",
-              "bc.micro_batch_size", "bc.gradient_checkpointing", "improve.micro_batch_size", "improve.gradient_checkpointing")
+              *(f"{section}.{key}" for section in ("bc", "improve") for key in HOW_TO_TRAIN))
 
 _OPEN: dict[tuple, Run] = {}
 

@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 
 from rest import artifacts, engines
 from rest.artifacts import existing, publish, run_lock, staging, write_json_atomic
-from rest.config import BCConfig, GrowConfig, ImproveConfig, OptimFields, RunConfig
+from rest.config import HOW_TO_TRAIN, BCConfig, GrowConfig, ImproveConfig, PolicyOptimFields, RunConfig
 from rest.data import grow_sources, load_split
 from rest.errors import RestError
 from rest.evaluation import evaluate, target_nll
@@ -94,9 +94,7 @@ POLICY_KEYS = ["seed", "data.train", "data.valid", "model", "reward", "eval.max_
 # Grow: how the work is spread (workers) and how many steps a run has do not change a step's rows.
 GROW_KEYS = ["seed", "data.grow_on", "data.train", "data.pool", "model.prompt_template", "model.max_source_tokens",
              *section_keys("grow", GrowConfig, leave_out=("steps", "workers")), "reward"]
-# How a training step is computed, not what it computes (the same gradient up to float sums): a run may be resumed
-# with them changed (a smaller micro-batch after running out of memory), so they are in no artifact's key.
-HOW_TO_TRAIN = ("micro_batch_size", "gradient_checkpointing")
+# How a training step is computed (config.HOW_TO_TRAIN) is in no artifact's key.
 BC_KEYS = [*POLICY_KEYS, *section_keys("bc", BCConfig, leave_out=HOW_TO_TRAIN)]
 # Improve: every improve.* key but the thresholds list (each step records its own tau).
 IMPROVE_KEYS = [*POLICY_KEYS, *section_keys("improve", ImproveConfig, leave_out=("thresholds", *HOW_TO_TRAIN))]
@@ -107,7 +105,7 @@ IMPROVE_KEYS = [*POLICY_KEYS, *section_keys("improve", ImproveConfig, leave_out=
 
 
 def fit(
-    policy: Policy, batches: list[Batch], optim: OptimFields, cfg: RunConfig, seed: int, desc: str,
+    policy: Policy, batches: list[Batch], optim: PolicyOptimFields, cfg: RunConfig, seed: int, desc: str,
     objective: Objective | None = None, reference: Policy | None = None,
 ) -> dict[str, Any]:
     """Train `policy` in place on `batches` (one optimiser step each). Returns the training stats."""

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from rest.config import ModelConfig, OptimFields
+from rest.config import ModelConfig, PolicyOptimFields
 from rest.errors import RestError
 from rest.models import Policy
 from rest.objectives import NLL, Batch, Objective
@@ -76,7 +76,7 @@ def lr_factor(step: int, warmup: int, total: int) -> float:
 def train(
     policy: Policy,
     batches: Sequence[Batch],
-    optim: OptimFields,
+    optim: PolicyOptimFields,
     model_cfg: ModelConfig,
     seed: int,
     objective: Objective | None = None,
@@ -87,14 +87,13 @@ def train(
 
     `objective` defaults to token-mean NLL (BC). `reference` (frozen here) is the policy an objective with
     `needs_reference` compares with; with `optim.lora` it may be `policy` itself, meaning the policy as it was before
-    this training: its adapter switched off, no second model in memory. `optim` also says how a step is computed
-    (precision, micro_batch_size, gradient_checkpointing, lora: BC and Improve sections have them; other callers'
-    settings read as off).
+    this training: its adapter switched off, no second model in memory. `optim` (a `bc` or `improve` section) also
+    says how a step is computed: precision, micro_batch_size, gradient_checkpointing, lora.
     """
     objective = objective or NLL()
     if objective.needs_reference and reference is None:
         raise ValueError("this objective (kl_beta > 0) needs the reference policy")
-    lora = getattr(optim, "lora", None)
+    lora = optim.lora
     if lora is not None:
         start = policy.model
         policy.model = with_lora(start, lora)
@@ -118,9 +117,7 @@ def _train(policy, batches, optim, model_cfg, seed, objective, reference, on_pro
     torch.manual_seed(seed)  # dropout masks
     model = policy.model
     model.train()
-    precision = getattr(optim, "precision", "fp32")
-    micro = getattr(optim, "micro_batch_size", None)
-    checkpointing = bool(getattr(optim, "gradient_checkpointing", False))
+    precision, micro, checkpointing = optim.precision, optim.micro_batch_size, optim.gradient_checkpointing
     device = model.device
     if precision == "fp16" and device.type == "cpu":
         raise RestError("precision: fp16 trains on a GPU; on a CPU use bf16 (or fp32)")

@@ -134,13 +134,13 @@ def test_trained_targets_are_what_greedy_decoding_returns(tmp_path, model_type):
     An off-by-one between labels and inputs, or a prompt/padding mismatch between training and generation,
     would still lower the loss but make the decoded text differ.
     """
-    from rest.config import OptimFields
+    from rest.config import PolicyOptimFields
     from rest.objectives import Batch
     from rest.training import train
 
     policy, cfg = _tiny(tmp_path, model_type)
     sources, targets = ["12", "6947"], ["zwölf", "sechstausendneunhundertsiebenundvierzig"]
-    optim = OptimFields(steps=400, batch_size=2, lr=3e-3, warmup_steps=5, weight_decay=0.0)
+    optim = PolicyOptimFields(steps=400, batch_size=2, lr=3e-3, warmup_steps=5, weight_decay=0.0)
     stats = train(policy, [Batch(sources, targets)] * optim.steps, optim, cfg, seed=0)
     assert stats["loss_last"] < 0.05
     out = generate(policy, sources, cfg, greedy=True, max_new_tokens=48)  # the tiny vocabulary is near char-level

@@ -77,7 +77,7 @@ def test_input_monitor_fires_on_a_policy_that_ignores_its_input(tmp_path):
     at every step learns only what the targets look like, and the monitor says so (from NLLs and outputs)."""
     import numpy as np
 
-    from rest.config import OptimFields
+    from rest.config import PolicyOptimFields
     from rest.evaluation import target_nll
     from rest.monitors import input_use
     from rest.objectives import Batch
@@ -87,7 +87,7 @@ def test_input_monitor_fires_on_a_policy_that_ignores_its_input(tmp_path):
 
     sources = ["1", "2", "3", "4", "5", "6"]
     targets = ["eins", "zwei", "drei", "vier", "fünf", "sechs"]
-    optim = OptimFields(steps=300, batch_size=6, lr=3e-3, warmup_steps=5, weight_decay=0.0)
+    optim = PolicyOptimFields(steps=300, batch_size=6, lr=3e-3, warmup_steps=5, weight_decay=0.0)
     rng = np.random.default_rng(0)
     verdicts = {}
     for name, shuffle in (("reads", False), ("ignores", True)):
