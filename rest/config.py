@@ -182,6 +182,32 @@ class BCConfig(PolicyOptimFields):
     )
 
 
+class VllmConfig(_Section):
+    """How `grow.engine: vllm` runs: vLLM in a process of its own (rest/vllm_worker.py), started once per policy
+    and kept for every shard and evaluation of that policy in the process. None of it changes a sample: it is in no
+    artifact's key."""
+
+    python: str | None = Field(
+        None,
+        description="the Python interpreter that has vllm installed (vLLM pins its own transformers and fastapi, so "
+        "it may live in a venv of its own); null: $REST_VLLM_PYTHON when set, else the pipeline's own interpreter",
+    )
+    gpu_memory_utilization: float = Field(
+        0.5, gt=0, le=1,
+        description="the share of the GPU's memory vLLM takes for weights and KV cache; the rest is left for "
+        "training and reward models in the same process (ignored on CPU, where VLLM_CPU_KVCACHE_SPACE, in GiB, "
+        "sets the KV cache: 1 unless you set it)",
+    )
+    max_model_len: int | None = Field(
+        None, ge=16, description="longest prompt + completion, in tokens; null: the model's own limit (vLLM sizes "
+        "its KV cache by it: set it for models with long contexts)",
+    )
+    enforce_eager: bool = Field(
+        False, description="no CUDA graphs / compiled kernels: starts faster (~20 s instead of ~35 s on CPU), "
+        "samples slower; for tests and tiny models",
+    )
+
+
 class GrowConfig(_Section):
     """Grow: N samples per source from the current policy, scored and written as Parquet shards."""
 
@@ -194,10 +220,13 @@ class GrowConfig(_Section):
     batch_size: int = Field(256, ge=1, description="sequences decoded together (sources x samples)")
     shard_size: int = Field(250, ge=1, description="sources per shard; a shard is the unit of work and of resume")
     workers: int = Field(1, ge=1, description="shards sampled at once (threads); on CPU torch already uses every core")
-    engine: Literal["torch"] = Field(
-        "torch", description="what samples: torch (our batched decoding loop on the transformers model; "
-        "rest/engines.py); part of the Grow step's key, so shards of two engines never mix"
+    engine: Literal["torch", "vllm"] = Field(
+        "torch", description="what samples: torch (our batched decoding loop on the transformers model) or vllm "
+        "(decoder-only policies; `grow.vllm` says how it runs); rest/engines.py. Part of the Grow step's key, so "
+        "shards of two engines never mix. Sampling a policy-0 or a published policy for `rest eval` and best-of-N "
+        "uses it too; a policy just trained is validated with torch"
     )
+    vllm: VllmConfig = Field(default_factory=lambda: VllmConfig(), description="how the vllm engine runs (in no key)")
 
 
 class RewardConfig(_Section):

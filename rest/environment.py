@@ -13,14 +13,16 @@ Why each setting:
   by a Dask worker would get another id than the same shard written by the CLI. Conditional Numerical
   Reproducibility (CBWR) fixes the code path per CPU. It must be set before MKL initialises, i.e. before torch is
   imported: a script that imports torch before `rest` must set it itself.
-- Prefect, Hugging Face and comet-ml telemetry off: nothing reaches the network unless the user asked for it.
+- Prefect, Hugging Face, comet-ml and vLLM telemetry off: nothing reaches the network unless the user asked for it.
   comet-ml probes cloud metadata addresses and enables a remote error reporter on its own unless both COMET_*
   settings below are off.
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
+import signal
 import sys
 
 DETERMINISM = {"MKL_CBWR": "AUTO"}
@@ -32,6 +34,7 @@ OFFLINE = {
     "COMET_AUTO_LOG_ENV_DETAILS": "false",
     "COMET_ERROR_TRACKING_ENABLE": "false",
     "COMET_DISABLE_AUTO_LOGGING": "1",
+    "VLLM_NO_USAGE_STATS": "1",
 }
 
 QUIET = {"TOKENIZERS_PARALLELISM": "false", "TRANSFORMERS_VERBOSITY": "error"}
@@ -45,6 +48,15 @@ def apply(environ: dict[str, str] | None = None) -> dict[str, str]:
     for key, value in ENVIRONMENT.items():
         env.setdefault(key, value)
     return env  # type: ignore[return-value]
+
+
+def die_with_parent() -> None:
+    """In a child process, before exec (`preexec_fn`): SIGTERM when the parent dies, however it dies (Linux only;
+    elsewhere a no-op). For the servers and engines we start: none may outlive a killed `rest`."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG = 1
+    except OSError:
+        pass
 
 
 def main(argv: list[str]) -> None:

@@ -112,15 +112,18 @@ def _skeleton(config):
         return auto.from_config(config)
 
 
-def module_names(model_cfg) -> list[str]:
-    """The module names of the policy `model_cfg` describes (its pretrained config or its architecture file)."""
+def model_config(model_cfg):
+    """The transformers config of the policy `model_cfg` describes (its pretrained config or its architecture file)."""
     with quiet():
         if model_cfg.pretrained:
-            config = AutoConfig.from_pretrained(model_cfg.pretrained)
-        else:
-            arch = read_architecture(model_cfg.architecture, "model.architecture")
-            config = AutoConfig.for_model(arch.pop("model_type"), **arch)
-    return [name for name, _ in _skeleton(config).named_modules()]
+            return AutoConfig.from_pretrained(model_cfg.pretrained)
+        arch = read_architecture(model_cfg.architecture, "model.architecture")
+        return AutoConfig.for_model(arch.pop("model_type"), **arch)
+
+
+def module_names(model_cfg) -> list[str]:
+    """The module names of the policy `model_cfg` describes."""
+    return [name for name, _ in _skeleton(model_config(model_cfg)).named_modules()]
 
 
 def check_lora_targets(names: list[str], targets: list[str], key: str) -> None:

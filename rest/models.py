@@ -103,13 +103,22 @@ def load_policy(path: str | Path, key: str = "policy", device: str = "cpu", dtyp
             config = AutoConfig.from_pretrained(path)
             auto = AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM
             model = auto.from_pretrained(path, dtype=DTYPES[dtype]).to(where)
-            tokenizer = AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError) as exc:
         raise RestError(f"{key}: cannot load a model from {path}: {exc}") from None
+    return Policy(model, load_tokenizer(path, key))
+
+
+def load_tokenizer(path: str | Path, key: str = "policy") -> PreTrainedTokenizerBase:
+    """The tokenizer of a `save_pretrained` directory or hub id, with a pad token (what every engine decodes with)."""
+    try:
+        with quiet():
+            tokenizer = AutoTokenizer.from_pretrained(str(path))
+    except (OSError, ValueError) as exc:
+        raise RestError(f"{key}: cannot load a tokenizer from {path}: {exc}") from None
     if tokenizer.pad_token_id is None:
         # Decoder-only checkpoints often ship without a pad token; EOS is the usual stand-in (masked anyway).
         tokenizer.pad_token = tokenizer.eos_token
-    return Policy(model, tokenizer)
+    return tokenizer
 
 
 def count_parameters(model: PreTrainedModel) -> int:
@@ -135,12 +144,14 @@ def _cached(policy: Policy, kind: str, texts: list[str], encode) -> list[list[in
 def prompt_ids(policy: Policy, sources: list[str], model_cfg: ModelConfig) -> list[list[int]]:
     """Token ids of the model input for each source: the encoder input, or the decoder-only prompt."""
     key = f"prompt:{model_cfg.prompt_template}:{model_cfg.max_source_tokens}"
-    return _cached(policy, key, list(sources), lambda texts: _prompt_ids(policy, texts, model_cfg))
+    return _cached(policy, key, list(sources),
+                   lambda texts: encode_prompts(policy.tokenizer, policy.is_encoder_decoder, texts, model_cfg))
 
 
-def _prompt_ids(policy: Policy, sources: list[str], model_cfg: ModelConfig) -> list[list[int]]:
-    tok = policy.tokenizer
-    if policy.is_encoder_decoder:
+def encode_prompts(tok: PreTrainedTokenizerBase, is_encoder_decoder: bool, sources: list[str],
+                   model_cfg: ModelConfig) -> list[list[int]]:
+    """prompt_ids without a policy: what an engine that holds no transformers model (vLLM) sends."""
+    if is_encoder_decoder:
         ids = tok(sources, add_special_tokens=True)["input_ids"]
     else:
         prompts = [model_cfg.prompt_template.format(source=s) for s in sources]
@@ -148,7 +159,7 @@ def _prompt_ids(policy: Policy, sources: list[str], model_cfg: ModelConfig) -> l
         ids = [bos + p for p in tok(prompts, add_special_tokens=False)["input_ids"]]
     # Keep the end of an over-long prompt for decoder-only models: that is where the completion continues.
     limit = model_cfg.max_source_tokens
-    return [i[:limit] if policy.is_encoder_decoder else i[-limit:] for i in ids]
+    return [i[:limit] if is_encoder_decoder else i[-limit:] for i in ids]
 
 
 def target_ids(policy: Policy, targets: list[str], model_cfg: ModelConfig) -> list[list[int]]:

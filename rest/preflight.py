@@ -4,8 +4,8 @@
 
 Data splits (columns, empty rows, duplicates), the policy (`model.architecture` parses and transformers knows it,
 or `model.pretrained` is a loadable checkpoint), the reward's artifacts (a learned reward model exists and
-verifies), tracking (online needs a key), the device (a GPU that is there) and LoRA's target modules (names the
-model has). A bad value found only after the run directory exists would leave a
+verifies), tracking (online needs a key), the device (a GPU that is there), LoRA's target modules (names the
+model has) and the Grow engine (vLLM: a decoder-only policy and an interpreter that has vllm). A bad value found only after the run directory exists would leave a
 directory that then refuses the corrected config, with a Prefect traceback in between.
 """
 
@@ -13,7 +13,8 @@ from __future__ import annotations
 
 from rest.config import RunConfig
 from rest.data import grow_sources, load_split
-from rest.hf import check_architecture, check_lora_targets, check_pretrained, module_names
+from rest.engines import check_vllm
+from rest.hf import check_architecture, check_lora_targets, check_pretrained, model_config, module_names
 from rest.models import resolve_device
 from rest.rewards import artifact_dependencies, needs_reference
 from rest.tracking import check_tracking
@@ -38,3 +39,5 @@ def check_run_inputs(cfg: RunConfig) -> None:
         if lora is not None and lora.target_modules != "all-linear":
             names = names or module_names(cfg.model)
             check_lora_targets(names, list(lora.target_modules), f"{section}.lora.target_modules")
+    if cfg.grow.engine == "vllm":
+        check_vllm(cfg, bool(model_config(cfg.model).is_encoder_decoder))

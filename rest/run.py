@@ -29,7 +29,7 @@ VALID_OUTPUTS = "valid_outputs.parquet"  # in every policy artifact: its greedy 
 
 # Config keys whose change does not touch any finished artifact: a run may be extended or resumed with them changed
 # (how the work is spread, where it runs and where it is tracked do not change what it makes).
-EXTENDABLE = ("grow.steps", "grow.workers", "orchestration.", "tracking.", "device",
+EXTENDABLE = ("grow.steps", "grow.workers", "grow.vllm", "orchestration.", "tracking.", "device",
               *(f"{section}.{key}" for section in ("bc", "improve") for key in HOW_TO_TRAIN))
 
 _OPEN: dict[tuple, Run] = {}

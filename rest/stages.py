@@ -91,9 +91,9 @@ def section_keys(section: str, model: type, leave_out: tuple[str, ...] = ()) -> 
 
 # What every policy depends on besides its own training settings (validation metrics use data.valid and reward).
 POLICY_KEYS = ["seed", "data.train", "data.valid", "model", "reward", "eval.max_new_tokens"]
-# Grow: how the work is spread (workers) and how many steps a run has do not change a step's rows.
+# Grow: how the work is spread (workers), how vLLM runs and how many steps a run has do not change a step's rows.
 GROW_KEYS = ["seed", "data.grow_on", "data.train", "data.pool", "model.prompt_template", "model.max_source_tokens",
-             *section_keys("grow", GrowConfig, leave_out=("steps", "workers")), "reward"]
+             *section_keys("grow", GrowConfig, leave_out=("steps", "workers", "vllm")), "reward"]
 # How a training step is computed (config.HOW_TO_TRAIN) is in no artifact's key.
 BC_KEYS = [*POLICY_KEYS, *section_keys("bc", BCConfig, leave_out=HOW_TO_TRAIN)]
 # Improve: every improve.* key but the thresholds list (each step records its own tau).

@@ -57,9 +57,9 @@ def _llama() -> PreTrainedTokenizerFast:
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
 
 
-def build_checkpoint(kind: str, path: Path) -> Path:
+def build_checkpoint(kind: str, path: Path, sizes: dict[str, int] = SIZES) -> Path:
     """A tiny random `kind` model and its tokenizer, saved as a user's checkpoint would be."""
-    h, n, heads, ffn = SIZES["hidden"], SIZES["layers"], SIZES["heads"], SIZES["ffn"]
+    h, n, heads, ffn = sizes["hidden"], sizes["layers"], sizes["heads"], sizes["ffn"]
     if kind == "t5":
         tok = _unigram_t5()
         config = AutoConfig.for_model("t5", d_model=h, d_kv=h // heads, d_ff=ffn, num_layers=n, num_heads=heads,

