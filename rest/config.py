@@ -131,16 +131,29 @@ class LoraConfig(_Section):
 
 # How a training step is computed, not what it computes (the same gradient up to float sums): a run may be resumed
 # with them changed (a smaller micro-batch after running out of memory), so they are in no artifact's key.
-HOW_TO_TRAIN = ("micro_batch_size", "gradient_checkpointing")
+HOW_TO_TRAIN = ("micro_batch_size", "gradient_checkpointing", "processes")
 
 
 class PolicyOptimFields(OptimFields):
     """What BC and Improve add to the optimiser settings: how their rows are batched, and how a step is computed."""
 
+    @model_validator(mode="after")
+    def _a_share_per_process(self) -> PolicyOptimFields:
+        if self.processes > self.batch_size:
+            raise ValueError(f"processes ({self.processes}) must be at most batch_size ({self.batch_size}): each "
+                             "process computes a share of every batch")
+        return self
+
     precision: Literal["fp32", "bf16", "fp16"] = Field(
         "fp32",
         description="fp32; bf16: the forward and backward pass under bfloat16 autocast (CPUs with AVX512-BF16 and "
         "GPUs from Ampere on); fp16: float16 autocast with a gradient scaler (older GPUs). Weights stay float32",
+    )
+    processes: int = Field(
+        1, ge=1,
+        description="data-parallel training processes (torchrun; one per GPU, or CPU processes with gloo): each "
+        "computes its share of every batch, one all-reduce per step makes the gradient the whole batch's (the "
+        "same step as one process with micro-batches); only the first validates and publishes (rest/distributed.py)",
     )
     micro_batch_size: int | None = Field(
         None, ge=1,

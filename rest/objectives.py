@@ -45,6 +45,12 @@ class Batch:
             for a in range(0, len(self), size)
         ]
 
+    def share(self, rank: int, world: int) -> Batch:
+        """Rank `rank`'s contiguous share of `world` (sizes differ by at most one row; with an even split, the
+        shares are the micro-batches of one process with micro_batch_size = len / world)."""
+        a, b = len(self) * rank // world, len(self) * (rank + 1) // world
+        return Batch(self.sources[a:b], self.targets[a:b], None if self.weights is None else self.weights[a:b])
+
 
 class Objective(Protocol):
     """`totals`, when given, are `objective.totals(...)` of the whole optimiser step's batch, of which `batch` is a

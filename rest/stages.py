@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from rest import artifacts, engines
+from rest import artifacts, distributed, engines
 from rest.artifacts import existing, publish, run_lock, staging, write_json_atomic
 from rest.config import HOW_TO_TRAIN, BCConfig, GrowConfig, ImproveConfig, PolicyOptimFields, RunConfig
 from rest.data import grow_sources, load_split
@@ -160,6 +160,12 @@ def _train_stats(stats: dict[str, Any]) -> dict[str, Any]:
     return {k: stats[k] for k in ("steps", "examples", "loss_first", "loss_last", "kl_last") if k in stats}
 
 
+def _dropout_seed(*parts: Any) -> int:
+    """The seed of a training step's dropout masks; each rank of a multi-process step draws its own."""
+    rank, world = distributed.world()
+    return derive_seed(*parts, "dropout") if world == 1 else derive_seed(*parts, "dropout", rank)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # policy-0
 
@@ -172,16 +178,22 @@ def make_policy0(run_dir: Path) -> str:
     if existing(run.dir("policy-0"), cfg_slice, []):
         log.info("policy-0: published, skipping")
         return "policy-0"
+    if cfg.bc.processes > 1 and not distributed.launched():
+        distributed.launch("policy-0", run_dir, processes=cfg.bc.processes, key="bc.processes")
+        run.verified("policy-0")
+        return "policy-0"
     train_df = load_split(cfg.data.train, "data.train")
     sources, targets = train_df["source"].tolist(), train_df["reference"].tolist()
-    policy = build_policy(cfg.model, sources + targets, seed=cfg.seed, device=cfg.device)
+    policy = build_policy(cfg.model, sources + targets, seed=cfg.seed, device=distributed.rank_device(cfg.device))
     rng = np.random.default_rng(derive_seed(cfg.seed, "bc"))
     batches = [
         Batch([sources[j] for j in idx], [targets[j] for j in idx])
         for idx in epoch_batches(len(train_df), cfg.bc.batch_size, cfg.bc.steps, rng,
                                  text_lengths(sources, targets) if cfg.bc.group_by_length else None)
     ]
-    stats = fit(policy, batches, cfg.bc, cfg, derive_seed(cfg.seed, "bc", "dropout"), "policy-0", objective_for(cfg.bc))
+    stats = fit(policy, batches, cfg.bc, cfg, _dropout_seed(cfg.seed, "bc"), "policy-0", objective_for(cfg.bc))
+    if distributed.world()[0] != 0:
+        return "policy-0"  # rank 0 validates and publishes
     valid, outputs, monitors = assess(run, "policy-0", policy, previous=None)
     metrics = {"valid": valid, "train": _train_stats(stats), "monitors": monitors}
     publish_policy(run, "policy-0", policy, outputs, metrics, [], cfg_slice,
@@ -390,6 +402,11 @@ def improve(run_dir: Path, g: int, i: int) -> str:
     if existing(run.dir(name), cfg_slice, parents):
         log.info(f"{name}: published, skipping")
         return name
+    if ic.processes > 1 and not distributed.launched():
+        engines.release()
+        distributed.launch("improve", run_dir, g, i, processes=ic.processes, key="improve.processes")
+        run.verified(name)
+        return name
     engines.release()  # the Grow engine's policy is not needed while training
     # Read what selection needs, filtered while reading: memory follows the kept rows, not the Grow step's size
     # (percentile selection compares each source's N rewards, so it reads every row of those columns). The Grow
@@ -425,13 +442,16 @@ def improve(run_dir: Path, g: int, i: int) -> str:
         "train_mix": ic.train_mix,
     }
     objective = objective_for(ic)
-    policy = load_policy(run.dir(init), device=cfg.device)
+    device = distributed.rank_device(cfg.device)
+    policy = load_policy(run.dir(init), device=device)
     reference = None
     if objective.needs_reference:
         run.verified("policy-0")
         # Starting from policy-0 with LoRA, policy-0 is the policy with its adapter switched off: no second copy.
-        reference = policy if ic.lora and init == "policy-0" else load_policy(run.dir("policy-0"), device=cfg.device)
-    stats = fit(policy, batches, ic, cfg, derive_seed(cfg.seed, "improve", g, i, "dropout"), name, objective, reference)
+        reference = policy if ic.lora and init == "policy-0" else load_policy(run.dir("policy-0"), device=device)
+    stats = fit(policy, batches, ic, cfg, _dropout_seed(cfg.seed, "improve", g, i), name, objective, reference)
+    if distributed.world()[0] != 0:
+        return name  # rank 0 validates and publishes
     valid, outputs, monitors = assess(run, name, policy, previous=run.improve_previous(g, i))
     metrics = {"valid": valid, "improve": selection, "train": _train_stats(stats), "monitors": monitors}
     publish_policy(run, name, policy, outputs, metrics, parents, cfg_slice, {"init": init, "grow": grow_name, "timing": stats})
