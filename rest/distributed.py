@@ -61,7 +61,10 @@ def launch(stage: str, run_dir: Path, *args: object, processes: int, key: str) -
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}",
            "-m", "rest.distributed", stage, str(run_dir), *map(str, args)]
     log.info(f"{stage}: training on {processes} processes ({key}: {processes}): {' '.join(cmd[1:])}")
-    proc = subprocess.Popen(cmd, preexec_fn=die_with_parent)
+    env = dict(os.environ)
+    # torchrun would set 1 thread per rank (and print a banner saying so): share this machine's cores instead
+    env.setdefault("OMP_NUM_THREADS", str(max(1, len(os.sched_getaffinity(0)) // processes)))
+    proc = subprocess.Popen(cmd, preexec_fn=die_with_parent, env=env)
     try:
         code = proc.wait()
     finally:

@@ -28,6 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
+import torch
 from transformers import AutoConfig
 
 from rest import rewards, vllm_worker
@@ -210,9 +211,32 @@ _CACHE: dict[tuple, Engine] = {}
 _LOCK = threading.Lock()  # shards of one process may run on threads: one engine (one model load) for all
 
 
+def worker_device(device: str, worker_name: object, gpus: int) -> str:
+    """The device of a Grow process: in a Dask LocalCluster worker (integer names 0..n-1) on a machine with several
+    GPUs, `auto` / `cuda` mean GPU name % gpus, so n_workers = the number of GPUs gives each worker its own GPU.
+    Anything else (an explicit cuda:N or cpu, one GPU, no Dask worker, a worker of `dask cuda worker`, which sees
+    only its own GPU) is left as set."""
+    if gpus > 1 and device in ("auto", "cuda") and isinstance(worker_name, int):
+        return f"cuda:{worker_name % gpus}"
+    return device
+
+
+def _this_worker() -> object:
+    try:
+        from distributed import get_worker
+
+        return get_worker().name
+    except (ImportError, ValueError):  # not in a Dask worker
+        return None
+
+
 def engine_for(cfg: RunConfig, policy_dir: Path, policy_id: str) -> Engine:
     """The engine of `grow.engine` on the policy at `policy_dir` (a verified artifact with id `policy_id`),
     created on first use in this process and reused after (one entry: a process samples one policy at a time)."""
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    device = worker_device(cfg.device, _this_worker(), gpus) if gpus > 1 else cfg.device
+    if device != cfg.device:
+        cfg = cfg.model_copy(update={"device": device})
     key = (cfg.grow.engine, str(Path(policy_dir).resolve()), policy_id, cfg.model.model_dump_json(), cfg.device,
            cfg.grow.batch_size, cfg.eval.batch_size)
     rewards.use_device(cfg.device)

@@ -100,3 +100,8 @@ def test_a_rank_that_dies_leaves_no_artifact_and_no_process(tmp_path):
     assert not (run / "improve-1-1" / "_manifest.json").exists()
     time.sleep(1)
     assert not _rank_processes(0) and not _rank_processes(1)
+
+
+def test_processes_must_each_have_a_share_of_the_batch():
+    with pytest.raises(Exception, match=r"processes \(4\) must be at most batch_size \(2\)"):
+        load_config("configs/smoke.yaml", ["improve.processes=4", "improve.batch_size=2"])

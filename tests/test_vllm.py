@@ -164,3 +164,15 @@ def test_vllm_needs_an_interpreter_with_vllm(tmp_path):
         with pytest.raises(RestError, match=message):
             stages.start_run(tmp_path / "run", cfg)
         assert not (tmp_path / "run").exists()
+
+
+def test_each_dask_worker_of_a_local_cluster_samples_on_its_own_gpu():
+    # LocalCluster workers are named 0..n-1: worker k gets GPU k (mod the GPUs there are) for auto and cuda
+    assert [engines.worker_device("auto", k, 8) for k in range(8)] == [f"cuda:{k}" for k in range(8)]
+    assert engines.worker_device("cuda", 9, 8) == "cuda:1"
+    # an explicit device, one GPU, no Dask worker, or a worker that sees only its own GPU: as set
+    assert engines.worker_device("cuda:2", 5, 8) == "cuda:2"
+    assert engines.worker_device("cpu", 5, 8) == "cpu"
+    assert engines.worker_device("auto", 5, 1) == "auto"
+    assert engines.worker_device("auto", None, 8) == "auto"
+    assert engines.worker_device("auto", "tcp://10.0.0.2:40000", 8) == "auto"
