@@ -61,7 +61,7 @@ reward: setup  ## train the learned reward of RM_CONFIG (default: chrF predicted
 	$(BIN)/rest reward train --config $(RM_CONFIG) $(ARGS)
 
 test: setup vllm
-	REST_VLLM_PYTHON=$(CURDIR)/$(VLLM_VENV)/bin/python $(BIN)/python -m pytest -q $(ARGS)
+	REST_VLLM_PYTHON=$(CURDIR)/$(VLLM_VENV)/bin/python $(BIN)/python -m pytest -q --durations=12 $(ARGS)
 
 test-unit: setup
 	$(BIN)/python -m pytest -q -m "not integration" $(ARGS)

@@ -101,7 +101,7 @@ def trained_policy(name: str, quick: bool, *overrides: str) -> Path:
 # Grow
 
 
-def bench_grow(policy_dir: Path, label: str, n_sources: int, repeats: int) -> list[dict]:
+def bench_grow(policy_dir: Path, label: str, n_sources: int, repeats: int, quick: bool = False) -> list[dict]:
     cfg = load_config(ROOT / CONFIG)
     policy = load_policy(policy_dir)
     model, tok = policy.model.eval(), policy.tokenizer
@@ -154,7 +154,7 @@ def bench_grow(policy_dir: Path, label: str, n_sources: int, repeats: int) -> li
         print(f"[bench] grow {label}: {what}: {samples / t:,.0f} samples/s (rest {t / t_ours:.2f}x)", flush=True)
     if not policy.is_encoder_decoder and os.environ.get("REST_VLLM_PYTHON"):
         # The vllm engine (grow.engine: vllm) on the same policy: its own process, started once (not timed here)
-        vcfg = load_config(ROOT / CONFIG, ["grow.engine=vllm"])
+        vcfg = load_config(ROOT / CONFIG, ["grow.engine=vllm", f"grow.vllm.enforce_eager={str(quick).lower()}"])
         started = time.perf_counter()
         vllm_engine = VllmEngine(policy_dir, vcfg)
         start_s = time.perf_counter() - started
@@ -504,7 +504,7 @@ def main(argv: list[str] | None = None) -> int:
     dec = trained_policy("dec-only", q, f"model.architecture={DECODER_ONLY}") if set(only) & {"grow", "improve"} else None
     if "grow" in only:
         n = 16 if q else 250
-        rows = bench_grow(enc, "encoder-decoder (mbart 2.6M)", n, repeats) + bench_grow(dec, "decoder-only (llama 2.6M)", n, repeats)
+        rows = bench_grow(enc, "encoder-decoder (mbart 2.6M)", n, repeats) + bench_grow(dec, "decoder-only (llama 2.6M)", n, repeats, q)
         parts.append(f"## Grow: {n} pool sources x 8 samples, temperature 1\n\n" + table(rows, [
             ("policy", "policy", ""), ("what", "what samples", ""), ("samples_per_s", "samples/s", ",.0f"),
             ("ours_vs_this", "rest ... x", ".2f")]) + "\n")

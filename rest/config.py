@@ -131,7 +131,7 @@ class LoraConfig(_Section):
 
 # How a training step is computed, not what it computes (the same gradient up to float sums): a run may be resumed
 # with them changed (a smaller micro-batch after running out of memory), so they are in no artifact's key.
-HOW_TO_TRAIN = ("micro_batch_size", "gradient_checkpointing", "processes")
+HOW_TO_TRAIN = ("micro_batch_size", "gradient_checkpointing", "processes", "strategy")
 
 
 class PolicyOptimFields(OptimFields):
@@ -142,6 +142,9 @@ class PolicyOptimFields(OptimFields):
         if self.processes > self.batch_size:
             raise ValueError(f"processes ({self.processes}) must be at most batch_size ({self.batch_size}): each "
                              "process computes a share of every batch")
+        if self.strategy == "fsdp" and self.lora is not None:
+            raise ValueError("strategy: fsdp shards a full fine-tuning; with lora the frozen base fits one GPU: use "
+                             "strategy: ddp (or drop lora)")
         return self
 
     precision: Literal["fp32", "bf16", "fp16"] = Field(
@@ -154,6 +157,12 @@ class PolicyOptimFields(OptimFields):
         description="data-parallel training processes (torchrun; one per GPU, or CPU processes with gloo): each "
         "computes its share of every batch, one all-reduce per step makes the gradient the whole batch's (the "
         "same step as one process with micro-batches); only the first validates and publishes (rest/distributed.py)",
+    )
+    strategy: Literal["ddp", "fsdp"] = Field(
+        "ddp",
+        description="with processes > 1: ddp, every process holds the whole model (the gradients are summed); "
+        "fsdp, torch's fully_shard: weights, gradients and optimiser state sharded over the processes, for a model "
+        "whose full fine-tuning does not fit one GPU (not with lora: a LoRA step's frozen base fits, use ddp)",
     )
     micro_batch_size: int | None = Field(
         None, ge=1,

@@ -1,7 +1,7 @@
 """BC and Improve on several processes (`bc.processes` / `improve.processes`): data parallel, under torchrun.
 
     stages.improve(run, g, i)        # improve.processes: 2 -> launch("improve", run, g, i, processes=2)
-      torchrun --standalone --nproc-per-node 2 -m rest.distributed improve RUN g i
+      torchrun --standalone --nproc-per-node 2 -m rest.rank improve RUN g i
         every rank: stages.improve(run, g, i) -> the same batches, its own share of each -> train()
         rank 0 only: validation, monitors, publish
 
@@ -14,6 +14,8 @@ if `micro_batch_size` says so) normalised by the whole batch's totals (rest.obje
 the flattened gradients makes every rank's gradient the whole batch's: the same gradient as one process with
 gradient accumulation, so the same clipping and the same update on every rank. Not DDP's wrapper: the objectives
 call the model through `Policy` (DDP's module hides `config`), and with accumulation DDP also syncs once per step.
+With `strategy: fsdp` the model is sharded instead (`shard`: torch's fully_shard, one unit per transformer block),
+FSDP reduces the gradients itself, and `unshard` gathers the whole model on rank 0 at the end, to publish.
 Backend: gloo on CPU, nccl on GPUs (rank r on cuda:LOCAL_RANK). torchrun, not `accelerate launch`: the latter
 started one process on a CPU machine (measured).
 """
@@ -59,7 +61,7 @@ def launch(stage: str, run_dir: Path, *args: object, processes: int, key: str) -
     """Run `stage` ("policy-0" or "improve") of run_dir on `processes` ranks under torchrun; returns when they are
     done, or raises RestError when one failed (its output is above, in this process's stderr)."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}",
-           "-m", "rest.distributed", stage, str(run_dir), *map(str, args)]
+           "-m", "rest.rank", stage, str(run_dir), *map(str, args)]
     log.info(f"{stage}: training on {processes} processes ({key}: {processes}): {' '.join(cmd[1:])}")
     env = dict(os.environ)
     # torchrun would set 1 thread per rank (and print a banner saying so): share this machine's cores instead
@@ -78,6 +80,43 @@ def launch(stage: str, run_dir: Path, *args: object, processes: int, key: str) -
     if code != 0:
         raise RestError(f"{stage} of {run_dir}: the {processes}-process training ({key}) failed (torchrun exit code "
                         f"{code}; the ranks' output is above); nothing was published: run the same command again")
+
+
+def shard(model: torch.nn.Module) -> None:
+    """FSDP (torch's fully_shard), in place: each transformer block (the model's `_no_split_modules`) is a unit,
+    the root holds the rest (embeddings, tied head). Every rank must start from the same weights (broadcast first)."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    mesh = init_device_mesh(next(model.parameters()).device.type, (dist.get_world_size(),))
+    blocks = set(getattr(model, "_no_split_modules", None) or [])
+    units: list[str] = []  # the outermost matches only (mbart also lists the attention inside each layer)
+    for name, module in model.named_modules():
+        if type(module).__name__ in blocks and not any(name.startswith(u + ".") for u in units):
+            units.append(name)
+    for name in units:
+        fully_shard(model.get_submodule(name), mesh=mesh)
+    fully_shard(model, mesh=mesh)
+
+
+def unshard(model: torch.nn.Module) -> torch.nn.Module | None:
+    """The whole model again, on rank 0 (None on the others), gathered from the shards of every rank (a collective:
+    every rank calls it): a plain transformers model of the same class and config that `save_pretrained` saves."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
+
+    full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if dist.get_rank() != 0:
+        return None
+    auto = AutoModelForSeq2SeqLM if model.config.is_encoder_decoder else AutoModelForCausalLM
+    plain = auto.from_config(model.config)
+    missing, unexpected = plain.load_state_dict(full, strict=False)
+    tied = set(getattr(plain, "all_tied_weights_keys", None) or getattr(plain, "_tied_weights_keys", None) or [])
+    if unexpected or any(k not in tied for k in missing):
+        raise RuntimeError(f"gathering the FSDP shards: missing {missing}, unexpected {unexpected}")
+    plain.tie_weights()
+    plain.generation_config = model.generation_config
+    return plain.to(next(model.parameters()).device)
 
 
 def broadcast_parameters(model: torch.nn.Module) -> None:
@@ -103,32 +142,3 @@ def all_reduce_sums(values: list[float], device: torch.device) -> list[float]:
     t = torch.tensor(values, dtype=torch.float64, device=device)
     dist.all_reduce(t)
     return t.tolist()
-
-
-def main(argv: list[str]) -> None:
-    """A rank: `python -m rest.distributed policy-0 RUN` or `... improve RUN G I`, under torchrun."""
-    from rest import stages  # the stages import this module
-
-    from rest.run import Run
-
-    stage, run_dir, *rest_args = argv
-    device = Run.open(Path(run_dir)).config.device
-    cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
-    if cuda:
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    dist.init_process_group("nccl" if cuda else "gloo")
-    rank = dist.get_rank()
-    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING, format=f"[rank {rank}] %(message)s")
-    try:
-        if stage == "policy-0":
-            stages.make_policy0(Path(run_dir))
-        elif stage == "improve":
-            stages.improve(Path(run_dir), int(rest_args[0]), int(rest_args[1]))
-        else:
-            raise SystemExit(f"unknown stage {stage!r}")
-    finally:
-        dist.destroy_process_group()
-
-
-if __name__ == "__main__":
-    main(sys.argv[1:])
