@@ -8,7 +8,8 @@ Every comparison runs in this one process (or, for memory and `make run`, in chi
 the same inputs, and prints ratios of medians over repeated runs. Benchmarks are not tests: nothing here asserts a
 speed. Sections:
   grow    our Grow engine vs transformers `generate` (one source per call, and batched) vs one teacher-forced
-          forward pass over the same sampled tokens; encoder-decoder (the default) and decoder-only policies.
+          forward pass over the same sampled tokens; encoder-decoder (the default) and decoder-only policies;
+          and the vLLM engine on the decoder-only one (with $REST_VLLM_PYTHON, which `make bench` sets; not --quick).
   improve our training loop vs transformers `Trainer` on the same batches (as drawn, and grouped by length as
           `group_by_length: true` does) and, for the decoder-only policy, TRL's `SFTTrainer` on the same pairs:
           examples/s, and the token NLL each trained model reaches on the valid split.
@@ -152,9 +153,10 @@ def bench_grow(policy_dir: Path, label: str, n_sources: int, repeats: int, quick
         t = t_ours if fn is ours else median_time(fn, repeats)
         rows.append({"policy": label, "what": what, "samples_per_s": samples / t, "ours_vs_this": t / t_ours})
         print(f"[bench] grow {label}: {what}: {samples / t:,.0f} samples/s (rest {t / t_ours:.2f}x)", flush=True)
-    if not policy.is_encoder_decoder and os.environ.get("REST_VLLM_PYTHON"):
-        # The vllm engine (grow.engine: vllm) on the same policy: its own process, started once (not timed here)
-        vcfg = load_config(ROOT / CONFIG, ["grow.engine=vllm", f"grow.vllm.enforce_eager={str(quick).lower()}"])
+    if not policy.is_encoder_decoder and os.environ.get("REST_VLLM_PYTHON") and not quick:
+        # The vllm engine (grow.engine: vllm) on the same policy: its own process, started once (not timed here).
+        # Not in --quick (the tests' run): starting vLLM costs ~20-50 s, and tests/test_vllm.py tests the engine.
+        vcfg = load_config(ROOT / CONFIG, ["grow.engine=vllm"])
         started = time.perf_counter()
         vllm_engine = VllmEngine(policy_dir, vcfg)
         start_s = time.perf_counter() - started
