@@ -149,7 +149,7 @@ class VllmEngine:
                 answer = None
         if answer is None or not answer["ok"]:
             detail = answer["error"] if answer else self._stderr_tail()
-            self.close()
+            _forget(self)  # ended, and out of the cache: the next engine_for starts a new one
             raise RestError(f"grow.engine: vllm failed to {what}: {detail.strip()[-3000:]}")
         return answer
 
@@ -208,7 +208,9 @@ ENGINES: dict[str, Callable[[Path, RunConfig], Engine]] = {
 }
 
 _CACHE: dict[tuple, Engine] = {}
-_LOCK = threading.Lock()  # shards of one process may run on threads: one engine (one model load) for all
+# shards of one process may run on threads: one engine (one model load) for all. Reentrant: an engine that fails
+# while engine_for creates it forgets itself (_forget) under the same lock.
+_LOCK = threading.RLock()
 
 
 def worker_device(device: str, worker_name: object, gpus: int) -> str:
@@ -258,6 +260,13 @@ def _clear() -> None:
     for engine in _CACHE.values():
         engine.close()
     _CACHE.clear()
+
+
+def _forget(engine: Engine) -> None:
+    with _LOCK:
+        for key in [k for k, v in _CACHE.items() if v is engine]:
+            del _CACHE[key]
+    engine.close()
 
 
 def release() -> None:

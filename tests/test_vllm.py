@@ -176,3 +176,16 @@ def test_each_dask_worker_of_a_local_cluster_samples_on_its_own_gpu():
     assert engines.worker_device("auto", 5, 1) == "auto"
     assert engines.worker_device("auto", None, 8) == "auto"
     assert engines.worker_device("auto", "tcp://10.0.0.2:40000", 8) == "auto"
+
+
+@needs_vllm
+@pytest.mark.integration
+def test_a_vllm_failure_is_one_error_and_leaves_no_process(tmp_path):
+    # vLLM's CPU attention has no kernel for a head size of 16: the engine starts, then its first request fails
+    checkpoint = build_checkpoint("llama", tmp_path / "llama", {"hidden": 32, "layers": 1, "heads": 2, "ffn": 64})
+    cfg = _config(checkpoint, "vllm")
+    engine = engines.engine_for(cfg, checkpoint, "a-policy")
+    with pytest.raises(RestError, match="grow.engine: vllm failed to sample"):
+        engine.sample(["12"], num_samples=2, temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=4, seed=0)
+    assert engine.proc.poll() is not None  # ended, not hanging
+    assert engine not in engines._CACHE.values()  # forgotten: the next engine_for starts a new one
