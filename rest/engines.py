@@ -33,7 +33,6 @@ from transformers import AutoConfig
 
 from rest import rewards, vllm_worker
 from rest.config import RunConfig
-from rest.environment import die_with_parent
 from rest.errors import RestError
 from rest.hf import quiet
 from rest.models import Policy, encode_prompts, load_policy, load_tokenizer
@@ -132,8 +131,11 @@ class VllmEngine:
         if cfg.device.startswith("cuda:"):  # vLLM takes the first GPU it sees
             env["CUDA_VISIBLE_DEVICES"] = cfg.device.split(":", 1)[1]
         self.stderr = tempfile.TemporaryFile()  # vLLM's own output: read back only when it fails
+        # No PR_SET_PDEATHSIG here: it fires when the creating *thread* ends (a Prefect task thread), which killed
+        # the worker mid-run and orphaned vLLM's engine process. The worker ends when its stdin closes instead,
+        # which the kernel does however this process ends.
         self.proc = subprocess.Popen([vllm_python(cfg), vllm_worker.__file__], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, stderr=self.stderr, env=env, preexec_fn=die_with_parent)
+                                     stdout=subprocess.PIPE, stderr=self.stderr, env=env)
         vc = cfg.grow.vllm
         self._call({"model": str(Path(policy_dir).resolve()), "dtype": cfg.model.dtype, "seed": 0,
                     "gpu_memory_utilization": vc.gpu_memory_utilization, "max_model_len": vc.max_model_len,
@@ -191,8 +193,7 @@ class VllmEngine:
                 proc.stdin.close()
                 proc.wait(timeout=30)
             except (OSError, subprocess.TimeoutExpired):
-                proc.kill()
-                proc.wait()
+                _kill_tree(proc)
         for stream in (proc.stdin, proc.stdout):
             try:
                 stream.close()
@@ -260,6 +261,23 @@ def _clear() -> None:
     for engine in _CACHE.values():
         engine.close()
     _CACHE.clear()
+
+
+def _kill_tree(proc: subprocess.Popen) -> None:
+    """SIGKILL a process and everything it started (vLLM's engine process would outlive its parent)."""
+    import psutil
+
+    try:
+        family = psutil.Process(proc.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        family = []
+    for p in [*family]:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    proc.kill()
+    proc.wait()
 
 
 def _forget(engine: Engine) -> None:

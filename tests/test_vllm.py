@@ -12,9 +12,12 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pandas as pd
+import psutil
 import pyarrow.parquet as pq
 import pytest
 import torch
@@ -49,6 +52,13 @@ def _grow(run: Path) -> None:
     stages.finish_grow(run, 1)
 
 
+def _alive(p: psutil.Process) -> bool:
+    try:
+        return p.is_running() and p.status() != psutil.STATUS_ZOMBIE  # a zombie has ended (not reaped yet)
+    except psutil.NoSuchProcess:
+        return False
+
+
 @pytest.fixture(scope="module")
 def vllm_run(tmp_path_factory):
     """A run on a tiny Llama whose Grow step vLLM sampled, the bytes of its shards, the greedy outputs of vLLM and
@@ -63,7 +73,10 @@ def vllm_run(tmp_path_factory):
         run = root / "run"
         stages.start_run(run, cfg)
         stages.make_policy0(run)
-        _grow(run)
+        # Grow in a thread that ends (as a Prefect task thread does): the engine it started must live on
+        grow = threading.Thread(target=_grow, args=(run,))
+        grow.start()
+        grow.join()
         shards = {p.name: p.read_bytes() for p in sorted((run / "grow-1").glob("shard-*.parquet"))}
         valid = load_split(cfg.data.valid, "data.valid")
         engine = engines.engine_for(cfg, run / "policy-0", "policy-0")
@@ -72,7 +85,11 @@ def vllm_run(tmp_path_factory):
         sources = valid["source"].tolist()[:20]
         samples = [engine.sample(sources, num_samples=4, temperature=t, top_p=p, top_k=k, max_new_tokens=MAX_NEW, seed=7)
                    for t, p, k in ((1.0, 1.0, 0), (0.7, 0.9, 5))]  # logprob: T=1, untruncated, whatever these are
-        engines.release()  # the vLLM process ends here; the Grow step is sampled again by a new one below
+        family = psutil.Process(engine.proc.pid).children(recursive=True)  # vLLM's engine process(es)
+        assert family and engine.proc.poll() is None
+        engines.release()  # the vLLM process ends here, with its children; a new one samples the Grow step again
+        time.sleep(1)
+        assert engine.proc.poll() is not None and not [p for p in family if _alive(p)]
         _, out_torch = evaluate(engines.engine_on(load_policy(run / "policy-0"), cfg), valid, cfg)
         again = root / "again"
         shutil.copytree(run, again)
