@@ -33,6 +33,7 @@ import torch.distributed as dist
 
 from rest.environment import die_with_parent
 from rest.errors import RestError
+from rest.models import resolve_device
 
 log = logging.getLogger("rest")
 
@@ -49,12 +50,16 @@ def launched() -> bool:
     return world()[1] > 1
 
 
+def on_gpu(device: str) -> bool:
+    """Whether a `device` setting means a GPU here (auto with one, cuda, cuda:N)."""
+    return resolve_device(device).type == "cuda"
+
+
 def rank_device(device: str) -> str:
-    """A rank's device: cuda:LOCAL_RANK when the run's device is a GPU (auto with one, cuda, cuda:N), else as set."""
+    """A rank's device: cuda:LOCAL_RANK when the run's device is a GPU, else as set."""
     if not launched():
         return device
-    gpu = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
-    return f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if gpu else device
+    return f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if on_gpu(device) else device
 
 
 def launch(stage: str, run_dir: Path, *args: object, processes: int, key: str) -> None:

@@ -14,13 +14,13 @@ import torch
 import torch.distributed as dist
 
 from rest import stages
+from rest.distributed import on_gpu
 from rest.run import Run
 
 
 def main(argv: list[str]) -> None:
     stage, run_dir, *args = argv
-    device = Run.open(Path(run_dir)).config.device
-    cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+    cuda = on_gpu(Run.open(Path(run_dir)).config.device)
     if cuda:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     dist.init_process_group("nccl" if cuda else "gloo")

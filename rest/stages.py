@@ -402,12 +402,11 @@ def improve(run_dir: Path, g: int, i: int) -> str:
     if existing(run.dir(name), cfg_slice, parents):
         log.info(f"{name}: published, skipping")
         return name
+    engines.release()  # the Grow engine's policy is not needed while training (here or in the ranks launched)
     if ic.processes > 1 and not distributed.launched():
-        engines.release()
         distributed.launch("improve", run_dir, g, i, processes=ic.processes, key="improve.processes")
         run.verified(name)
         return name
-    engines.release()  # the Grow engine's policy is not needed while training
     # Read what selection needs, filtered while reading: memory follows the kept rows, not the Grow step's size
     # (percentile selection compares each source's N rewards, so it reads every row of those columns). The Grow
     # step's row count and kept fraction at each tau are in its manifest (finish_grow's stats).

@@ -48,16 +48,13 @@ def sample(llm, request):
     from vllm import SamplingParams
     from vllm.inputs import TokensPrompt
 
-    greedy = request["temperature"] == 0
+    # temperature 0 is greedy decoding (the engine sends n=1, top-p 1, no top-k with it)
     params = [
         SamplingParams(
             n=request["n"], seed=seed, temperature=request["temperature"], top_p=request["top_p"],
             top_k=request["top_k"] if request["top_k"] > 0 else -1, max_tokens=request["max_tokens"],
             stop_token_ids=[request["eos"]], logprobs=0, detokenize=False,
         )
-        if not greedy else
-        SamplingParams(n=1, temperature=0.0, max_tokens=request["max_tokens"], stop_token_ids=[request["eos"]],
-                       logprobs=0, detokenize=False)
         for seed in request["seeds"]
     ]
     prompts = [TokensPrompt(prompt_token_ids=list(p)) for p in request["prompts"]]
