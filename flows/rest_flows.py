@@ -122,7 +122,7 @@ def publish_grow_artifact(run_dir: str, g: int) -> None:
 
 def publish_improve_artifact(run_dir: str, name: str) -> None:
     metrics = Run.open(run_dir).metrics(name)
-    rows = [{"metric": f"valid {k}", "value": v} for k, v in metrics["valid"].items()]
+    rows = [{"metric": f"valid {k}", "value": v} for k, v in (metrics["valid"] or {}).items()]  # None: eval.every
     rows += [{"metric": f"improve {k}", "value": v} for k, v in metrics.get("improve", {}).items()]
     rows += [{"metric": f"train {k}", "value": v} for k, v in metrics["train"].items()]
     create_table_artifact(key=artifact_key(run_dir, name), table=rows, description=f"{name} of {Path(run_dir).resolve()}")

@@ -22,7 +22,7 @@ from typing import Any
 
 from rest.errors import OS_ERROR_FIXES, RestError
 from rest.monitors import input_use_line
-from rest.run import Run, check_run_path
+from rest.run import SUMMARY_ROWS, Run, check_run_path, shown
 
 # How long an interrupted command may take to tell the Prefect server that its flow run ended before it just exits.
 GRACE_S = 10
@@ -56,11 +56,16 @@ def _table(header: list[str], rows: list[list[Any]]) -> str:
 def print_summary(run_dir: Path) -> None:
     run = Run.open(run_dir)
     record = run.record
+    names = run.assessed_policies()
+    keep = {names.index(record["best_policy"])} if record.get("best_policy") in names else set()
     rows = []
-    for name in run.policies():
-        v = run.metrics(name)["valid"]
-        rows.append([name, v["exact_match"], v["chrf"], v["bleu"], v["reward"], v["completion_tokens"]])
-    print(f"\nValidation ({run.config.data.valid}), greedy decoding:")
+    for k in shown(len(names), keep):
+        v = run.metrics(names[k])["valid"]
+        rows.append([names[k], v["exact_match"], v["chrf"], v["bleu"], v["reward"], v["completion_tokens"]])
+    left_out = len(run.policies()) - len(rows)
+    print(f"\nValidation ({run.config.data.valid}), greedy decoding"
+          + (f"; {left_out} of {len(run.policies())} policies not shown (not validated, eval.every, or summarised: "
+             f"rest inspect {run_dir} --all):" if left_out else ":"))
     print(_table(["policy", "exact_match", "chrF", "BLEU", "reward", "tokens"], rows))
     test = record.get("test", {})
     if test:
@@ -76,10 +81,10 @@ def print_summary(run_dir: Path) -> None:
 
 def _monitor_alarms(run_dir: Path) -> list[str]:
     run = Run.open(run_dir)
-    names = run.policies()
+    names = run.assessed_policies()
     out = []
     for name in names:
-        monitors = run.metrics(name).get("monitors", {})
+        monitors = run.metrics(name).get("monitors") or {}
         if monitors.get("input", {}).get("ignores_input"):
             out.append(input_use_line(name, monitors["input"]))
         alarm = monitors.get("alarm", {})
@@ -118,12 +123,32 @@ def inspect_rows(run_dir: Path) -> list[dict[str, Any]]:
             row.update(rows=s["rows"], reward=s["reward_mean"], kept=" ".join(f"{t}:{f:.2f}" for t, f in s["kept_fraction"].items()), length=s["completion_tokens"])
         else:
             m = run.metrics(name)
-            v = m["valid"]
-            row.update(steps=m["train"]["steps"], reward=v["reward"], valid_exact_match=v["exact_match"], valid_chrf=v["chrf"], length=v["completion_tokens"])
+            row["steps"] = m["train"]["steps"]
+            if m["valid"] is not None:  # None: not validated (eval.every)
+                v = m["valid"]
+                row.update(reward=v["reward"], valid_exact_match=v["exact_match"], valid_chrf=v["chrf"], length=v["completion_tokens"])
             if "improve" in m:
-                row["kept"] = f"{m['improve']['tau']}:{m['improve']['kept_fraction']:.2f}"
+                sel = m["improve"]  # a preference loss learns from pairs: their count instead of a fraction kept
+                row["kept"] = f"{sel['tau']}:{sel['pairs']} pairs" if "pairs" in sel else f"{sel['tau']}:{sel['kept_fraction']:.2f}"
         rows.append(row)
     return rows
+
+
+def summarise_rows(rows: list[dict[str, Any]], best: str | None = None) -> tuple[list[dict[str, Any]], str | None]:
+    """The rows `rest inspect` prints without --all: every artifact of the Grow steps `shown` picks (first, last,
+    evenly spaced, the best policy's, any with a partial or damaged artifact) and those of no Grow step; and a line
+    on the rest."""
+    step = {r["artifact"]: int(r["artifact"].split("-")[1]) for r in rows if r["artifact"].startswith(("grow-", "improve-"))}
+    steps = sorted(set(step.values()))
+    flagged = {steps.index(step[r["artifact"]]) for r in rows
+               if r["artifact"] in step and (r["kind"] in ("partial", "damaged") or r["artifact"] == best)}
+    picked = {steps[k] for k in shown(len(steps), flagged)}
+    out = [r for r in rows if r["artifact"] not in step or step[r["artifact"]] in picked]
+    if len(picked) == len(steps):
+        return out, None
+    grow = [r for r in rows if r["artifact"].startswith("grow-") and r.get("reward") is not None]
+    trend = f"; Grow mean reward {grow[0]['reward']:.3f} (grow-{step[grow[0]['artifact']]}) -> {grow[-1]['reward']:.3f} (grow-{step[grow[-1]['artifact']]})" if grow else ""
+    return out, f"{len(steps) - len(picked)} of {len(steps)} Grow steps and their Improve steps not shown{trend} (--all lists them)"
 
 
 def cmd_inspect(args: argparse.Namespace) -> None:
@@ -132,11 +157,14 @@ def cmd_inspect(args: argparse.Namespace) -> None:
         print(json.dumps(rows, indent=2))
         return
     cols = ["artifact", "kind", "id", "parent", "rows", "steps", "reward", "kept", "valid_exact_match", "valid_chrf", "length"]
-    print(_table(cols, [[r.get(c) for c in cols] for r in rows]))
+    best = Run.open(Path(args.run)).best_policy
+    table, note = (rows, None) if args.all else summarise_rows(rows, best)
+    print(_table(cols, [[r.get(c) for c in cols] for r in table]))
+    if note:
+        print(note)
     for r in rows:
         if r["kind"] == "damaged":
             print(f"DAMAGED: {r['problem']}")
-    best = Run.open(Path(args.run)).best_policy
     if best:
         print(f"best policy: {best}")
 
@@ -329,7 +357,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides, e.g. objective=bradley_terry")
     p = sub.add_parser("inspect", help="one table row per artifact of a run")
     p.add_argument("run", help="run directory")
-    p.add_argument("--json", action="store_true", help="print the rows as JSON")
+    p.add_argument("--json", action="store_true", help="print the rows as JSON (every row)")
+    p.add_argument("--all", action="store_true", help=f"every row (a run of more than {SUMMARY_ROWS} Grow steps is summarised)")
     p = sub.add_parser("report", help="write RUN/report/index.html: plots, monitors, samples, lineage")
     p.add_argument("run", help="run directory")
     p.add_argument("--json", action="store_true", help="also print the verdicts and monitor lines as JSON")

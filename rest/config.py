@@ -241,6 +241,11 @@ class GrowConfig(_Section):
     max_new_tokens: int = Field(48, ge=1, description="longest completion, in tokens")
     batch_size: int = Field(256, ge=1, description="sequences decoded together (sources x samples)")
     shard_size: int = Field(250, ge=1, description="sources per shard; a shard is the unit of work and of resume")
+    sources_per_step: int | None = Field(
+        None, ge=1,
+        description="a fresh 'superbatch' of this many sources per Grow step (SuperHF): step g takes the next slice "
+        "of a seeded shuffle of the Grow sources, reshuffled each time they are used up; null: every source, every step",
+    )
     workers: int = Field(1, ge=1, description="shards sampled at once (threads); on CPU torch already uses every core")
     engine: Literal["torch", "vllm"] = Field(
         "torch", description="what samples: torch (our batched decoding loop on the transformers model) or vllm "
@@ -251,12 +256,37 @@ class GrowConfig(_Section):
     vllm: VllmConfig = Field(default_factory=lambda: VllmConfig(), description="how the vllm engine runs (in no key)")
 
 
+class RuleConfig(_Section):
+    """One of Sparrow's rules: how likely an output breaks it. Exactly one of `regex` and `model`."""
+
+    regex: str | None = Field(
+        None, description="the output breaks the rule when this regex matches anywhere in it (re.search): P(violation) 0 or 1",
+    )
+    model: str | None = Field(
+        None, description="a classifier made by `rest reward train` with objective: classification on a 0/1 column "
+        "where 1 means the rule is broken: its output is P(violation) for (source, output)",
+    )
+    weight: float = Field(1.0, ge=0, description="weight of 1 - P(violation) beside the reward components' weights")
+
+    @model_validator(mode="after")
+    def _one_check(self) -> RuleConfig:
+        if (self.regex is None) == (self.model is None):
+            raise ValueError("a rule is either a `regex` or a `model` (a classifier's directory): give exactly one")
+        if self.regex is not None:
+            try:
+                re.compile(self.regex)
+            except re.error as exc:
+                raise ValueError(f"not a valid regular expression ({exc}): {self.regex!r}") from None
+        return self
+
+
 class RewardConfig(_Section):
     """The reward: a weighted mean of named components, each in [0, 1].
 
     Components: chrf, bleu, ter (inverted: 1 - TER/100, floored at 0), exact_match, and `learned` (a reward model,
     `reward.learned`). Weights are normalised, so the total stays in [0, 1]: `{chrf: 3, exact_match: 1}` is
-    0.75 chrF + 0.25 exact match.
+    0.75 chrF + 0.25 exact match. Sparrow's composite: `rules` add 1 - P(violation) each with its own weight to
+    the same weighted mean, then the length penalty is subtracted and the format check multiplies.
     """
 
     @model_validator(mode="after")
@@ -279,6 +309,11 @@ class RewardConfig(_Section):
     )
     format_regex: str | None = Field(
         None, description="an output that does not fully match this regex gets reward 0 (e.g. '[a-zäöüß]+'); null: off"
+    )
+    rules: dict[Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$")], RuleConfig] = Field(
+        default_factory=dict,
+        description="Sparrow's rule models by name: {name: {regex: ... | model: DIR, weight: w}}; each writes "
+        "reward_rule_<name> = 1 - P(violation), weighted into the total beside the components",
     )
 
     @field_validator("format_regex")
@@ -305,6 +340,37 @@ class RewardConfig(_Section):
         return v
 
 
+class PreferenceConfig(_Section):
+    """How a preference loss (`improve.loss: dpo | ipo`) learns from a Grow step: pairs (chosen, rejected) of one
+    source's samples, the chosen one clearing the step's tau. rest/objectives.py has the losses with worked values."""
+
+    pairs: Literal["best_worst", "margin"] = Field(
+        "best_worst",
+        description="best_worst: one pair per source, its best distinct sample against its worst; margin: every pair "
+        "of its distinct samples whose reward gap is at least `margin`",
+    )
+    margin: float = Field(0.1, ge=0, le=1, description="the least reward gap of a pair (best_worst too); a gap of 0 is never a pair")
+    beta: float = Field(
+        0.1, gt=0,
+        description="how far the policy may move from the reference: DPO's inverse temperature on the log-likelihood "
+        "ratios; IPO's target gap is 1 / (2 beta)",
+    )
+    average_log_prob: bool = Field(
+        True,
+        description="true: each sequence's log-likelihood ratio divided by its tokens inside the loss (the "
+        "length-invariant form: a longer completion is not preferred for its length); false: summed, as DPO",
+    )
+    reference: Literal["grower", "policy-0"] = Field(
+        "grower", description="the reference policy of the ratios: the policy that sampled the Grow step (iterative "
+        "DPO), or policy-0 every time"
+    )
+    nll_weight: float = Field(
+        1.0, ge=0,
+        description="weight of the token-mean NLL of the labelled rows mixed into every batch (improve.train_mix of "
+        "it; PPO-ptx's mixing): keeps the policy on the task while the pairs move it",
+    )
+
+
 class ImproveConfig(PolicyOptimFields):
     """Improve: fine-tune on the Grow samples whose reward clears tau, one step per threshold."""
 
@@ -320,10 +386,15 @@ class ImproveConfig(PolicyOptimFields):
     )
     steps: int = Field(300, ge=0)
     lr: float = Field(5e-4, gt=0)
-    loss: Literal["token_mean", "sequence_mean", "sum"] = Field(
+    loss: Literal["token_mean", "sequence_mean", "sum", "dpo", "ipo"] = Field(
         "token_mean",
         description="token_mean: NLL over every target token of the batch; sequence_mean: each sequence's mean "
-        "NLL, then the batch mean (length-invariant); sum: each sequence's summed NLL, then the batch mean",
+        "NLL, then the batch mean (length-invariant); sum: each sequence's summed NLL, then the batch mean; dpo, "
+        "ipo: a preference loss on pairs of the Grow step's samples (`improve.preference`), plus NLL on the "
+        "labelled rows mixed in",
+    )
+    preference: PreferenceConfig = Field(
+        default_factory=lambda: PreferenceConfig(), description="the pairs, beta and reference of loss: dpo | ipo"
     )
     kl_beta: float = Field(
         0.0, ge=0, description="weight of a KL(policy || policy-0) penalty on the batch's target tokens (SuperHF's prior); 0 turns it off"
@@ -341,6 +412,17 @@ class ImproveConfig(PolicyOptimFields):
     max_per_source: int | None = Field(
         None, ge=1, description="cap on kept samples per source, best reward first (ReST-EM caps at 10); null: no cap"
     )
+
+    @model_validator(mode="after")
+    def _preference_options(self) -> ImproveConfig:
+        if self.loss in ("dpo", "ipo"):
+            if self.kl_beta > 0:
+                raise ValueError(f"loss: {self.loss} keeps the policy near its reference already (preference.beta): "
+                                 "set kl_beta: 0")
+            if self.reward_weighted or self.selection != "threshold" or self.max_per_source is not None:
+                raise ValueError(f"loss: {self.loss} learns from pairs (improve.preference.pairs, margin): "
+                                 "reward_weighted, selection and max_per_source are for the NLL losses; leave them unset")
+        return self
 
     @field_validator("thresholds")
     @classmethod
@@ -361,6 +443,12 @@ class EvalConfig(_Section):
 
     batch_size: int = Field(250, ge=1, description="sources decoded together")
     max_new_tokens: int = Field(48, ge=1)
+    every: int = Field(
+        1, ge=1,
+        description="validate (metrics, monitors) the Improve policies of every k-th Grow step and of the last one "
+        "(grow.steps); the others are published without validation (valid: null in metrics.json) and never chosen "
+        "as the best: for runs of many small iterations (SuperHF), where validation would cost more than the step",
+    )
 
 
 class DaskConfig(_Section):
@@ -673,10 +761,12 @@ class RewardModelConfig(_Section):
     seed: int = Field(0, description="init, the tokenizer's data order and batch order")
     device: str = Field("auto", pattern=DEVICE_PATTERN, description="where the reward model trains: auto, cpu, cuda, cuda:N, mps")
     out: str = Field("runs/rm-numbers", description="the artifact directory to write (a manifest marks it done)")
-    objective: Literal["regression", "bradley_terry"] = Field(
+    objective: Literal["regression", "bradley_terry", "classification"] = Field(
         "regression",
         description="regression: mean squared error to score_column (the model's output is the reward, clipped to "
-        "[0, 1]); bradley_terry: pairwise ranking loss (the reward is sigmoid(output))",
+        "[0, 1]); bradley_terry: pairwise ranking loss (the reward is sigmoid(output)); classification: binary "
+        "cross-entropy on a 0/1 score_column (the output is sigmoid(output) = P(1): a rule model of reward.rules, "
+        "1 meaning the rule is broken)",
     )
     data: RMDataConfig = RMDataConfig()
     model: RMModelConfig = RMModelConfig()

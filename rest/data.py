@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from rest.errors import RestError
@@ -114,3 +115,28 @@ def grow_sources(data_cfg, need_reference: bool) -> pd.DataFrame:
     if df["source_id"].duplicated().any():
         raise RestError(f"data.grow_on={data_cfg.grow_on}: train and pool share source_id values; make them unique")
     return df
+
+
+def superbatch(df: pd.DataFrame, step: int, size: int, seed: int) -> pd.DataFrame:
+    """The sources of Grow step `step` (from 1) when each step samples a fresh `size` of them (SuperHF's
+    superbatches): positions (step-1)*size ... step*size of a walk through seeded permutations of the rows, one
+    per pass (epoch); a step that spans two passes skips the rows it already has, so a step never repeats a source.
+
+    With 10 rows and size 4: steps 1 and 2 take 8 distinct rows of pass 0, step 3 its last 2 and 2 of pass 1.
+    """
+    n = len(df)
+    if size > n:
+        raise RestError(f"grow.sources_per_step ({size}) is more than the {n} Grow sources: lower it, or set it to null")
+    taken: list[int] = []
+    seen: set[int] = set()
+    position = (step - 1) * size
+    while len(taken) < size:
+        epoch, offset = divmod(position, n)
+        for j in np.random.default_rng([seed, epoch]).permutation(n)[offset:].tolist():
+            if len(taken) == size:
+                break
+            if j not in seen:
+                seen.add(j)
+                taken.append(j)
+        position = (epoch + 1) * n
+    return df.iloc[taken].reset_index(drop=True)

@@ -3,6 +3,7 @@
     kept = select(shards, tau=1.0)
     batches = mix_batches(len(kept), len(train), train_mix=0.25, batch_size=32, steps=300, rng=rng)
     batches = mix_batches(..., lengths=(kept_lengths, train_lengths))   # batches of rows of similar length
+    pairs = preference_pairs(rows, tau=0.5, pairs="best_worst", margin=0.1)   # a preference loss's data
 """
 
 from __future__ import annotations
@@ -64,6 +65,39 @@ def select(
         best_first = kept.sort_values(["source_id", "reward", "sample_index"], ascending=[True, False, True])
         kept = best_first.groupby("source_id", sort=False).head(cap).sort_values(["source_id", "_norm"])
     return kept.drop(columns="_norm").reset_index(drop=True)
+
+
+def preference_pairs(rows: pd.DataFrame, tau: float, pairs: str = "best_worst", margin: float = 0.1) -> pd.DataFrame:
+    """Pairs (chosen, rejected) of one source's distinct samples (normalised as for dedup) for a preference loss:
+    the chosen one's reward clears tau, the gap is at least `margin` and above 0.
+
+    pairs="best_worst": one pair per source, its best against its worst (a tie for best: the lower sample_index);
+    pairs="margin":     every such pair of its distinct samples.
+
+    One source, distinct completions with rewards a 0.9, b 0.6, c 0.2, tau 0.5, margin 0.3: best_worst gives
+    (a, c); margin gives (a, b), (a, c), (b, c). Columns: source_id, source, chosen, rejected, chosen_reward,
+    rejected_reward; sorted by source_id, then chosen reward (highest first).
+    """
+    if pairs not in ("best_worst", "margin"):
+        raise ValueError(f"unknown pairs {pairs!r}; known: best_worst, margin")
+    df = rows.assign(_norm=rows["completion"].map(normalise_text))
+    df = df.sort_values(["source_id", "_norm", "reward", "sample_index"], ascending=[True, True, False, True])
+    df = df.drop_duplicates(["source_id", "_norm"], keep="first")
+    df = df.sort_values(["source_id", "reward", "sample_index"], ascending=[True, False, True])
+    out: list[tuple] = []
+    for source_id, group in df.groupby("source_id", sort=True):
+        source = group["source"].iloc[0]
+        comp, rew = group["completion"].tolist(), group["reward"].tolist()
+        if pairs == "best_worst":
+            candidates = [(0, len(comp) - 1)] if len(comp) > 1 else []
+        else:
+            candidates = [(i, j) for i in range(len(comp)) for j in range(i + 1, len(comp))]
+        for i, j in candidates:
+            gap = rew[i] - rew[j]
+            if rew[i] >= tau and gap > 0 and gap >= margin - 1e-12:
+                out.append((source_id, source, comp[i], comp[j], rew[i], rew[j]))
+    columns = ["source_id", "source", "chosen", "rejected", "chosen_reward", "rejected_reward"]
+    return pd.DataFrame(out, columns=columns)
 
 
 def epoch_batches(

@@ -5,7 +5,8 @@ fell by 8 points; SuperHF measured hacking as how far outputs drift from the ref
 gets these on the validation split, stored under `monitors` in its metrics.json:
 
     drift_chrf     sacrebleu corpus chrF of its outputs against policy-0's outputs (100 = the same outputs).
-                   SuperHF used METEOR, whose WordNet data cannot be had offline; chrF is the stand-in.
+    drift_meteor   SuperHF's measure: mean METEOR of each output against policy-0's output for the same source
+                   (nltk's meteor_score without synonyms: see `meteor`; 1 = the same outputs, 0 = no word shared)
     length_ratio   mean output length over mean reference length, in characters (1.0 = as long as the references)
     probes         each reward component, and the total, scores perturbed references; a probe that scores at or
                    above the untouched reference is flagged: the reward prefers a corrupted answer to the right one
@@ -38,6 +39,38 @@ Reward = Callable[[Sequence[str], Sequence[str], Sequence[str]], np.ndarray]
 def drift_chrf(outputs: Sequence[str], base_outputs: Sequence[str]) -> float:
     """Corpus chrF of `outputs` with `base_outputs` (policy-0's, same sources) as the references."""
     return round(CHRF().corpus_score(list(outputs), [list(base_outputs)]).score, 2)
+
+
+class _NoSynonyms:
+    """What nltk's METEOR asks for synonyms (a WordNet reader): none. WordNet's data is a download (or Debian's
+    wordnet-base), and neither the phoneme strings of g2p nor German number words have WordNet synonyms."""
+
+    @staticmethod
+    def synsets(word: str) -> list:
+        return []
+
+
+def meteor(reference: str, hypothesis: str) -> float:
+    """METEOR (nltk's single_meteor_score) of two whitespace-tokenised strings, lower-cased, matching exact words
+    and Porter stems, no synonyms. Identical strings of n words score 1 - 0.5 / n^3 (METEOR's fragmentation
+    penalty: 0.5 for one word, 0.9375 for two, 0.999 for eight); strings with no word in common score 0."""
+    from nltk.translate.meteor_score import single_meteor_score  # 0.3 s to import: only where it is used
+
+    return float(single_meteor_score(reference.split(), hypothesis.split(), wordnet=_NoSynonyms()))
+
+
+def drift_meteor(outputs: Sequence[str], base_outputs: Sequence[str]) -> float:
+    """Mean METEOR of each output against the base policy's output for the same source (SuperHF's drift)."""
+    if not len(outputs):
+        return float("nan")
+    return round(float(np.mean([meteor(b, o) for o, b in zip(outputs, base_outputs)])), 4)
+
+
+def meteor_within(completions: Sequence[str]) -> float | None:
+    """Mean METEOR over every pair of one source's samples, both directions (SuperHF's mode-collapse measure:
+    near 1 - 0.5 / n^3 when the samples are all the same string of n words); None for fewer than two samples."""
+    scores = [meteor(a, b) for i, a in enumerate(completions) for j, b in enumerate(completions) if i != j]
+    return float(np.mean(scores)) if scores else None
 
 
 def length_ratio(outputs: Sequence[str], references: Sequence[str]) -> float:
@@ -203,6 +236,7 @@ def policy_monitors(
     fired["previous"] = previous[0] if previous else None
     out = {
         "drift_chrf": drift_chrf(outputs, base_outputs),
+        "drift_meteor": drift_meteor(outputs, base_outputs),
         "length_ratio": length_ratio(outputs, references),
         "probes": probes,
         "probe_flags": probe_flags(probes),

@@ -10,8 +10,9 @@ whether it reads the frozen reference policy (policy-0): the step then loads it 
 
 Adding an objective: a class with `needs_reference` and `__call__` here, an entry in OBJECTIVES, and the name in
 the Literal of `improve.loss` in rest/config.py (with its own config fields there, if it has any). An objective
-that learns from pairs (a preference loss) declares `data = "pairs"` and is handed pairs of rows of one source
-(chosen, rejected) instead: see docs/design.md.
+that learns from pairs (`Preference`: DPO, IPO) declares `data = "pairs"` and is handed a `PairBatch` of pairs of
+one source's samples (chosen, rejected) and labelled rows instead: stages.improve mines them
+(filtering.preference_pairs). An objective that declares `dropout = False` trains with dropout off.
 """
 
 from __future__ import annotations
@@ -50,6 +51,44 @@ class Batch:
         shares are the micro-batches of one process with micro_batch_size = len / world)."""
         a, b = len(self) * rank // world, len(self) * (rank + 1) // world
         return Batch(self.sources[a:b], self.targets[a:b], None if self.weights is None else self.weights[a:b])
+
+
+def _cuts(n: int, parts: int) -> list[tuple[int, int]]:
+    """`parts` contiguous ranges covering range(n), sizes differing by at most one."""
+    return [(n * j // parts, n * (j + 1) // parts) for j in range(parts)]
+
+
+@dataclass(frozen=True)
+class PairBatch:
+    """One optimiser step of a preference loss: pairs (source, chosen, rejected) of one source's samples, and
+    labelled rows (nll_sources, nll_targets) learnt with NLL beside them. Pieces (micro-batches, a rank's share)
+    are contiguous parts of the pairs followed by the labelled rows."""
+
+    sources: list[str]
+    chosen: list[str]
+    rejected: list[str]
+    nll_sources: list[str]
+    nll_targets: list[str]
+
+    def __len__(self) -> int:
+        return len(self.sources) + len(self.nll_sources)
+
+    def _piece(self, j: int, parts: int) -> PairBatch:
+        """Piece j of `parts` of the pairs followed by the labelled rows (none is empty while parts <= len)."""
+        a, b = _cuts(len(self), parts)[j]
+        n = len(self.sources)
+        c, d = max(a - n, 0), max(b - n, 0)
+        a, b = min(a, n), min(b, n)
+        return PairBatch(self.sources[a:b], self.chosen[a:b], self.rejected[a:b],
+                         self.nll_sources[c:d], self.nll_targets[c:d])
+
+    def split(self, size: int) -> list[PairBatch]:
+        """About len / size pieces (a pair counts as one row: its two sequences share the source)."""
+        parts = -(-len(self) // size)
+        return [self._piece(j, parts) for j in range(parts)]
+
+    def share(self, rank: int, world: int) -> PairBatch:
+        return self._piece(rank, world)
 
 
 class Objective(Protocol):
@@ -134,6 +173,40 @@ def token_kl(logits: torch.Tensor, ref_logits: torch.Tensor, labels: torch.Tenso
     return (kl * mask).sum() / (mask.sum().clamp_min(1) if tokens is None else max(tokens, 1.0))
 
 
+PREFERENCE_LOSSES = ("dpo", "ipo")
+
+
+def preference_losses(
+    policy_chosen: torch.Tensor, policy_rejected: torch.Tensor,
+    ref_chosen: torch.Tensor, ref_rejected: torch.Tensor,
+    chosen_tokens: torch.Tensor, rejected_tokens: torch.Tensor,
+    beta: float, kind: str = "dpo", average_log_prob: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per pair: the loss, and h, the policy's log-likelihood ratio margin over the reference's.
+
+    Inputs are per-sequence summed log-likelihoods (log pi(y|x), log pi_ref(y|x)) and token counts. With
+    average_log_prob each sequence's ratio log pi - log pi_ref is divided by its tokens (the length-invariant form),
+    else summed (DPO as published):
+        h = ratio(chosen) - ratio(rejected)
+        dpo: -log sigmoid(beta h)          (Rafailov et al.)
+        ipo: (h - 1 / (2 beta))^2          (Azar et al.: a fixed target gap instead of an unbounded push)
+
+    Worked: chosen of 2 tokens, log pi = -2, log pi_ref = -4 (ratio +2); rejected of 4 tokens, log pi = -8,
+    log pi_ref = -6 (ratio -2). Summed: h = 4; averaged: h = 2/2 - (-2/4) = 1.5. beta 0.5: dpo summed
+    -log sigmoid(2) = 0.1269, averaged -log sigmoid(0.75) = 0.3864; ipo (target 1) summed 9, averaged 0.25.
+    """
+    if kind not in PREFERENCE_LOSSES:
+        raise ValueError(f"unknown preference loss {kind!r}; known: {', '.join(PREFERENCE_LOSSES)}")
+    ratio_c, ratio_r = policy_chosen - ref_chosen, policy_rejected - ref_rejected
+    if average_log_prob:
+        ratio_c = ratio_c / chosen_tokens.clamp_min(1)
+        ratio_r = ratio_r / rejected_tokens.clamp_min(1)
+    h = ratio_c - ratio_r
+    if kind == "dpo":
+        return -torch.nn.functional.logsigmoid(beta * h), h
+    return (h - 1.0 / (2.0 * beta)) ** 2, h
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Objectives
 
@@ -182,9 +255,61 @@ class NLL:
         return loss, stats
 
 
+@dataclass(frozen=True)
+class Preference:
+    """A preference loss on pairs of one source's samples (preference_losses: dpo or ipo, summed or averaged log
+    likelihoods) against a frozen reference policy, plus `nll_weight` x the token-mean NLL of the labelled rows of
+    the batch. The policy trains with dropout off (as TRL's DPO trainer): with it on, the policy's ratio to the
+    reference is not 0 at the start and the loss chases dropout noise."""
+
+    kind: str = "dpo"
+    beta: float = 0.1
+    average_log_prob: bool = True
+    nll_weight: float = 1.0
+    data = "pairs"
+    dropout = False
+    needs_reference = True
+
+    def totals(self, policy: Policy, batch: PairBatch, model_cfg: ModelConfig) -> dict[str, float]:
+        counts = target_counts(policy, list(batch.nll_targets), model_cfg)
+        return {"pairs": float(len(batch.sources)), "tokens": float(sum(counts))}
+
+    def __call__(
+        self, policy: Policy, batch: PairBatch, model_cfg: ModelConfig, reference: Policy | None = None,
+        totals: dict[str, float] | None = None,
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        if reference is None:
+            raise ValueError("a preference loss needs the reference policy")
+        totals = totals or self.totals(policy, batch, model_cfg)
+        loss = torch.zeros((), device=policy.model.device)
+        stats: dict[str, float] = {}
+        n = len(batch.sources)
+        if n:
+            # chosen and rejected in one forward pass (TRL's concatenated forward): one padding, one call
+            encoded = encode_pairs(policy, list(batch.sources) * 2, list(batch.chosen) + list(batch.rejected), model_cfg)
+            sums, counts = sequence_nll(forward_logits(policy, encoded), encoded["labels"])
+            with torch.no_grad():
+                ref_sums, _ = sequence_nll(forward_logits(reference, encoded), encoded["labels"])
+            losses, h = preference_losses(-sums[:n], -sums[n:], -ref_sums[:n], -ref_sums[n:], counts[:n].float(),
+                                          counts[n:].float(), self.beta, self.kind, self.average_log_prob)
+            loss = losses.sum() / max(totals["pairs"], 1.0)
+            stats["pref_loss"] = loss.item()
+            stats["pref_accuracy"] = float((h > 0).sum()) / max(totals["pairs"], 1.0)
+            stats["pref_margin"] = float(h.detach().sum()) / max(totals["pairs"], 1.0)
+        if batch.nll_sources and self.nll_weight > 0:
+            encoded = encode_pairs(policy, list(batch.nll_sources), list(batch.nll_targets), model_cfg)
+            sums, _ = sequence_nll(forward_logits(policy, encoded), encoded["labels"])
+            nll = sums.sum() / max(totals["tokens"], 1.0)
+            stats["nll"] = nll.item()
+            loss = loss + self.nll_weight * nll
+        return loss, stats
+
+
 # improve.loss -> the objective built from a BC or Improve config section (fields it does not have read as off).
 OBJECTIVES: dict[str, Callable[[Any], Objective]] = {
-    name: (lambda cfg, name=name: NLL(name, getattr(cfg, "kl_beta", 0.0))) for name in REDUCTIONS
+    **{name: (lambda cfg, name=name: NLL(name, getattr(cfg, "kl_beta", 0.0))) for name in REDUCTIONS},
+    **{name: (lambda cfg, name=name: Preference(name, cfg.preference.beta, cfg.preference.average_log_prob,
+                                                cfg.preference.nll_weight)) for name in PREFERENCE_LOSSES},
 }
 
 

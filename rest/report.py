@@ -24,7 +24,7 @@ import numpy as np  # noqa: E402
 from rest import artifacts  # noqa: E402
 from rest.errors import RestError  # noqa: E402
 from rest.monitors import input_use_line  # noqa: E402
-from rest.run import Run  # noqa: E402
+from rest.run import SUMMARY_ROWS, Run, shown  # noqa: E402
 from rest.shards import read_grow  # noqa: E402
 
 REPORT_DIR = "report"
@@ -62,9 +62,9 @@ def _table(header: list[str], rows: list[list[Any]]) -> str:
 def collect(run_dir: Path) -> dict[str, Any]:
     """Everything the page shows, read from the run directory."""
     run = Run.open(run_dir)
-    policies = run.policies()
+    policies = run.assessed_policies()  # the policies with validation metrics (eval.every may skip some)
     grows = run.published("grow-")
-    manifests = {n: run.verified(n) for n in policies + grows}  # every artifact shown is checked first
+    manifests = {n: run.verified(n) for n in run.policies() + grows}  # every artifact shown is checked first
     return {
         "run": run.path,
         "cfg": run.config,
@@ -85,7 +85,7 @@ def grow_verdicts(data: dict[str, Any]) -> list[dict[str, Any]]:
         g = int(grow.split("-")[1])
         before = data["manifests"][grow]["policy"]
         after = [n for n in data["policies"] if n.startswith(f"improve-{g}-")]
-        if not after:
+        if not after or before not in data["metrics"]:  # a step either side not validated (eval.every)
             continue
         best = max(after, key=lambda n: (data["metrics"][n]["valid"]["reward"], -after.index(n)))
         b, a = data["metrics"][before]["valid"], data["metrics"][best]["valid"]
@@ -132,6 +132,12 @@ def monitor_lines(data: dict[str, Any]) -> list[tuple[str, str]]:
 # The plots
 
 
+def _ticks(ax, names: list[str]) -> None:
+    """One tick label per bar or point, or, for many, those `shown` picks (50 iterations' names would overlap)."""
+    picked = shown(len(names))
+    ax.set_xticks(picked, [names[k] for k in picked], rotation=20 if len(picked) == len(names) else 35, fontsize=8)
+
+
 def plots(data: dict[str, Any]) -> list[tuple[str, str]]:
     """(title, data URI) of every plot."""
     out = []
@@ -169,7 +175,7 @@ def plots(data: dict[str, Any]) -> list[tuple[str, str]]:
     ax.plot(x, [v["exact_match"] for v in valid], "o-", label="exact match (%)")
     ax.plot(x, [v["chrf"] for v in valid], "s-", label="chrF")
     ax.plot(x, [100 * v["reward"] for v in valid], "^--", label="reward x 100")
-    ax.set_xticks(x, names, rotation=20, fontsize=8)
+    _ticks(ax, names)
     ax.set_ylabel("points")
     ax.legend(fontsize=8)
     out.append(("Validation metrics per policy", _png(fig)))
@@ -178,7 +184,7 @@ def plots(data: dict[str, Any]) -> list[tuple[str, str]]:
     mons = [data["metrics"][n].get("monitors", {}) for n in names]
     ax.bar(x, [data["metrics"][n]["valid"]["completion_tokens"] for n in names], color="tab:blue", alpha=0.7, label="tokens")
     ax.set_ylabel("mean output tokens")
-    ax.set_xticks(x, names, rotation=20, fontsize=8)
+    _ticks(ax, names)
     ax2 = ax.twinx()
     ax2.plot(x, [m.get("length_ratio", np.nan) for m in mons], "o-", color="tab:red", label="length / reference length")
     ax2.axhline(1.0, color="tab:red", linestyle=":", linewidth=1)
@@ -189,7 +195,7 @@ def plots(data: dict[str, Any]) -> list[tuple[str, str]]:
 
     fig, ax = _figure("Drift: chrF of each policy's outputs against policy-0's")
     ax.plot(x, [m.get("drift_chrf", np.nan) for m in mons], "o-", color="tab:purple")
-    ax.set_xticks(x, names, rotation=20, fontsize=8)
+    _ticks(ax, names)
     ax.set_ylabel("chrF to policy-0 outputs (100 = same)")
     out.append(("Drift per policy", _png(fig)))
 
@@ -200,7 +206,7 @@ def plots(data: dict[str, Any]) -> list[tuple[str, str]]:
         m = data["manifests"][n]
         secs.append(sum(s["seconds"] for s in m["shards"]) if m["kind"] == "grow" else m["timing"]["seconds"])
     ax.bar(range(len(order)), secs, color=["tab:green" if n.startswith("grow") else "tab:blue" for n in order])
-    ax.set_xticks(range(len(order)), order, rotation=20, fontsize=8)
+    _ticks(ax, order)
     ax.set_ylabel("seconds (Grow: sampling; policies: training)")
     out.append(("Cost per stage", _png(fig)))
     return out
@@ -240,6 +246,17 @@ th{background:#f3f3f3}.alarm{color:#b00020;font-weight:600}.ok{color:#1b5e20}img
 .plots{display:grid;grid-template-columns:1fr 1fr;gap:12px}pre{background:#f7f7f7;padding:8px;font-size:12px;overflow:auto}"""
 
 
+def _summarised(items: list, what: str, best: str | None = None, limit: int = SUMMARY_ROWS) -> tuple[list, str]:
+    """`items` as a page shows them: all, or `shown`'s pick (the first, the last, the best, evenly spaced between),
+    and a sentence on how many were left out ("" when none): a run of 50 SuperHF iterations would list 100 rows."""
+    keep = {items.index(best)} if best in items else set()
+    picked = shown(len(items), keep, limit)
+    if len(picked) == len(items):
+        return items, ""
+    return [items[k] for k in picked], (f"<p>{len(items) - len(picked)} of {len(items)} {what} not shown here: the "
+                                        "first, the last and evenly spaced ones are (`rest inspect RUN --all` lists every artifact).</p>")
+
+
 def render(data: dict[str, Any]) -> str:
     run, record, names = data["run"], data["record"], data["policies"]
     verdicts = grow_verdicts(data)
@@ -250,7 +267,10 @@ def render(data: dict[str, Any]) -> str:
     sections.append("<h2>Did each Grow step help?</h2>")
     if verdicts:
         rows = [[v["grow"], f"{v['before']} -> {v['after']}", f"{v['exact_match_delta']:+.2f}", f"{v['chrf_delta']:+.2f}",
-                 f"{v['reward_delta']:+.4f}", v["samples"], v["seconds"], "yes" if v["helped"] else "NO"] for v in verdicts]
+                 f"{v['reward_delta']:+.4f}", v["samples"], v["seconds"], "yes" if v["helped"] else "NO"]
+                for v in _summarised(verdicts, "Grow steps")[0]]
+        if len(verdicts) > SUMMARY_ROWS:
+            sections.append(f"<p>{sum(v['helped'] for v in verdicts)} of {len(verdicts)} validated Grow steps helped.</p>")
         sections.append(_table(["Grow step", "policy before -> best of its Improve steps", "valid exact match", "valid chrF",
                                 "valid reward", "samples", "seconds (sampling + training)", "helped"], rows))
     else:
@@ -258,15 +278,15 @@ def render(data: dict[str, Any]) -> str:
 
     sections.append("<h2>Monitors</h2><ul>" + "".join(f'<li class="{lvl}">{_esc(t)}</li>' for lvl, t in monitor_lines(data)) + "</ul>")
     mon_rows = []
-    for n in names:
+    for n in _summarised(names, "policies")[0]:
         m = data["metrics"][n].get("monitors", {})
         a, inp = m.get("alarm", {}), m.get("input", {})
-        mon_rows.append([n, m.get("drift_chrf"), m.get("length_ratio"), a.get("reward_delta"), a.get("chrf_delta"),
+        mon_rows.append([n, m.get("drift_chrf"), m.get("drift_meteor"), m.get("length_ratio"), a.get("reward_delta"), a.get("chrf_delta"),
                          "FIRED" if a.get("fired") else "-", inp.get("top_output_fraction"), inp.get("input_sensitivity"),
                          "FIRED" if inp.get("ignores_input") else "-"])
-    sections.append(_table(["policy", "drift: chrF to policy-0 outputs", "length / reference", "reward change",
+    sections.append(_table(["policy", "drift: chrF to policy-0 outputs", "METEOR to policy-0 outputs", "length / reference", "reward change",
                             "chrF change", "alarm", "share of the commonest output", "NLL cost of shuffled sources",
-                            "ignores input"], mon_rows))
+                            "ignores input"], mon_rows) + _summarised(names, "policies")[1])
     probes = data["metrics"][names[0]].get("monitors", {}).get("probes", {}) if names else {}
     if probes:
         probe_names = list(next(iter(probes.values())))
@@ -283,19 +303,24 @@ def render(data: dict[str, Any]) -> str:
 
     sections.append("<h2>Validation metrics</h2>")
     sections.append(_table(["policy", "exact match", "chrF", "BLEU", "reward", "tokens"],
-                           [[n] + [data["metrics"][n]["valid"][k] for k in ("exact_match", "chrf", "bleu", "reward", "completion_tokens")] for n in names]))
+                           [[n] + [data["metrics"][n]["valid"][k] for k in ("exact_match", "chrf", "bleu", "reward", "completion_tokens")]
+                            for n in _summarised(names, "policies", best=record.get("best_policy"))[0]]))
+    sections.append(_summarised(names, "policies", best=record.get("best_policy"))[1])
     if record.get("test"):
         sections.append("<h3>Test</h3>" + _table(["policy", "exact match", "chrF", "BLEU", "reward"],
                                                  [[n] + [m[k] for k in ("exact_match", "chrf", "bleu", "reward")] for n, m in record["test"].items()]))
 
-    for grow in data["grows"]:
+    grows, note = _summarised(data["grows"], "Grow steps", limit=4)
+    for grow in grows:
         sections.append(f"<h2>Samples of {grow} (sampled by {_esc(data['manifests'][grow]['policy'])})</h2>")
         sections.append(examples(data, grow))
+    sections.append(note)
 
     id_to_name = {a["id"]: a["name"] for a in record.get("artifacts", [])}
     lineage = [[a["name"], a["kind"], a["id"], ", ".join(id_to_name.get(p, p) for p in a["parents"]) or "-",
                 data["manifests"].get(a["name"], {}).get("created", "")] for a in record.get("artifacts", [])]
-    sections.append("<h2>Lineage</h2>" + _table(["artifact", "kind", "id", "parents", "created"], lineage))
+    lineage, lineage_note = _summarised(lineage, "artifacts", limit=4 * SUMMARY_ROWS)
+    sections.append("<h2>Lineage</h2>" + _table(["artifact", "kind", "id", "parents", "created"], lineage) + lineage_note)
     sections.append("<h2>Config</h2><pre>" + _esc((run / artifacts.CONFIG_FILE).read_text()) + "</pre>")
     return f"<!doctype html><html><head><meta charset=utf-8><title>ReST run {_esc(run.resolve().name)}</title><style>{CSS}</style></head><body>{''.join(sections)}</body></html>"
 

@@ -3,7 +3,7 @@
     rest reward train --config configs/reward-numbers.yaml        # -> runs/rm-numbers/ (an artifact)
     rm = load_reward_model("runs/rm-numbers"); rm.score(["23"], ["dreiundzwanzig"])   # array([0.99...])
 
-Two objectives (`objective:` in the config):
+Three objectives (`objective:` in the config):
 - regression: mean squared error to a score column of Grow shards (e.g. `reward_chrf`): the model learns to
   predict chrF from (source, completion), so the reward no longer needs the reference. Its reward is the output
   clipped to [0, 1].
@@ -11,6 +11,9 @@ Two objectives (`objective:` in the config):
   is a set of whole sources: every distinct completion of a source is scored once and all K-choose-2 pairs of it
   are formed inside the batch (shuffled single pairs overfit: each completion would be seen K-1 times). Its reward
   is sigmoid(output).
+- classification: binary cross-entropy on a 0/1 column, e.g. whether an output breaks a rule (Sparrow's rule
+  models): its output is sigmoid(output) = P(1), and `reward.rules` scores 1 - P(violation) with it. It also
+  reports held-out accuracy at 0.5.
 
 Both report held-out pairwise accuracy: on sources held out by a hash of their id, the fraction of pairs of
 completions with different scores that the model orders the way the scores do (a tie in the model counts 1/2).
@@ -53,7 +56,7 @@ from rest.training import lr_factor
 log = logging.getLogger("rest")
 KIND = artifacts.REWARD_MODEL
 REWARD_FILE = "reward.json"
-OUTPUTS = {"regression": "clip01", "bradley_terry": "sigmoid"}
+OUTPUTS = {"regression": "clip01", "bradley_terry": "sigmoid", "classification": "sigmoid"}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -318,6 +321,9 @@ def _evaluate(rm: RewardModel, df: pd.DataFrame, clear_gap: float) -> dict[str, 
         "clear_pairs": n_clear, "pairwise_accuracy_clear": None if clear is None else round(clear, 4),
     }
     out["mse"] = round(float(np.mean((reward - target) ** 2)), 5)
+    if rm.objective == "classification":
+        out["accuracy"] = round(float(np.mean((reward >= 0.5) == (target >= 0.5))), 4)
+        out["positive_fraction"] = round(float(np.mean(target >= 0.5)), 4)
     if len(df) > 1 and np.std(target) > 0 and np.std(reward) > 0:
         out["pearson"] = round(float(np.corrcoef(reward, target)[0, 1]), 4)
     return out
@@ -353,6 +359,13 @@ def train_reward_model(cfg: RewardModelConfig) -> dict[str, Any]:
                 f"data.score_column `{cfg.data.score_column}` ranges over [{lo:g}, {hi:g}]; regression learns a reward in "
                 "[0, 1]: normalise the column, or use objective: bradley_terry (it needs only the order)"
             )
+    if cfg.objective == "classification":
+        labels = set(np.unique(df["score"].to_numpy()).tolist())
+        if not labels <= {0.0, 1.0}:
+            raise RestError(
+                f"data.score_column `{cfg.data.score_column}` holds {sorted(labels)[:5]}...; classification learns a "
+                "0/1 label (1 = the rule is broken): map the column to 0 and 1, or use objective: regression"
+            )
     valid_mask = held_out(df["source_id"], cfg.data.valid_fraction)
     train_df, valid_df = df[~valid_mask].reset_index(drop=True), df[valid_mask].reset_index(drop=True)
     if cfg.data.negatives:
@@ -384,8 +397,10 @@ def train_reward_model(cfg: RewardModelConfig) -> dict[str, Any]:
     for step, batch in enumerate(batches):
         idx = np.concatenate([groups[b] for b in batch])
         raw = rm.raw(sources[idx].tolist(), completions[idx].tolist())
-        if cfg.objective == "regression":
-            loss = torch.nn.functional.mse_loss(raw, torch.tensor(scores[idx], dtype=torch.float32, device=raw.device))
+        if cfg.objective in ("regression", "classification"):
+            target = torch.tensor(scores[idx], dtype=torch.float32, device=raw.device)
+            loss = (torch.nn.functional.mse_loss(raw, target) if cfg.objective == "regression"
+                    else torch.nn.functional.binary_cross_entropy_with_logits(raw, target))
         else:
             offsets = np.cumsum([0] + [len(groups[b]) for b in batch])
             pair_idx = []

@@ -20,6 +20,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import pickle
+import re
 import subprocess
 import sys
 import tempfile
@@ -167,6 +168,41 @@ COMPONENTS: dict[str, Component] = {
 assert list(COMPONENTS) == list(REWARD_COMPONENTS), "config.REWARD_COMPONENTS and rewards.COMPONENTS must agree"
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# Sparrow's rules: regex checks or learned classifiers, each scoring 1 - P(violation)
+
+TRAIN_A_RULE = "train one with `rest reward train` (objective: classification on a 0/1 column, 1 = the rule is broken)"
+
+
+def _rule_dependency(name: str, rc: RewardConfig) -> list[dict[str, Any]]:
+    rule = rc.rules[name]
+    if rule.model is None:
+        return []
+    key = f"reward.rules.{name}.model"
+    manifest = artifacts.require(Path(rule.model), artifacts.REWARD_MODEL, key, TRAIN_A_RULE)
+    objective = manifest.get("config", {}).get("objective")
+    if objective != "classification":
+        raise RestError(f"{key}: {rule.model} is a {objective} reward model; a rule needs P(violation): {TRAIN_A_RULE}")
+    return [manifest]
+
+
+def rule(name: str, rc: RewardConfig) -> Reward:
+    """Rule `name`'s scorer, 1 - P(violation) per output, built once per process (per classifier artifact id)."""
+    spec = rc.rules[name]
+    key = ("rule", spec.regex, *(m["id"] for m in _rule_dependency(name, rc)), _DEVICE[0] if spec.model else None)
+    if key not in _BUILT:
+        if spec.regex is not None:
+            pattern = re.compile(spec.regex)
+            _BUILT[key] = lambda sources, completions, references: np.array(
+                [0.0 if pattern.search(c) else 1.0 for c in completions], dtype=np.float64)
+        else:
+            from rest.reward_model import load_reward_model
+
+            rm = load_reward_model(spec.model, device=_DEVICE[0])
+            _BUILT[key] = lambda sources, completions, references: 1.0 - rm.score(sources, completions)
+    return _BUILT[key]
+
+
 def needs_reference(rc: RewardConfig) -> bool:
     """False when every component reads only (source, completion): Grow sources may then lack references."""
     return any(COMPONENTS[name].needs_reference for name in rc.components) or bool(rc.length_penalty)
@@ -184,7 +220,8 @@ def _dependencies(name: str, rc: RewardConfig) -> list[dict[str, Any]]:
 def artifact_dependencies(rc: RewardConfig) -> list[dict[str, Any]]:
     """The verified manifests of every artifact the configured components read (a RestError says how to make
     a missing one): what a run checks before it starts and what Grow lists among its parents."""
-    return [m for name in rc.components for m in _dependencies(name, rc)]
+    return [m for name in rc.components for m in _dependencies(name, rc)] + [
+        m for name in rc.rules for m in _rule_dependency(name, rc)]
 
 
 _BUILT: dict[tuple, Reward] = {}
@@ -201,12 +238,16 @@ def component(name: str, rc: RewardConfig) -> Reward:
 
 
 def reward_names(rc: RewardConfig) -> list[str]:
-    """The `reward_<name>` columns a reward config writes: its components, then `length` and `format` if set."""
-    return list(rc.components) + (["length"] if rc.length_penalty else []) + (["format"] if rc.format_regex else [])
+    """The `reward_<name>` columns a reward config writes: its components, `rule_<name>` per rule, then `length`
+    and `format` if set."""
+    return (list(rc.components) + [f"rule_{name}" for name in rc.rules] + (["length"] if rc.length_penalty else [])
+            + (["format"] if rc.format_regex else []))
 
 
 def score_config(rc: RewardConfig, sources: Sequence[str], completions: Sequence[str], references: Sequence[str | None]) -> dict[str, np.ndarray]:
-    """Every component and the total: clip(weighted mean - length_penalty x reward_length, 0, 1) x reward_format.
+    """Every component and the total: clip(weighted mean - length_penalty x reward_length, 0, 1) x reward_format,
+    the weighted mean over the components and the rules (`reward_rule_<name>` = 1 - P(violation)): Sparrow's
+    composite of a preference reward, rule models, a length penalty and a format check.
 
     Each distinct (source, completion, reference) is scored once and its scores copied to its repeats: a policy
     that has learned its task samples the same completion many times out of N (on the embedded task most of the
@@ -226,13 +267,17 @@ def score_config(rc: RewardConfig, sources: Sequence[str], completions: Sequence
 
 
 def _score_rows(rc: RewardConfig, sources: Sequence[str], completions: Sequence[str], references: Sequence[str | None]) -> dict[str, np.ndarray]:
-    total_weight = float(sum(rc.components.values()))
+    total_weight = float(sum(rc.components.values()) + sum(r.weight for r in rc.rules.values()))
     out: dict[str, np.ndarray] = {}
     total = np.zeros(len(completions), dtype=np.float64)
     for name, weight in rc.components.items():
         values = component(name, rc)(sources, completions, references)
         out[f"reward_{name}"] = values
         total += (weight / total_weight) * values
+    for name, spec in rc.rules.items():
+        values = np.asarray(rule(name, rc)(sources, completions, references), dtype=np.float64)
+        out[f"reward_rule_{name}"] = values
+        total += (spec.weight / total_weight) * values
     if rc.length_penalty:
         out["reward_length"] = length_deviation(completions, references)
         total = np.clip(total - rc.length_penalty * out["reward_length"], 0.0, 1.0)

@@ -45,6 +45,26 @@ def _step_key(name: str) -> list[int]:
     return [int(x) for x in name.split("-")[1:]]
 
 
+# A table longer than this is summarised (a run of 50 SuperHF iterations has 101 artifacts): see `shown`.
+SUMMARY_ROWS = 12
+
+
+def shown(n: int, keep: set[int] = frozenset(), limit: int = SUMMARY_ROWS) -> list[int]:
+    """Which of n rows a summary shows: all of them up to `limit`; else the first two, the last two, `keep` (the
+    best, a damaged one) and evenly spaced ones between, about `limit` in all.
+
+    >>> shown(5), shown(51, {30}, limit=8)
+    ([0, 1, 2, 3, 4], [0, 1, 13, 25, 30, 37, 49, 50])
+    """
+    if n <= limit:
+        return list(range(n))
+    picked = {0, 1, n - 2, n - 1, *keep}
+    inner = max(0, limit - len(picked))
+    picked |= {round(1 + (n - 3) * (k + 1) / (inner + 1)) for k in range(inner)}
+    return sorted(picked)
+
+
+
 class Run:
     def __init__(self, path: Path, config: RunConfig):
         self.path = Path(path)
@@ -130,6 +150,10 @@ class Run:
     def policies(self) -> list[str]:
         """Published policies in the order they were made."""
         return (["policy-0"] if self.manifest("policy-0") else []) + self.published("improve-")
+
+    def assessed_policies(self) -> list[str]:
+        """Published policies with validation metrics (eval.every leaves some without), in the order they were made."""
+        return [n for n in self.policies() if self.metrics(n)["valid"] is not None]
 
     def grow_steps(self) -> list[int]:
         return [int(n.split("-")[1]) for n in self.published("grow-")]

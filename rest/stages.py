@@ -35,13 +35,13 @@ from tqdm.auto import tqdm
 from rest import artifacts, distributed, engines
 from rest.artifacts import existing, publish, run_lock, staging, write_json_atomic
 from rest.config import HOW_TO_TRAIN, BCConfig, GrowConfig, ImproveConfig, PolicyOptimFields, RunConfig
-from rest.data import grow_sources, load_split
+from rest.data import grow_sources, load_split, superbatch
 from rest.errors import RestError
 from rest.evaluation import evaluate, target_nll
-from rest.filtering import epoch_batches, mix_batches, select, text_lengths
+from rest.filtering import epoch_batches, mix_batches, preference_pairs, select, text_lengths
 from rest.models import Policy, build_policy, count_parameters, load_policy
-from rest.monitors import input_use_line, policy_monitors
-from rest.objectives import Batch, Objective, objective_for
+from rest.monitors import input_use_line, meteor_within, policy_monitors
+from rest.objectives import Batch, Objective, PairBatch, objective_for
 from rest.preflight import check_run_inputs
 from rest.rewards import artifact_dependencies, needs_reference, reward_names, score_config
 from rest.run import METRICS_FILE, VALID_OUTPUTS, Run
@@ -124,6 +124,9 @@ def assess(run: Run, name: str, policy: Policy, previous: str | None) -> tuple[d
     policy-0 itself has no previous and is its own drift base.
     """
     cfg = run.config
+    if previous is not None and run.metrics(previous)["valid"] is None:  # not validated (eval.every): the last one that was
+        made = run.assessed_policies()
+        previous = made[-1] if made else None
     valid_df = load_split(cfg.data.valid, "data.valid")
     valid, outputs = evaluate(engines.engine_on(policy, cfg), valid_df, cfg)
     base = outputs if previous is None else pd.read_parquet(run.dir("policy-0") / VALID_OUTPUTS)
@@ -150,14 +153,15 @@ def publish_policy(
     stage = staging(art)
     artifacts.clear(art)  # a partial directory or staging copy left by a crash
     policy.save(stage)
-    outputs[["source_id", "source", "reference", "output", "reward"]].to_parquet(stage / VALID_OUTPUTS, index=False)
+    if outputs is not None:  # None: not validated (eval.every)
+        outputs[["source_id", "source", "reference", "output", "reward"]].to_parquet(stage / VALID_OUTPUTS, index=False)
     write_json_atomic(stage / METRICS_FILE, metrics)
     os.replace(stage, art)
     return publish(art, artifacts.POLICY, parents, cfg_slice, extra)
 
 
 def _train_stats(stats: dict[str, Any]) -> dict[str, Any]:
-    return {k: stats[k] for k in ("steps", "examples", "loss_first", "loss_last", "kl_last") if k in stats}
+    return {k: v for k, v in stats.items() if k in ("steps", "examples", "loss_first") or k.endswith("_last")}
 
 
 def _dropout_seed(*parts: Any) -> int:
@@ -235,6 +239,8 @@ def _grow_plan(run_dir: Path, g: int) -> GrowPlan:
     # lineage: the sampling policy, then every artifact the reward reads (a learned reward model)
     parents = [run.artifact_id(policy)] + [m["id"] for m in artifact_dependencies(cfg.reward)]
     sources = grow_sources(cfg.data, need_reference=needs_reference(cfg.reward))
+    if cfg.grow.sources_per_step is not None:
+        sources = superbatch(sources, g, cfg.grow.sources_per_step, derive_seed(cfg.seed, "superbatch"))
     key = artifacts.sha256_json({"config": cfg_slice, "parents": parents, "sources": len(sources)})
     return GrowPlan(run, cfg_slice, parents, policy, sources, run.dir(f"grow-{g}"), key)
 
@@ -340,17 +346,23 @@ def grow_shard(run_dir: Path, g: int, index: int) -> dict[str, Any]:
     return record
 
 
+# How many of a Grow step's sources its METEOR similarity is measured on (8 samples: 56 scores of ~10 us each)
+METEOR_SOURCES = 1000
+
+
 def grow_stats(grow_dir: Path, thresholds: list[float]) -> dict[str, Any]:
     """Summary of a Grow step, read shard by shard (a source's N samples are in one shard), so that memory does
     not grow with the pool: only the rewards (8 bytes a row) are held for the quantiles."""
-    rewards, tokens, distinct, sources = [], 0, 0, 0
+    rewards, tokens, distinct, sources, within = [], 0, 0, 0, []
     for path in shard_paths(grow_dir):
         df = pd.read_parquet(path, columns=["source_id", "completion", "num_tokens", "reward"])
         rewards.append(df["reward"].to_numpy())
         tokens += int(df["num_tokens"].sum())
-        per_source = df.groupby("source_id")["completion"].nunique()
-        distinct += int(per_source.sum())
-        sources += len(per_source)
+        per_source = df.groupby("source_id")["completion"]
+        distinct += int(per_source.nunique().sum())
+        sources += per_source.ngroups
+        if len(within) < METEOR_SOURCES:
+            within.extend(meteor_within(c.tolist()) for _, c in per_source)
     reward = np.concatenate(rewards) if rewards else np.zeros(0)
     q = np.quantile(reward, [0.1, 0.25, 0.5, 0.75, 0.9])
     return {
@@ -361,6 +373,8 @@ def grow_stats(grow_dir: Path, thresholds: list[float]) -> dict[str, Any]:
         "kept_fraction": {str(t): round(float((reward >= t).mean()), 4) for t in thresholds},
         "completion_tokens": round(tokens / max(1, len(reward)), 2),
         "distinct_per_source": round(distinct / max(1, sources), 2),
+        # SuperHF's mode-collapse measure on the first METEOR_SOURCES sources: 1 - 0.5 / n^3 for n-word copies
+        "meteor_within": round(float(np.mean(scored)), 4) if (scored := [w for w in within if w is not None]) else None,
     }
 
 
@@ -407,18 +421,57 @@ def improve(run_dir: Path, g: int, i: int) -> str:
         distributed.launch("improve", run_dir, g, i, processes=ic.processes, key="improve.processes")
         run.verified(name)
         return name
+    grow_summary = run.verified(grow_name)["stats"]
+    train_df = load_split(cfg.data.train, "data.train")
+    rng = np.random.default_rng(derive_seed(cfg.seed, "improve", g, i))
+    objective = objective_for(ic)
+    make_batches = _pair_batches if objective.data == "pairs" else _row_batches
+    batches, selection = make_batches(run, grow_name, grow_summary, tau, ic, train_df, rng)
+    if objective.data == "pairs" and not selection["pairs"]:
+        log.warning(f"{name}: no pair of Grow samples qualifies (tau={tau}, margin={ic.preference.margin}); this "
+                    "step trains on data.train only")
+    elif objective.data != "pairs" and not selection["kept_unique"]:
+        log.warning(f"{name}: no Grow sample reaches tau={tau}; this step trains on data.train only")
+    device = distributed.rank_device(cfg.device)
+    policy = load_policy(run.dir(init), device=device)
+    reference = None
+    if objective.needs_reference:
+        # KL prior: policy-0; a preference loss: the policy that sampled the Grow step, or policy-0
+        ref_name = run.grow_policy(g) if objective.data == "pairs" and ic.preference.reference == "grower" else "policy-0"
+        run.verified(ref_name)
+        # The reference is the start with LoRA: the policy with its adapter switched off, no second copy.
+        reference = policy if ic.lora and init == ref_name else load_policy(run.dir(ref_name), device=device)
+    stats = fit(policy, batches, ic, cfg, _dropout_seed(cfg.seed, "improve", g, i), name, objective, reference)
+    if distributed.world()[0] != 0:
+        return name  # rank 0 validates and publishes
+    if validated(cfg, g):
+        valid, outputs, monitors = assess(run, name, policy, previous=run.improve_previous(g, i))
+    else:
+        valid, outputs, monitors = None, None, None
+    metrics = {"valid": valid, "improve": selection, "train": _train_stats(stats), "monitors": monitors}
+    publish_policy(run, name, policy, outputs, metrics, parents, cfg_slice, {"init": init, "grow": grow_name, "timing": stats})
+    learnt = (f"{selection['pairs']} pairs of {selection['pair_sources']} sources" if "pairs" in selection
+              else f"{selection['kept_unique']} unique samples of {selection['kept_sources']} sources")
+    checked = f"valid exact match {valid['exact_match']:.1f}, chrF {valid['chrf']:.1f}" if valid else f"not validated (eval.every={cfg.eval.every})"
+    log.info(f"{name}: tau={tau} learnt from {learnt}, {checked}")
+    return name
+
+
+def validated(cfg: RunConfig, g: int) -> bool:
+    """Whether the Improve policies of Grow step g are validated: every eval.every-th step, and the last."""
+    return g % cfg.eval.every == 0 or g >= cfg.grow.steps
+
+
+def _row_batches(run: Run, grow_name: str, grow_summary: dict[str, Any], tau: float, ic: ImproveConfig,
+                 train_df: pd.DataFrame, rng: np.random.Generator) -> tuple[list[Batch], dict[str, Any]]:
+    """Improve's rows: the Grow samples selection keeps at tau, mixed with data.train (improve.train_mix)."""
     # Read what selection needs, filtered while reading: memory follows the kept rows, not the Grow step's size
     # (percentile selection compares each source's N rewards, so it reads every row of those columns). The Grow
     # step's row count and kept fraction at each tau are in its manifest (finish_grow's stats).
-    grow_summary = run.verified(grow_name)["stats"]
     columns = ["source_id", "source", "sample_index", "completion", "reward"]
     rows = read_grow(run.dir(grow_name), columns, min_reward=None if ic.selection == "percentile" else tau)
     kept = select(rows, tau, ic.selection, ic.percentile, ic.top_k, ic.max_per_source)
     del rows
-    train_df = load_split(cfg.data.train, "data.train")
-    if kept.empty:
-        log.warning(f"{name}: no Grow sample reaches tau={tau}; this step trains on data.train only")
-    rng = np.random.default_rng(derive_seed(cfg.seed, "improve", g, i))
     k_src, k_tgt, k_w = kept["source"].tolist(), kept["completion"].tolist(), kept["reward"].tolist()
     t_src, t_tgt = train_df["source"].tolist(), train_df["reference"].tolist()
     lengths = (text_lengths(k_src, k_tgt), text_lengths(t_src, t_tgt)) if ic.group_by_length else None
@@ -440,22 +493,45 @@ def improve(run_dir: Path, g: int, i: int) -> str:
         "kept_reward_mean": round(float(kept["reward"].mean()), 4) if len(kept) else None,
         "train_mix": ic.train_mix,
     }
-    objective = objective_for(ic)
-    device = distributed.rank_device(cfg.device)
-    policy = load_policy(run.dir(init), device=device)
-    reference = None
-    if objective.needs_reference:
-        run.verified("policy-0")
-        # Starting from policy-0 with LoRA, policy-0 is the policy with its adapter switched off: no second copy.
-        reference = policy if ic.lora and init == "policy-0" else load_policy(run.dir("policy-0"), device=device)
-    stats = fit(policy, batches, ic, cfg, _dropout_seed(cfg.seed, "improve", g, i), name, objective, reference)
-    if distributed.world()[0] != 0:
-        return name  # rank 0 validates and publishes
-    valid, outputs, monitors = assess(run, name, policy, previous=run.improve_previous(g, i))
-    metrics = {"valid": valid, "improve": selection, "train": _train_stats(stats), "monitors": monitors}
-    publish_policy(run, name, policy, outputs, metrics, parents, cfg_slice, {"init": init, "grow": grow_name, "timing": stats})
-    log.info(f"{name}: tau={tau} kept {selection['kept_unique']} unique samples of {selection['kept_sources']} sources, valid exact match {valid['exact_match']:.1f}, chrF {valid['chrf']:.1f}")
-    return name
+    return batches, selection
+
+
+def _pair_batches(run: Run, grow_name: str, grow_summary: dict[str, Any], tau: float, ic: ImproveConfig,
+                  train_df: pd.DataFrame, rng: np.random.Generator) -> tuple[list[PairBatch], dict[str, Any]]:
+    """A preference loss's data: pairs of the Grow step's samples (filtering.preference_pairs; every row is read:
+    the rejected ones are below tau), mixed with data.train rows learnt with NLL (improve.train_mix of a batch)."""
+    pc = ic.preference
+    rows = read_grow(run.dir(grow_name), ["source_id", "source", "sample_index", "completion", "reward"])
+    pairs = preference_pairs(rows, tau, pc.pairs, pc.margin)
+    del rows
+    p_src, p_c, p_r = pairs["source"].tolist(), pairs["chosen"].tolist(), pairs["rejected"].tolist()
+    t_src, t_tgt = train_df["source"].tolist(), train_df["reference"].tolist()
+    lengths = None
+    if ic.group_by_length:
+        lengths = (text_lengths(p_src, [c + r for c, r in zip(p_c, p_r)]), text_lengths(t_src, t_tgt))
+    plan = mix_batches(len(pairs), len(train_df), ic.train_mix, ic.batch_size, ic.steps, rng, lengths)
+    batches = [
+        PairBatch([p_src[j] for j in ki], [p_c[j] for j in ki], [p_r[j] for j in ki],
+                  [t_src[j] for j in ti], [t_tgt[j] for j in ti])
+        for ki, ti in plan
+    ]
+
+    def mean(col: pd.Series) -> float | None:
+        return round(float(col.mean()), 4) if len(col) else None
+
+    selection = {
+        "tau": tau,
+        "grow_rows": grow_summary["rows"],
+        "pairs": len(pairs),
+        "pair_sources": int(pairs["source_id"].nunique()),
+        "chosen_reward_mean": mean(pairs["chosen_reward"]),
+        "rejected_reward_mean": mean(pairs["rejected_reward"]),
+        # what a summed log-likelihood may learn instead of quality: is the chosen one the longer?
+        "chosen_chars_mean": mean(pairs["chosen"].str.len()),
+        "rejected_chars_mean": mean(pairs["rejected"].str.len()),
+        "train_mix": ic.train_mix,
+    }
+    return batches, selection
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -465,7 +541,7 @@ def improve(run_dir: Path, g: int, i: int) -> str:
 def finish_run(run_dir: Path) -> dict[str, Any]:
     """Name the best policy by validation reward (earliest on ties) in run.json, with test metrics of it and policy-0."""
     run = Run.open(run_dir)
-    names = run.policies()
+    names = run.assessed_policies()
     if not names:
         raise RestError(f"{run_dir} has no published policy yet")
     valid = {n: run.metrics(n)["valid"] for n in names}

@@ -71,9 +71,10 @@ def run_metrics(run_dir: Path) -> list[tuple[str, int, dict[str, float]]]:
     rows: list[tuple[str, int, dict[str, float]]] = []
     for name in names:
         m = run.metrics(name)
-        mon = m.get("monitors", {})
-        values = {f"eval/{k}": v for k, v in m["valid"].items() if k != "n"}
+        mon = m.get("monitors") or {}
+        values = {f"eval/{k}": v for k, v in (m["valid"] or {}).items() if k != "n"}  # None: not validated
         values["eval/drift_chrf"] = mon.get("drift_chrf")
+        values["eval/drift_meteor"] = mon.get("drift_meteor")
         values["eval/length_ratio"] = mon.get("length_ratio")
         values["eval/probe_flags"] = len(mon.get("probe_flags", []))
         values["eval/alarm"] = int(bool(mon.get("alarm", {}).get("fired")))

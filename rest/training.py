@@ -117,7 +117,7 @@ def _train(policy, batches, optim, model_cfg, seed, objective, reference, on_pro
             p.requires_grad_(False)
     torch.manual_seed(seed)  # dropout masks
     model = policy.model
-    model.train()
+    model.train(getattr(objective, "dropout", True))  # a preference loss trains with dropout off
     precision, micro, checkpointing = optim.precision, optim.micro_batch_size, optim.gradient_checkpointing
     device = model.device
     if precision == "fp16" and device.type == "cpu":
@@ -143,7 +143,7 @@ def _train(policy, batches, optim, model_cfg, seed, objective, reference, on_pro
     opt = torch.optim.AdamW(params, lr=optim.lr, weight_decay=optim.weight_decay, fused=fused)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, optim.warmup(len(batches)), len(batches)))
     losses: list[float] = []
-    kls: list[float] = []
+    curves: dict[str, list[float]] = {}  # the objective's stats per step (kl, pref_accuracy, ...)
     examples = 0
     started = time.perf_counter()
     policy.token_cache = {}  # each distinct text is tokenized once for the whole run of steps
@@ -161,7 +161,8 @@ def _train(policy, batches, optim, model_cfg, seed, objective, reference, on_pro
                 with autocast:
                     loss, part_stats = objective(policy, part, model_cfg, reference, totals)
                 # FSDP averages the ranks' gradients (gloo has no pre-scaled sum): x world makes it their sum
-                scaler.scale(loss * world if fsdp else loss).backward()
+                if loss.requires_grad:  # a piece with nothing to learn from (no pair, no labelled row) adds nothing
+                    scaler.scale(loss * world if fsdp else loss).backward()
                 step_loss += loss.item()
                 for k, v in part_stats.items():
                     stats[k] = stats.get(k, 0.0) + v
@@ -170,8 +171,8 @@ def _train(policy, batches, optim, model_cfg, seed, objective, reference, on_pro
                     distributed.all_reduce_gradients(params)
                 step_loss, *summed = distributed.all_reduce_sums([step_loss, *stats.values()], device)
                 stats = dict(zip(stats, summed))
-            if "kl" in stats:
-                kls.append(stats["kl"])
+            for k, v in stats.items():
+                curves.setdefault(k, []).append(v)
             scaler.unscale_(opt)
             torch.nn.utils.clip_grad_norm_(model.parameters(), optim.grad_clip)
             scaler.step(opt)
@@ -199,7 +200,8 @@ def _train(policy, batches, optim, model_cfg, seed, objective, reference, on_pro
         # None, not NaN, with no steps (bc.steps: 0 on a pretrained model): metrics.json stays valid JSON.
         "loss_first": losses[0] if losses else None,
         "loss_last": sum(tail) / len(tail) if tail else None,
-        **({"kl_last": sum(kls[-len(tail):]) / len(tail)} if kls else {}),
+        # kl_last, pref_accuracy_last, ...: each stat's mean over the last tenth of its steps
+        **{f"{k}_last": sum(v[-len(tail):]) / len(v[-len(tail):]) for k, v in curves.items()},
         "losses": losses,  # the loss curve, one per optimiser step (in the artifact's manifest)
         "seconds": round(seconds, 2),
         "examples_per_s": round(examples / seconds, 1) if seconds > 0 else 0.0,

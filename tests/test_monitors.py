@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from rest.monitors import alarm, drift_chrf, length_ratio, policy_monitors, probe_flags, probe_reward, probe_rewards
+from rest.monitors import alarm, drift_chrf, drift_meteor, length_ratio, meteor, meteor_within, policy_monitors, probe_flags, probe_reward, probe_rewards
 
 
 def prefers_repetition(sources, completions, references):
@@ -51,6 +51,20 @@ def test_alarm_fires_when_reward_rises_and_reference_chrf_falls():
     assert not alarm({"reward": 0.90, "chrf": 95.0}, {"reward": 0.93, "chrf": 96.0})["fired"]  # both rose: progress
     assert not alarm({"reward": 0.90, "chrf": 95.0}, {"reward": 0.88, "chrf": 94.0})["fired"]  # both fell: just worse
     assert not alarm(None, {"reward": 0.9, "chrf": 95.0})["fired"]
+
+
+def test_meteor_similarity_of_identical_and_disjoint_completions():
+    # identical strings of n words: 1 - 0.5 / n^3 (one chunk); one word: 0.5; nothing shared: 0
+    assert meteor("HH AH L OW", "HH AH L OW") == pytest.approx(1 - 0.5 / 4**3)
+    assert meteor("zwei", "zwei") == pytest.approx(0.5)
+    assert meteor("K AE T", "D AO G") == 0.0
+    assert meteor("sieben tausend", "Sieben Tausend") == pytest.approx(1 - 0.5 / 8)  # lower-cased
+    # 2 of 3 words matched in one chunk each way: P = R = 2/3, Fmean = 2/3, penalty 0.5 (1/2)^3 = 0.0625
+    assert meteor("a b c", "a b d") == pytest.approx(2 / 3 * (1 - 0.0625))
+    assert meteor_within(["D AO G"] * 4) == pytest.approx(1 - 0.5 / 27)  # collapsed onto one string
+    assert meteor_within(["K AE T", "D AO G", "F IH SH"]) == 0.0
+    assert meteor_within(["K AE T"]) is None
+    assert drift_meteor(["K AE T", "D AO G"], ["K AE T", "F IH SH"]) == pytest.approx((1 - 0.5 / 27) / 2, abs=1e-4)
 
 
 def test_drift_and_length_ratio():

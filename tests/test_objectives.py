@@ -10,8 +10,10 @@ import pytest
 import torch
 
 from rest.config import ImproveConfig
-from rest.filtering import select
-from rest.objectives import NLL, Batch, reduce_nll, sequence_nll, token_kl, token_nll
+from rest.filtering import preference_pairs, select
+from rest.models import target_counts
+from rest.objectives import (NLL, Batch, PairBatch, Preference, preference_losses, reduce_nll, sequence_nll, token_kl,
+                             token_nll)
 from rest.training import train
 from tests.test_models_sampling import _tiny
 
@@ -95,3 +97,74 @@ def test_selections_worked_example():
     hard = pd.concat([rows, _one_source([0.1, 0.2, 0.3, 0.4]).assign(source_id="h")])
     kept = select(hard, 0.0, "percentile", percentile=0.75)
     assert kept[kept.source_id == "h"].reward.tolist() == [0.4]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Preference losses (DPO, IPO) on pairs of one source's samples
+
+
+def test_dpo_and_ipo_on_a_hand_made_pair_averaged_and_summed():
+    # the docstring of preference_losses: chosen 2 tokens, ratio +2; rejected 4 tokens, ratio -2; beta 0.5
+    pair = [torch.tensor([v]) for v in (-2.0, -8.0, -4.0, -6.0, 2.0, 4.0)]
+    loss, h = preference_losses(*pair, beta=0.5, kind="dpo", average_log_prob=False)
+    assert h.item() == pytest.approx(4.0)
+    assert loss.item() == pytest.approx(math.log(1 + math.exp(-2.0)))  # -log sigmoid(0.5 * 4) = 0.1269
+    loss, h = preference_losses(*pair, beta=0.5, kind="dpo", average_log_prob=True)
+    assert h.item() == pytest.approx(2 / 2 + 2 / 4)  # 1.5: each ratio per token
+    assert loss.item() == pytest.approx(math.log(1 + math.exp(-0.75)))  # 0.3869
+    assert preference_losses(*pair, beta=0.5, kind="ipo", average_log_prob=False)[0].item() == pytest.approx(9.0)
+    assert preference_losses(*pair, beta=0.5, kind="ipo", average_log_prob=True)[0].item() == pytest.approx(0.25)
+    # the length bias averaging removes: the same per-token ratios on a chosen twice as long double h when summed
+    longer = [torch.tensor([v]) for v in (-4.0, -8.0, -8.0, -6.0, 4.0, 4.0)]
+    assert preference_losses(*longer, beta=0.5, average_log_prob=False)[1].item() == pytest.approx(6.0)
+    assert preference_losses(*longer, beta=0.5, average_log_prob=True)[1].item() == pytest.approx(1.5)
+    # a policy equal to its reference: h = 0, DPO loss ln 2, IPO loss (1 / (2 beta))^2
+    same = [torch.tensor([v]) for v in (-3.0, -5.0, -3.0, -5.0, 2.0, 4.0)]
+    assert preference_losses(*same, beta=0.5)[0].item() == pytest.approx(math.log(2))
+    assert preference_losses(*same, beta=0.25, kind="ipo")[0].item() == pytest.approx(4.0)
+
+
+def test_preference_pairs_worked_example():
+    rows = _one_source([0.9, 0.6, 0.2, 0.9]).assign(source="x")
+    rows.loc[3, "completion"] = " c0 "  # the same completion as sample 0 once normalised: one distinct sample
+    best_worst = preference_pairs(rows, tau=0.5, pairs="best_worst", margin=0.3)
+    assert list(zip(best_worst.chosen, best_worst.rejected)) == [("c0", "c2")]
+    margin = preference_pairs(rows, tau=0.5, pairs="margin", margin=0.3)
+    assert list(zip(margin.chosen, margin.rejected)) == [("c0", "c1"), ("c0", "c2"), ("c1", "c2")]
+    assert margin.chosen_reward.tolist() == [0.9, 0.9, 0.6]
+    assert preference_pairs(rows, tau=0.95).empty  # no chosen clears tau
+    assert preference_pairs(rows, tau=0.5, margin=0.8).empty  # the widest gap is 0.7
+    assert preference_pairs(_one_source([0.7, 0.7]).assign(source="x"), tau=0.0, margin=0.0).empty  # a tie is no pair
+
+
+def test_pair_batch_pieces_cover_every_row_and_none_is_empty():
+    batch = PairBatch(["a", "b"], ["c1", "c2"], ["r1", "r2"], ["t1"], ["y1"])
+    for size in (1, 2, 3):
+        pieces = batch.split(size)
+        assert all(len(p) for p in pieces) and len(pieces) == -(-3 // size)
+        assert sum((p.sources for p in pieces), []) == batch.sources
+        assert sum((p.nll_sources for p in pieces), []) == batch.nll_sources
+    assert [len(batch.share(r, 3)) for r in range(3)] == [1, 1, 1]
+
+
+def test_preference_training_on_a_tiny_model(tmp_path):
+    """Dropout off: the first step's loss is exactly ln 2 (policy = reference); pieces normalised by the whole
+    batch's totals add up to the whole batch's loss; training raises the chosen sample's likelihood ratio."""
+    policy, cfg = _tiny(tmp_path, "bart")
+    reference = copy.deepcopy(policy)
+    batch = PairBatch(["12", "5"], ["zwölf", "fünf"], ["zwei", "fünfzehn"], ["7"], ["sieben"])
+    objective = Preference("dpo", beta=0.5, average_log_prob=True, nll_weight=1.0)
+    policy.model.eval(), reference.model.eval()  # as train() puts them for an objective with dropout = False
+    whole, stats = objective(policy, batch, cfg, reference)
+    totals = objective.totals(policy, batch, cfg)
+    assert totals == {"pairs": 2.0, "tokens": float(target_counts(policy, ["sieben"], cfg)[0])}
+    pieces = sum(objective(policy, p, cfg, reference, totals)[0].item() for p in batch.split(1))
+    assert pieces == pytest.approx(whole.item(), rel=1e-5)
+    assert stats["pref_loss"] == pytest.approx(math.log(2), abs=1e-6) and stats["pref_margin"] == pytest.approx(0, abs=1e-6)
+    only_pairs = Preference("dpo", beta=0.5, nll_weight=0.0)
+    out = train(policy, [batch] * 6, ImproveConfig(steps=6, lr=1e-2, warmup_steps=0), cfg, seed=0,
+                objective=only_pairs, reference=reference)
+    assert out["losses"][0] == pytest.approx(math.log(2), abs=1e-6)  # dropout was off in training too
+    assert out["pref_accuracy_last"] == 1.0 and out["pref_margin_last"] > 0 and out["losses"][-1] < math.log(2)
+    with pytest.raises(ValueError, match="needs the reference"):
+        only_pairs(policy, batch, cfg, None)

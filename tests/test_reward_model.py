@@ -97,18 +97,38 @@ def test_reward_model_grow_without_references_and_best_of_n(clean_run, tmp_path)
     scores = load_reward_model(bt).score(sample["source"].tolist(), sample["completion"].tolist())
     assert ((scores > 0) & (scores < 1)).all()
 
-    # Grow scores sources that have no reference with the learned reward only
+    # A Sparrow rule model: a classifier of a 0/1 column (1 = the rule is broken: the output has no "und")
+    labelled = tmp_path / "rule.parquet"
+    shard = pd.read_parquet(clean_run / "grow-1")
+    shard.assign(violation=(~shard["completion"].str.contains("und")).astype(float)).to_parquet(labelled)
+    rule_rm = tmp_path / "rule-und"
+    rest(*args[:5], str(rule_rm), f"data.shards=[{labelled}]", *args[7:], "objective=classification",
+         "data.score_column=violation", "train.steps=40")
+    rule_metrics = json.loads((rule_rm / "metrics.json").read_text())["valid"]
+    assert 0 < rule_metrics["positive_fraction"] < 1 and rule_metrics["accuracy"] > rule_metrics["positive_fraction"] - 0.05
+    bad = rest(*args[:5], str(tmp_path / "x"), f"data.shards=[{clean_run / 'grow-1'}]", *args[7:],
+               "objective=classification", check=False)
+    assert bad.returncode != 0 and "classification learns a 0/1 label" in bad.stderr
+
+    # Grow scores sources that have no reference with the learned reward and two rules (Sparrow's composite)
     run = tmp_path / "learned"
     rest("run", "--config", CONFIG, "--run", str(run), "reward.components={learned: 1.0}", f"reward.learned={rm}",
+         f"reward.rules={{und: {{model: {rule_rm}, weight: 0.5}}, short: {{regex: '^.{{0,3}}$', weight: 0.5}}}}",
          "data.pool=tests/fixtures/unlabelled-small.parquet", "improve.thresholds=[0.3, 0.6]")
     rows = pd.read_parquet(run / "grow-1")
     assert len(rows) == 40 * 8 and rows["reference"].isna().all()
-    assert {"reward", "reward_learned"} <= set(rows.columns) and (rows["reward"] == rows["reward_learned"]).all()
+    assert {"reward", "reward_learned", "reward_rule_und", "reward_rule_short"} <= set(rows.columns)
     again = load_reward_model(rm).score(rows["source"].tolist(), rows["completion"].tolist())
-    np.testing.assert_allclose(rows["reward"].to_numpy(), again, atol=1e-5)
+    np.testing.assert_allclose(rows["reward_learned"].to_numpy(), again, atol=1e-5)
+    p_broken = load_reward_model(rule_rm).score(rows["source"].tolist(), rows["completion"].tolist())
+    np.testing.assert_allclose(rows["reward_rule_und"].to_numpy(), 1 - p_broken, atol=1e-5)
+    assert (rows["reward_rule_short"] == (rows["completion"].str.len() > 3)).all()
+    want = (rows["reward_learned"] + 0.5 * rows["reward_rule_und"] + 0.5 * rows["reward_rule_short"]) / 2
+    np.testing.assert_allclose(rows["reward"].to_numpy(), want.to_numpy(), atol=1e-9)
     assert rows["reward"].between(0, 1).all() and rows["reward"].std() > 0
     grow = json.loads((run / "grow-1" / "_manifest.json").read_text())
-    assert grow["parents"][1] == manifest["id"]  # lineage: which reward model scored the step
+    rule_id = json.loads((rule_rm / "_manifest.json").read_text())["id"]
+    assert grow["parents"][1:] == [manifest["id"], rule_id]  # lineage: which models scored the step
 
     # best-of-N: one row per source, K candidates with their rewards, the chosen one is the best
     bon = tmp_path / "bon.parquet"

@@ -77,6 +77,40 @@ def test_composite_reward_length_penalty_and_format_check():
     assert chrf_only["reward"][0] == pytest.approx(max(0.0, chrf_only["reward_chrf"][0] - 0.5))
 
 
+def test_sparrow_composite_with_rules_length_penalty_and_format():
+    from rest.config import RewardConfig
+    from rest.rewards import reward_names, score_config
+
+    rc = RewardConfig(components={"exact_match": 2.0}, length_penalty=0.5, format_regex="[a-zäöüß ]+",
+                      rules={"no_repeat": {"regex": r"\b(\w+) \1\b", "weight": 1.0},
+                             "no_tausend": {"regex": "tausend", "weight": 1.0}})
+    assert reward_names(rc) == ["exact_match", "rule_no_repeat", "rule_no_tausend", "length", "format"]
+    out = score_config(rc, ["2", "2", "2000"], ["zwei", "zwei zwei", "zwei tausend"], ["zwei", "zwei", "zwei tausend"])
+    assert out["reward_rule_no_repeat"].tolist() == [1.0, 0.0, 1.0]  # 1 - P(violation): "zwei zwei" breaks it
+    assert out["reward_rule_no_tausend"].tolist() == [1.0, 1.0, 0.0]
+    # weighted mean over components and rules (2 + 1 + 1), then - 0.5 x length deviation, clipped, x format
+    assert out["reward"].tolist() == pytest.approx([
+        (2 * 1 + 1 + 1) / 4 - 0.5 * 0.0,
+        max(0.0, (2 * 0 + 0 + 1) / 4 - 0.5 * 1.0),  # |9 - 4| / 4 capped at 1
+        (2 * 1 + 1 + 0) / 4,
+    ])
+
+
+def test_a_rule_is_a_regex_or_a_classifier_and_its_model_must_classify(tmp_path):
+    from rest.config import load_config
+    from rest.rewards import artifact_dependencies
+
+    with pytest.raises(RestError, match="either a `regex` or a `model`"):
+        load_config("configs/smoke.yaml", ["reward.rules={x: {weight: 1.0}}"])
+    with pytest.raises(RestError, match="not a valid regular expression"):
+        load_config("configs/smoke.yaml", ["reward.rules={x: {regex: '[a-z'}}"])
+    with pytest.raises(RestError, match="reward.rules"):
+        load_config("configs/smoke.yaml", ["reward.rules={Bad-Name: {regex: x}}"])
+    cfg = load_config("configs/smoke.yaml", [f"reward.rules={{x: {{model: {tmp_path}}}}}"])
+    with pytest.raises(RestError, match=r"reward.rules.x.model: .* is not a finished reward_model.*objective: classification"):
+        artifact_dependencies(cfg.reward)
+
+
 def test_a_bad_format_regex_names_the_key():
     from rest.config import load_config
 
