@@ -21,7 +21,7 @@ POOL ?= rest
 # $(call HEALTHY,SECONDS): wait until the server's health endpoint answers (curl is not on every machine).
 HEALTHY = $(BIN)/python -m flows.wait_for_server $(PREFECT_URL) $(1)
 
-.PHONY: setup vllm run grow improve eval inspect report reward test test-unit bench data clean server worker deploy stop
+.PHONY: setup vllm run grow improve eval inspect report reward test test-unit bench methods data clean server worker deploy stop
 
 setup: $(VENV)/.installed
 
@@ -60,7 +60,8 @@ report: setup  ## (re)write RUN/report/index.html
 reward: setup  ## train the learned reward of RM_CONFIG (default: chrF predicted from Grow 1 of runs/numbers)
 	$(BIN)/rest reward train --config $(RM_CONFIG) $(ARGS)
 
-test: setup vllm
+test:  ## both venvs (installed side by side: ~1 min less from a fresh clone), then every test
+	$(MAKE) --no-print-directory -j2 setup vllm
 	REST_VLLM_PYTHON=$(CURDIR)/$(VLLM_VENV)/bin/python $(BIN)/python -m pytest -q --durations=12 $(ARGS)
 
 test-unit: setup
@@ -68,6 +69,9 @@ test-unit: setup
 
 bench: setup vllm  ## speed side by side (Grow incl. vLLM, Improve, scoring, memory, make run's stages): writes docs/benchmarks.md
 	REST_VLLM_PYTHON=$(CURDIR)/$(VLLM_VENV)/bin/python $(BIN)/python bench/speed.py $(ARGS)
+
+methods: setup  ## every method on both embedded tasks, 2 seeds (hours on 2 cores; ARGS="--tasks g2p --seeds 0"): docs/methods.md
+	$(BIN)/python bench/methods.py $(ARGS)
 
 data: setup  ## rebuild data/numbers/*.parquet (deterministic; the result is committed)
 	$(BIN)/python data/build_numbers.py

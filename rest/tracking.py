@@ -54,9 +54,10 @@ def experiment_key(run_dir: Path) -> str:
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Dotted keys to leaf values; an empty mapping (reward.rules: {}) has no leaf and gives no key."""
     out: dict[str, Any] = {}
     for key, value in tree.items():
-        if isinstance(value, dict) and value:
+        if isinstance(value, dict):
             out.update(flatten(value, f"{prefix}{key}."))
         else:
             out[f"{prefix}{key}"] = value

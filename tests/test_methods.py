@@ -24,10 +24,11 @@ def _metrics(run, name):
 
 def test_iterative_dpo_learns_from_pairs_of_its_own_samples(tmp_path):
     run = tmp_path / "dpo"
+    # 60 BC steps learn little of g2p (chrF ~0.1): low thresholds, so that pairs qualify
     out = rest("run", "--config", "configs/g2p-dpo.yaml", "--run", str(run), *SMOKE, "grow.steps=1",
-               "improve.thresholds=[0.3, 0.5]").stdout
+               "improve.thresholds=[0.1, 0.15]", "improve.preference.margin=0.05").stdout
     rows = pd.read_parquet(run / "grow-1")
-    for name, tau in (("improve-1-1", 0.3), ("improve-1-2", 0.5)):
+    for name, tau in (("improve-1-1", 0.1), ("improve-1-2", 0.15)):
         m = _metrics(run, name)
         sel, train = m["improve"], m["train"]
         # one pair per source at most (best_worst), each chosen sample clears tau
@@ -35,7 +36,7 @@ def test_iterative_dpo_learns_from_pairs_of_its_own_samples(tmp_path):
         assert sel["chosen_reward_mean"] >= tau > sel["rejected_reward_mean"]
         assert 0 <= train["pref_accuracy_last"] <= 1 and train["nll_last"] > 0
     inspect = rest("inspect", str(run)).stdout
-    assert "0.3:" in inspect and " pairs" in inspect
+    assert "0.1:" in inspect and " pairs" in inspect
     assert "best policy" in out.lower()
 
 
@@ -56,4 +57,10 @@ def test_superhf_iterations_take_fresh_superbatches_and_keep_the_best_per_source
         assert m["train"]["kl_last"] > 0  # the KL prior to policy-0 is on
         grow = json.loads((run / f"grow-{g}" / "_manifest.json").read_text())["stats"]
         assert 0 <= grow["meteor_within"] <= 1
-        assert 0 <= m["monitors"]["drift_meteor"] <= 1
+        # eval.every 5: only the last iteration (3) is validated; the others publish no validation
+        validated = g == 3
+        assert (m["valid"] is not None) == validated == (run / f"improve-{g}-1" / "valid_outputs.parquet").exists()
+    assert 0 <= m["monitors"]["drift_meteor"] <= 1
+    assert m["monitors"]["alarm"]["previous"] == "policy-0"  # compared with the last validated policy
+    record = json.loads((run / "run.json").read_text())
+    assert record["best_policy"] in ("policy-0", "improve-3-1")

@@ -103,11 +103,11 @@ def test_reward_model_grow_without_references_and_best_of_n(clean_run, tmp_path)
     shard.assign(violation=(~shard["completion"].str.contains("und")).astype(float)).to_parquet(labelled)
     rule_rm = tmp_path / "rule-und"
     rest(*args[:5], str(rule_rm), f"data.shards=[{labelled}]", *args[7:], "objective=classification",
-         "data.score_column=violation", "train.steps=40")
+         "data.score_column=violation", "data.negatives=0", "train.steps=40")
     rule_metrics = json.loads((rule_rm / "metrics.json").read_text())["valid"]
     assert 0 < rule_metrics["positive_fraction"] < 1 and rule_metrics["accuracy"] > rule_metrics["positive_fraction"] - 0.05
     bad = rest(*args[:5], str(tmp_path / "x"), f"data.shards=[{clean_run / 'grow-1'}]", *args[7:],
-               "objective=classification", check=False)
+               "objective=classification", "data.negatives=0", check=False)
     assert bad.returncode != 0 and "classification learns a 0/1 label" in bad.stderr
 
     # Grow scores sources that have no reference with the learned reward and two rules (Sparrow's composite)
