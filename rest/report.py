@@ -70,6 +70,7 @@ def collect(run_dir: Path) -> dict[str, Any]:
         "cfg": run.config,
         "record": run.record,
         "policies": policies,
+        "all_policies": run.policies(),
         "metrics": {n: run.metrics(n) for n in policies},
         "manifests": manifests,
         "grows": grows,
@@ -79,23 +80,32 @@ def collect(run_dir: Path) -> dict[str, Any]:
 
 def grow_verdicts(data: dict[str, Any]) -> list[dict[str, Any]]:
     """Per Grow step: the policy that sampled it against the best of its Improve steps (by validation reward, as
-    the run picks its best policy), on validation. `helped`: reward up and exact match not down."""
+    the run picks its best policy), on validation. `helped`: reward up and exact match not down. With eval.every,
+    a row spans the Grow steps since the last validated policy (`grow`: "grow-36..40"), seconds and samples summed."""
     out = []
+    made = data["all_policies"]
     for grow in data["grows"]:
         g = int(grow.split("-")[1])
-        before = data["manifests"][grow]["policy"]
         after = [n for n in data["policies"] if n.startswith(f"improve-{g}-")]
-        if not after or before not in data["metrics"]:  # a step either side not validated (eval.every)
+        if not after:  # no validated Improve step (eval.every) after this Grow step
             continue
+        before = grower = data["manifests"][grow]["policy"]
+        first = g
+        if grower not in data["metrics"]:  # the grower was not validated: the last validated policy before it
+            before = [n for n in made[: made.index(grower) + 1] if n in data["metrics"]][-1]
+            first = 1 if before == "policy-0" else int(before.split("-")[1]) + 1
+        span = [f"grow-{k}" for k in range(first, g + 1) if f"grow-{k}" in data["manifests"]]
         best = max(after, key=lambda n: (data["metrics"][n]["valid"]["reward"], -after.index(n)))
         b, a = data["metrics"][before]["valid"], data["metrics"][best]["valid"]
         em, rw = a["exact_match"] - b["exact_match"], a["reward"] - b["reward"]
-        seconds = sum(s["seconds"] for s in data["manifests"][grow]["shards"])
-        seconds += sum(data["manifests"][n]["timing"]["seconds"] for n in after)
+        trained = [n for n in made if n.startswith(tuple(f"improve-{k.split('-')[1]}-" for k in span))]
+        seconds = sum(s["seconds"] for k in span for s in data["manifests"][k]["shards"])
+        seconds += sum(data["manifests"][n]["timing"]["seconds"] for n in trained)
         out.append({
-            "grow": grow, "before": before, "after": best, "exact_match_delta": round(em, 2),
-            "reward_delta": round(rw, 4), "chrf_delta": round(a["chrf"] - b["chrf"], 2),
-            "helped": rw > 0 and em >= 0, "seconds": round(seconds, 1), "samples": data["manifests"][grow]["stats"]["rows"],
+            "grow": grow if len(span) == 1 else f"grow-{first}..{g}", "before": before, "after": best,
+            "exact_match_delta": round(em, 2), "reward_delta": round(rw, 4), "chrf_delta": round(a["chrf"] - b["chrf"], 2),
+            "helped": rw > 0 and em >= 0, "seconds": round(seconds, 1),
+            "samples": sum(data["manifests"][k]["stats"]["rows"] for k in span),
         })
     return out
 
@@ -146,9 +156,13 @@ def plots(data: dict[str, Any]) -> list[tuple[str, str]]:
     x = np.arange(len(names))
 
     if data["grows"]:  # a BC-only run (grow.steps: 0) has no Grow step to plot
-        fig, ax = _figure("Reward of the Grow samples")
+        # Many Grow steps (SuperHF): the first, the last and evenly spaced ones, not 50 curves and a 50-line legend
+        grows = [data["grows"][k] for k in shown(len(data["grows"]), limit=6)]
+        fig, ax = _figure("Reward of the Grow samples" + ("" if len(grows) == len(data["grows"]) else
+                                                          f" ({len(grows)} of {len(data['grows'])} steps)"))
         bins = np.linspace(0, 1, 41)
-        for grow, rows in data["rows"].items():
+        for grow in grows:
+            rows = data["rows"][grow]
             ax.hist(rows["reward"], bins=bins, histtype="step", linewidth=1.8, label=f"{grow} (mean {rows['reward'].mean():.3f})")
         for t in thresholds:
             ax.axvline(t, color="grey", linestyle="--", linewidth=1)
@@ -159,12 +173,12 @@ def plots(data: dict[str, Any]) -> list[tuple[str, str]]:
         out.append(("Reward distribution per Grow step", _png(fig)))
 
         fig, ax = _figure("Fraction of Grow samples kept at each threshold")
-        width = 0.8 / max(1, len(data["grows"]))
-        for k, grow in enumerate(data["grows"]):
+        width = 0.8 / max(1, len(grows))
+        for k, grow in enumerate(grows):
             rows = data["rows"][grow]
             kept = [float((rows["reward"] >= t).mean()) for t in thresholds]
             ax.bar(np.arange(len(thresholds)) + k * width, kept, width, label=grow)
-        ax.set_xticks(np.arange(len(thresholds)) + width * (len(data["grows"]) - 1) / 2, [f"tau={t}" for t in thresholds])
+        ax.set_xticks(np.arange(len(thresholds)) + width * (len(grows) - 1) / 2, [f"tau={t}" for t in thresholds])
         ax.set_ylim(0, 1)
         ax.set_ylabel("fraction kept")
         ax.legend(fontsize=8)

@@ -64,3 +64,6 @@ def test_superhf_iterations_take_fresh_superbatches_and_keep_the_best_per_source
     assert m["monitors"]["alarm"]["previous"] == "policy-0"  # compared with the last validated policy
     record = json.loads((run / "run.json").read_text())
     assert record["best_policy"] in ("policy-0", "improve-3-1")
+    # the report's verdict spans the Grow steps since the last validated policy
+    [verdict] = json.loads(rest("report", str(run), "--json").stdout)["grow"]
+    assert (verdict["grow"], verdict["before"], verdict["after"], verdict["samples"]) == ("grow-1..3", "policy-0", "improve-3-1", 3 * 16 * 8)
