@@ -9,7 +9,11 @@ A method is a config in configs/ (written for g2p); a task is the data it points
 config's data, numbers points it at data/numbers). Every row is one `rest run` command, printed in the table, so
 every number can be reproduced alone. Runs go to runs/methods/<task>-<method>-s<seed> (with their log); a finished
 run is not run again (rest run resumes a partial one). Each run is whole (nothing shared between rows), so its wall
-time is what the method costs. The tables go into docs/methods.md between its two `methods-table` markers.
+time is what the method costs.
+
+What a finished run shows is kept in bench/methods.jsonl (one line per task, method and seed, with the commit it
+ran at), committed with the tables: a run directory is hundreds of MB and is not kept, the line is. The tables are
+made from that file and go into docs/methods.md between its two `methods-table` markers.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parent.parent
 OUT = Path("runs/methods")
 DOC = ROOT / "docs/methods.md"
+LEDGER = ROOT / "bench/methods.jsonl"
 SEEDS = (0, 1)
 TASKS = {
     "g2p": [],
@@ -45,7 +50,13 @@ METHODS = [
     ("dpo-averaged", "configs/g2p-dpo.yaml", [], "iterative DPO, best vs worst, length-averaged log-likelihoods"),
     ("dpo-summed", "configs/g2p-dpo.yaml", ["improve.preference.average_log_prob=false"],
      "iterative DPO, best vs worst, summed log-likelihoods (DPO as published)"),
+    ("rest-scalar-rm", "configs/g2p.yaml", [], "ReST whose only reward is a regression model of chrF (no reference read)"),
+    ("rest-seq2seq-rm", "configs/g2p.yaml", [], "ReST whose only reward is the seq2seq reward model (no reference read)"),
 ]
+# The rows whose reward is a learned model: `rest reward train` first, on grow-1 of the same task and seed's `rest`
+# row (policy-0's samples scored by chrF) from its policy-0, both kinds with the same budget; then ReST with it.
+REWARD_MODELS = {"rest-scalar-rm": "configs/reward-numbers.yaml", "rest-seq2seq-rm": "configs/reward-numbers-seq2seq.yaml"}
+RM_BUDGET = ["train.steps=1000", "data.negatives=4"]
 # A method's overrides on one task only: the same Grow samples as ReST on numbers' 2000-source pool (2 x 2000 x 8)
 TASK_METHOD = {("numbers", "superhf"): ["grow.sources_per_step=80", "grow.shard_size=80"]}
 START, END = "<!-- methods-table:start -->", "<!-- methods-table:end -->"
@@ -55,9 +66,23 @@ def run_dir(task: str, method: str, seed: int) -> Path:
     return OUT / f"{task}-{method}-s{seed}"
 
 
-def command(task: str, config: str, overrides: list[str], seed: int, run: Path) -> list[str]:
-    return ["rest", "run", "--config", config, "--run", str(run), f"seed={seed}", *TASKS[task], *overrides,
-            *TASK_METHOD.get((task, run.name.removeprefix(f"{task}-").rsplit("-s", 1)[0]), [])]
+def commands(task: str, name: str, config: str, overrides: list[str], seed: int) -> list[list[str]]:
+    """The commands of one row: `rest run`, after `rest reward train` for a row with a learned reward."""
+    run = run_dir(task, name, seed)
+    out = []
+    if name in REWARD_MODELS:
+        rm, grower = OUT / f"{task}-{name}-model-s{seed}", run_dir(task, "rest", seed)
+        out.append(["rest", "reward", "train", "--config", REWARD_MODELS[name], "--out", str(rm), f"seed={seed}",
+                    f"data.shards=[{grower / 'grow-1'}]", f"model.pretrained={grower / 'policy-0'}", *RM_BUDGET])
+        overrides = [*overrides, "reward.components={learned: 1.0}", f"reward.learned={rm}"]
+    out.append(["rest", "run", "--config", config, "--run", str(run), f"seed={seed}", *TASKS[task], *overrides,
+                *TASK_METHOD.get((task, name), [])])
+    return out
+
+
+def shown(cmds: list[list[str]]) -> str:
+    """Commands as one shell line (a value with a space or brace quoted)."""
+    return " && ".join(" ".join(f"'{a}'" if any(c in a for c in " {}[]") else a for a in cmd) for cmd in cmds)
 
 
 def finished(run: Path) -> bool:
@@ -69,18 +94,47 @@ def run_missing(tasks: list[str], seeds: list[int]) -> None:
     for task in tasks:
         for name, config, overrides, _ in METHODS:
             for seed in seeds:
-                run = run_dir(task, name, seed)
-                if finished(run):
-                    continue
-                cmd = command(task, config, overrides, seed, run)
-                print("+", " ".join(cmd), flush=True)
-                run.parent.mkdir(parents=True, exist_ok=True)
-                t0 = time.time()
-                with open(f"{run}.log", "w") as log:
-                    subprocess.run([str(ROOT / ".venv/bin" / cmd[0]), *cmd[1:]], check=True, stdout=log,
-                                   stderr=subprocess.STDOUT, cwd=ROOT)
-                (run / "wall_seconds.txt").write_text(f"{time.time() - t0:.0f}\n")
-                print(f"  {time.time() - t0:.0f} s", flush=True)
+                if name in REWARD_MODELS and not finished(run_dir(task, "rest", seed)):
+                    run_row(task, *next(m[:3] for m in METHODS if m[0] == "rest"), seed)  # its reward model's data
+                if not finished(run_dir(task, name, seed)):
+                    run_row(task, name, config, overrides, seed)
+
+
+def run_row(task: str, name: str, config: str, overrides: list[str], seed: int) -> None:
+    """Run one row's commands (its log: runs/methods/<row>.log), time them, put the result into the ledger."""
+    run = run_dir(task, name, seed)
+    cmds = commands(task, name, config, overrides, seed)
+    print("+", shown(cmds), flush=True)
+    run.parent.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    with open(f"{run}.log", "w") as log:
+        for cmd in cmds:
+            subprocess.run([str(ROOT / ".venv/bin" / cmd[0]), *cmd[1:]], check=True, stdout=log,
+                           stderr=subprocess.STDOUT, cwd=ROOT)
+    (run / "wall_seconds.txt").write_text(f"{time.time() - t0:.0f}\n")
+    print(f"  {time.time() - t0:.0f} s", flush=True)
+    record(task, name, seed, config, overrides)
+
+
+def read_ledger() -> dict[tuple[str, str, int], dict]:
+    """(task, method, seed) -> what its run showed (row_metrics, the command, the commit, the date)."""
+    if not LEDGER.is_file():
+        return {}
+    rows = [json.loads(line) for line in LEDGER.read_text().splitlines() if line.strip()]
+    return {(r["task"], r["method"], r["seed"]): r for r in rows}
+
+
+def record(task: str, method: str, seed: int, config: str, overrides: list[str], loaded: bool = False) -> None:
+    """Put the finished run of (task, method, seed) into bench/methods.jsonl, replacing an older line of it.
+    `loaded`: the run shared the machine with other work, so its wall time is kept but the table leaves it out."""
+    run = run_dir(task, method, seed)
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
+    ledger = read_ledger()
+    ledger[(task, method, seed)] = {
+        "task": task, "method": method, "seed": seed, "command": shown(commands(task, method, config, overrides, seed)),
+        "commit": commit, "date": time.strftime("%Y-%m-%d"), **row_metrics(run), **({"loaded": True} if loaded else {}),
+    }
+    LEDGER.write_text("".join(json.dumps(r) + "\n" for _, r in sorted(ledger.items())))
 
 
 def row_metrics(run: Path) -> dict:
@@ -98,7 +152,7 @@ def row_metrics(run: Path) -> dict:
     return {
         "best": best, "em": test["exact_match"], "chrf": test["chrf"], "bleu": test["bleu"],
         "tokens": test["completion_tokens"], "p0_tokens": record["test"]["policy-0"]["completion_tokens"],
-        "chars": float(outputs["output"].str.len().mean()), "ref_chars": float(outputs["reference"].str.len().mean()),
+        "length_ratio": round(float(outputs["output"].str.len().mean() / outputs["reference"].str.len().mean()), 4),
         "drift_chrf": monitors.get("drift_chrf"), "drift_meteor": monitors.get("drift_meteor"), "within": within,
         "seconds": float(wall.read_text()) if wall.is_file() else None,
     }
@@ -111,23 +165,23 @@ def _mean(values: list) -> str:
 
 def table(task: str, seeds: tuple[int, ...] = SEEDS) -> str:
     head = ("| method | seeds | test exact match | test chrF | test BLEU | output tokens (policy-0) | output / reference "
-            "chars | drift: chrF, METEOR to policy-0 | METEOR among a source's samples | wall time | best policy | "
+            "chars | drift: chrF, METEOR to policy-0 | METEOR among a source's samples | wall time (runs alone) | best policy | "
             "command (seed 0) |")
     lines = [head, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|"]
+    ledger = read_ledger()
     for name, config, overrides, _ in METHODS:
-        runs = [run_dir(task, name, s) for s in seeds if finished(run_dir(task, name, s))]
-        cmd = " ".join(command(task, config, overrides, seeds[0], run_dir(task, name, seeds[0])))
-        if not runs:
+        ms = [ledger[(task, name, s)] for s in seeds if (task, name, s) in ledger]
+        cmd = shown(commands(task, name, config, overrides, seeds[0]))
+        if not ms:
             lines.append(f"| {name} | not run yet | | | | | | | | | | `{cmd}` |")
             continue
-        ms = [row_metrics(r) for r in runs]
-        seeds_run = ", ".join(r.name.rsplit("-s", 1)[1] for r in runs)
+        seeds_run = ", ".join(str(m["seed"]) for m in ms)
         em = " / ".join(f"{m['em']:.1f}" for m in ms)
-        ratio = statistics.mean(m["chars"] / m["ref_chars"] for m in ms)
+        ratio = statistics.mean(m["length_ratio"] for m in ms)
         drift = f"{_mean([m['drift_chrf'] for m in ms])}, {statistics.mean(m['drift_meteor'] for m in ms if m['drift_meteor'] is not None):.3f}" \
             if any(m["drift_meteor"] is not None for m in ms) else "n/a"
         within = [m["within"] for m in ms if m["within"] is not None]
-        secs = [m["seconds"] for m in ms if m["seconds"] is not None]
+        secs = [m["seconds"] for m in ms if m["seconds"] is not None and not m.get("loaded")]
         lines.append(
             f"| {name} | {seeds_run} | {em} | {_mean([m['chrf'] for m in ms])} | {_mean([m['bleu'] for m in ms])} "
             f"| {statistics.mean(m['tokens'] for m in ms):.2f} ({statistics.mean(m['p0_tokens'] for m in ms):.2f}) "
@@ -148,7 +202,11 @@ def write_doc(tasks: list[str]) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--table", action="store_true", help="only write the tables of the runs already there")
+    parser.add_argument("--table", action="store_true", help="only write the tables, from bench/methods.jsonl")
+    parser.add_argument("--record", action="store_true",
+                        help="put the finished runs under runs/methods into bench/methods.jsonl (no new runs), then the tables")
+    parser.add_argument("--loaded", action="store_true",
+                        help="with --record: the runs shared the machine with other work (their wall time is not shown)")
     parser.add_argument("--tasks", default=",".join(TASKS), help=f"comma-separated, of {', '.join(TASKS)}")
     parser.add_argument("--seeds", default=",".join(map(str, SEEDS)), help="comma-separated seeds to run")
     args = parser.parse_args()
@@ -156,7 +214,13 @@ def main() -> int:
     unknown = [t for t in tasks if t not in TASKS]
     if unknown:
         raise SystemExit(f"unknown task(s) {unknown}; known: {', '.join(TASKS)}")
-    if not args.table:
+    if args.record:  # runs made elsewhere (another checkout, by hand): their lines, from the directories
+        for task in tasks:
+            for name, config, overrides, _ in METHODS:
+                for seed in [int(s) for s in args.seeds.split(",")]:
+                    if finished(run_dir(task, name, seed)):
+                        record(task, name, seed, config, overrides, loaded=args.loaded)
+    elif not args.table:
         run_missing(tasks, [int(s) for s in args.seeds.split(",")])
     write_doc(list(TASKS))
     for task in TASKS:

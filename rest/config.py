@@ -761,12 +761,14 @@ class RewardModelConfig(_Section):
     seed: int = Field(0, description="init, the tokenizer's data order and batch order")
     device: str = Field("auto", pattern=DEVICE_PATTERN, description="where the reward model trains: auto, cpu, cuda, cuda:N, mps")
     out: str = Field("runs/rm-numbers", description="the artifact directory to write (a manifest marks it done)")
-    objective: Literal["regression", "bradley_terry", "classification"] = Field(
+    objective: Literal["regression", "bradley_terry", "classification", "seq2seq"] = Field(
         "regression",
         description="regression: mean squared error to score_column (the model's output is the reward, clipped to "
         "[0, 1]); bradley_terry: pairwise ranking loss (the reward is sigmoid(output)); classification: binary "
         "cross-entropy on a 0/1 score_column (the output is sigmoid(output) = P(1): a rule model of reward.rules, "
-        "1 meaning the rule is broken)",
+        "1 meaning the rule is broken); seq2seq: an encoder-decoder model learns to rewrite each (source, "
+        "completion) as the source's best-scored completion, and the reward is the share of the completion's tokens "
+        "before its correction departs from it (per-token scores in reward_tokens_<component>)",
     )
     data: RMDataConfig = RMDataConfig()
     model: RMModelConfig = RMModelConfig()

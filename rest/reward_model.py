@@ -3,7 +3,7 @@
     rest reward train --config configs/reward-numbers.yaml        # -> runs/rm-numbers/ (an artifact)
     rm = load_reward_model("runs/rm-numbers"); rm.score(["23"], ["dreiundzwanzig"])   # array([0.99...])
 
-Three objectives (`objective:` in the config):
+Four objectives (`objective:` in the config):
 - regression: mean squared error to a score column of Grow shards (e.g. `reward_chrf`): the model learns to
   predict chrF from (source, completion), so the reward no longer needs the reference. Its reward is the output
   clipped to [0, 1].
@@ -14,8 +14,11 @@ Three objectives (`objective:` in the config):
 - classification: binary cross-entropy on a 0/1 column, e.g. whether an output breaks a rule (Sparrow's rule
   models): its output is sigmoid(output) = P(1), and `reward.rules` scores 1 - P(violation) with it. It also
   reports held-out accuracy at 0.5.
+- seq2seq: sequence MLE of an encoder-decoder model that reads (source, completion) and writes the source's best
+  completion in the shards (rest.seq2seq_rm): its reward is the share of the completion's tokens before the first
+  place its correction departs from it, with the per-token scores alongside.
 
-Both report held-out pairwise accuracy: on sources held out by a hash of their id, the fraction of pairs of
+All report held-out pairwise accuracy: on sources held out by a hash of their id, the fraction of pairs of
 completions with different scores that the model orders the way the scores do (a tie in the model counts 1/2).
 
 The artifact is a `save_pretrained` directory (model + tokenizer) plus `reward.json` (objective and output
@@ -51,12 +54,13 @@ from rest.hf import made_by_train_tokenizer, quiet, read_architecture, save, tra
 from rest.hf import pad as pad_ids
 from rest.metrics import SENTENCE_METRICS
 from rest.models import resolve_device
+from rest.seq2seq_rm import Seq2SeqRewardModel, best_targets, build_seq2seq_reward_model, load_seq2seq_reward_model
 from rest.training import lr_factor
 
 log = logging.getLogger("rest")
 KIND = artifacts.REWARD_MODEL
 REWARD_FILE = "reward.json"
-OUTPUTS = {"regression": "clip01", "bradley_terry": "sigmoid", "classification": "sigmoid"}
+OUTPUTS = {"regression": "clip01", "bradley_terry": "sigmoid", "classification": "sigmoid", "seq2seq": "clip01"}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -245,7 +249,9 @@ def _pair_template(tokenizer) -> None:
     )
 
 
-def build_reward_model(cfg: RewardModelConfig, texts: list[str]) -> RewardModel:
+def build_reward_model(cfg: RewardModelConfig, texts: list[str]) -> RewardModel | Seq2SeqRewardModel:
+    if cfg.objective == "seq2seq":
+        return build_seq2seq_reward_model(cfg.model, texts, cfg.seed)
     if cfg.model.pretrained:
         try:
             with quiet():
@@ -281,8 +287,10 @@ def check_reward_model(path: str | Path, key: str = "reward model") -> dict[str,
 
 
 @functools.lru_cache(maxsize=4)
-def _load(path: str, manifest_id: str, device: str) -> RewardModel:
+def _load(path: str, manifest_id: str, device: str) -> RewardModel | Seq2SeqRewardModel:
     info = json.loads((Path(path) / REWARD_FILE).read_text())
+    if info["objective"] == "seq2seq":
+        return load_seq2seq_reward_model(path, info["max_tokens"], resolve_device(device))
     with quiet():
         model = AutoModelForSequenceClassification.from_pretrained(path, dtype=torch.float32).to(resolve_device(device))
         tokenizer = AutoTokenizer.from_pretrained(path)
@@ -290,7 +298,7 @@ def _load(path: str, manifest_id: str, device: str) -> RewardModel:
     return RewardModel(model, tokenizer, info["objective"], info["max_tokens"], path)
 
 
-def load_reward_model(path: str | Path, device: str = "cpu") -> RewardModel:
+def load_reward_model(path: str | Path, device: str = "cpu") -> RewardModel | Seq2SeqRewardModel:
     """Load (once per process, artifact id and device) the reward model `rest reward train` wrote at `path`."""
     manifest = check_reward_model(path)
     return _load(str(Path(path)), manifest["id"], device)
@@ -324,6 +332,11 @@ def _evaluate(rm: RewardModel, df: pd.DataFrame, clear_gap: float) -> dict[str, 
     if rm.objective == "classification":
         out["accuracy"] = round(float(np.mean((reward >= 0.5) == (target >= 0.5))), 4)
         out["positive_fraction"] = round(float(np.mean(target >= 0.5)), 4)
+    if rm.objective == "seq2seq":
+        # how often it keeps a source's best completion as it is (reward 1), and flags a worse one (reward < 1)
+        best = target == df.groupby("source_id", sort=False)["score"].transform("max").to_numpy()
+        out["keeps_best"] = round(float(np.mean(reward[best] == 1.0)), 4)
+        out["flags_worse"] = round(float(np.mean(reward[~best] < 1.0)), 4) if (~best).any() else None
     if len(df) > 1 and np.std(target) > 0 and np.std(reward) > 0:
         out["pearson"] = round(float(np.corrcoef(reward, target)[0, 1]), 4)
     return out
@@ -370,9 +383,12 @@ def train_reward_model(cfg: RewardModelConfig) -> dict[str, Any]:
     train_df, valid_df = df[~valid_mask].reset_index(drop=True), df[valid_mask].reset_index(drop=True)
     if cfg.data.negatives:
         train_df = add_negatives(train_df, cfg.data, cfg.data.negatives, cfg.seed)
+    if cfg.objective == "seq2seq":
+        train_df = best_targets(train_df)  # correction pairs (-> the source's best) and identity pairs (best -> best)
     groups = list(train_df.groupby("source_id", sort=True).indices.values())
     scores = train_df["score"].to_numpy()
     sources, completions = train_df["source"].to_numpy(), train_df["completion"].to_numpy()
+    targets = train_df["target"].to_numpy() if cfg.objective == "seq2seq" else None
     if cfg.objective == "bradley_terry":
         groups = [g for g in groups if len(pairs_of(scores[g], cfg.data.min_gap)[0])]
     if not groups:
@@ -396,12 +412,15 @@ def train_reward_model(cfg: RewardModelConfig) -> dict[str, Any]:
     losses, started = [], time.perf_counter()
     for step, batch in enumerate(batches):
         idx = np.concatenate([groups[b] for b in batch])
-        raw = rm.raw(sources[idx].tolist(), completions[idx].tolist())
-        if cfg.objective in ("regression", "classification"):
+        if cfg.objective == "seq2seq":
+            loss = rm.nll(sources[idx].tolist(), completions[idx].tolist(), targets[idx].tolist())
+        elif cfg.objective in ("regression", "classification"):
+            raw = rm.raw(sources[idx].tolist(), completions[idx].tolist())
             target = torch.tensor(scores[idx], dtype=torch.float32, device=raw.device)
             loss = (torch.nn.functional.mse_loss(raw, target) if cfg.objective == "regression"
                     else torch.nn.functional.binary_cross_entropy_with_logits(raw, target))
         else:
+            raw = rm.raw(sources[idx].tolist(), completions[idx].tolist())
             offsets = np.cumsum([0] + [len(groups[b]) for b in batch])
             pair_idx = []
             for k, b in enumerate(batch):

@@ -155,7 +155,13 @@ def _learned(rc: RewardConfig) -> Reward:
     from rest.reward_model import load_reward_model
 
     rm = load_reward_model(rc.learned, device=_DEVICE[0])
-    return lambda sources, completions, references: rm.score(sources, completions)
+
+    def scored(sources, completions, references):
+        return rm.score(sources, completions)
+
+    if hasattr(rm, "score_tokens"):  # a seq2seq reward model also scores each token: reward_tokens_<name>
+        scored.with_tokens = lambda sources, completions, references: rm.score_tokens(sources, completions)  # type: ignore[attr-defined]
+    return scored
 
 
 COMPONENTS: dict[str, Component] = {
@@ -237,6 +243,11 @@ def component(name: str, rc: RewardConfig) -> Reward:
     return _BUILT[key]
 
 
+def token_columns(rewards: Mapping[str, Any]) -> list[str]:
+    """The per-token score columns (`reward_tokens_<name>`) among score_config's outputs."""
+    return [k for k in rewards if k.startswith("reward_tokens_")]
+
+
 def reward_names(rc: RewardConfig) -> list[str]:
     """The `reward_<name>` columns a reward config writes: its components, `rule_<name>` per rule, then `length`
     and `format` if set."""
@@ -247,7 +258,8 @@ def reward_names(rc: RewardConfig) -> list[str]:
 def score_config(rc: RewardConfig, sources: Sequence[str], completions: Sequence[str], references: Sequence[str | None]) -> dict[str, np.ndarray]:
     """Every component and the total: clip(weighted mean - length_penalty x reward_length, 0, 1) x reward_format,
     the weighted mean over the components and the rules (`reward_rule_<name>` = 1 - P(violation)): Sparrow's
-    composite of a preference reward, rule models, a length penalty and a format check.
+    composite of a preference reward, rule models, a length penalty and a format check. A component that also
+    scores each token (a seq2seq reward model) adds `reward_tokens_<name>`: per row, an array of its token scores.
 
     Each distinct (source, completion, reference) is scored once and its scores copied to its repeats: a policy
     that has learned its task samples the same completion many times out of N (on the embedded task most of the
@@ -271,7 +283,13 @@ def _score_rows(rc: RewardConfig, sources: Sequence[str], completions: Sequence[
     out: dict[str, np.ndarray] = {}
     total = np.zeros(len(completions), dtype=np.float64)
     for name, weight in rc.components.items():
-        values = component(name, rc)(sources, completions, references)
+        scorer = component(name, rc)
+        if hasattr(scorer, "with_tokens"):
+            values, tokens = scorer.with_tokens(sources, completions, references)
+            out[f"reward_tokens_{name}"] = np.empty(len(tokens), dtype=object)
+            out[f"reward_tokens_{name}"][:] = [t.astype(np.float32) for t in tokens]
+        else:
+            values = scorer(sources, completions, references)
         out[f"reward_{name}"] = values
         total += (weight / total_weight) * values
     for name, spec in rc.rules.items():

@@ -27,18 +27,20 @@ BASE_COLUMNS = [
 TAIL_COLUMNS = [("policy", pa.string()), ("grow_step", pa.int32())]
 
 
-def shard_schema(reward_names: list[str]) -> pa.Schema:
-    """The shard columns; one `reward_<name>` float64 column per reward component, after `reward`."""
-    return pa.schema(BASE_COLUMNS + [(f"reward_{n}", pa.float64()) for n in reward_names] + TAIL_COLUMNS)
+def shard_schema(reward_names: list[str], token_columns: list[str] = ()) -> pa.Schema:
+    """The shard columns; one `reward_<name>` float64 column per reward component, after `reward`, then the
+    per-token scores of a component that has them (`reward_tokens_<name>`, a list of float32 per row)."""
+    return pa.schema(BASE_COLUMNS + [(f"reward_{n}", pa.float64()) for n in reward_names]
+                     + [(c, pa.list_(pa.float32())) for c in token_columns] + TAIL_COLUMNS)
 
 
 def shard_name(index: int) -> str:
     return f"shard-{index:05d}.parquet"
 
 
-def write_shard(path: Path, columns: dict[str, list], reward_names: list[str]) -> None:
+def write_shard(path: Path, columns: dict[str, list], reward_names: list[str], token_columns: list[str] = ()) -> None:
     """Write one shard in the schema, so that it appears whole or not at all (temp file + rename)."""
-    table = pa.table(columns, schema=shard_schema(reward_names))
+    table = pa.table(columns, schema=shard_schema(reward_names, token_columns))
     buf = io.BytesIO()
     pq.write_table(table, buf, compression="zstd")
     write_atomic(path, buf.getvalue())

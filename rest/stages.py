@@ -43,7 +43,7 @@ from rest.models import Policy, build_policy, count_parameters, load_policy
 from rest.monitors import input_use_line, meteor_within, policy_monitors
 from rest.objectives import Batch, Objective, PairBatch, objective_for
 from rest.preflight import check_run_inputs
-from rest.rewards import artifact_dependencies, needs_reference, reward_names, score_config
+from rest.rewards import artifact_dependencies, needs_reference, reward_names, score_config, token_columns
 from rest.run import METRICS_FILE, VALID_OUTPUTS, Run
 from rest.shards import read_grow, shard_name, shard_paths, write_shard
 from rest.training import train
@@ -314,7 +314,7 @@ def grow_shard(run_dir: Path, g: int, index: int) -> dict[str, Any]:
 
     src, refs = repeat("source"), repeat("reference")
     rewards = score_config(cfg.reward, src, out.completions, refs)
-    names = reward_names(cfg.reward)
+    names, per_token = reward_names(cfg.reward), token_columns(rewards)
     columns = {
         "source_id": repeat("source_id"),
         "source": src,
@@ -325,11 +325,12 @@ def grow_shard(run_dir: Path, g: int, index: int) -> dict[str, Any]:
         "logprob": out.logprobs,
         "reward": rewards["reward"].tolist(),
         **{f"reward_{name}": rewards[f"reward_{name}"].tolist() for name in names},
+        **{col: list(rewards[col]) for col in per_token},
         "policy": [plan.parents[0]] * len(src),
         "grow_step": [g] * len(src),
     }
     path = grow_dir / shard_name(index)
-    write_shard(path, columns, names)
+    write_shard(path, columns, names, per_token)
     seconds = time.perf_counter() - started
     record = {
         "shard": shard_name(index),

@@ -12,7 +12,7 @@ def test_every_shipped_config_loads_and_says_how_to_run_it(path):
     if path.name.startswith("reward-"):
         from rest.config import RewardModelConfig
 
-        assert load_config(path, model=RewardModelConfig).objective in ("regression", "bradley_terry")
+        assert load_config(path, model=RewardModelConfig).objective in ("regression", "bradley_terry", "seq2seq")
     else:
         cfg = load_config(path)
         assert cfg.improve.thresholds == sorted(cfg.improve.thresholds)

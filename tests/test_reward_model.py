@@ -1,6 +1,6 @@
 """Learned reward models: the Bradley-Terry loss and pairwise accuracy with worked values; then the real thing small:
-`rest reward train` on the smoke run's Grow shards, Grow with only that reward on sources without references,
-best-of-N `rest generate` and `rest eval --best-of-n`."""
+`rest reward train` (regression, Bradley-Terry, classification, seq2seq) on the smoke run's Grow shards, Grow with
+the seq2seq reward and two rules on sources without references, best-of-N `rest generate` and `rest eval --best-of-n`."""
 
 from __future__ import annotations
 
@@ -9,11 +9,14 @@ import math
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import torch
 
 from rest.errors import RestError
 from rest.reward_model import bradley_terry_loss, held_out, pairs_of, pairwise_accuracy
+from rest.seq2seq_rm import divergence_scores
 from tests.conftest import CONFIG, rest
 
 
@@ -110,16 +113,32 @@ def test_reward_model_grow_without_references_and_best_of_n(clean_run, tmp_path)
                "objective=classification", "data.negatives=0", check=False)
     assert bad.returncode != 0 and "classification learns a 0/1 label" in bad.stderr
 
-    # Grow scores sources that have no reference with the learned reward and two rules (Sparrow's composite)
+    # The sequence-to-sequence reward model (language feedback): rewrite (source, completion) as the source's best
+    s2s = tmp_path / "rm-s2s"
+    rest(*args[:3], "configs/reward-numbers-seq2seq.yaml", "--out", str(s2s), *args[6:], "train.steps=24",
+         "train.batch_size=12", "data.negatives=2")
+    s2s_metrics = json.loads((s2s / "metrics.json").read_text())
+    assert s2s_metrics["objective"] == "seq2seq" and s2s_metrics["loss_last"] < s2s_metrics["loss_first"]
+    assert 0 <= s2s_metrics["valid"]["keeps_best"] <= 1 and s2s_metrics["valid"]["pairwise_accuracy"] is not None
+
+    # Grow scores sources that have no reference with the seq2seq reward and two rules (Sparrow's composite)
     run = tmp_path / "learned"
-    rest("run", "--config", CONFIG, "--run", str(run), "reward.components={learned: 1.0}", f"reward.learned={rm}",
+    rest("run", "--config", CONFIG, "--run", str(run), "reward.components={learned: 1.0}", f"reward.learned={s2s}",
          f"reward.rules={{und: {{model: {rule_rm}, weight: 0.5}}, short: {{regex: '^.{{0,3}}$', weight: 0.5}}}}",
          "data.pool=tests/fixtures/unlabelled-small.parquet", "improve.thresholds=[0.3, 0.6]")
     rows = pd.read_parquet(run / "grow-1")
     assert len(rows) == 40 * 8 and rows["reference"].isna().all()
     assert {"reward", "reward_learned", "reward_rule_und", "reward_rule_short"} <= set(rows.columns)
-    again = load_reward_model(rm).score(rows["source"].tolist(), rows["completion"].tolist())
-    np.testing.assert_allclose(rows["reward_learned"].to_numpy(), again, atol=1e-5)
+    # the seq2seq reward: per token +1 until its greedy correction departs from the completion, EOS included
+    assert pq.read_schema(next((run / "grow-1").glob("shard-*.parquet"))).field("reward_tokens_learned").type == pa.list_(pa.float32())
+    corrector = load_reward_model(s2s)
+    targets = corrector.target_ids(rows["completion"].tolist())
+    corrections = corrector.correction_ids(rows["source"].tolist(), rows["completion"].tolist())
+    for row, target, correction in zip(rows.itertuples(), targets, corrections):
+        tokens = np.asarray(row.reward_tokens_learned)
+        assert tokens.tolist() == divergence_scores(target, correction).tolist()
+        assert row.reward_learned == pytest.approx((tokens.mean() + 1) / 2)
+    assert rows["reward_learned"].std() > 0
     p_broken = load_reward_model(rule_rm).score(rows["source"].tolist(), rows["completion"].tolist())
     np.testing.assert_allclose(rows["reward_rule_und"].to_numpy(), 1 - p_broken, atol=1e-5)
     assert (rows["reward_rule_short"] == (rows["completion"].str.len() > 3)).all()
@@ -128,7 +147,8 @@ def test_reward_model_grow_without_references_and_best_of_n(clean_run, tmp_path)
     assert rows["reward"].between(0, 1).all() and rows["reward"].std() > 0
     grow = json.loads((run / "grow-1" / "_manifest.json").read_text())
     rule_id = json.loads((rule_rm / "_manifest.json").read_text())["id"]
-    assert grow["parents"][1:] == [manifest["id"], rule_id]  # lineage: which models scored the step
+    s2s_id = json.loads((s2s / "_manifest.json").read_text())["id"]
+    assert grow["parents"][1:] == [s2s_id, rule_id]  # lineage: which models scored the step
 
     # best-of-N: one row per source, K candidates with their rewards, the chosen one is the best
     bon = tmp_path / "bon.parquet"
@@ -149,3 +169,4 @@ def test_reward_model_grow_without_references_and_best_of_n(clean_run, tmp_path)
     assert result["best_of_n"] == 4 and result["n"] == 40 and "exact_match" in result["greedy"]
     # the best of 4 by chrF is at least as good by chrF as the mean candidate, and strictly when candidates differ
     assert result["chosen_reward"] > result["candidate_reward"] > 0
+

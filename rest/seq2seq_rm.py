@@ -1,0 +1,213 @@
+"""The sequence-to-sequence reward model: language feedback instead of a scalar.
+
+    rest reward train --config configs/reward-numbers-seq2seq.yaml       # objective: seq2seq -> runs/rm-numbers-seq2seq
+    rm = load_reward_model("runs/rm-numbers-seq2seq")
+    rm.correct(["23"], ["dreiundzwanzi"])            # ['dreiundzwanzig']: what the model would have written
+    rm.score_tokens(["23"], ["dreiundzwanzi"])       # rewards [0.83], per token [[1, 1, 1, 1, 1, -1]]
+
+An encoder-decoder model reads (source, completion) as a pair and is trained with sequence MLE to write the source's
+best completion in the Grow shards: "correction" pairs (a lower-scored completion -> the best) and "identity" pairs
+(the best -> itself). It needs no labels beyond the shards' scores.
+
+Its reward: the corrected sequence is compared with the completion, token by token (the reward model's tokens, and
+the completion's EOS as its last position). Tokens before the first divergence score +1, the diverging token and
+every one after it -1; the scalar reward is their normalised mean, (mean + 1) / 2 = (tokens before the divergence) /
+(tokens + 1), in [0, 1]: 1 when the model would keep the completion as it is, 0 when it would change its first token.
+
+The first divergence is found in one teacher-forced pass, not by decoding: greedy decoding writes the completion's
+tokens for as long as the argmax at each position is the completion's token, so its first divergence is the first
+position where the argmax, given the completion so far, is another token. Same answer as generating the correction
+and comparing (tests/test_seq2seq_rm.py checks it), at the cost of one forward pass.
+
+When the reward model starts from the policy (`model.pretrained: runs/<run>/policy-0`, as the shipped config does),
+its tokens are the policy's, so the per-token scores line up with the policy's tokens of the completion.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from tokenizers import processors
+from transformers import AutoConfig, AutoModelForSeq2SeqLM, AutoTokenizer
+
+from rest.errors import RestError
+from rest.hf import made_by_train_tokenizer, pad, quiet, read_architecture, train_tokenizer
+
+NEEDS_ENCODER_DECODER = (
+    "objective: seq2seq writes a corrected completion, so it needs an encoder-decoder model: set model.architecture "
+    "to an encoder-decoder config (e.g. configs/models/mbart-2.6m.json) or model.pretrained to an encoder-decoder "
+    "checkpoint (an mBART/T5/BART model, or runs/<run>/policy-0 of an encoder-decoder run)"
+)
+
+
+def divergence_scores(completion: list[int], predicted: list[int]) -> np.ndarray:
+    """The per-token scores of `completion` (its ids, EOS last) against `predicted` (what the model writes at each
+    of its positions): +1 before the first position where they differ, -1 from it on.
+
+    completion [a, b, c, EOS], predicted [a, b, x, ...] -> [1, 1, -1, -1] (reward 0.5); a completion the model
+    would keep scores +1 everywhere (reward 1).
+    """
+    n = len(completion)
+    first = next((i for i in range(n) if i >= len(predicted) or predicted[i] != completion[i]), n)
+    return np.where(np.arange(n) < first, 1.0, -1.0)
+
+
+def token_reward(scores: np.ndarray) -> float:
+    """The scalar reward of per-token scores in {-1, +1}: their normalised mean, (mean + 1) / 2, in [0, 1]."""
+    return float((np.mean(scores) + 1.0) / 2.0) if len(scores) else 0.0
+
+
+def best_targets(df: pd.DataFrame) -> pd.DataFrame:
+    """`df` (distinct completions per source with a `score`) plus `target`: what the model learns to write.
+
+    A completion with its source's highest score is its own target (an identity pair); every other one targets the
+    source's best completion (a correction pair). Ties at the top: the first of them in `df`'s order is the best.
+    """
+    scores = df["score"].to_numpy()
+    best_score = df.groupby("source_id", sort=False)["score"].transform("max").to_numpy()
+    first_best = df[scores == best_score].drop_duplicates("source_id").set_index("source_id")["completion"]
+    target = np.where(scores == best_score, df["completion"].to_numpy(), df["source_id"].map(first_best).to_numpy())
+    return df.assign(target=target)
+
+
+def seq2seq_pair_template(tokenizer) -> None:
+    """`source </s> completion </s>` for a tokenizer of ours (it knows single sequences: `$A </s>`, the policy's)."""
+    tokenizer._tokenizer.post_processor = processors.TemplateProcessing(
+        single="$A </s>", pair="$A:0 </s>:0 $B:1 </s>:1", special_tokens=[("</s>", 2)]
+    )
+
+
+@dataclass
+class Seq2SeqRewardModel:
+    model: Any
+    tokenizer: Any
+    max_tokens: int
+    objective: str = "seq2seq"
+    path: str | None = None
+
+    # -- encoding ------------------------------------------------------------------------------------------------
+
+    def _inputs(self, sources: list[str], completions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        ids = self.tokenizer(list(sources), list(completions), truncation=True, max_length=self.max_tokens)["input_ids"]
+        input_ids, mask = pad(ids, self.tokenizer.pad_token_id)
+        return input_ids.to(self.model.device), mask.to(self.model.device)
+
+    def target_ids(self, texts: list[str]) -> list[list[int]]:
+        """Each text's ids as the decoder writes it: no special tokens, then EOS."""
+        eos = self.tokenizer.eos_token_id
+        return [ids[: self.max_tokens - 1] + [eos] for ids in self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
+
+    def _logits(self, sources: list[str], completions: list[str], targets: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Teacher-forced logits of `targets` given (source, completion), and the padded targets ([B, T])."""
+        input_ids, mask = self._inputs(sources, completions)
+        labels, label_mask = pad(targets, self.tokenizer.pad_token_id)
+        start = self.model.config.decoder_start_token_id
+        decoder_input_ids = torch.cat([torch.full((len(targets), 1), start, dtype=torch.long), labels[:, :-1]], dim=1)
+        device = self.model.device
+        out = self.model(input_ids=input_ids, attention_mask=mask, decoder_input_ids=decoder_input_ids.to(device),
+                         decoder_attention_mask=label_mask.to(device), use_cache=False)
+        return out.logits.float(), labels.masked_fill(label_mask == 0, -100).to(device)
+
+    # -- training ------------------------------------------------------------------------------------------------
+
+    def nll(self, sources: list[str], completions: list[str], targets: list[str]) -> torch.Tensor:
+        """Mean token negative log-likelihood of writing each target given (source, completion): sequence MLE."""
+        logits, labels = self._logits(sources, completions, self.target_ids(targets))
+        return torch.nn.functional.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100)
+
+    # -- the reward ----------------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def token_scores(self, sources: list[str], completions: list[str], batch_size: int = 256) -> list[np.ndarray]:
+        """Per completion, its per-token scores (+1 before the first divergence of the model's correction from it,
+        -1 from there on), EOS included."""
+        self.model.eval()
+        out: list[np.ndarray] = []
+        for k in range(0, len(sources), batch_size):
+            src, comp = list(sources[k : k + batch_size]), list(completions[k : k + batch_size])
+            targets = self.target_ids(comp)
+            logits, _ = self._logits(src, comp, targets)
+            predicted = logits.argmax(-1).cpu().tolist()
+            out.extend(divergence_scores(t, p[: len(t)]) for t, p in zip(targets, predicted))
+        return out
+
+    def score_tokens(self, sources, completions) -> tuple[np.ndarray, list[np.ndarray]]:
+        """The rewards in [0, 1] and the per-token scores they are the normalised means of."""
+        tokens = self.token_scores(list(sources), list(completions))
+        return np.array([token_reward(t) for t in tokens], dtype=np.float64), tokens
+
+    def score(self, sources, completions, batch_size: int = 256) -> np.ndarray:
+        """The reward of each (source, completion), in [0, 1]."""
+        return self.score_tokens(sources, completions)[0]
+
+    def raw(self, sources: list[str], completions: list[str]) -> torch.Tensor:
+        """The reward as a tensor: what held-out pairwise accuracy ranks (rest.reward_model's evaluation)."""
+        return torch.as_tensor(self.score(sources, completions), dtype=torch.float32)
+
+    def transform(self, raw) -> np.ndarray:
+        return torch.as_tensor(raw, dtype=torch.float64).clamp(0.0, 1.0).numpy()
+
+    @torch.no_grad()
+    def correction_ids(self, sources: list[str], completions: list[str]) -> list[list[int]]:
+        """The token ids of the model's corrected sequence for each (source, completion), decoded greedily, up to
+        and with its EOS (without the decoder's start token)."""
+        self.model.eval()
+        input_ids, mask = self._inputs(list(sources), list(completions))
+        tok = self.tokenizer
+        out = self.model.generate(
+            input_ids=input_ids, attention_mask=mask, do_sample=False, num_beams=1, max_new_tokens=self.max_tokens,
+            decoder_start_token_id=self.model.config.decoder_start_token_id, eos_token_id=tok.eos_token_id,
+            pad_token_id=tok.pad_token_id,
+        )
+        rows = []
+        for row in out[:, 1:].tolist():
+            rows.append(row[: row.index(tok.eos_token_id) + 1] if tok.eos_token_id in row else row)
+        return rows
+
+    def correct(self, sources: list[str], completions: list[str]) -> list[str]:
+        """The model's corrected sequence for each (source, completion), as text: the language feedback."""
+        return [t.strip() for t in self.tokenizer.batch_decode(self.correction_ids(sources, completions), skip_special_tokens=True)]
+
+
+def build_seq2seq_reward_model(model_cfg, texts: list[str], seed: int) -> Seq2SeqRewardModel:
+    """A fresh model from `model.architecture` (with a tokenizer trained on `texts`), or `model.pretrained`."""
+    if model_cfg.pretrained:
+        try:
+            with quiet():
+                config = AutoConfig.from_pretrained(model_cfg.pretrained)
+                if not config.is_encoder_decoder:
+                    raise RestError(f"model.pretrained: {model_cfg.pretrained} is a {config.model_type} decoder-only model; {NEEDS_ENCODER_DECODER}")
+                tokenizer = AutoTokenizer.from_pretrained(model_cfg.pretrained)
+                model = AutoModelForSeq2SeqLM.from_pretrained(model_cfg.pretrained, dtype=torch.float32)
+        except (OSError, ValueError) as exc:
+            raise RestError(f"model.pretrained: cannot load {model_cfg.pretrained}: {exc}") from None
+        if made_by_train_tokenizer(tokenizer):
+            seq2seq_pair_template(tokenizer)
+        return Seq2SeqRewardModel(model, tokenizer, model_cfg.max_tokens)
+    arch = read_architecture(model_cfg.architecture, "model.architecture")
+    model_type = arch.pop("model_type")
+    tokenizer = train_tokenizer(texts, model_cfg.vocab_size)
+    seq2seq_pair_template(tokenizer)
+    config = AutoConfig.for_model(model_type, vocab_size=len(tokenizer), pad_token_id=0, bos_token_id=1, eos_token_id=2, **arch)
+    if not config.is_encoder_decoder:
+        raise RestError(f"model.architecture: {model_cfg.architecture} is a {model_type} model; {NEEDS_ENCODER_DECODER}")
+    config.decoder_start_token_id = 1
+    config.forced_eos_token_id = config.forced_bos_token_id = None
+    torch.manual_seed(seed)
+    model = AutoModelForSeq2SeqLM.from_config(config)
+    gen = model.generation_config
+    gen.pad_token_id, gen.bos_token_id, gen.eos_token_id, gen.decoder_start_token_id = 0, 1, 2, 1
+    gen.forced_eos_token_id = gen.forced_bos_token_id = None
+    return Seq2SeqRewardModel(model, tokenizer, model_cfg.max_tokens)
+
+
+def load_seq2seq_reward_model(path: str, max_tokens: int, device: torch.device) -> Seq2SeqRewardModel:
+    with quiet():
+        model = AutoModelForSeq2SeqLM.from_pretrained(path, dtype=torch.float32).to(device)
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    model.eval()
+    return Seq2SeqRewardModel(model, tokenizer, max_tokens, path=path)
