@@ -90,10 +90,10 @@ def finished(run: Path) -> bool:
     return record.is_file() and bool(json.loads(record.read_text()).get("test"))
 
 
-def run_missing(tasks: list[str], seeds: list[int]) -> None:
+def run_missing(tasks: list[str], seeds: list[int], only: list[str] | None = None) -> None:
     for task in tasks:
         for name, config, overrides, _ in METHODS:
-            for seed in seeds:
+            for seed in seeds if only is None or name in only else []:
                 if name in REWARD_MODELS and not finished(run_dir(task, "rest", seed)):
                     run_row(task, *next(m[:3] for m in METHODS if m[0] == "rest"), seed)  # its reward model's data
                 if not finished(run_dir(task, name, seed)):
@@ -165,7 +165,7 @@ def _mean(values: list) -> str:
 
 def table(task: str, seeds: tuple[int, ...] = SEEDS) -> str:
     head = ("| method | seeds | test exact match | test chrF | test BLEU | output tokens (policy-0) | output / reference "
-            "chars | drift: chrF, METEOR to policy-0 | METEOR among a source's samples | wall time (runs alone) | best policy | "
+            "chars | drift: chrF, METEOR to policy-0 | METEOR among a source's samples | wall time per seed | best policy | "
             "command (seed 0) |")
     lines = [head, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|"]
     ledger = read_ledger()
@@ -181,12 +181,12 @@ def table(task: str, seeds: tuple[int, ...] = SEEDS) -> str:
         drift = f"{_mean([m['drift_chrf'] for m in ms])}, {statistics.mean(m['drift_meteor'] for m in ms if m['drift_meteor'] is not None):.3f}" \
             if any(m["drift_meteor"] is not None for m in ms) else "n/a"
         within = [m["within"] for m in ms if m["within"] is not None]
-        secs = [m["seconds"] for m in ms if m["seconds"] is not None and not m.get("loaded")]
+        secs = " / ".join("shared" if m.get("loaded") else "n/a" if m["seconds"] is None else f"{m['seconds']:.0f}" for m in ms)
         lines.append(
             f"| {name} | {seeds_run} | {em} | {_mean([m['chrf'] for m in ms])} | {_mean([m['bleu'] for m in ms])} "
             f"| {statistics.mean(m['tokens'] for m in ms):.2f} ({statistics.mean(m['p0_tokens'] for m in ms):.2f}) "
             f"| {ratio:.3f} | {drift} | {f'{statistics.mean(within):.3f}' if within else 'n/a'} "
-            f"| {f'{statistics.mean(secs):.0f} s' if secs else 'n/a'} | {' / '.join(m['best'] for m in ms)} | `{cmd}` |"
+            f"| {secs} s | {' / '.join(m['best'] for m in ms)} | `{cmd}` |"
         )
     return "\n".join(lines)
 
@@ -209,6 +209,7 @@ def main() -> int:
                         help="with --record: the runs shared the machine with other work (their wall time is not shown)")
     parser.add_argument("--tasks", default=",".join(TASKS), help=f"comma-separated, of {', '.join(TASKS)}")
     parser.add_argument("--seeds", default=",".join(map(str, SEEDS)), help="comma-separated seeds to run")
+    parser.add_argument("--methods", default=None, help=f"comma-separated rows to run (default all): {', '.join(m[0] for m in METHODS)}")
     args = parser.parse_args()
     tasks = [t for t in args.tasks.split(",") if t]
     unknown = [t for t in tasks if t not in TASKS]
@@ -221,7 +222,11 @@ def main() -> int:
                     if finished(run_dir(task, name, seed)):
                         record(task, name, seed, config, overrides, loaded=args.loaded)
     elif not args.table:
-        run_missing(tasks, [int(s) for s in args.seeds.split(",")])
+        only = args.methods.split(",") if args.methods else None
+        unknown = sorted(set(only or []) - {m[0] for m in METHODS})
+        if unknown:
+            raise SystemExit(f"unknown method(s) {unknown}; known: {', '.join(m[0] for m in METHODS)}")
+        run_missing(tasks, [int(s) for s in args.seeds.split(",")], only)
     write_doc(list(TASKS))
     for task in TASKS:
         print(f"\n{task}\n{table(task)}")

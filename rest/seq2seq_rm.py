@@ -2,8 +2,9 @@
 
     rest reward train --config configs/reward-numbers-seq2seq.yaml       # objective: seq2seq -> runs/rm-numbers-seq2seq
     rm = load_reward_model("runs/rm-numbers-seq2seq")
-    rm.correct(["23"], ["dreiundzwanzi"])            # ['dreiundzwanzig']: what the model would have written
-    rm.score_tokens(["23"], ["dreiundzwanzi"])       # rewards [0.83], per token [[1, 1, 1, 1, 1, -1]]
+    rm.correct(["23"], ["zweiundzwanzig"])            # ['dreiundzwanzig']: what the model would have written
+    rm.score_tokens(["23"], ["zweiundzwanzig"])       # rewards [0.], per token [[-1, -1, -1]] (zweiund|zwanzig|EOS)
+    rm.score_tokens(["23"], ["dreiundzwanzig"])       # rewards [1.], per token [[1, 1, 1]]: kept whole
 
 An encoder-decoder model reads (source, completion) as a pair and is trained with sequence MLE to write the source's
 best completion in the Grow shards: "correction" pairs (a lower-scored completion -> the best) and "identity" pairs
