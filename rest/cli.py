@@ -184,12 +184,13 @@ def _config_for(args: argparse.Namespace):
 
 
 def cmd_pipeline(args: argparse.Namespace) -> None:
+    cfg = _config_for(args)  # first: a config error is one line in a second, before Prefect and torch are imported
+
     from flows.rest_flows import check_task_runner
     from flows.temporary_server import temporary_server
     from rest import stages
     from rest.artifacts import run_lock
 
-    cfg = _config_for(args)
     check_task_runner(cfg.orchestration.task_runner)  # before anything is written
     run_dir = Path(args.run)
     if args.command != "run":
