@@ -90,14 +90,20 @@ def finished(run: Path) -> bool:
     return record.is_file() and bool(json.loads(record.read_text()).get("test"))
 
 
-def run_missing(tasks: list[str], seeds: list[int], only: list[str] | None = None) -> None:
+def rows(tasks: list[str], seeds: list[int], only: list[str] | None = None):
+    """(task, name, config, overrides, seed) of every row asked for, in table order."""
     for task in tasks:
         for name, config, overrides, _ in METHODS:
             for seed in seeds if only is None or name in only else []:
-                if name in REWARD_MODELS and not finished(run_dir(task, "rest", seed)):
-                    run_row(task, *next(m[:3] for m in METHODS if m[0] == "rest"), seed)  # its reward model's data
-                if not finished(run_dir(task, name, seed)):
-                    run_row(task, name, config, overrides, seed)
+                yield task, name, config, overrides, seed
+
+
+def run_missing(tasks: list[str], seeds: list[int], only: list[str] | None = None) -> None:
+    for task, name, config, overrides, seed in rows(tasks, seeds, only):
+        if name in REWARD_MODELS and not finished(run_dir(task, "rest", seed)):
+            run_row(task, *next(m[:3] for m in METHODS if m[0] == "rest"), seed)  # its reward model's data
+        if not finished(run_dir(task, name, seed)):
+            run_row(task, name, config, overrides, seed)
 
 
 def run_row(task: str, name: str, config: str, overrides: list[str], seed: int) -> None:
@@ -216,11 +222,9 @@ def main() -> int:
     if unknown:
         raise SystemExit(f"unknown task(s) {unknown}; known: {', '.join(TASKS)}")
     if args.record:  # runs made elsewhere (another checkout, by hand): their lines, from the directories
-        for task in tasks:
-            for name, config, overrides, _ in METHODS:
-                for seed in [int(s) for s in args.seeds.split(",")]:
-                    if finished(run_dir(task, name, seed)):
-                        record(task, name, seed, config, overrides, loaded=args.loaded)
+        for task, name, config, overrides, seed in rows(tasks, [int(s) for s in args.seeds.split(",")]):
+            if finished(run_dir(task, name, seed)):
+                record(task, name, seed, config, overrides, loaded=args.loaded)
     elif not args.table:
         only = args.methods.split(",") if args.methods else None
         unknown = sorted(set(only or []) - {m[0] for m in METHODS})

@@ -290,7 +290,7 @@ def check_reward_model(path: str | Path, key: str = "reward model") -> dict[str,
 def _load(path: str, manifest_id: str, device: str) -> RewardModel | Seq2SeqRewardModel:
     info = json.loads((Path(path) / REWARD_FILE).read_text())
     if info["objective"] == "seq2seq":
-        return load_seq2seq_reward_model(path, info["max_tokens"], resolve_device(device))
+        return load_seq2seq_reward_model(path, info["max_tokens"], device)
     with quiet():
         model = AutoModelForSequenceClassification.from_pretrained(path, dtype=torch.float32).to(resolve_device(device))
         tokenizer = AutoTokenizer.from_pretrained(path)

@@ -33,10 +33,11 @@ import numpy as np
 import pandas as pd
 import torch
 from tokenizers import processors
-from transformers import AutoConfig, AutoModelForSeq2SeqLM, AutoTokenizer
 
+from rest.config import ModelConfig
 from rest.errors import RestError
-from rest.hf import made_by_train_tokenizer, pad, quiet, read_architecture, train_tokenizer
+from rest.hf import made_by_train_tokenizer, model_config, pad
+from rest.models import build_policy, load_policy
 
 NEEDS_ENCODER_DECODER = (
     "objective: seq2seq writes a corrected completion, so it needs an encoder-decoder model: set model.architecture "
@@ -136,14 +137,14 @@ class Seq2SeqRewardModel:
             out.extend(divergence_scores(t, p[: len(t)]) for t, p in zip(targets, predicted))
         return out
 
-    def score_tokens(self, sources, completions) -> tuple[np.ndarray, list[np.ndarray]]:
+    def score_tokens(self, sources, completions, batch_size: int = 256) -> tuple[np.ndarray, list[np.ndarray]]:
         """The rewards in [0, 1] and the per-token scores they are the normalised means of."""
-        tokens = self.token_scores(list(sources), list(completions))
+        tokens = self.token_scores(list(sources), list(completions), batch_size)
         return np.array([token_reward(t) for t in tokens], dtype=np.float64), tokens
 
     def score(self, sources, completions, batch_size: int = 256) -> np.ndarray:
         """The reward of each (source, completion), in [0, 1]."""
-        return self.score_tokens(sources, completions)[0]
+        return self.score_tokens(sources, completions, batch_size)[0]
 
     def raw(self, sources: list[str], completions: list[str]) -> torch.Tensor:
         """The reward as a tensor: what held-out pairwise accuracy ranks (rest.reward_model's evaluation)."""
@@ -175,40 +176,24 @@ class Seq2SeqRewardModel:
 
 
 def build_seq2seq_reward_model(model_cfg, texts: list[str], seed: int) -> Seq2SeqRewardModel:
-    """A fresh model from `model.architecture` (with a tokenizer trained on `texts`), or `model.pretrained`."""
-    if model_cfg.pretrained:
-        try:
-            with quiet():
-                config = AutoConfig.from_pretrained(model_cfg.pretrained)
-                if not config.is_encoder_decoder:
-                    raise RestError(f"model.pretrained: {model_cfg.pretrained} is a {config.model_type} decoder-only model; {NEEDS_ENCODER_DECODER}")
-                tokenizer = AutoTokenizer.from_pretrained(model_cfg.pretrained)
-                model = AutoModelForSeq2SeqLM.from_pretrained(model_cfg.pretrained, dtype=torch.float32)
-        except (OSError, ValueError) as exc:
-            raise RestError(f"model.pretrained: cannot load {model_cfg.pretrained}: {exc}") from None
-        if made_by_train_tokenizer(tokenizer):
-            seq2seq_pair_template(tokenizer)
-        return Seq2SeqRewardModel(model, tokenizer, model_cfg.max_tokens)
-    arch = read_architecture(model_cfg.architecture, "model.architecture")
-    model_type = arch.pop("model_type")
-    tokenizer = train_tokenizer(texts, model_cfg.vocab_size)
-    seq2seq_pair_template(tokenizer)
-    config = AutoConfig.for_model(model_type, vocab_size=len(tokenizer), pad_token_id=0, bos_token_id=1, eos_token_id=2, **arch)
+    """A fresh model from `model.architecture` (with a tokenizer trained on `texts`), or `model.pretrained`: built
+    as a policy is (rest.models.build_policy), after checking that it is an encoder-decoder."""
+    key = "model.pretrained" if model_cfg.pretrained else "model.architecture"
+    try:
+        config = model_config(model_cfg)
+    except (OSError, ValueError) as exc:
+        raise RestError(f"{key}: cannot load {model_cfg.pretrained}: {exc}") from None
     if not config.is_encoder_decoder:
-        raise RestError(f"model.architecture: {model_cfg.architecture} is a {model_type} model; {NEEDS_ENCODER_DECODER}")
-    config.decoder_start_token_id = 1
-    config.forced_eos_token_id = config.forced_bos_token_id = None
-    torch.manual_seed(seed)
-    model = AutoModelForSeq2SeqLM.from_config(config)
-    gen = model.generation_config
-    gen.pad_token_id, gen.bos_token_id, gen.eos_token_id, gen.decoder_start_token_id = 0, 1, 2, 1
-    gen.forced_eos_token_id = gen.forced_bos_token_id = None
-    return Seq2SeqRewardModel(model, tokenizer, model_cfg.max_tokens)
+        raise RestError(f"{key}: {model_cfg.pretrained or model_cfg.architecture} is a {config.model_type} model, not "
+                        f"an encoder-decoder; {NEEDS_ENCODER_DECODER}")
+    spec = ModelConfig(pretrained=model_cfg.pretrained, architecture=model_cfg.architecture, vocab_size=model_cfg.vocab_size)
+    policy = build_policy(spec, texts, seed)
+    if made_by_train_tokenizer(policy.tokenizer):
+        seq2seq_pair_template(policy.tokenizer)
+    return Seq2SeqRewardModel(policy.model, policy.tokenizer, model_cfg.max_tokens)
 
 
-def load_seq2seq_reward_model(path: str, max_tokens: int, device: torch.device) -> Seq2SeqRewardModel:
-    with quiet():
-        model = AutoModelForSeq2SeqLM.from_pretrained(path, dtype=torch.float32).to(device)
-        tokenizer = AutoTokenizer.from_pretrained(path)
-    model.eval()
-    return Seq2SeqRewardModel(model, tokenizer, max_tokens, path=path)
+def load_seq2seq_reward_model(path: str, max_tokens: int, device: str) -> Seq2SeqRewardModel:
+    policy = load_policy(path, key="reward model", device=device)
+    policy.model.eval()
+    return Seq2SeqRewardModel(policy.model, policy.tokenizer, max_tokens, path=path)
