@@ -60,12 +60,16 @@ report: setup  ## (re)write RUN/report/index.html
 reward: setup  ## train the learned reward of RM_CONFIG (default: chrF predicted from Grow 1 of runs/numbers)
 	$(BIN)/rest reward train --config $(RM_CONFIG) $(ARGS)
 
+# Tests run in TEST_WORKERS processes (pytest-xdist), each taking whole test files: alone, the suite keeps ~1 of 2
+# cores busy (subprocess start-ups, imports, servers), so 2 workers on 2 cores take ~2/3 of the time. 0: one process.
+TEST_WORKERS ?= 2
+
 test:  ## both venvs (installed side by side: ~1 min less from a fresh clone), then every test
 	$(MAKE) --no-print-directory -j2 setup vllm
-	REST_VLLM_PYTHON=$(CURDIR)/$(VLLM_VENV)/bin/python $(BIN)/python -m pytest -q --durations=12 $(ARGS)
+	REST_VLLM_PYTHON=$(CURDIR)/$(VLLM_VENV)/bin/python $(BIN)/python -m pytest -q --durations=12 -n $(TEST_WORKERS) --dist loadfile $(ARGS)
 
 test-unit: setup
-	$(BIN)/python -m pytest -q -m "not integration" $(ARGS)
+	$(BIN)/python -m pytest -q -m "not integration" -n $(TEST_WORKERS) --dist loadfile $(ARGS)
 
 bench: setup vllm  ## speed side by side (Grow incl. vLLM, Improve, scoring, memory, make run's stages): writes docs/benchmarks.md
 	REST_VLLM_PYTHON=$(CURDIR)/$(VLLM_VENV)/bin/python $(BIN)/python bench/speed.py $(ARGS)

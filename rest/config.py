@@ -402,6 +402,13 @@ class ImproveConfig(PolicyOptimFields):
     reward_weighted: bool = Field(
         False, description="weight each kept sample's loss by its reward (labelled pairs weigh 1)"
     )
+    token_weights: str | None = Field(
+        None,
+        description="a reward component whose per-token scores (reward_tokens_<component>, written by a seq2seq "
+        "reward model) weight each kept sample's target tokens in the NLL by (score + 1) / 2: the tokens before the "
+        "reward model's correction departs from the sample count fully, those after it not at all (labelled rows "
+        "weigh 1); null: every token weighs 1",
+    )
     selection: Literal["threshold", "percentile", "top_k"] = Field(
         "threshold",
         description="threshold: every sample with reward >= tau; percentile: also at or above its source's "
@@ -419,9 +426,10 @@ class ImproveConfig(PolicyOptimFields):
             if self.kl_beta > 0:
                 raise ValueError(f"loss: {self.loss} keeps the policy near its reference already (preference.beta): "
                                  "set kl_beta: 0")
-            if self.reward_weighted or self.selection != "threshold" or self.max_per_source is not None:
+            if self.reward_weighted or self.selection != "threshold" or self.max_per_source is not None or self.token_weights:
                 raise ValueError(f"loss: {self.loss} learns from pairs (improve.preference.pairs, margin): "
-                                 "reward_weighted, selection and max_per_source are for the NLL losses; leave them unset")
+                                 "reward_weighted, selection, max_per_source and token_weights are for the NLL losses; "
+                                 "leave them unset")
         return self
 
     @field_validator("thresholds")
@@ -516,6 +524,12 @@ class RunConfig(_Section):
             raise ValueError(
                 f"grow.max_new_tokens ({self.grow.max_new_tokens}) is far above model.max_target_tokens "
                 f"({self.model.max_target_tokens}): samples that long would be truncated when trained on"
+            )
+        if self.improve.token_weights is not None and self.improve.token_weights not in self.reward.components:
+            raise ValueError(
+                f"improve.token_weights is {self.improve.token_weights!r}, not a component of reward.components "
+                f"({', '.join(self.reward.components)}): name the component whose reward model scores tokens, "
+                "e.g. `learned` with a seq2seq reward model"
             )
         return self
 

@@ -3,7 +3,8 @@
     objective = objective_for(cfg.improve)             # improve.loss, improve.kl_beta
     loss, stats = objective(policy, Batch(sources, targets, weights), cfg.model, reference)
 
-A `Batch` is what selection hands the objective: rows (source, target, optional per-row weight). An objective
+A `Batch` is what selection hands the objective: rows (source, target, optional per-row weight, optional per-token
+scores: improve.token_weights). An objective
 takes (policy, batch, model config, reference policy or None) and returns the scalar loss to minimise and the
 numbers to log (`stats`: floats; `kl` is averaged into metrics.json's train.kl_last). `needs_reference` says
 whether it reads the frozen reference policy (policy-0): the step then loads it once.
@@ -17,10 +18,11 @@ one source's samples (chosen, rejected) and labelled rows instead: stages.improv
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import numpy as np
 import torch
 
 from rest.config import ModelConfig
@@ -29,28 +31,29 @@ from rest.models import Policy, encode_pairs, forward_logits, target_counts
 
 @dataclass(frozen=True)
 class Batch:
-    """One optimiser step's rows: sources, the targets to learn, and per-row loss weights (None: all 1)."""
+    """One optimiser step's rows: sources, the targets to learn, per-row loss weights (None: all 1), and per-row
+    token scores in [-1, 1] that weight each target token (token_weights; None: all 1, also for one row)."""
 
     sources: list[str]
     targets: list[str]
     weights: list[float] | None = None
+    token_scores: list[Sequence[float] | None] | None = None
 
     def __len__(self) -> int:
         return len(self.sources)
 
+    def _rows(self, a: int, b: int) -> Batch:
+        return Batch(self.sources[a:b], self.targets[a:b], None if self.weights is None else self.weights[a:b],
+                     None if self.token_scores is None else self.token_scores[a:b])
+
     def split(self, size: int) -> list[Batch]:
         """Consecutive parts of at most `size` rows (micro-batches of one optimiser step)."""
-        return [
-            Batch(self.sources[a : a + size], self.targets[a : a + size],
-                  None if self.weights is None else self.weights[a : a + size])
-            for a in range(0, len(self), size)
-        ]
+        return [self._rows(a, a + size) for a in range(0, len(self), size)]
 
     def share(self, rank: int, world: int) -> Batch:
         """Rank `rank`'s contiguous share of `world` (sizes differ by at most one row; with an even split, the
         shares are the micro-batches of one process with micro_batch_size = len / world)."""
-        a, b = len(self) * rank // world, len(self) * (rank + 1) // world
-        return Batch(self.sources[a:b], self.targets[a:b], None if self.weights is None else self.weights[a:b])
+        return self._rows(len(self) * rank // world, len(self) * (rank + 1) // world)
 
 
 def _cuts(n: int, parts: int) -> list[tuple[int, int]]:
@@ -127,6 +130,41 @@ def sequence_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tens
     return (per_token * mask).sum(dim=1), mask.sum(dim=1)
 
 
+def token_weights(counts: Sequence[int], token_scores: Sequence[Sequence[float] | None]) -> list[np.ndarray]:
+    """Per row, a weight for each of its `counts[i]` target tokens from its token scores (a seq2seq reward model's
+    +1 before its correction departs from the completion, -1 from there on): (score + 1) / 2, so the tokens the
+    reward model would keep count fully and those it would rewrite not at all.
+
+    A row without scores (a labelled row of data.train) weighs 1 per token. A row whose scores do not line up with
+    its tokens (another tokenizer than the reward model's, a target cut at max_target_tokens) weighs the mean of
+    its weights on every token, i.e. its scalar reward.
+
+    Scores [1, 1, -1] over 3 tokens: [1, 1, 0]; the same over 4 tokens: [2/3] * 4; None over 2 tokens: [1, 1].
+    """
+    out = []
+    for count, scores in zip(counts, token_scores):
+        if scores is None:
+            out.append(np.ones(count, dtype=np.float32))
+            continue
+        w = np.clip((np.asarray(scores, dtype=np.float32) + 1) / 2, 0, 1)
+        out.append(w if len(w) == count else np.full(count, w.mean() if len(w) else 1.0, dtype=np.float32))
+    return out
+
+
+def weighted_sequence_nll(logits: torch.Tensor, labels: torch.Tensor, weights: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+    """sequence_nll with a weight per target token (row i's weights in the order of its target tokens): per
+    sequence, sum_t w_t NLL_t and sum_t w_t. Weights of 1 give sequence_nll's numbers."""
+    per_token = torch.nn.functional.cross_entropy(
+        logits.float().transpose(1, 2), labels, ignore_index=-100, reduction="none"
+    )
+    mask = labels != -100
+    w = torch.zeros(labels.shape, dtype=torch.float32)
+    for i, row in enumerate(weights):
+        w[i, mask[i].cpu()] = torch.from_numpy(row)
+    w = w.to(per_token.device)
+    return (per_token * w).sum(dim=1), w.sum(dim=1)
+
+
 REDUCTIONS = ("token_mean", "sequence_mean", "sum")
 
 
@@ -155,7 +193,7 @@ def reduce_nll(
         raise ValueError(f"unknown loss {loss!r}; known: {', '.join(REDUCTIONS)}")
     w = torch.ones_like(sums) if weights is None else weights.to(sums)
     den = nll_denominator(counts, loss, weights) if denominator is None else torch.tensor(denominator)
-    num = (w * sums / counts.clamp_min(1)).sum() if loss == "sequence_mean" else (w * sums).sum()
+    num = (w * sums / counts.float().clamp_min(1e-9)).sum() if loss == "sequence_mean" else (w * sums).sum()
     return num / den.to(sums).clamp_min(1e-9)
 
 
@@ -214,7 +252,9 @@ def preference_losses(
 @dataclass(frozen=True)
 class NLL:
     """Negative log-likelihood of the targets (`reduction`: see reduce_nll), weighted per row when the batch has
-    weights, plus `kl_beta` x token_kl against the reference policy on the same batch (SuperHF's KL prior)."""
+    weights and per token when it has token scores (token_weights: a token counts as its weight everywhere,
+    denominators included), plus `kl_beta` x token_kl against the reference policy on the same batch (SuperHF's KL
+    prior)."""
 
     reduction: str = "token_mean"
     kl_beta: float = 0.0
@@ -225,10 +265,14 @@ class NLL:
         return self.kl_beta > 0
 
     def totals(self, policy: Policy, batch: Batch, model_cfg: ModelConfig) -> dict[str, float]:
-        """The whole batch's denominators: its NLL's (nll_denominator) and its target tokens (the KL's)."""
-        counts = torch.tensor(target_counts(policy, list(batch.targets), model_cfg), dtype=torch.float32)
+        """The whole batch's denominators: its NLL's (nll_denominator, over token-weighted counts when the batch
+        has token scores) and its target tokens (the KL's)."""
+        tokens = target_counts(policy, list(batch.targets), model_cfg)
+        counts = torch.tensor(tokens, dtype=torch.float32)
+        if batch.token_scores is not None:
+            counts = torch.tensor([float(w.sum()) for w in token_weights(tokens, batch.token_scores)])
         weights = None if batch.weights is None else torch.tensor(batch.weights, dtype=torch.float32)
-        return {"nll": float(nll_denominator(counts, self.reduction, weights)), "tokens": float(counts.sum())}
+        return {"nll": float(nll_denominator(counts, self.reduction, weights)), "tokens": float(sum(tokens))}
 
     def __call__(
         self, policy: Policy, batch: Batch, model_cfg: ModelConfig, reference: Policy | None = None,
@@ -239,12 +283,16 @@ class NLL:
         encoded = encode_pairs(policy, list(batch.sources), list(batch.targets), model_cfg)
         logits = forward_logits(policy, encoded)
         labels = encoded["labels"]
-        if self.reduction == "token_mean" and batch.weights is None and totals is None:
+        if self.reduction == "token_mean" and batch.weights is None and batch.token_scores is None and totals is None:
             loss = token_nll(logits, labels)  # the same numbers as BC: default runs stay bit-identical
         else:
             weights = None if batch.weights is None else torch.tensor(batch.weights, dtype=torch.float32)
-            loss = reduce_nll(*sequence_nll(logits, labels), self.reduction, weights,
-                              None if totals is None else totals["nll"])
+            if batch.token_scores is None:
+                per_sequence = sequence_nll(logits, labels)
+            else:
+                counts = (labels != -100).sum(dim=1).tolist()
+                per_sequence = weighted_sequence_nll(logits, labels, token_weights(counts, batch.token_scores))
+            loss = reduce_nll(*per_sequence, self.reduction, weights, None if totals is None else totals["nll"])
         stats: dict[str, float] = {}
         if self.kl_beta > 0:
             with torch.no_grad():

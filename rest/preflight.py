@@ -4,9 +4,10 @@
 
 Data splits (columns, empty rows, duplicates), the policy (`model.architecture` parses and transformers knows it,
 or `model.pretrained` is a loadable checkpoint), the reward's artifacts (a learned reward model exists and
-verifies), tracking (online needs a key), the device (a GPU that is there), LoRA's target modules (names the
-model has) and the Grow engine (vLLM: a decoder-only policy and an interpreter that has vllm). A bad value found only after the run directory exists would leave a
-directory that then refuses the corrected config, with a Prefect traceback in between.
+verifies; improve.token_weights names one that scores tokens), tracking (online needs a key), the device (a GPU
+that is there), LoRA's target modules (names the model has) and the Grow engine (vLLM: a decoder-only policy and an
+interpreter that has vllm). A bad value found only after the run directory exists would leave a directory that
+then refuses the corrected config, with a Prefect traceback in between.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from rest.data import grow_sources, load_split
 from rest.engines import check_vllm
 from rest.hf import check_architecture, check_lora_targets, check_pretrained, model_config, module_names
 from rest.models import resolve_device
-from rest.rewards import artifact_dependencies, needs_reference
+from rest.rewards import artifact_dependencies, check_token_scores, needs_reference
 from rest.tracking import check_tracking
 
 
@@ -31,6 +32,8 @@ def check_run_inputs(cfg: RunConfig) -> None:
     else:
         check_architecture(cfg.model.architecture, "model.architecture")
     artifact_dependencies(cfg.reward)
+    if cfg.improve.token_weights is not None:
+        check_token_scores(cfg.improve.token_weights, cfg.reward, "improve.token_weights")
     check_tracking(cfg.tracking.comet)
     resolve_device(cfg.device, "device")
     names: list[str] = []

@@ -17,6 +17,7 @@ this module).
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
 import pickle
@@ -241,6 +242,20 @@ def component(name: str, rc: RewardConfig) -> Reward:
     if key not in _BUILT:
         _BUILT[key] = COMPONENTS[name].build(rc)
     return _BUILT[key]
+
+
+def check_token_scores(name: str, rc: RewardConfig, key: str) -> None:
+    """RestError unless component `name` scores each token (a `learned` seq2seq reward model): what config key
+    `key` (improve.token_weights) reads from the Grow shards."""
+    objective = None
+    if name == "learned" and rc.learned:
+        spec = Path(rc.learned) / "reward.json"
+        objective = json.loads(spec.read_text()).get("objective") if spec.is_file() else None
+    if objective != "seq2seq":
+        made = f"a reward model trained with objective: {objective}" if objective else f"the {name} component"
+        raise RestError(f"{key}: {name} has no per-token scores ({made} gives one number per sample); only a reward "
+                        "model trained with objective: seq2seq (reward.learned) scores tokens. Set {key}: null, or "
+                        "train one: rest reward train --config configs/reward-numbers-seq2seq.yaml".replace("{key}", key))
 
 
 def token_columns(rewards: Mapping[str, Any]) -> list[str]:

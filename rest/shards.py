@@ -56,3 +56,9 @@ def read_grow(grow_dir: Path, columns: list[str] | None = None, min_reward: floa
 def shard_paths(grow_dir: Path) -> list[Path]:
     """The shard files of a Grow step, in order."""
     return sorted(Path(grow_dir).glob("shard-*.parquet"))
+
+
+def grow_columns(grow_dir: Path) -> list[str]:
+    """The column names of a Grow step's shards (its first shard's schema; every shard has the same)."""
+    paths = shard_paths(grow_dir)
+    return pq.read_schema(paths[0]).names if paths else []

@@ -45,7 +45,7 @@ from rest.objectives import Batch, Objective, PairBatch, objective_for
 from rest.preflight import check_run_inputs
 from rest.rewards import artifact_dependencies, needs_reference, reward_names, score_config, token_columns
 from rest.run import METRICS_FILE, VALID_OUTPUTS, Run
-from rest.shards import read_grow, shard_name, shard_paths, write_shard
+from rest.shards import grow_columns, read_grow, shard_name, shard_paths, write_shard
 from rest.training import train
 
 log = logging.getLogger("rest")
@@ -470,10 +470,20 @@ def _row_batches(run: Run, grow_name: str, grow_summary: dict[str, Any], tau: fl
     # (percentile selection compares each source's N rewards, so it reads every row of those columns). The Grow
     # step's row count and kept fraction at each tau are in its manifest (finish_grow's stats).
     columns = ["source_id", "source", "sample_index", "completion", "reward"]
+    scores_column = None if ic.token_weights is None else f"reward_tokens_{ic.token_weights}"
+    if scores_column is not None:
+        if scores_column not in grow_columns(run.dir(grow_name)):
+            raise RestError(
+                f"improve.token_weights: {ic.token_weights} reads the column {scores_column}, which the shards of "
+                f"{run.dir(grow_name)} do not have: only a reward model trained with objective: seq2seq scores tokens "
+                "(reward.learned); set improve.token_weights: null for a scalar reward"
+            )
+        columns.append(scores_column)
     rows = read_grow(run.dir(grow_name), columns, min_reward=None if ic.selection == "percentile" else tau)
     kept = select(rows, tau, ic.selection, ic.percentile, ic.top_k, ic.max_per_source)
     del rows
     k_src, k_tgt, k_w = kept["source"].tolist(), kept["completion"].tolist(), kept["reward"].tolist()
+    k_scores = None if scores_column is None else kept[scores_column].tolist()
     t_src, t_tgt = train_df["source"].tolist(), train_df["reference"].tolist()
     lengths = (text_lengths(k_src, k_tgt), text_lengths(t_src, t_tgt)) if ic.group_by_length else None
     plan = mix_batches(len(kept), len(train_df), ic.train_mix, ic.batch_size, ic.steps, rng, lengths)
@@ -482,6 +492,7 @@ def _row_batches(run: Run, grow_name: str, grow_summary: dict[str, Any], tau: fl
             [k_src[j] for j in ki] + [t_src[j] for j in ti],
             [k_tgt[j] for j in ki] + [t_tgt[j] for j in ti],
             [k_w[j] for j in ki] + [1.0] * len(ti) if ic.reward_weighted else None,
+            None if k_scores is None else [k_scores[j] for j in ki] + [None] * len(ti),
         )
         for ki, ti in plan
     ]
@@ -494,6 +505,9 @@ def _row_batches(run: Run, grow_name: str, grow_summary: dict[str, Any], tau: fl
         "kept_reward_mean": round(float(kept["reward"].mean()), 4) if len(kept) else None,
         "train_mix": ic.train_mix,
     }
+    if k_scores is not None:  # the share of the kept samples' tokens the loss learns (their mean token weight)
+        weights = np.concatenate([(np.asarray(t, dtype=np.float32) + 1) / 2 for t in k_scores] or [np.zeros(0)])
+        selection["token_weight_mean"] = round(float(weights.mean()), 4) if len(weights) else None
     return batches, selection
 
 

@@ -28,6 +28,7 @@ def bad_files(tmp_path):
         ("data.test={d}/missing.parquet", r"data.test: .*missing.parquet does not exist"),
         ("improve.thresholds=[1.0,0.9]", r"improve.thresholds`: thresholds must rise strictly"),
         ("grow.num_sampels=4", r"unknown config key `grow.num_sampels`; did you mean `grow.num_samples`"),
+        ("improve.token_weights=chrf", r"improve.token_weights: chrf has no per-token scores .*objective: seq2seq"),
         ("improve.lora={{target_modules: [q_proj, query]}}",  # braces doubled: the override goes through str.format
          r"improve.lora.target_modules: this model has no module `query`; its module names end in: .*q_proj"),
         pytest.param("device=cuda:7", r"device: cuda:7, but torch .* (sees no GPU|sees \d+ GPU)",

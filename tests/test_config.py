@@ -114,3 +114,12 @@ def test_the_yaml_advice_leads_to_a_valid_value():
     with pytest.raises(RestError, match="Input should be a valid list"):
         load_config(None, [suggested])  # text, as suggested: parses, and is then a type error of its own
     assert load_config(None, ["improve.thresholds=[0.9,1.0]"]).improve.thresholds == [0.9, 1.0]
+
+
+def test_token_weights_name_a_reward_component_of_an_nll_loss():
+    with pytest.raises(RestError, match=r"improve.token_weights is 'learnt', not a component of reward.components \(chrf"):
+        load_config("configs/numbers.yaml", ["improve.token_weights=learnt"])
+    with pytest.raises(RestError, match=r"token_weights are for the NLL losses"):
+        load_config("configs/numbers.yaml", ["improve.loss=dpo", "improve.token_weights=chrf"])
+    cfg = load_config("configs/numbers-seq2seq.yaml", ["improve.token_weights=learned"])
+    assert cfg.improve.token_weights == "learned"

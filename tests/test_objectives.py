@@ -13,7 +13,7 @@ from rest.config import ImproveConfig
 from rest.filtering import preference_pairs, select
 from rest.models import target_counts
 from rest.objectives import (NLL, Batch, PairBatch, Preference, preference_losses, reduce_nll, sequence_nll, token_kl,
-                             token_nll)
+                             token_nll, token_weights, weighted_sequence_nll)
 from rest.training import train
 from tests.test_models_sampling import _tiny
 
@@ -53,6 +53,49 @@ def test_reward_weights():
     assert reduce_nll(sums, counts, "sequence_mean", w).item() == pytest.approx((a + 0.5 * (b + c + d) / 3) / 1.5)
     # a weight of 0 drops a sequence entirely
     assert reduce_nll(sums, counts, "sum", torch.tensor([0.0, 1.0])).item() == pytest.approx(b + c + d)
+
+
+def test_token_weights_from_token_scores_worked_values():
+    """(score + 1) / 2 per token; a row without scores weighs 1; scores that do not line up with the tokens give
+    every token their mean (the scalar reward)."""
+    got = token_weights([3, 4, 2, 2], [[1, 1, -1], [1, 1, -1], None, [0.5, -0.5]])
+    assert [w.tolist() for w in got] == [[1, 1, 0], pytest.approx([2 / 3] * 4), [1, 1], [0.75, 0.25]]
+    logits, labels, a, (b, c, d) = _batch()
+    sums, counts = weighted_sequence_nll(logits, labels, token_weights([1, 3], [None, [1, -1, 1]]))
+    assert sums.tolist() == pytest.approx([a, b + d]) and counts.tolist() == [1, 2]  # row 1's 2nd token is out
+    assert reduce_nll(sums, counts, "token_mean").item() == pytest.approx((a + b + d) / 3)
+    assert reduce_nll(sums, counts, "sequence_mean").item() == pytest.approx((a + (b + d) / 2) / 2)
+    ones = weighted_sequence_nll(logits, labels, token_weights([1, 3], [None, None]))
+    assert [t.tolist() for t in ones] == [t.tolist() for t in sequence_nll(logits, labels)]
+
+
+def test_token_weighted_nll_on_a_tiny_model_and_its_micro_batches(tmp_path):
+    """A token scored -1 does not train: the loss equals the NLL of the other tokens only; pieces of the batch
+    normalised by the whole batch's totals add up to the whole; with every score +1 it is the plain NLL."""
+    policy, cfg = _tiny(tmp_path, "bart")
+    policy.model.eval()
+    sources, targets = ["12", "5", "7"], ["zwölf", "fünf", "sieben"]
+    counts = target_counts(policy, targets, cfg)
+    scores = [[1.0] * (counts[0] - 1) + [-1.0], [-1.0] * counts[1], None]
+    objective = NLL("token_mean")
+    whole, _ = objective(policy, Batch(sources, targets, None, scores), cfg)
+    from rest.models import encode_pairs, forward_logits
+
+    encoded = encode_pairs(policy, sources, targets, cfg)
+    per_token = torch.nn.functional.cross_entropy(forward_logits(policy, encoded).transpose(1, 2), encoded["labels"],
+                                                  ignore_index=-100, reduction="none")
+    kept = per_token[0, : counts[0] - 1].sum() + per_token[2, : counts[2]].sum()
+    assert whole.item() == pytest.approx((kept / (counts[0] - 1 + counts[2])).item(), rel=1e-5)
+    batch = Batch(sources, targets, [0.5, 1.0, 2.0], scores)
+    totals = objective.totals(policy, batch, cfg)
+    assert totals["nll"] == pytest.approx(0.5 * (counts[0] - 1) + 2.0 * counts[2])
+    full, _ = objective(policy, batch, cfg, None, totals)
+    assert sum(objective(policy, p, cfg, None, totals)[0].item() for p in batch.split(1)) == pytest.approx(full.item(), rel=1e-5)
+    plain, _ = objective(policy, Batch(sources, targets), cfg)
+    all_kept, _ = objective(policy, Batch(sources, targets, None, [[1.0] * n for n in counts]), cfg)
+    assert all_kept.item() == pytest.approx(plain.item(), rel=1e-6)
+    assert [p.token_scores for p in batch.split(2)] == [scores[:2], scores[2:]]
+    assert batch.share(1, 3).token_scores == [scores[1]]
 
 
 def test_kl_of_a_policy_against_itself_is_zero_and_positive_otherwise():

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from rest.errors import RestError
+from rest.filtering import select
 from rest.reward_model import bradley_terry_loss, held_out, pairs_of, pairwise_accuracy
 from rest.seq2seq_rm import divergence_scores
 from tests.conftest import CONFIG, rest
@@ -125,7 +126,7 @@ def test_reward_model_grow_without_references_and_best_of_n(clean_run, tmp_path)
     run = tmp_path / "learned"
     rest("run", "--config", CONFIG, "--run", str(run), "reward.components={learned: 1.0}", f"reward.learned={s2s}",
          f"reward.rules={{und: {{model: {rule_rm}, weight: 0.5}}, short: {{regex: '^.{{0,3}}$', weight: 0.5}}}}",
-         "data.pool=tests/fixtures/unlabelled-small.parquet", "improve.thresholds=[0.3, 0.6]")
+         "data.pool=tests/fixtures/unlabelled-small.parquet", "improve.thresholds=[0.3, 0.6]", "improve.token_weights=learned")
     rows = pd.read_parquet(run / "grow-1")
     assert len(rows) == 40 * 8 and rows["reference"].isna().all()
     assert {"reward", "reward_learned", "reward_rule_und", "reward_rule_short"} <= set(rows.columns)
@@ -149,6 +150,11 @@ def test_reward_model_grow_without_references_and_best_of_n(clean_run, tmp_path)
     rule_id = json.loads((rule_rm / "_manifest.json").read_text())["id"]
     s2s_id = json.loads((s2s / "_manifest.json").read_text())["id"]
     assert grow["parents"][1:] == [s2s_id, rule_id]  # lineage: which models scored the step
+    # Improve weighed each kept sample's tokens by its token scores: (score + 1) / 2, over the rows tau 0.3 keeps
+    kept = select(rows, 0.3)
+    learnt = json.loads((run / "improve-1-1" / "metrics.json").read_text())["improve"]
+    share = np.concatenate([(np.asarray(t) + 1) / 2 for t in kept["reward_tokens_learned"]]).mean()
+    assert learnt["kept_unique"] == len(kept) and learnt["token_weight_mean"] == pytest.approx(share, abs=1e-4)
 
     # best-of-N: one row per source, K candidates with their rewards, the chosen one is the best
     bon = tmp_path / "bon.parquet"
