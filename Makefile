@@ -60,8 +60,9 @@ report: setup  ## (re)write RUN/report/index.html
 reward: setup  ## train the learned reward of RM_CONFIG (default: chrF predicted from Grow 1 of runs/numbers)
 	$(BIN)/rest reward train --config $(RM_CONFIG) $(ARGS)
 
-# Tests run in TEST_WORKERS processes (pytest-xdist), each taking whole test files: alone, the suite keeps ~1 of 2
-# cores busy (subprocess start-ups, imports, servers), so 2 workers on 2 cores take ~2/3 of the time. 0: one process.
+# Tests run in TEST_WORKERS processes (pytest-xdist), each taking whole test files and cores / workers threads
+# (tests/conftest.py): alone, the suite keeps ~1.1 of 2 cores busy (subprocess start-ups, imports, servers); two
+# workers on 2 cores took 10m23s where one took 14m15s (2026-11-26). TEST_WORKERS=0: one process.
 TEST_WORKERS ?= 2
 
 test:  ## both venvs (installed side by side: ~1 min less from a fresh clone), then every test

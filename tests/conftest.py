@@ -49,8 +49,8 @@ def _in_repo(monkeypatch):
 CONFIG = "configs/smoke.yaml"
 
 # `make test` hands whole files to two worker processes (pytest-xdist --dist loadfile) in collection order: the
-# longest files go first, so neither worker is left running a long file alone at the end. Measured seconds per file
-# (`pytest --durations=0`, one process, 2026-11-26); a file not listed keeps its place after them.
+# longest files go first, so neither worker is left running a long file alone at the end (the order of the slowest
+# tests `make test` prints, 2026-11-26); a file not listed keeps its place after them.
 LONGEST_FIRST = ["test_vllm.py", "test_reward_model.py", "test_prefect_server.py", "test_bench.py", "test_pipeline.py",
                  "test_reliability.py", "test_distributed.py", "test_methods.py", "test_lora.py"]
 
