@@ -157,11 +157,8 @@ def weighted_sequence_nll(logits: torch.Tensor, labels: torch.Tensor, weights: S
     per_token = torch.nn.functional.cross_entropy(
         logits.float().transpose(1, 2), labels, ignore_index=-100, reduction="none"
     )
-    mask = labels != -100
-    w = torch.zeros(labels.shape, dtype=torch.float32)
-    for i, row in enumerate(weights):
-        w[i, mask[i].cpu()] = torch.from_numpy(row)
-    w = w.to(per_token.device)
+    w = torch.zeros_like(per_token)
+    w[labels != -100] = torch.from_numpy(np.concatenate(list(weights))).to(w.device)  # row-major: row by row, in order
     return (per_token * w).sum(dim=1), w.sum(dim=1)
 
 

@@ -245,17 +245,15 @@ def component(name: str, rc: RewardConfig) -> Reward:
 
 
 def check_token_scores(name: str, rc: RewardConfig, key: str) -> None:
-    """RestError unless component `name` scores each token (a `learned` seq2seq reward model): what config key
-    `key` (improve.token_weights) reads from the Grow shards."""
-    objective = None
-    if name == "learned" and rc.learned:
-        spec = Path(rc.learned) / "reward.json"
-        objective = json.loads(spec.read_text()).get("objective") if spec.is_file() else None
-    if objective != "seq2seq":
-        made = f"a reward model trained with objective: {objective}" if objective else f"the {name} component"
+    """RestError unless component `name` scores each token (its artifact is a reward model trained with objective:
+    seq2seq): what config key `key` (improve.token_weights) reads from the Grow shards."""
+    specs = [Path(path) / "reward.json" for _, path in COMPONENTS[name].artifacts(rc) if path]
+    objectives = [json.loads(spec.read_text()).get("objective") for spec in specs if spec.is_file()]
+    if "seq2seq" not in objectives:
+        made = f"a reward model trained with objective: {objectives[0]}" if objectives else f"the {name} component"
         raise RestError(f"{key}: {name} has no per-token scores ({made} gives one number per sample); only a reward "
-                        "model trained with objective: seq2seq (reward.learned) scores tokens. Set {key}: null, or "
-                        "train one: rest reward train --config configs/reward-numbers-seq2seq.yaml".replace("{key}", key))
+                        f"model trained with objective: seq2seq (reward.learned) scores tokens. Set {key}: null, or "
+                        "train one: rest reward train --config configs/reward-numbers-seq2seq.yaml")
 
 
 def token_columns(rewards: Mapping[str, Any]) -> list[str]:

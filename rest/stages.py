@@ -41,7 +41,7 @@ from rest.evaluation import evaluate, target_nll
 from rest.filtering import epoch_batches, mix_batches, preference_pairs, select, text_lengths
 from rest.models import Policy, build_policy, count_parameters, load_policy
 from rest.monitors import input_use_line, meteor_within, policy_monitors
-from rest.objectives import Batch, Objective, PairBatch, objective_for
+from rest.objectives import Batch, Objective, PairBatch, objective_for, token_weights
 from rest.preflight import check_run_inputs
 from rest.rewards import artifact_dependencies, needs_reference, reward_names, score_config, token_columns
 from rest.run import METRICS_FILE, VALID_OUTPUTS, Run
@@ -506,7 +506,7 @@ def _row_batches(run: Run, grow_name: str, grow_summary: dict[str, Any], tau: fl
         "train_mix": ic.train_mix,
     }
     if k_scores is not None:  # the share of the kept samples' tokens the loss learns (their mean token weight)
-        weights = np.concatenate([(np.asarray(t, dtype=np.float32) + 1) / 2 for t in k_scores] or [np.zeros(0)])
+        weights = np.concatenate(token_weights([len(t) for t in k_scores], k_scores) or [np.zeros(0)])
         selection["token_weight_mean"] = round(float(weights.mean()), 4) if len(weights) else None
     return batches, selection
 
