@@ -67,6 +67,31 @@ def select(
     return kept.drop(columns="_norm").reset_index(drop=True)
 
 
+SPARSE_KEEP = 0.01  # under this share of a Grow step's samples kept, Improve learns little but data.train
+
+
+def sparse_selection(tau: float, kept_fraction: float, rows: int, quantiles: dict[str, float]) -> str | None:
+    """What to tell the user when tau keeps under 1% of a Grow step's samples, else None.
+
+    The usual cause is a threshold on another scale than the reward's: ReST's thresholds are written for a metric
+    in [0, 1] that reaches 1, while a learned reward model regresses towards the mean and rarely predicts its top.
+
+    >>> sparse_selection(0.95, 0.3, 1000, {"p50": 0.8, "p90": 1.0}) is None
+    True
+    >>> print(sparse_selection(0.95, 0.0007, 32000, {"p50": 0.349, "p90": 0.61}))  # doctest: +NORMALIZE_WHITESPACE
+    tau=0.95 keeps 0.07% of the 32000 Grow samples (their rewards: median 0.349, p90 0.61), so this step learns little
+    but data.train. Put improve.thresholds on this reward's scale (a learned reward model's scores are its own), or keep
+    each source's best with improve.selection: top_k and a threshold under the rewards' median.
+    """
+    if kept_fraction >= SPARSE_KEEP:
+        return None
+    kept = "none" if kept_fraction <= 0 else f"{kept_fraction:.2%}"
+    return (f"tau={tau} keeps {kept} of the {rows} Grow samples (their rewards: median "
+            f"{quantiles.get('p50')}, p90 {quantiles.get('p90')}), so this step learns little but data.train. Put "
+            "improve.thresholds on this reward's scale (a learned reward model's scores are its own), or keep each "
+            "source's best with improve.selection: top_k and a threshold under the rewards' median.")
+
+
 def preference_pairs(rows: pd.DataFrame, tau: float, pairs: str = "best_worst", margin: float = 0.1) -> pd.DataFrame:
     """Pairs (chosen, rejected) of one source's distinct samples (normalised as for dedup) for a preference loss:
     the chosen one's reward clears tau, the gap is at least `margin` and above 0.

@@ -38,7 +38,7 @@ from rest.config import HOW_TO_TRAIN, BCConfig, GrowConfig, ImproveConfig, Polic
 from rest.data import grow_sources, load_split, superbatch
 from rest.errors import RestError
 from rest.evaluation import evaluate, target_nll
-from rest.filtering import epoch_batches, mix_batches, preference_pairs, select, text_lengths
+from rest.filtering import epoch_batches, mix_batches, preference_pairs, select, sparse_selection, text_lengths
 from rest.models import Policy, build_policy, count_parameters, load_policy
 from rest.monitors import input_use_line, meteor_within, policy_monitors
 from rest.objectives import Batch, Objective, PairBatch, objective_for, token_weights
@@ -431,8 +431,11 @@ def improve(run_dir: Path, g: int, i: int) -> str:
     if objective.data == "pairs" and not selection["pairs"]:
         log.warning(f"{name}: no pair of Grow samples qualifies (tau={tau}, margin={ic.preference.margin}); this "
                     "step trains on data.train only")
-    elif objective.data != "pairs" and not selection["kept_unique"]:
-        log.warning(f"{name}: no Grow sample reaches tau={tau}; this step trains on data.train only")
+    elif objective.data != "pairs" and (sparse := sparse_selection(
+            tau, selection["kept_fraction"] if selection["kept_unique"] else 0.0, selection["grow_rows"],
+            grow_summary.get("reward_quantiles", {}))):
+        log.warning(f"{name}: {sparse}")
+        selection["warning"] = sparse
     device = distributed.rank_device(cfg.device)
     policy = load_policy(run.dir(init), device=device)
     reference = None

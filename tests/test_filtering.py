@@ -1,7 +1,7 @@
 import numpy as np
 import pandas as pd
 
-from rest.filtering import epoch_batches, length_window, mix_batches, normalise_text, select, sort_windows
+from rest.filtering import epoch_batches, length_window, mix_batches, normalise_text, select, sort_windows, sparse_selection
 
 
 def _rows():
@@ -100,3 +100,12 @@ def test_mix_batches_grouped_keeps_the_mix_and_pairs_lengths():
     corr = np.corrcoef([kept_len[k].mean() for k, _ in plan], [train_len[t].mean() for _, t in plan])[0, 1]
     assert corr > 0.9
     assert mix_batches(0, 20, 0.25, 8, 3, np.random.default_rng(0), lengths=(np.zeros(0), np.arange(20)))[0][1].size == 8
+
+
+def test_sparse_selection_says_what_to_change_when_tau_keeps_almost_nothing():
+    assert sparse_selection(0.95, 0.0100, 32000, {"p50": 0.8, "p90": 1.0}) is None  # 1% kept: nothing to say
+    # a learned reward model's scores (median 0.349, p90 0.61) under chrF's thresholds: 8 of 32000 kept
+    message = sparse_selection(0.95, 0.00025, 32000, {"p50": 0.349, "p90": 0.61})
+    assert message.startswith("tau=0.95 keeps 0.03% of the 32000 Grow samples (their rewards: median 0.349, p90 0.61)")
+    assert "improve.thresholds" in message and "improve.selection: top_k" in message
+    assert sparse_selection(1.0, 0.0, 100, {"p50": 0.2, "p90": 0.4}).startswith("tau=1.0 keeps none of the 100")
