@@ -780,7 +780,7 @@ class RewardModelConfig(_Section):
         description="regression: mean squared error to score_column (the model's output is the reward, clipped to "
         "[0, 1]); bradley_terry: pairwise ranking loss (the reward is sigmoid(output)); classification: binary "
         "cross-entropy on a 0/1 score_column (the output is sigmoid(output) = P(1): a rule model of reward.rules, "
-        "1 meaning the rule is broken); seq2seq: an encoder-decoder model learns to rewrite each (source, "
+        "1 meaning the rule is broken); seq2seq: a model (encoder-decoder or decoder-only) learns to rewrite each (source, "
         "completion) as the source's best-scored completion, and the reward is the share of the completion's tokens "
         "before its correction departs from it (per-token scores in reward_tokens_<component>)",
     )

@@ -14,7 +14,7 @@ Four objectives (`objective:` in the config):
 - classification: binary cross-entropy on a 0/1 column, e.g. whether an output breaks a rule (Sparrow's rule
   models): its output is sigmoid(output) = P(1), and `reward.rules` scores 1 - P(violation) with it. It also
   reports held-out accuracy at 0.5.
-- seq2seq: sequence MLE of an encoder-decoder model that reads (source, completion) and writes the source's best
+- seq2seq: sequence MLE of a model (encoder-decoder or decoder-only) that reads (source, completion) and writes the source's best
   completion in the shards (rest.seq2seq_rm): its reward is the share of the completion's tokens before the first
   place its correction departs from it, with the per-token scores alongside.
 

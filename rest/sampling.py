@@ -9,7 +9,7 @@ draws from its own `torch.Generator`. It also gives each sample's log-probabilit
 (temperature 1, no truncation), which is what KL and drift measures need, whatever the sampling settings were.
 
 It is also faster than `generate` here (docs/benchmarks.md): a source's N samples share one reading of the prompt,
-and rows that have ended leave the batch (`_decode_batch`). The same inputs and seed give the same samples and the
+and rows that have ended leave the batch (`decode_batch`). The same inputs and seed give the same samples and the
 same floats whatever the number of threads (a Dask worker has one): batches never shrink below MIN_ROWS rows, where
 a matrix product of a few rows takes a kernel path whose sums depend on the thread count.
 """
@@ -27,7 +27,7 @@ from rest.hf import pad as pad_ids
 from rest.models import Policy, prompt_ids
 
 
-# What makes our loop faster than decoding every row to the end (see _decode_batch); the benchmark turns them off.
+# What makes our loop faster than decoding every row to the end (see decode_batch); the benchmark turns them off.
 SPEEDUPS = ("shared_prompt", "drop_finished")
 MIN_ROWS = 16  # drop_finished never shrinks a batch below this many rows
 
@@ -58,7 +58,7 @@ def _choose(logits: torch.Tensor, greedy: bool, temperature: float, top_p: float
 
 
 @torch.inference_mode()
-def _decode_batch(
+def decode_batch(
     policy: Policy,
     prompts: list[list[int]],
     copies: list[int],
@@ -183,7 +183,7 @@ def generate(
         # a source's samples are adjacent rows of a chunk: one prompt and its number of copies per run of rows
         runs = [(i, len(list(group))) for i, group in groupby(i for i, _ in chunk)]
         distinct, copies = [i for i, _ in runs], [n for _, n in runs]
-        seqs, lps = _decode_batch(policy, [prompts[i] for i in distinct], copies, max_new_tokens, choose, speedups)
+        seqs, lps = decode_batch(policy, [prompts[i] for i in distinct], copies, max_new_tokens, choose, speedups)
         texts = policy.tokenizer.batch_decode(seqs, skip_special_tokens=True)
         for (i, k), seq, text, lp in zip(chunk, seqs, texts, lps):
             slot = i * num_samples + k

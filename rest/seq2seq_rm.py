@@ -22,6 +22,11 @@ and comparing (tests/test_seq2seq_rm.py checks it), at the cost of one forward p
 
 When the reward model starts from the policy (`model.pretrained: runs/<run>/policy-0`, as the shipped config does),
 its tokens are the policy's, so the per-token scores line up with the policy's tokens of the completion.
+
+Encoder-decoder or decoder-only, as the policy is: an encoder-decoder reads the pair `source </s> completion </s>`;
+a decoder-only model (a causal LM: Llama, Qwen, GPT-2 checkpoints) reads the same pair as its prompt,
+`[BOS] source EOS completion EOS`, and writes the correction after it, the loss on the correction's tokens only. So a
+decoder-only policy's own checkpoint can be its corrector, and its token scores line up with the policy's tokens.
 """
 
 from __future__ import annotations
@@ -33,16 +38,18 @@ import numpy as np
 import pandas as pd
 import torch
 from tokenizers import processors
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, MODEL_FOR_MASKED_LM_MAPPING_NAMES
 
 from rest.config import ModelConfig
 from rest.errors import RestError
 from rest.hf import made_by_train_tokenizer, model_config, pad
-from rest.models import build_policy, load_policy
+from rest.models import Policy, build_policy, load_policy
+from rest.sampling import decode_batch
 
-NEEDS_ENCODER_DECODER = (
-    "objective: seq2seq writes a corrected completion, so it needs an encoder-decoder model: set model.architecture "
-    "to an encoder-decoder config (e.g. configs/models/mbart-2.6m.json) or model.pretrained to an encoder-decoder "
-    "checkpoint (an mBART/T5/BART model, or runs/<run>/policy-0 of an encoder-decoder run)"
+NEEDS_A_WRITER = (
+    "objective: seq2seq writes a corrected completion, so it needs a model that writes text: set model.architecture "
+    "to an encoder-decoder or decoder-only config (configs/models/mbart-2.6m.json, configs/models/llama-2.6m.json) "
+    "or model.pretrained to such a checkpoint (T5/BART/mBART, Llama/Qwen/GPT-2, or runs/<run>/policy-0)"
 )
 
 
@@ -76,6 +83,24 @@ def best_targets(df: pd.DataFrame) -> pd.DataFrame:
     return df.assign(target=target)
 
 
+def longest_first(a: list[int], b: list[int], budget: int) -> tuple[list[int], list[int]]:
+    """Cut the longer of two id lists, a token at a time, until both fit in `budget` (a tokenizer's longest_first
+    truncation of a pair): a long source leaves the completion whole as long as it can.
+
+    >>> longest_first([1, 2, 3, 4, 5], [6, 7], 5)
+    ([1, 2, 3], [6, 7])
+    """
+    over = len(a) + len(b) - budget
+    if over <= 0:
+        return a, b
+    # the longer one loses tokens until it is as short as the other, then each loses half of what is left
+    first = min(over, abs(len(a) - len(b)))
+    la, lb = (len(a) - first, len(b)) if len(a) >= len(b) else (len(a), len(b) - first)
+    rest = over - first
+    la, lb = la - (rest + 1) // 2, lb - rest // 2
+    return a[: max(0, la)], b[: max(0, lb)]
+
+
 def seq2seq_pair_template(tokenizer) -> None:
     """`source </s> completion </s>` for a tokenizer of ours (it knows single sequences: `$A </s>`, the policy's)."""
     tokenizer._tokenizer.post_processor = processors.TemplateProcessing(
@@ -93,6 +118,24 @@ class Seq2SeqRewardModel:
 
     # -- encoding ------------------------------------------------------------------------------------------------
 
+    @property
+    def decoder_only(self) -> bool:
+        return not self.model.config.is_encoder_decoder
+
+    def _prompt_ids(self, sources: list[str], completions: list[str]) -> list[list[int]]:
+        """A decoder-only model's prompt: [BOS] source EOS completion EOS, the pair cut to `max_tokens` longest first
+        (the encoder-decoder's pair, as its tokenizer truncates it)."""
+        tok = self.tokenizer
+        bos = [tok.bos_token_id] if tok.bos_token_id is not None else []
+        eos = tok.eos_token_id
+        src = tok(list(sources), add_special_tokens=False)["input_ids"]
+        comp = tok(list(completions), add_special_tokens=False)["input_ids"]
+        out = []
+        for s, c in zip(src, comp):
+            s, c = longest_first(s, c, self.max_tokens - len(bos) - 2)
+            out.append(bos + s + [eos] + c + [eos])
+        return out
+
     def _inputs(self, sources: list[str], completions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         ids = self.tokenizer(list(sources), list(completions), truncation=True, max_length=self.max_tokens)["input_ids"]
         input_ids, mask = pad(ids, self.tokenizer.pad_token_id)
@@ -105,11 +148,21 @@ class Seq2SeqRewardModel:
 
     def _logits(self, sources: list[str], completions: list[str], targets: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         """Teacher-forced logits of `targets` given (source, completion), and the padded targets ([B, T])."""
-        input_ids, mask = self._inputs(sources, completions)
         labels, label_mask = pad(targets, self.tokenizer.pad_token_id)
+        device = self.model.device
+        if self.decoder_only:
+            # prompt + target in one sequence; position p predicts token p + 1, so the target's logits start at the
+            # prompt's last position. Padding on the right: positions need no shifting.
+            prompts = self._prompt_ids(sources, completions)
+            ids, mask = pad([p + t for p, t in zip(prompts, targets)], self.tokenizer.pad_token_id)
+            logits = self.model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False).logits
+            start = torch.tensor([len(p) - 1 for p in prompts])[:, None]
+            at = (start + torch.arange(labels.shape[1])[None, :]).clamp(max=ids.shape[1] - 1).to(device)
+            logits = logits.gather(1, at[..., None].expand(-1, -1, logits.shape[-1]))
+            return logits.float(), labels.masked_fill(label_mask == 0, -100).to(device)
+        input_ids, mask = self._inputs(sources, completions)
         start = self.model.config.decoder_start_token_id
         decoder_input_ids = torch.cat([torch.full((len(targets), 1), start, dtype=torch.long), labels[:, :-1]], dim=1)
-        device = self.model.device
         out = self.model(input_ids=input_ids, attention_mask=mask, decoder_input_ids=decoder_input_ids.to(device),
                          decoder_attention_mask=label_mask.to(device), use_cache=False)
         return out.logits.float(), labels.masked_fill(label_mask == 0, -100).to(device)
@@ -158,8 +211,12 @@ class Seq2SeqRewardModel:
         """The token ids of the model's corrected sequence for each (source, completion), decoded greedily, up to
         and with its EOS (without the decoder's start token)."""
         self.model.eval()
-        input_ids, mask = self._inputs(list(sources), list(completions))
         tok = self.tokenizer
+        if self.decoder_only:  # the pipeline's own greedy loop (left padding, KV cache); it drops the EOS
+            seqs, _ = decode_batch(Policy(self.model, tok), self._prompt_ids(list(sources), list(completions)),
+                                    [1] * len(sources), self.max_tokens, lambda logits: logits.argmax(-1))
+            return [s + [tok.eos_token_id] if len(s) < self.max_tokens else s for s in seqs]
+        input_ids, mask = self._inputs(list(sources), list(completions))
         out = self.model.generate(
             input_ids=input_ids, attention_mask=mask, do_sample=False, num_beams=1, max_new_tokens=self.max_tokens,
             decoder_start_token_id=self.model.config.decoder_start_token_id, eos_token_id=tok.eos_token_id,
@@ -177,15 +234,17 @@ class Seq2SeqRewardModel:
 
 def build_seq2seq_reward_model(model_cfg, texts: list[str], seed: int) -> Seq2SeqRewardModel:
     """A fresh model from `model.architecture` (with a tokenizer trained on `texts`), or `model.pretrained`: built
-    as a policy is (rest.models.build_policy), after checking that it is an encoder-decoder."""
+    as a policy is (rest.models.build_policy), after checking that it writes text (an encoder-decoder or a causal LM,
+    not an encoder such as BERT)."""
     key = "model.pretrained" if model_cfg.pretrained else "model.architecture"
     try:
         config = model_config(model_cfg)
     except (OSError, ValueError) as exc:
         raise RestError(f"{key}: cannot load {model_cfg.pretrained}: {exc}") from None
-    if not config.is_encoder_decoder:
-        raise RestError(f"{key}: {model_cfg.pretrained or model_cfg.architecture} is a {config.model_type} model, not "
-                        f"an encoder-decoder; {NEEDS_ENCODER_DECODER}")
+    if not config.is_encoder_decoder and (config.model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES
+                                          or config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES):
+        raise RestError(f"{key}: {model_cfg.pretrained or model_cfg.architecture} is a {config.model_type} model, an "
+                        f"encoder; {NEEDS_A_WRITER}")
     spec = ModelConfig(pretrained=model_cfg.pretrained, architecture=model_cfg.architecture, vocab_size=model_cfg.vocab_size)
     policy = build_policy(spec, texts, seed)
     if made_by_train_tokenizer(policy.tokenizer):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -17,8 +18,12 @@ from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers,
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer, PreTrainedTokenizerFast
 
 from rest import stages
-from rest.config import load_config
-from rest.models import load_policy
+from rest.config import RewardModelConfig, load_config
+from rest.filtering import select
+from rest.models import load_policy, target_counts, target_ids
+from rest.reward_model import load_reward_model, train_reward_model
+from rest.run import Run
+from rest.seq2seq_rm import divergence_scores
 
 TEXTS = pd.read_parquet("data/numbers/train.parquet")
 TEXTS = TEXTS["source"].tolist() + TEXTS["reference"].tolist()
@@ -147,3 +152,40 @@ def test_each_architecture_runs_the_pipeline(tmp_path, kind, lora):
         model = auto.from_pretrained(run / name)
         assert model.config.model_type == kind
         assert any(not torch.equal(start[k], v) for k, v in model.state_dict().items() if k in start)
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("kind", ["qwen2", "llama"])
+def test_a_decoder_only_policy_is_its_own_seq2seq_corrector(tmp_path, kind):
+    """`objective: seq2seq` from a decoder-only policy-0 (the pair is its prompt, the correction follows): trained on
+    the run's grow-1, it scores each completion on the policy's own tokens, and a run Improves with those weights."""
+    run = _run(tmp_path, kind)
+    rm_dir = tmp_path / "rm"
+    train_reward_model(load_config("configs/reward-numbers-seq2seq.yaml", [
+        f"out={rm_dir}", f"data.shards=[{run / 'grow-1'}]", f"model.pretrained={run / 'policy-0'}", "train.steps=12",
+        "train.batch_size=8", "train.warmup_steps=2", "data.negatives=1", "data.valid_fraction=0.25"],
+        model=RewardModelConfig))
+    metrics = json.loads((rm_dir / "metrics.json").read_text())
+    assert metrics["objective"] == "seq2seq" and metrics["loss_last"] < metrics["loss_first"]
+    rm = load_reward_model(rm_dir)
+    assert rm.decoder_only
+    rows = pd.read_parquet(run / "grow-1")
+    srcs, comps = rows["source"].tolist(), rows["completion"].tolist()
+    policy, model_cfg = load_policy(run / "policy-0"), Run.open(run).config.model
+    rewards, tokens = rm.score_tokens(srcs, comps)
+    # one score per token of the completion as the policy trains on it (EOS included): token weights line up
+    assert rm.target_ids(comps) == target_ids(policy, comps, model_cfg)
+    assert [len(t) for t in tokens] == target_counts(policy, comps, model_cfg)
+    # the one-pass scores are those of the correction it writes after the prompt
+    for target, scores, correction in zip(rm.target_ids(comps), tokens, rm.correction_ids(srcs, comps)):
+        assert scores.tolist() == divergence_scores(target, correction).tolist()
+    assert ((rewards >= 0) & (rewards <= 1)).all()
+
+    learned = _run(tmp_path / "learned", kind, "reward.components={learned: 1.0}", f"reward.learned={rm_dir}",
+                   "improve.token_weights=learned")
+    grown = pd.read_parquet(learned / "grow-1")
+    assert [len(t) for t in grown["reward_tokens_learned"]] == target_counts(policy, grown["completion"].tolist(), model_cfg)
+    kept = select(grown, 0.0)
+    share = np.concatenate([(np.asarray(t) + 1) / 2 for t in kept["reward_tokens_learned"]]).mean()
+    improve = json.loads((learned / "improve-1-1" / "metrics.json").read_text())["improve"]
+    assert improve["kept_unique"] == len(kept) and improve["token_weight_mean"] == pytest.approx(share, abs=1e-4)

@@ -45,17 +45,26 @@ def test_training_pairs_correct_toward_each_sources_best():
 
 
 def test_an_encoder_only_architecture_is_refused_with_the_fix():
-    with pytest.raises(RestError, match="model.architecture.*encoder-decoder"):
+    with pytest.raises(RestError, match="model.architecture: .*reward-bert.json is a bert model, an encoder; .*llama"):
         build_seq2seq_reward_model(RMModelConfig(architecture="configs/models/reward-bert.json"), ["a b"], 0)
 
 
-def test_one_pass_divergence_is_the_greedy_correction_s_divergence(tmp_path):
+TINY = {
+    "mbart": {"model_type": "mbart", "d_model": 64, "encoder_layers": 1, "decoder_layers": 1, "encoder_attention_heads": 2,
+              "decoder_attention_heads": 2, "encoder_ffn_dim": 128, "decoder_ffn_dim": 128,
+              "max_position_embeddings": 64, "dropout": 0.0},
+    # decoder-only: the pair is its prompt, the correction follows it
+    "llama": {"model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+              "num_attention_heads": 2, "num_key_value_heads": 2, "max_position_embeddings": 128},
+}
+
+
+@pytest.mark.parametrize("kind", ["mbart", "llama"])
+def test_one_pass_divergence_is_the_greedy_correction_s_divergence(tmp_path, kind):
     """Train a tiny model to copy the completion for 60 steps (it learns part of it), then compare, row by row,
     the one-pass token scores with those of the correction it decodes greedily."""
     arch = tmp_path / "tiny.json"
-    arch.write_text(json.dumps({"model_type": "mbart", "d_model": 64, "encoder_layers": 1, "decoder_layers": 1,
-                                "encoder_attention_heads": 2, "decoder_attention_heads": 2, "encoder_ffn_dim": 128,
-                                "decoder_ffn_dim": 128, "max_position_embeddings": 64, "dropout": 0.0}))
+    arch.write_text(json.dumps(TINY[kind]))
     rng = np.random.default_rng(0)
     words = ["ab", "ba", "abc", "cab", "bca", "cc"]
     comps = [" ".join(rng.choice(words, size=rng.integers(1, 4))) for _ in range(64)]
