@@ -409,6 +409,12 @@ class ImproveConfig(PolicyOptimFields):
         "reward model's correction departs from the sample count fully, those after it not at all (labelled rows "
         "weigh 1); null: every token weighs 1",
     )
+    unlikelihood: float = Field(
+        0.0, ge=0,
+        description="with token_weights: + this x the batch's mean over rows of -log(1 - p) of each kept sample's "
+        "first token the reward model would rewrite (its first token score below 0; token-level unlikelihood): "
+        "pushes down where a sample went wrong, an EOS too early included; 0: off",
+    )
     selection: Literal["threshold", "percentile", "top_k"] = Field(
         "threshold",
         description="threshold: every sample with reward >= tau; percentile: also at or above its source's "
@@ -422,6 +428,9 @@ class ImproveConfig(PolicyOptimFields):
 
     @model_validator(mode="after")
     def _preference_options(self) -> ImproveConfig:
+        if self.unlikelihood > 0 and self.token_weights is None:
+            raise ValueError("improve.unlikelihood needs per-token scores to find the token to push down: set "
+                             "improve.token_weights to a component scored by a seq2seq reward model (e.g. learned)")
         if self.loss in ("dpo", "ipo"):
             if self.kl_beta > 0:
                 raise ValueError(f"loss: {self.loss} keeps the policy near its reference already (preference.beta): "

@@ -162,6 +162,36 @@ def weighted_sequence_nll(logits: torch.Tensor, labels: torch.Tensor, weights: S
     return (per_token * w).sum(dim=1), w.sum(dim=1)
 
 
+def first_divergence(counts: Sequence[int], token_scores: Sequence[Sequence[float] | None]) -> list[int | None]:
+    """Per row, the index of its first target token scored below 0 (where the reward model's correction departs
+    from it: the token it would rewrite), or None: no scores (a labelled row), none below 0 (kept whole), or scores
+    that do not line up with its `counts[i]` tokens (token_weights' fallback: no token to single out).
+
+    Scores [1, 1, -1, -1] over 4 tokens: 2; [1, 1] over 2: None; [1, -1] over 3 tokens: None.
+    """
+    out: list[int | None] = []
+    for count, scores in zip(counts, token_scores):
+        below = [] if scores is None or len(scores) != count else np.flatnonzero(np.asarray(scores) < 0)
+        out.append(int(below[0]) if len(below) else None)
+    return out
+
+
+def unlikelihood_sums(logits: torch.Tensor, labels: torch.Tensor, positions: Sequence[int | None]) -> torch.Tensor:
+    """Per row, -log(1 - p(y_d | y_<d)) at its d-th target token, d = positions[i] (None: 0): token-level
+    unlikelihood (Welleck et al., 2019) of the token where a sample went wrong. Shape [B].
+
+    p = 0.5 gives log 2 = 0.6931; p near 0 gives near 0; p near 1 grows without bound (clamped at 1 - 1e-6).
+    """
+    mask = labels != -100
+    want = torch.tensor([-1 if d is None else d for d in positions], device=labels.device)
+    hit = mask & ((mask.cumsum(dim=1) - 1) == want[:, None])  # at most one position per row
+    out = torch.zeros(labels.shape[0], device=logits.device)
+    if bool(hit.any()):
+        logp = torch.log_softmax(logits[hit].float(), dim=-1).gather(-1, labels[hit][:, None]).squeeze(-1)
+        out[hit.any(dim=1)] = -torch.log1p(-logp.exp().clamp(max=1 - 1e-6))
+    return out
+
+
 REDUCTIONS = ("token_mean", "sequence_mean", "sum")
 
 
@@ -251,10 +281,12 @@ class NLL:
     """Negative log-likelihood of the targets (`reduction`: see reduce_nll), weighted per row when the batch has
     weights and per token when it has token scores (token_weights: a token counts as its weight everywhere,
     denominators included), plus `kl_beta` x token_kl against the reference policy on the same batch (SuperHF's KL
-    prior)."""
+    prior), plus `unlikelihood` x the mean over the batch's rows of unlikelihood_sums at each scored row's first
+    divergence (first_divergence; improve.unlikelihood)."""
 
     reduction: str = "token_mean"
     kl_beta: float = 0.0
+    unlikelihood: float = 0.0
     data = "rows"
 
     @property
@@ -269,7 +301,8 @@ class NLL:
         if batch.token_scores is not None:
             counts = torch.tensor([float(w.sum()) for w in token_weights(tokens, batch.token_scores)])
         weights = None if batch.weights is None else torch.tensor(batch.weights, dtype=torch.float32)
-        return {"nll": float(nll_denominator(counts, self.reduction, weights)), "tokens": float(sum(tokens))}
+        return {"nll": float(nll_denominator(counts, self.reduction, weights)), "tokens": float(sum(tokens)),
+                "rows": float(len(batch))}
 
     def __call__(
         self, policy: Policy, batch: Batch, model_cfg: ModelConfig, reference: Policy | None = None,
@@ -291,6 +324,12 @@ class NLL:
                 per_sequence = weighted_sequence_nll(logits, labels, token_weights(counts, batch.token_scores))
             loss = reduce_nll(*per_sequence, self.reduction, weights, None if totals is None else totals["nll"])
         stats: dict[str, float] = {}
+        if self.unlikelihood > 0 and batch.token_scores is not None:
+            counts = (labels != -100).sum(dim=1).tolist()
+            ul = unlikelihood_sums(logits, labels, first_divergence(counts, batch.token_scores)).sum()
+            ul = ul / (len(batch) if totals is None else max(totals["rows"], 1.0))
+            stats["unlikelihood"] = ul.item()
+            loss = loss + self.unlikelihood * ul
         if self.kl_beta > 0:
             with torch.no_grad():
                 ref_logits = forward_logits(reference, encoded)  # type: ignore[arg-type]
@@ -352,7 +391,8 @@ class Preference:
 
 # improve.loss -> the objective built from a BC or Improve config section (fields it does not have read as off).
 OBJECTIVES: dict[str, Callable[[Any], Objective]] = {
-    **{name: (lambda cfg, name=name: NLL(name, getattr(cfg, "kl_beta", 0.0))) for name in REDUCTIONS},
+    **{name: (lambda cfg, name=name: NLL(name, getattr(cfg, "kl_beta", 0.0), getattr(cfg, "unlikelihood", 0.0)))
+       for name in REDUCTIONS},
     **{name: (lambda cfg, name=name: Preference(name, cfg.preference.beta, cfg.preference.average_log_prob,
                                                 cfg.preference.nll_weight)) for name in PREFERENCE_LOSSES},
 }

@@ -4,6 +4,7 @@ import pytest
 
 from rest.config import load_config
 from rest.errors import RestError
+from rest.objectives import objective_for
 
 
 
@@ -123,3 +124,7 @@ def test_token_weights_name_a_reward_component_of_an_nll_loss():
         load_config("configs/numbers.yaml", ["improve.loss=dpo", "improve.token_weights=chrf"])
     cfg = load_config("configs/numbers-seq2seq.yaml", ["improve.token_weights=learned"])
     assert cfg.improve.token_weights == "learned"
+    with pytest.raises(RestError, match=r"improve.unlikelihood needs per-token scores .* set improve.token_weights"):
+        load_config("configs/numbers-seq2seq.yaml", ["improve.unlikelihood=0.5"])
+    cfg = load_config("configs/numbers-seq2seq.yaml", ["improve.token_weights=learned", "improve.unlikelihood=0.5"])
+    assert objective_for(cfg.improve).unlikelihood == 0.5

@@ -12,8 +12,8 @@ import torch
 from rest.config import ImproveConfig
 from rest.filtering import preference_pairs, select
 from rest.models import target_counts
-from rest.objectives import (NLL, Batch, PairBatch, Preference, preference_losses, reduce_nll, sequence_nll, token_kl,
-                             token_nll, token_weights, weighted_sequence_nll)
+from rest.objectives import (NLL, Batch, PairBatch, Preference, first_divergence, preference_losses, reduce_nll,
+                             sequence_nll, token_kl, token_nll, token_weights, unlikelihood_sums, weighted_sequence_nll)
 from rest.training import train
 from tests.test_models_sampling import _tiny
 
@@ -96,6 +96,55 @@ def test_token_weighted_nll_on_a_tiny_model_and_its_micro_batches(tmp_path):
     assert all_kept.item() == pytest.approx(plain.item(), rel=1e-6)
     assert [p.token_scores for p in batch.split(2)] == [scores[:2], scores[2:]]
     assert batch.share(1, 3).token_scores == [scores[1]]
+
+
+def test_unlikelihood_of_the_first_diverging_token_worked_values():
+    """-log(1 - p) at each row's first token scored below 0: p = 0.5 gives ln 2, p = e/(1+e) gives ln(1 + e)."""
+    assert first_divergence([4, 2, 3, 2], [[1, 1, -1, -1], [1, 1], [1, -1], None]) == [2, None, None, None]
+    logits, labels, a, (b, c, d) = _batch()
+    assert unlikelihood_sums(logits, labels, [0, 1]).tolist() == pytest.approx([math.log(2), d])
+    assert unlikelihood_sums(logits, labels, [None, 2]).tolist() == pytest.approx([0.0, c])
+    # targets that start later in the row (a decoder-only prompt before them): the d-th target token, not column d
+    shifted = torch.tensor([[-100, 0, -100], [1, 0, 1]])
+    assert unlikelihood_sums(logits, shifted, [0, None]).tolist() == pytest.approx([math.log(1 + math.exp(4)), 0.0])
+
+
+def test_unlikelihood_in_the_nll_on_a_tiny_model_and_its_micro_batches(tmp_path):
+    """The loss is the token-weighted NLL plus alpha x the mean over rows of -log(1 - p) at each first divergence;
+    pieces normalised by the whole batch's totals add up to the whole; training with it lowers the probability of
+    the diverging token (here an EOS where the reward model would go on) far more than the token weights alone."""
+    policy, cfg = _tiny(tmp_path, "bart")
+    sources, targets = ["12", "5", "7"], ["zwölf", "fünf", "sieben"]
+    counts = target_counts(policy, targets, cfg)
+    scores = [[1.0] * (counts[0] - 1) + [-1.0], [1.0] * counts[1], None]  # row 0: its EOS is where it went wrong
+    batch = Batch(sources, targets, None, scores)
+    policy.model.eval()
+    weighted, _ = NLL("token_mean")(policy, batch, cfg)
+    loss, stats = NLL("token_mean", unlikelihood=0.5)(policy, batch, cfg)
+    from rest.models import encode_pairs, forward_logits
+
+    encoded = encode_pairs(policy, sources, targets, cfg)
+    logits = forward_logits(policy, encoded)
+    eos = torch.log_softmax(logits[0, counts[0] - 1], dim=-1)[policy.tokenizer.eos_token_id].exp()
+    assert stats["unlikelihood"] == pytest.approx(-math.log(1 - eos.item()) / 3, rel=1e-4)
+    assert loss.item() == pytest.approx(weighted.item() + 0.5 * stats["unlikelihood"], rel=1e-5)
+    objective = NLL("token_mean", unlikelihood=0.5)
+    totals = objective.totals(policy, batch, cfg)
+    parts = [objective(policy, p, cfg, None, totals) for p in batch.split(1)]
+    assert sum(p[0].item() for p in parts) == pytest.approx(loss.item(), rel=1e-5)
+    assert sum(p[1].get("unlikelihood", 0.0) for p in parts) == pytest.approx(stats["unlikelihood"], rel=1e-5)
+
+    def p_eos_after(alpha):
+        trained = copy.deepcopy(policy)
+        train(trained, [batch] * 30, ImproveConfig(lr=1e-2, steps=30, thresholds=[0.5], token_weights="learned",
+                                                   unlikelihood=alpha),
+              cfg, seed=0, objective=NLL("token_mean", unlikelihood=alpha))
+        trained.model.eval()
+        with torch.no_grad():
+            out = forward_logits(trained, encode_pairs(trained, sources, targets, cfg))
+        return torch.softmax(out[0, counts[0] - 1], dim=-1)[policy.tokenizer.eos_token_id].item()
+
+    assert p_eos_after(1.0) < 0.5 * p_eos_after(0.0)  # 0.002 against 0.049 when written
 
 
 def test_kl_of_a_policy_against_itself_is_zero_and_positive_otherwise():
