@@ -31,6 +31,7 @@ decoder-only policy's own checkpoint can be its corrector, and its token scores 
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Any
 
@@ -122,6 +123,12 @@ class Seq2SeqRewardModel:
     def decoder_only(self) -> bool:
         return not self.model.config.is_encoder_decoder
 
+    @property
+    def _keeps_logits(self) -> bool:
+        """Whether the model's forward computes the logits of its last N positions only (transformers' causal LMs
+        take `logits_to_keep`)."""
+        return "logits_to_keep" in inspect.signature(self.model.forward).parameters
+
     def _prompt_ids(self, sources: list[str], completions: list[str]) -> list[list[int]]:
         """A decoder-only model's prompt: [BOS] source EOS completion EOS, the pair cut to `max_tokens` longest first
         (the encoder-decoder's pair, as its tokenizer truncates it)."""
@@ -152,12 +159,15 @@ class Seq2SeqRewardModel:
         device = self.model.device
         if self.decoder_only:
             # prompt + target in one sequence; position p predicts token p + 1, so the target's logits start at the
-            # prompt's last position. Padding on the right: positions need no shifting.
+            # prompt's last position. Padding on the right: positions need no shifting. Only the positions from the
+            # shortest prompt's last one on get logits (logits_to_keep), not the prompts' [B, L, vocabulary].
             prompts = self._prompt_ids(sources, completions)
             ids, mask = pad([p + t for p, t in zip(prompts, targets)], self.tokenizer.pad_token_id)
-            logits = self.model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False).logits
-            start = torch.tensor([len(p) - 1 for p in prompts])[:, None]
-            at = (start + torch.arange(labels.shape[1])[None, :]).clamp(max=ids.shape[1] - 1).to(device)
+            first = min(len(p) for p in prompts) - 1 if self._keeps_logits else 0
+            keep = {"logits_to_keep": ids.shape[1] - first} if self._keeps_logits else {}
+            logits = self.model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False, **keep).logits
+            start = torch.tensor([len(p) - 1 - first for p in prompts])[:, None]
+            at = (start + torch.arange(labels.shape[1])[None, :]).clamp(max=logits.shape[1] - 1).to(device)
             logits = logits.gather(1, at[..., None].expand(-1, -1, logits.shape[-1]))
             return logits.float(), labels.masked_fill(label_mask == 0, -100).to(device)
         input_ids, mask = self._inputs(sources, completions)
