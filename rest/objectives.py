@@ -320,12 +320,11 @@ class NLL:
             if batch.token_scores is None:
                 per_sequence = sequence_nll(logits, labels)
             else:
-                counts = (labels != -100).sum(dim=1).tolist()
+                counts = (labels != -100).sum(dim=1).tolist()  # the unlikelihood below reads them too
                 per_sequence = weighted_sequence_nll(logits, labels, token_weights(counts, batch.token_scores))
             loss = reduce_nll(*per_sequence, self.reduction, weights, None if totals is None else totals["nll"])
         stats: dict[str, float] = {}
         if self.unlikelihood > 0 and batch.token_scores is not None:
-            counts = (labels != -100).sum(dim=1).tolist()
             ul = unlikelihood_sums(logits, labels, first_divergence(counts, batch.token_scores)).sum()
             ul = ul / (len(batch) if totals is None else max(totals["rows"], 1.0))
             stats["unlikelihood"] = ul.item()

@@ -163,8 +163,9 @@ class Seq2SeqRewardModel:
             # shortest prompt's last one on get logits (logits_to_keep), not the prompts' [B, L, vocabulary].
             prompts = self._prompt_ids(sources, completions)
             ids, mask = pad([p + t for p, t in zip(prompts, targets)], self.tokenizer.pad_token_id)
-            first = min(len(p) for p in prompts) - 1 if self._keeps_logits else 0
-            keep = {"logits_to_keep": ids.shape[1] - first} if self._keeps_logits else {}
+            keeps = self._keeps_logits
+            first = min(len(p) for p in prompts) - 1 if keeps else 0
+            keep = {"logits_to_keep": ids.shape[1] - first} if keeps else {}
             logits = self.model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False, **keep).logits
             start = torch.tensor([len(p) - 1 - first for p in prompts])[:, None]
             at = (start + torch.arange(labels.shape[1])[None, :]).clamp(max=logits.shape[1] - 1).to(device)
