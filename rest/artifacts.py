@@ -271,7 +271,53 @@ def read_run(run_dir: Path) -> dict[str, Any]:
     path = Path(run_dir) / RUN_RECORD
     if not path.is_file():
         raise RestError(f"{run_dir} is not a run directory (no {RUN_RECORD}); start one with `rest run --run {run_dir}`")
+    problem = run_record_problem(path)
+    if problem:
+        raise RestError(f"{path}: {problem}; `rest run --run {run_dir}` rebuilds it from the published manifests")
     return json.loads(path.read_text())
+
+
+def run_record_problem(path: Path) -> str | None:
+    """What is wrong with a run.json (None: nothing). It is the one file of a run directory without a checksum:
+    an empty or cut-short one is what a full disk or an interrupted copy leaves."""
+    try:
+        record = json.loads(Path(path).read_bytes().decode("utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        size = Path(path).stat().st_size
+        return "empty (0 bytes)" if size == 0 else f"damaged: not valid JSON ({' '.join(str(exc).split())}, {size} bytes)"
+    if not isinstance(record, dict) or not isinstance(record.get("artifacts"), list):
+        return "damaged: not a run record (an object with an `artifacts` list)"
+    return None
+
+
+def _publication_order(name: str) -> tuple[int, ...]:
+    """policy-0, then grow-g and its improve-g-i: the order a run publishes its artifacts in."""
+    parts = name.split("-")[1:]
+    return (int(parts[0]), int(parts[1]) if len(parts) > 1 else 0) if name != "policy-0" else (0, 0)
+
+
+def rebuild_run(run_dir: Path) -> dict[str, Any]:
+    """Write run.json anew from the published manifests (they hold every artifact's name, kind, id and parents).
+    `best_policy` and the test metrics are not in them: the end of `rest run` writes those again. `created` is the
+    earliest artifact's (a comet experiment keyed on it starts anew)."""
+    run_dir = Path(run_dir)
+    manifests = []
+    for art in run_dir.iterdir():
+        if art.is_dir() and not art.name.startswith(".") and art.name.split("-")[0] in ("policy", "grow", "improve"):
+            manifest = read_manifest(art)
+            if manifest and not manifest.get("_unreadable") and manifest.get("name") == art.name:
+                manifests.append(manifest)
+    manifests.sort(key=lambda m: _publication_order(m["name"]))
+    now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    record = {
+        "name": run_dir.name,
+        "created": min((m.get("created", now) for m in manifests), default=now),
+        "config": CONFIG_FILE,
+        "artifacts": [{"name": m["name"], "kind": m["kind"], "id": m["id"], "parents": m["parents"]} for m in manifests],
+        "rebuilt": now,
+    }
+    write_json_atomic(run_dir / RUN_RECORD, record)
+    return record
 
 
 def update_run(run_dir: Path, **fields: Any) -> dict[str, Any]:

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from rest.errors import RestError
 
@@ -24,9 +26,9 @@ def _read(spec: str, key: str) -> pd.DataFrame:
     path = Path(spec)
     if path.exists():
         if path.is_dir():
-            return pd.read_parquet(path)
+            return _read_parquet_dir(path, key)
         if path.suffix == ".parquet":
-            return pd.read_parquet(path)
+            return _read_parquet(path, key)
         if path.suffix == ".jsonl":
             return _read_jsonl(path, key)
         if path.suffix == ".json":
@@ -45,6 +47,46 @@ def _read(spec: str, key: str) -> pd.DataFrame:
         return datasets.load_dataset(name, split=split or "train").to_pandas()
     except Exception as exc:  # the hub raises many types; all mean "could not load this id"
         raise RestError(f"{key}: {spec} is neither a local file nor a loadable dataset id ({exc})") from None
+
+
+def _read_parquet(path: Path, key: str) -> pd.DataFrame:
+    """A Parquet file; one cut short (an interrupted copy, a full disk) or not Parquet at all is named."""
+    try:
+        return pd.read_parquet(path)
+    except (pa.ArrowException, OSError) as exc:
+        raise RestError(
+            f"{key}: {path} is not a readable Parquet file ({_brief(exc)}); it may be cut short (an interrupted "
+            "copy or a full disk): copy or write it again"
+        ) from None
+
+
+def _read_parquet_dir(path: Path, key: str) -> pd.DataFrame:
+    """A directory of Parquet files (what pandas and Spark write), read as one table; anything else is named."""
+    # pandas skips names that start with `_` or `.` (bookkeeping such as _SUCCESS, .crc files): so does this check.
+    files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith(("_", ".")))
+    parquet = [p for p in files if p.suffix == ".parquet"]
+    others = [p.name for p in files if p.suffix != ".parquet"]
+    if not parquet or others:
+        what = (f"holds {len(others)} file(s) that are not .parquet ({', '.join(others[:3])}"
+                f"{', ...' if len(others) > 3 else ''})") if others else "holds no .parquet file"
+        raise RestError(
+            f"{key}: {path} is a directory that {what}; a directory split is .parquet files only: give one "
+            ".parquet, .jsonl or .json file, or convert the files to Parquet"
+        )
+    for file in parquet:  # name the damaged file, not only the directory
+        try:
+            pq.read_metadata(file)
+        except (pa.ArrowException, OSError) as exc:
+            raise RestError(
+                f"{key}: {file} is not a readable Parquet file ({_brief(exc)}); it may be cut short (an "
+                "interrupted copy or a full disk): copy or write it again"
+            ) from None
+    return _read_parquet(path, key)
+
+
+def _brief(exc: Exception, limit: int = 200) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _read_jsonl(path: Path, key: str) -> pd.DataFrame:
@@ -88,6 +130,8 @@ def load_split(spec: str, key: str, need_reference: bool = True) -> pd.DataFrame
         if missing.any():
             row = int(missing.to_numpy().nonzero()[0][0])
             raise RestError(f"{where}: `reference` is missing in {int(missing.sum())} rows (first: row {row})")
+    _check_text(df, "source", where)
+    _check_text(df, "reference", where)
     if "source_id" not in df.columns:
         # Row numbers are stable as long as the file is: good enough to join shards back to their source.
         df = df.assign(source_id=[f"{Path(spec).stem}-{i:06d}" for i in range(len(df))])
@@ -102,6 +146,29 @@ def load_split(spec: str, key: str, need_reference: bool = True) -> pd.DataFrame
         }
     )
     return out.reset_index(drop=True)
+
+
+def _is_text(value: object) -> bool:
+    if isinstance(value, str) or value is None or value is pd.NA:
+        return True
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+
+
+def _check_text(df: pd.DataFrame, column: str, where: str) -> None:
+    """Each value of a text column is a string (or a number, written as text; missing values are checked apart):
+    a list, a dict or bytes would be turned into its Python repr and trained on without a word."""
+    bad = ~df[column].map(_is_text)
+    if bad.any():
+        row = int(bad.to_numpy().nonzero()[0][0])
+        value = df[column].iloc[row]
+        value = value.item() if isinstance(value, np.generic) else value
+        shown = repr(value.tolist() if isinstance(value, np.ndarray) else value)
+        shown = shown if len(shown) <= 60 else shown[:57] + "..."
+        kind = "list" if isinstance(value, (list, tuple, np.ndarray)) else type(value).__name__
+        raise RestError(
+            f"{where}: `{column}` must be text, but {int(bad.sum())} rows hold other values (first: row {row}, a "
+            f"{kind}: {shown}); make each value one string (join a list, pick the field of a dict)"
+        )
 
 
 def grow_sources(data_cfg, need_reference: bool) -> pd.DataFrame:

@@ -12,6 +12,7 @@ the report, tracking and `rest inspect` use it without loading a model.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from functools import cached_property
 from pathlib import Path
@@ -33,6 +34,7 @@ EXTENDABLE = ("grow.steps", "grow.workers", "grow.vllm", "orchestration.", "trac
               *(f"{section}.{key}" for section in ("bc", "improve") for key in HOW_TO_TRAIN))
 
 _OPEN: dict[tuple, Run] = {}
+log = logging.getLogger("rest")
 
 
 def check_run_path(path: Path) -> None:
@@ -106,6 +108,11 @@ class Run:
                     "Use a new --run directory for a new experiment."
                 )
         path.mkdir(parents=True, exist_ok=True)
+        if (path / RUN_RECORD).is_file() and artifacts.run_record_problem(path / RUN_RECORD):
+            problem = artifacts.run_record_problem(path / RUN_RECORD)
+            record = artifacts.rebuild_run(path)
+            log.warning(f"{path / RUN_RECORD} was {problem}: rebuilt from the {len(record['artifacts'])} published "
+                        "manifests (the best policy and test metrics are written again at the end of the run)")
         if not (path / RUN_RECORD).is_file():
             artifacts.write_json_atomic(
                 path / RUN_RECORD,

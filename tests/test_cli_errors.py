@@ -16,6 +16,13 @@ def bad_files(tmp_path):
     pd.DataFrame({"text": ["1"], "reference": ["eins"]}).to_parquet(tmp_path / "nosource.parquet")
     pd.DataFrame({"source": ["1", ""], "reference": ["eins", "x"]}).to_parquet(tmp_path / "empty.parquet")
     pd.DataFrame({"source": ["1"]}).to_parquet(tmp_path / "noref.parquet")
+    pd.DataFrame({"source": [["1", "2"]], "reference": ["eins"]}).to_parquet(tmp_path / "lists.parquet")
+    whole = pd.read_parquet("data/numbers/train.parquet")
+    whole.to_parquet(tmp_path / "whole.parquet")
+    data = (tmp_path / "whole.parquet").read_bytes()
+    (tmp_path / "half.parquet").write_bytes(data[: len(data) // 2])
+    (tmp_path / "csvs").mkdir()
+    whole.to_csv(tmp_path / "csvs" / "part-0.csv", index=False)
     return tmp_path
 
 
@@ -26,6 +33,9 @@ def bad_files(tmp_path):
         ("data.valid={d}/noref.parquet", r"data.valid \(.*noref.parquet\): no `reference` column"),
         ("data.pool={d}/empty.parquet", r"data.pool \(.*empty.parquet\): `source` is empty in 1 rows \(first: row 1\)"),
         ("data.test={d}/missing.parquet", r"data.test: .*missing.parquet does not exist"),
+        ("data.train={d}/half.parquet", r"data.train: .*half.parquet is not a readable Parquet file .*cut short"),
+        ("data.train={d}/csvs", r"data.train: .*csvs is a directory that holds 1 file\(s\) that are not .parquet \(part-0.csv\)"),
+        ("data.pool={d}/lists.parquet", r"data.pool \(.*lists.parquet\): `source` must be text, .*a list: \['1', '2'\]"),
         ("improve.thresholds=[1.0,0.9]", r"improve.thresholds`: thresholds must rise strictly"),
         ("grow.num_sampels=4", r"unknown config key `grow.num_sampels`; did you mean `grow.num_samples`"),
         ("improve.token_weights=chrf", r"improve.token_weights: chrf has no per-token scores .*objective: seq2seq"),

@@ -153,6 +153,27 @@ def test_an_edited_manifest_or_a_missing_metrics_file_is_reported_not_shown(copy
     _refused(rest("report", str(copy_run), check=False), "damaged")
 
 
+@pytest.mark.parametrize("damage", ["truncated", "empty"])
+def test_a_damaged_run_json_gets_one_line_and_rest_run_rebuilds_it(copy_run, damage):
+    """run.json is the one file nothing checksums: cut short or empty (a full disk, an interrupted copy), every
+    command that reads it said a JSONDecodeError traceback. Now: one line naming it; `rest run` rebuilds it."""
+    path = copy_run / "run.json"
+    before = json.loads(path.read_text())
+    text = path.read_text()
+    path.write_text(text[: len(text) // 2] if damage == "truncated" else "")
+    words = ["run.json", "not valid JSON" if damage == "truncated" else "empty", f"rest run --run {copy_run}"]
+    _refused(rest("inspect", str(copy_run), check=False), *words)
+    _refused(rest("report", str(copy_run), check=False), *words)
+    _refused(rest("eval", "--run", str(copy_run), check=False), *words)
+    proc = rest("run", "--run", str(copy_run))
+    assert "was " + ("damaged" if damage == "truncated" else "empty") in proc.stderr and "rebuilt from the 4 published manifests" in proc.stderr
+    after = json.loads(path.read_text())
+    assert after["artifacts"] == before["artifacts"]  # same names, kinds, ids and parents, in publication order
+    assert after["best_policy"] == before["best_policy"] and after["test"] == before["test"]
+    assert "published, skipping" in proc.stderr  # nothing was redone
+    assert rest("inspect", str(copy_run)).returncode == 0
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Bad models and run directories: one line, nothing written
 
