@@ -19,7 +19,7 @@ STATE ?= .prefect# pid and log files of `make server` / `make worker`
 PREFECT_URL := http://127.0.0.1:$(PREFECT_PORT)/api
 POOL ?= rest
 # $(call HEALTHY,SECONDS): wait until the server's health endpoint answers (curl is not on every machine).
-HEALTHY = $(BIN)/python -m flows.wait_for_server $(PREFECT_URL) $(1)
+HEALTHY = $(BIN)/python -m rest.flows.wait_for_server $(PREFECT_URL) $(1)
 
 .PHONY: setup vllm run grow improve eval inspect report reward test test-unit bench methods data clean server worker deploy stop
 

@@ -45,15 +45,28 @@ import torch  # noqa: E402
 import rest  # noqa: E402,F401  (the environment: bit-exact floats, offline)
 from rest import stages  # noqa: E402
 from rest.config import load_config  # noqa: E402
-from rest.engines import TorchEngine, VllmEngine  # noqa: E402
-from rest.rewards import PARALLEL_MIN_CHARS  # noqa: E402
-from rest.filtering import group_by_length, length_window, text_lengths, window_order  # noqa: E402
-from rest.hf import pad  # noqa: E402
-from rest.models import Policy, encode_pairs, forward_logits, load_policy, prompt_ids, target_ids  # noqa: E402
-from rest.evaluation import target_nll  # noqa: E402
-from rest.objectives import Batch  # noqa: E402
-from rest.sampling import SPEEDUPS, generate  # noqa: E402
-from rest.training import train  # noqa: E402
+from rest.data.batching import (  # noqa: E402
+    group_by_length,
+    length_window,
+    text_lengths,
+    window_order,
+)
+from rest.evaluation.policy import target_nll  # noqa: E402
+from rest.grow.engine_torch import TorchEngine  # noqa: E402
+from rest.grow.engine_vllm import VllmEngine
+from rest.improve.objectives import Batch  # noqa: E402
+from rest.models.policy import (  # noqa: E402
+    Policy,
+    encode_pairs,
+    forward_logits,
+    load_policy,
+    prompt_ids,
+    target_ids,
+)
+from rest.models.sampling import SPEEDUPS, generate  # noqa: E402
+from rest.models.tokenizer import pad  # noqa: E402
+from rest.rewards.components import PARALLEL_MIN_CHARS  # noqa: E402
+from rest.training.loop import train  # noqa: E402
 
 CONFIG = "configs/numbers.yaml"
 DECODER_ONLY = "configs/models/llama-2.6m.json"
@@ -306,8 +319,8 @@ def bench_score(policy_dir: Path, n_sources: int, repeats: int, quick: bool) -> 
     reference against 16 other references), the case only processes speed up."""
     from sacrebleu.metrics import CHRF
 
-    from rest import rewards
-    from rest.rewards import score_config
+    from rest.rewards import components
+    from rest.rewards.components import score_config
 
     cfg = load_config(ROOT / CONFIG)
     pool = pd.read_parquet(ROOT / cfg.data.pool).iloc[:n_sources]
@@ -324,7 +337,7 @@ def bench_score(policy_dir: Path, n_sources: int, repeats: int, quick: bool) -> 
                               [r for r in pool_refs for _ in range(16)]),
     }
     if quick:  # tiny sizes: let the distinct rows take the parallel path anyway, so the smoke test runs it
-        rewards.PARALLEL_MIN_CHARS = 0
+        components.PARALLEL_MIN_CHARS = 0
     rows = []
     for name, (srcs, comps, refs) in workloads.items():
         def plain():
@@ -342,7 +355,7 @@ def bench_score(policy_dir: Path, n_sources: int, repeats: int, quick: bool) -> 
 
         assert np.array_equal(plain(), ours()), "the reward step must give sacrebleu's numbers"
         times = {what: median_time(fn, repeats) for what, fn in [
-            (f"rest reward step (chrF, up to {rewards.scoring_processes()} processes)", ours),
+            (f"rest reward step (chrF, up to {components.scoring_processes()} processes)", ours),
             ("rest reward step in one process (REST_SCORE_PROCESSES=1)", ours_one_process),
             ("sacrebleu sentence chrF, plain loop", plain)]}
         t_ours = next(iter(times.values()))

@@ -14,16 +14,30 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
-from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer, PreTrainedTokenizerFast
+from tokenizers import (
+    Tokenizer,
+    decoders,
+    models,
+    normalizers,
+    pre_tokenizers,
+    processors,
+    trainers,
+)
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForSeq2SeqLM,
+    AutoTokenizer,
+    PreTrainedTokenizerFast,
+)
 
 from rest import stages
+from rest.artifacts.run import Run
 from rest.config import RewardModelConfig, load_config
-from rest.filtering import select
-from rest.models import load_policy, target_counts, target_ids
-from rest.reward_model import load_reward_model, train_reward_model
-from rest.run import Run
-from rest.seq2seq_rm import divergence_scores
+from rest.improve.selection import select
+from rest.models.policy import load_policy, target_counts, target_ids
+from rest.rewards.reward_model import load_reward_model, train_reward_model
+from rest.rewards.seq2seq_rm import divergence_scores
 
 TEXTS = pd.read_parquet("data/numbers/train.parquet")
 TEXTS = TEXTS["source"].tolist() + TEXTS["reference"].tolist()

@@ -6,9 +6,9 @@ import sys
 import pandas as pd
 import pytest
 
-from rest import artifacts
+from rest.artifacts import manifests
+from rest.artifacts.shards import write_shard
 from rest.errors import RestError
-from rest.shards import write_shard
 
 
 @pytest.fixture
@@ -32,24 +32,24 @@ def _grow_like(run_dir, rows=3):
 
 def test_publish_records_rows_sha_and_run_json(run_dir):
     art = _grow_like(run_dir)
-    m = artifacts.publish(art, "grow", ["abc"], {"grow": {"num_samples": 1}})
+    m = manifests.publish(art, "grow", ["abc"], {"grow": {"num_samples": 1}})
     entry = m["files"]["shard-00000.parquet"]
     assert entry["rows"] == 3
-    assert entry["sha256"] == artifacts.sha256_file(art / "shard-00000.parquet")
+    assert entry["sha256"] == manifests.sha256_file(art / "shard-00000.parquet")
     assert m["parents"] == ["abc"] and m["kind"] == "grow" and m["code_version"].startswith("rest ")
     assert json.loads((run_dir / "run.json").read_text())["artifacts"][0]["id"] == m["id"]
-    assert artifacts.verify(art) == []
+    assert manifests.verify(art) == []
     # pandas reads the step directory whole, manifest and all: the manifest name starts with "_".
     assert len(pd.read_parquet(art)) == 3
 
 
 def test_id_is_a_content_hash(run_dir, tmp_path_factory):
-    a = artifacts.publish(_grow_like(run_dir), "grow", [], {})
+    a = manifests.publish(_grow_like(run_dir), "grow", [], {})
     other = tmp_path_factory.mktemp("other")
     (other / "run.json").write_text(json.dumps({"artifacts": []}))
-    b = artifacts.publish(_grow_like(other), "grow", [], {})
+    b = manifests.publish(_grow_like(other), "grow", [], {})
     assert a["id"] == b["id"]  # same bytes, different directory and time: same id
-    c = artifacts.publish(_rewrite(other, 4), "grow", [], {})
+    c = manifests.publish(_rewrite(other, 4), "grow", [], {})
     assert c["id"] != a["id"]
 
 
@@ -62,39 +62,39 @@ def _rewrite(run_dir, rows):
 
 def test_verify_catches_a_changed_file(run_dir):
     art = _grow_like(run_dir)
-    artifacts.publish(art, "grow", [], {})
+    manifests.publish(art, "grow", [], {})
     with open(art / "shard-00000.parquet", "ab") as f:
         f.write(b"x")
-    assert "changed since it was published" in artifacts.verify(art)[0]
-    assert artifacts.existing(art, {}, []) is None  # does not verify -> redo
+    assert "changed since it was published" in manifests.verify(art)[0]
+    assert manifests.existing(art, {}, []) is None  # does not verify -> redo
 
 
 def test_existing_refuses_another_config(run_dir):
     art = _grow_like(run_dir)
-    artifacts.publish(art, "grow", ["p"], {"grow": {"temperature": 1.0}})
-    assert artifacts.existing(art, {"grow": {"temperature": 1.0}}, ["p"])["kind"] == "grow"
+    manifests.publish(art, "grow", ["p"], {"grow": {"temperature": 1.0}})
+    assert manifests.existing(art, {"grow": {"temperature": 1.0}}, ["p"])["kind"] == "grow"
     with pytest.raises(RestError, match=r"another config \(grow.temperature: 1.0 -> 0.7\)"):
-        artifacts.existing(art, {"grow": {"temperature": 0.7}}, ["p"])
+        manifests.existing(art, {"grow": {"temperature": 0.7}}, ["p"])
     with pytest.raises(RestError, match="other parent artifacts"):
-        artifacts.existing(art, {"grow": {"temperature": 1.0}}, ["q"])
+        manifests.existing(art, {"grow": {"temperature": 1.0}}, ["q"])
 
 
 def test_a_directory_without_manifest_is_not_an_artifact(run_dir):
     art = _grow_like(run_dir)
-    assert artifacts.existing(art, {}, []) is None
-    assert artifacts.verify(art) == [f"{art}: no _manifest.json"]
+    assert manifests.existing(art, {}, []) is None
+    assert manifests.verify(art) == [f"{art}: no _manifest.json"]
 
 
 def test_write_atomic_leaves_the_old_file_when_interrupted(tmp_path, monkeypatch):
     target = tmp_path / "f.json"
-    artifacts.write_atomic(target, b"old")
+    manifests.write_atomic(target, b"old")
 
     def boom(src, dst):
         raise KeyboardInterrupt  # a kill between writing the temp file and the rename
 
     monkeypatch.setattr(os, "replace", boom)
     with pytest.raises(KeyboardInterrupt):
-        artifacts.write_atomic(target, b"new")
+        manifests.write_atomic(target, b"new")
     monkeypatch.undo()
     assert target.read_bytes() == b"old"
     # the temp file is hidden (dot-prefixed): neither pandas nor a manifest counts it
@@ -104,22 +104,22 @@ def test_write_atomic_leaves_the_old_file_when_interrupted(tmp_path, monkeypatch
 def test_bookkeeping_files_are_verified_but_not_part_of_the_id(run_dir, tmp_path_factory):
     art = _grow_like(run_dir)
     (art / "_shard-00000.json").write_text('{"pid": 1}')
-    a = artifacts.publish(art, "grow", [], {})
+    a = manifests.publish(art, "grow", [], {})
     assert "_shard-00000.json" in a["files"]
     (art / "_shard-00000.json").write_text('{"pid": 2}')
-    assert artifacts.verify(art)  # a changed record is caught ...
-    b = artifacts.publish(art, "grow", [], {})
+    assert manifests.verify(art)  # a changed record is caught ...
+    b = manifests.publish(art, "grow", [], {})
     assert b["id"] == a["id"]  # ... but who wrote a shard, and when, does not change what the step holds
 
 
 def _lock_from_another_process(run_dir) -> subprocess.CompletedProcess:
-    code = "import sys; from rest.artifacts import run_lock\nwith run_lock(sys.argv[1]): pass"
+    code = "import sys; from rest.artifacts.manifests import run_lock\nwith run_lock(sys.argv[1]): pass"
     return subprocess.run([sys.executable, "-c", code, str(run_dir)], capture_output=True, text=True, timeout=60)
 
 
 def test_run_lock_is_exclusive_and_released(tmp_path):
-    with artifacts.run_lock(tmp_path):
-        with artifacts.run_lock(tmp_path):  # re-entrant in the holder: `rest run` holds it, its flows take it again
+    with manifests.run_lock(tmp_path):
+        with manifests.run_lock(tmp_path):  # re-entrant in the holder: `rest run` holds it, its flows take it again
             pass
         proc = _lock_from_another_process(tmp_path)
         assert proc.returncode != 0

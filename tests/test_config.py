@@ -4,8 +4,7 @@ import pytest
 
 from rest.config import load_config
 from rest.errors import RestError
-from rest.objectives import objective_for
-
+from rest.improve.objectives import objective_for
 
 
 @pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "configs").rglob("*.yaml")), ids=lambda p: p.name)

@@ -1,7 +1,7 @@
 import pandas as pd
 import pytest
 
-from rest.data import load_split
+from rest.data.splits import load_split
 from rest.errors import RestError
 
 
@@ -46,7 +46,7 @@ def test_duplicate_ids(tmp_path):
 
 
 def test_a_malformed_jsonl_line_is_named_by_its_number(tmp_path):
-    from rest.data import load_split
+    from rest.data.splits import load_split
     from rest.errors import RestError
 
     path = tmp_path / "train.jsonl"
@@ -108,7 +108,7 @@ def test_a_column_of_lists_or_dicts_is_a_type_error_not_its_repr(tmp_path):
 def test_truncated_and_unknown_token_rows_are_said_before_training(tmp_path):
     """Before: sources over model.max_source_tokens were cut and unrepresentable characters became <unk>, silently."""
     from rest.config import load_config
-    from rest.preflight import text_fit_warnings
+    from rest.stages.preflight import text_fit_warnings
 
     train = pd.read_parquet("data/numbers/train.parquet")
     cfg = load_config("configs/smoke.yaml", [])

@@ -82,7 +82,7 @@ def _rank_processes(rank: int) -> list[psutil.Process]:
     found = []
     for p in psutil.process_iter(["cmdline"]):
         try:
-            if "rest.rank" in " ".join(p.info["cmdline"] or []) and p.environ().get("RANK") == str(rank):
+            if "rest.stages.rank" in " ".join(p.info["cmdline"] or []) and p.environ().get("RANK") == str(rank):
                 found.append(p)
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             pass

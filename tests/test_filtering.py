@@ -1,7 +1,8 @@
 import numpy as np
 import pandas as pd
 
-from rest.filtering import epoch_batches, length_window, mix_batches, normalise_text, select, sort_windows, sparse_selection
+from rest.data.batching import epoch_batches, length_window, mix_batches, sort_windows
+from rest.improve.selection import normalise_text, select, sparse_selection
 
 
 def _rows():

@@ -12,9 +12,9 @@ import torch
 from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
 from rest.config import ImproveConfig, LoraConfig
-from rest.models import Policy, encode_pairs, forward_logits
-from rest.objectives import NLL, Batch
-from rest.training import BaseWeights, train, with_lora
+from rest.improve.objectives import NLL, Batch
+from rest.models.policy import Policy, encode_pairs, forward_logits
+from rest.training.loop import BaseWeights, train, with_lora
 from tests.conftest import CONFIG, rest
 from tests.test_models_sampling import _tiny
 from tests.test_precision import SOURCES, TARGETS

@@ -6,8 +6,14 @@ import pytest
 import torch
 
 from rest.config import ModelConfig
-from rest.models import build_policy, encode_pairs, load_policy, prompt_ids, target_ids
-from rest.sampling import generate
+from rest.models.policy import (
+    build_policy,
+    encode_pairs,
+    load_policy,
+    prompt_ids,
+    target_ids,
+)
+from rest.models.sampling import generate
 
 TEXTS = ["6947", "sechstausendneunhundertsiebenundvierzig", "12", "zwölf", "5", "fünf"]
 
@@ -89,7 +95,7 @@ def test_logprob_is_the_policy_sequence_logprob(tmp_path, model_type):
 @pytest.mark.parametrize("model_type", ["bart", "llama"])
 def test_greedy_is_what_transformers_generate_returns(tmp_path, model_type):
     """Our decoding loop and transformers' `generate` agree token for token (greedy), on a padded batch."""
-    from rest.hf import pad
+    from rest.models.tokenizer import pad
 
     policy, cfg = _tiny(tmp_path, model_type)
     sources = ["12", "6947", "5", "sechstausend"]
@@ -135,8 +141,8 @@ def test_trained_targets_are_what_greedy_decoding_returns(tmp_path, model_type):
     would still lower the loss but make the decoded text differ.
     """
     from rest.config import PolicyOptimFields
-    from rest.objectives import Batch
-    from rest.training import train
+    from rest.improve.objectives import Batch
+    from rest.training.loop import train
 
     policy, cfg = _tiny(tmp_path, model_type)
     sources, targets = ["12", "6947"], ["zwölf", "sechstausendneunhundertsiebenundvierzig"]

@@ -5,7 +5,18 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from rest.monitors import alarm, drift_chrf, drift_meteor, length_ratio, meteor, meteor_within, policy_monitors, probe_flags, probe_reward, probe_rewards
+from rest.evaluation.monitors import (
+    alarm,
+    drift_chrf,
+    drift_meteor,
+    length_ratio,
+    meteor,
+    meteor_within,
+    policy_monitors,
+    probe_flags,
+    probe_reward,
+    probe_rewards,
+)
 
 
 def prefers_repetition(sources, completions, references):
@@ -92,11 +103,11 @@ def test_input_monitor_fires_on_a_policy_that_ignores_its_input(tmp_path):
     import numpy as np
 
     from rest.config import PolicyOptimFields
-    from rest.evaluation import target_nll
-    from rest.monitors import input_use
-    from rest.objectives import Batch
-    from rest.sampling import generate
-    from rest.training import train
+    from rest.evaluation.monitors import input_use
+    from rest.evaluation.policy import target_nll
+    from rest.improve.objectives import Batch
+    from rest.models.sampling import generate
+    from rest.training.loop import train
     from tests.test_models_sampling import _tiny
 
     sources = ["1", "2", "3", "4", "5", "6"]
@@ -116,7 +127,7 @@ def test_input_monitor_fires_on_a_policy_that_ignores_its_input(tmp_path):
 
 
 def test_input_monitor_worked_values():
-    from rest.monitors import input_use
+    from rest.evaluation.monitors import input_use
 
     m = input_use(["a", "a", "a", "b"], ["a", "b", "c", "d"], nll=1.0, nll_shuffled_sources=2.0)
     assert m["top_output"] == "a" and m["top_output_fraction"] == 0.75 and m["input_sensitivity"] == 0.5

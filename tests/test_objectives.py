@@ -10,11 +10,24 @@ import pytest
 import torch
 
 from rest.config import ImproveConfig
-from rest.filtering import preference_pairs, select
-from rest.models import target_counts
-from rest.objectives import (NLL, Batch, PairBatch, Preference, first_divergence, preference_losses, reduce_nll,
-                             sequence_nll, token_kl, token_nll, token_weights, unlikelihood_sums, weighted_sequence_nll)
-from rest.training import train
+from rest.improve.objectives import (
+    NLL,
+    Batch,
+    PairBatch,
+    Preference,
+    first_divergence,
+    preference_losses,
+    reduce_nll,
+    sequence_nll,
+    token_kl,
+    token_nll,
+    token_weights,
+    unlikelihood_sums,
+    weighted_sequence_nll,
+)
+from rest.improve.selection import preference_pairs, select
+from rest.models.policy import target_counts
+from rest.training.loop import train
 from tests.test_models_sampling import _tiny
 
 
@@ -79,7 +92,7 @@ def test_token_weighted_nll_on_a_tiny_model_and_its_micro_batches(tmp_path):
     scores = [[1.0] * (counts[0] - 1) + [-1.0], [-1.0] * counts[1], None]
     objective = NLL("token_mean")
     whole, _ = objective(policy, Batch(sources, targets, None, scores), cfg)
-    from rest.models import encode_pairs, forward_logits
+    from rest.models.policy import encode_pairs, forward_logits
 
     encoded = encode_pairs(policy, sources, targets, cfg)
     per_token = torch.nn.functional.cross_entropy(forward_logits(policy, encoded).transpose(1, 2), encoded["labels"],
@@ -121,7 +134,7 @@ def test_unlikelihood_in_the_nll_on_a_tiny_model_and_its_micro_batches(tmp_path)
     policy.model.eval()
     weighted, _ = NLL("token_mean")(policy, batch, cfg)
     loss, stats = NLL("token_mean", unlikelihood=0.5)(policy, batch, cfg)
-    from rest.models import encode_pairs, forward_logits
+    from rest.models.policy import encode_pairs, forward_logits
 
     encoded = encode_pairs(policy, sources, targets, cfg)
     logits = forward_logits(policy, encoded)

@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 from sacrebleu import sentence_chrf
 
-from rest.artifacts import verify
+from rest.artifacts.manifests import verify
 from tests.conftest import CONFIG, rest
 
 pytestmark = pytest.mark.integration

@@ -11,9 +11,15 @@ import torch
 
 from rest.config import ImproveConfig, ModelConfig, config_from_dict
 from rest.errors import RestError
-from rest.models import build_policy, encode_pairs, forward_logits, load_policy, resolve_device
-from rest.objectives import NLL, Batch
-from rest.training import train
+from rest.improve.objectives import NLL, Batch
+from rest.models.policy import (
+    build_policy,
+    encode_pairs,
+    forward_logits,
+    load_policy,
+    resolve_device,
+)
+from rest.training.loop import train
 from tests.test_models_sampling import _tiny
 
 SOURCES = ["12", "5", "6947", "300", "18", "7", "1001", "44"]

@@ -16,7 +16,6 @@ import threading
 import time
 from pathlib import Path
 
-import pandas as pd
 import psutil
 import pyarrow as pa
 import pyarrow.parquet as pq

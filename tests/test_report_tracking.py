@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from rest.config import RunConfig
-from rest.tracking import flatten, read_archive
+from rest.reporting.tracking import flatten, read_archive
 from tests.conftest import netguard_env, rest
 
 pytestmark = pytest.mark.integration

@@ -15,9 +15,14 @@ import pytest
 import torch
 
 from rest.errors import RestError
-from rest.filtering import select
-from rest.reward_model import bradley_terry_loss, held_out, pairs_of, pairwise_accuracy
-from rest.seq2seq_rm import divergence_scores
+from rest.improve.selection import select
+from rest.rewards.reward_model import (
+    bradley_terry_loss,
+    held_out,
+    pairs_of,
+    pairwise_accuracy,
+)
+from rest.rewards.seq2seq_rm import divergence_scores
 from tests.conftest import CONFIG, rest
 
 
@@ -64,7 +69,7 @@ def test_held_out_split_is_by_source_id_and_stable():
 
 def test_learned_component_needs_a_model_and_an_existing_artifact(tmp_path):
     from rest.config import load_config
-    from rest.preflight import check_run_inputs as check_inputs
+    from rest.stages.preflight import check_run_inputs as check_inputs
 
     with pytest.raises(RestError, match="reward.learned"):
         load_config(CONFIG, ["reward.components={learned: 1.0}"])
@@ -95,7 +100,7 @@ def test_reward_model_grow_without_references_and_best_of_n(clean_run, tmp_path)
     assert json.loads((bt / "reward.json").read_text())["output"] == "sigmoid"
     bt_metrics = json.loads((bt / "metrics.json").read_text())
     assert bt_metrics["objective"] == "bradley_terry" and bt_metrics["train"]["pairs"] > 0
-    from rest.reward_model import load_reward_model
+    from rest.rewards.reward_model import load_reward_model
 
     sample = pd.read_parquet(clean_run / "grow-1").head(16)
     scores = load_reward_model(bt).score(sample["source"].tolist(), sample["completion"].tolist())

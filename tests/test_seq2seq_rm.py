@@ -12,7 +12,12 @@ import torch
 
 from rest.config import RMModelConfig
 from rest.errors import RestError
-from rest.seq2seq_rm import best_targets, build_seq2seq_reward_model, divergence_scores, token_reward
+from rest.rewards.seq2seq_rm import (
+    best_targets,
+    build_seq2seq_reward_model,
+    divergence_scores,
+    token_reward,
+)
 
 EOS = 2
 STEPS = 60

@@ -22,12 +22,13 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from rest import engines, stages
+from rest import stages
 from rest.config import load_config
+from rest.data.splits import load_split
 from rest.errors import RestError
-from rest.evaluation import evaluate
-from rest.data import load_split
-from rest.models import load_policy, prompt_ids
+from rest.evaluation.policy import evaluate
+from rest.grow import engines
+from rest.models.policy import load_policy, prompt_ids
 from tests.conftest import NETGUARD
 from tests.test_architectures import build_checkpoint
 
@@ -131,7 +132,7 @@ def test_vllm_shards_have_the_torch_engines_schema_and_rewards(vllm_run, tmp_pat
         assert df["logprob"].lt(0).all()
     # the same policy (BC's key has no grow.engine), another Grow plan: shards of two engines never mix
     assert stages.Run.open(torch_run).artifact_id("policy-0") == stages.Run.open(vllm_run["run"]).artifact_id("policy-0")
-    assert stages._grow_plan(torch_run, 1).key != stages._grow_plan(vllm_run["run"], 1).key
+    assert stages.grow_plan(torch_run, 1).key != stages.grow_plan(vllm_run["run"], 1).key
 
 
 @needs_vllm

@@ -1,0 +1,3 @@
+"""Versioned artifacts in a run directory: manifests and atomic publishing (manifests), the run and run.json (run),
+Grow shards (shards).
+"""

@@ -1,0 +1,237 @@
+"""The ReST DAG as Prefect flows.
+
+    rest_flow("runs/numbers")     # policy-0, then G x (grow_flow, improve_flow), then finish_flow
+    finish_flow("runs/numbers")   # test of the best policy, RUN/report/index.html, the comet-ml experiment
+    grow_flow("runs/numbers")     # one more Grow step: one task per shard, on the configured task runner
+    improve_flow("runs/numbers")  # the Improve steps of the latest Grow step
+
+prefect.yaml deploys them as rest/numbers, rest/smoke, grow/numbers and improve/numbers.
+
+Tasks hand each other run directories, step numbers and artifact names, never models or DataFrames: Prefect's
+cache cannot hash those and does not look at output files. Idempotence comes from the manifests in rest/,
+so every task here has caching off and simply returns at once when its artifact is already published.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+
+from prefect import flow, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.settings import PREFECT_API_URL
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from rest import stages
+from rest.artifacts.manifests import CONFIG_FILE, run_lock
+from rest.artifacts.run import Run
+from rest.config import ConfigOverrides, load_config
+from rest.errors import OS_ERROR_FIXES, RestError
+from rest.reporting.report import write_report
+from rest.reporting.tracking import log_run
+
+
+class _UserErrorsWithoutTraceback(logging.Filter):
+    """A task or flow that fails on bad input (a RestError, a full disk) is logged in one line: the traceback
+    says nothing the message does not, and `rest` prints the message with the fix at the end."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, RestError) or (isinstance(exc, OSError) and exc.errno in OS_ERROR_FIXES):
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+for _name in ("prefect.task_runs", "prefect.flow_runs"):
+    logging.getLogger(_name).addFilter(_UserErrorsWithoutTraceback())
+
+
+@task(name="policy-0", cache_policy=NO_CACHE)
+def policy0_task(run_dir: str) -> str:
+    return stages.make_policy0(Path(run_dir))
+
+
+@task(name="plan-grow", cache_policy=NO_CACHE)
+def plan_grow_task(run_dir: str, g: int) -> list[int]:
+    return stages.plan_grow(Path(run_dir), g)
+
+
+# A shard is pure computation from files on disk: a retry is safe, and covers a worker that died mid-shard.
+@task(name="grow-shard", cache_policy=NO_CACHE, retries=1, task_run_name="grow-{g}-shard-{index}")
+def grow_shard_task(run_dir: str, g: int, index: int) -> dict:
+    return stages.grow_shard(Path(run_dir), g, index)
+
+
+@task(name="finish-grow", cache_policy=NO_CACHE)
+def finish_grow_task(run_dir: str, g: int) -> str:
+    return stages.finish_grow(Path(run_dir), g)
+
+
+@task(name="improve", cache_policy=NO_CACHE, task_run_name="improve-{g}-{i}")
+def improve_task(run_dir: str, g: int, i: int) -> str:
+    return stages.improve(Path(run_dir), g, i)
+
+
+@task(name="finish-run", cache_policy=NO_CACHE)
+def finish_run_task(run_dir: str) -> dict:
+    return stages.finish_run(Path(run_dir))
+
+
+@task(name="report", cache_policy=NO_CACHE)
+def report_task(run_dir: str) -> str:
+    return str(write_report(Path(run_dir)))
+
+
+# comet online talks to the network: a retry covers a blip; offline it is a local file and does not fail that way.
+@task(name="track", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=10)
+def track_task(run_dir: str, report: str) -> str | None:
+    archive = log_run(Path(run_dir), Path(report))
+    return str(archive) if archive else None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Prefect artifacts: what the UI shows of every generation. Keys are stable per run and stage, so the UI keeps
+# the history of, say, grow-1 of runs/numbers across reruns.
+
+
+def artifact_key(run_dir: str, stage: str) -> str:
+    """Prefect keys allow lowercase letters, digits and dashes only."""
+    name = re.sub(r"[^a-z0-9]+", "-", Path(run_dir).resolve().name.lower()).strip("-") or "run"
+    return f"rest-{name}-{stage}"
+
+
+def publish_grow_artifact(run_dir: str, g: int) -> None:
+    manifest = Run.open(run_dir).verified(f"grow-{g}")
+    stats = manifest["stats"]
+    rows = [{"metric": f"reward {q}", "value": v} for q, v in stats["reward_quantiles"].items()]
+    rows.append({"metric": "reward mean", "value": stats["reward_mean"]})
+    rows += [{"metric": f"kept at tau={t}", "value": f} for t, f in stats["kept_fraction"].items()]
+    rows += [
+        {"metric": "completion tokens (mean)", "value": stats["completion_tokens"]},
+        {"metric": "samples/s", "value": stats["samples_per_s"]},
+        {"metric": "samples", "value": stats["rows"]},
+        {"metric": "sources", "value": stats["sources"]},
+    ]
+    create_table_artifact(
+        key=artifact_key(run_dir, f"grow-{g}"), table=rows,
+        description=f"Grow step {g} of {Path(run_dir).resolve()} (artifact id {manifest['id']}, policy {manifest['policy']})",
+    )
+
+
+def publish_improve_artifact(run_dir: str, name: str) -> None:
+    metrics = Run.open(run_dir).metrics(name)
+    rows = [{"metric": f"valid {k}", "value": v} for k, v in (metrics["valid"] or {}).items()]  # None: eval.every
+    rows += [{"metric": f"improve {k}", "value": v} for k, v in metrics.get("improve", {}).items()]
+    rows += [{"metric": f"train {k}", "value": v} for k, v in metrics["train"].items()]
+    create_table_artifact(key=artifact_key(run_dir, name), table=rows, description=f"{name} of {Path(run_dir).resolve()}")
+
+
+def publish_run_report(run_dir: str, summary: dict, report: str) -> None:
+    root = Path(run_dir).resolve()
+    lines = [f"# ReST run `{root.name}`", "", f"Run directory: [{root}](file://{root})", "",
+             f"Report with plots and monitors: [{report}](file://{Path(report).resolve()})", "",
+             f"Best policy by validation reward: **{summary['best_policy']}**", "",
+             "| policy | valid exact match | valid chrF | valid reward |", "|---|---:|---:|---:|"]
+    for name, v in summary["valid"].items():
+        lines.append(f"| {name} | {v['exact_match']} | {v['chrf']} | {v['reward']} |")
+    lines += ["", "| test | exact match | chrF | reward |", "|---|---:|---:|---:|"]
+    for name, m in summary["test"].items():
+        lines.append(f"| {name} | {m['exact_match']} | {m['chrf']} | {m['reward']} |")
+    lines += ["", "Grow shards (read with `pandas.read_parquet(dir)`):", ""]
+    for grow in sorted(root.glob("grow-*")):
+        lines.append(f"- [{grow}](file://{grow}): " + ", ".join(p.name for p in sorted(grow.glob("shard-*.parquet"))))
+    create_markdown_artifact(key=artifact_key(run_dir, "report"), markdown="\n".join(lines), description=f"ReST run {root}")
+
+
+def check_task_runner(task_runner: str) -> None:
+    """Dask needs a real server: PREFECT_API_URL from the environment or the active profile (`make server` sets it)."""
+    if task_runner == "dask" and not PREFECT_API_URL.value():
+        raise RestError(
+            "orchestration.task_runner=dask needs a real Prefect server: run `make server` (it sets PREFECT_API_URL "
+            "in your Prefect profile) or set PREFECT_API_URL; in ephemeral mode every Dask worker would start a "
+            "temporary server of its own (~45 s each)"
+        )
+
+
+def _with_runner(f, run_dir: str):
+    """`f` with the task runner of the run's config: threads, or Dask (a LocalCluster or an existing cluster)."""
+    cfg = Run.open(run_dir).config
+    orch = cfg.orchestration
+    if orch.task_runner == "threads":
+        return f.with_options(task_runner=ThreadPoolTaskRunner(max_workers=cfg.grow.workers))
+    check_task_runner(orch.task_runner)
+    from prefect_dask import DaskTaskRunner
+
+    if orch.dask.address:
+        return f.with_options(task_runner=DaskTaskRunner(address=orch.dask.address))
+    cluster = {"n_workers": orch.dask.n_workers, "threads_per_worker": 1, "processes": True, "dashboard_address": None}
+    return f.with_options(task_runner=DaskTaskRunner(cluster_kwargs=cluster))
+
+
+@flow(name="grow-step")
+def grow_step_flow(run: str, step: int) -> str:
+    """Grow step `step`: sample every shard (on the configured task runner), then publish the step."""
+    todo = plan_grow_task(run, step)
+    shards = grow_shard_task.map(run, step, todo)
+    shards.result()  # raises if a shard failed; the finished ones stay on disk for the rerun
+    name = finish_grow_task(run, step)
+    publish_grow_artifact(run, step)
+    return name
+
+
+@flow(name="grow")
+def grow_flow(run: str, step: int | None = None) -> str:
+    """One more Grow step on an existing run (default: the next one)."""
+    with run_lock(Path(run)):
+        g = step or Run.open(run).next_grow_step()
+        return _with_runner(grow_step_flow, run)(run, g)
+
+
+@flow(name="improve")
+def improve_flow(run: str, step: int | None = None) -> list[str]:
+    """Every Improve step (one per threshold) after Grow step `step` (default: the latest)."""
+    with run_lock(Path(run)):
+        run_ = Run.open(run)
+        g = step or run_.latest_grow_step()
+        thresholds = run_.config.improve.thresholds
+        names = []
+        for i in range(1, len(thresholds) + 1):
+            names.append(improve_task(run, g, i))
+            publish_improve_artifact(run, names[-1])
+        return names
+
+
+@flow(name="finish")
+def finish_flow(run: str) -> dict:
+    """Name the best policy and test it, write the report page, log the run to comet-ml."""
+    summary = finish_run_task(run)
+    report = report_task(run)
+    summary["report"] = report
+    summary["comet_archive"] = track_task(run, report)
+    publish_run_report(run, summary, report)
+    return summary
+
+
+@flow(name="rest")
+def rest_flow(run: str, config: str | None = None, overrides: ConfigOverrides | None = None) -> dict:
+    """ReST: policy-0 = BC(D); for g in 1..G: Grow, then Improve at each threshold; evaluate the best policy.
+
+    `config` (a YAML file) and `overrides` (any config keys, typed: the UI shows them as a form) start or reopen
+    the run directory, as `rest run --config FILE key=value` does. The server rejects values the schema rules
+    out before a flow run exists; the rest fail the flow run before any task, with the message `rest` prints.
+    """
+    cfg = None
+    if config is not None:
+        cfg = load_config(config, updates=overrides)
+    elif overrides is not None:  # on an existing run: only grow.steps may change (Run.create names the others)
+        cfg = load_config(Path(run) / CONFIG_FILE, updates=overrides)
+    if cfg is not None:
+        stages.start_run(Path(run), cfg)  # what `rest run` calls too: every input checked, then the directory
+    with run_lock(Path(run)):  # one writer per run directory, whether it came from `rest` or a deployment
+        policy0_task(run)
+        for g in range(1, Run.open(run).config.grow.steps + 1):
+            grow_flow(run, g)
+            improve_flow(run, g)
+        return finish_flow(run)

@@ -1,0 +1,34 @@
+"""The `torch` engine: our batched decoding loop (rest/models/sampling.py) on the policy's transformers model.
+"""
+
+from __future__ import annotations
+
+from rest.config import RunConfig
+from rest.models.policy import Policy
+from rest.models.sampling import generate
+
+
+class TorchEngine:
+    """Our own batched decoding loop on the policy's transformers model, with the KV cache (rest/sampling.py)."""
+
+    name = "torch"
+
+    def __init__(self, policy: Policy, cfg: RunConfig):
+        self.policy = policy
+        self.model_cfg = cfg.model
+        self.batch_size = cfg.grow.batch_size
+        self.eval_batch_size = cfg.eval.batch_size
+
+    def sample(self, sources, *, num_samples, temperature, top_p, top_k, max_new_tokens, seed, on_progress=None):
+        return generate(
+            self.policy, sources, self.model_cfg, num_samples=num_samples, temperature=temperature, top_p=top_p,
+            top_k=top_k, max_new_tokens=max_new_tokens, batch_size=self.batch_size, seed=seed, on_progress=on_progress,
+        )
+
+    def greedy(self, sources, *, max_new_tokens):
+        return generate(
+            self.policy, sources, self.model_cfg, greedy=True, max_new_tokens=max_new_tokens, batch_size=self.eval_batch_size
+        )
+
+    def close(self) -> None:
+        pass  # the model goes with the engine

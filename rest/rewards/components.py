@@ -1,0 +1,330 @@
+"""Rewards: configured components `(sources, completions, references) -> scores in [0, 1]`, and their total.
+
+    >>> from rest.config import RewardConfig
+    >>> score_config(RewardConfig(components={"chrf": 3.0, "exact_match": 1.0}), ["1"], ["einz"], ["eins"])["reward_exact_match"]
+    array([0.])
+
+A component kind (`COMPONENTS`) says how its scorer is built from the reward config, whether it reads the reference,
+and which artifacts it depends on: their ids join the parents of every Grow step scored with it, so a shard can be
+traced to the reward model that scored it. `score_config` returns one array per component (`reward_<name>`) and
+the total (`reward`), which is what the Grow shards store. Every component is normalised to [0, 1] so that
+thresholds mean the same across rewards.
+
+Adding a component: a scorer (a function of the three lists, or a builder that reads its own config fields), an
+entry in COMPONENTS here, and its name in config.REWARD_COMPONENTS (which validates configs without importing
+this module).
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import pickle
+import re
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rest.artifacts import manifests
+from rest.config import REWARD_COMPONENTS, RewardConfig, check_reward_names
+from rest.errors import RestError
+from rest.rewards.metrics import SENTENCE_METRICS, format_valid, length_deviation
+
+Reward = Callable[[Sequence[str], Sequence[str], Sequence[str | None]], np.ndarray]
+
+TRAIN_A_REWARD_MODEL = manifests.HOW_TO_MAKE[manifests.REWARD_MODEL]
+
+
+@dataclass(frozen=True)
+class Component:
+    """One kind of reward component.
+
+    build:     RewardConfig -> the scorer (called once per process and config; it may load a model)
+    needs_reference: whether the scorer compares with the reference (Grow sources may lack one otherwise)
+    artifacts: RewardConfig -> [(config key, artifact directory)] the scorer reads: checked before a run starts,
+               and their manifest ids are parents of the Grow steps it scores
+    """
+
+    name: str
+    needs_reference: bool
+    build: Callable[[RewardConfig], Reward]
+    artifacts: Callable[[RewardConfig], list[tuple[str, str]]] = field(default=lambda rc: [])
+
+
+def _metric(name: str) -> Component:
+    return Component(name, needs_reference=True, build=lambda rc: _in_parallel(name))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# A sentence metric over many rows, in processes: sacrebleu is pure Python, one core per process.
+
+# Below this many characters (completions + references) a metric runs in this process: a helper process costs
+# ~0.35 s to start (Python, numpy, sacrebleu), more than it saves on less. 400k characters is about 13k rows of the
+# embedded task, ~1.3 s of chrF on one core; the default run's shards (a few hundred distinct rows) never reach it.
+PARALLEL_MIN_CHARS = 400_000
+
+# The extra share of the rows this process scores itself while the helpers start (for 2 processes: 55%).
+HEAD_START = 0.05
+
+# A helper reads its whole input before it imports anything, so the parent's write never waits for the imports.
+_WORKER = "import sys; data = sys.stdin.buffer.read(); from rest.rewards.metrics import serve_chunk; serve_chunk(data)"
+
+
+def scoring_processes() -> int:
+    """How many processes a large metric call uses: $REST_SCORE_PROCESSES, else the cores this process may run on
+    (at most 8); 1 inside a daemonic process (a Dask worker), whose children would be orphaned with it."""
+    if multiprocessing.current_process().daemon:
+        return 1
+    wanted = os.environ.get("REST_SCORE_PROCESSES")
+    if wanted:
+        try:
+            return max(1, int(wanted))
+        except ValueError:
+            raise RestError(f"REST_SCORE_PROCESSES={wanted!r}: give a whole number of processes (1 turns scoring in parallel off)") from None
+    return max(1, min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
+
+
+def _in_parallel(name: str) -> Reward:
+    """Sentence metric `name` (rest.metrics.SENTENCE_METRICS), scored over contiguous chunks by this process and
+    `scoring_processes() - 1` helper processes (`python -c`, so nothing of the caller's main module is re-run,
+    unlike multiprocessing's spawn) when the rows are large enough to pay for it. The same numbers either way."""
+    metric = SENTENCE_METRICS[name]
+
+    def scored(sources: Sequence[str], completions: Sequence[str], references: Sequence[str | None]) -> np.ndarray:
+        processes = scoring_processes()
+        chars = sum(map(len, completions)) + sum(len(r) for r in references if r is not None)
+        if processes < 2 or chars < PARALLEL_MIN_CHARS:
+            return metric(sources, completions, references)
+        # This process starts on its chunk at once, a helper ~0.35 s later (its imports): this one takes a little more.
+        first = min(1.0, 1.0 / processes + HEAD_START)
+        cuts = np.concatenate([[0], np.linspace(first * len(completions), len(completions), processes)]).astype(int)
+        chunks = [(list(sources[a:b]) if len(sources) else [], list(completions[a:b]), list(references[a:b]))
+                  for a, b in zip(cuts[:-1], cuts[1:])]
+        helpers: list[tuple[subprocess.Popen, Any]] = []
+        try:
+            for chunk in chunks[1:]:
+                # stderr to a file: a helper that warns a lot must not block on a full pipe nobody reads yet
+                err = tempfile.TemporaryFile()
+                helper = subprocess.Popen([sys.executable, "-c", _WORKER], stdin=subprocess.PIPE,
+                                          stdout=subprocess.PIPE, stderr=err)
+                helpers.append((helper, err))
+                helper.stdin.write(pickle.dumps((name, chunk)))  # type: ignore[union-attr]
+                helper.stdin.close()  # type: ignore[union-attr]
+            parts = [metric(*chunks[0])]
+            for helper, err in helpers:
+                out = helper.stdout.read()  # type: ignore[union-attr]
+                if helper.wait() != 0:
+                    err.seek(0)
+                    tail = err.read().decode(errors="replace")[-2000:]
+                    raise RuntimeError(f"a scoring process ended with exit code {helper.returncode}: {tail}")
+                status, value = pickle.loads(out)
+                if status == "error":
+                    raise value
+                parts.append(value)
+        finally:
+            for helper, err in helpers:  # on any error (or Ctrl-C) here: no helper outlives the call
+                if helper.poll() is None:
+                    helper.kill()
+                    helper.wait()
+                helper.stdout.close()  # type: ignore[union-attr]
+                err.close()
+        return np.concatenate(parts)
+
+    scored.metric = metric  # type: ignore[attr-defined]
+    return scored
+
+
+# Where a learned reward model is loaded: the device of the policy this process runs (rest.engines sets it when it
+# creates an engine, so that Grow, evaluation and best-of-N score on the device they sample on).
+_DEVICE = ["cpu"]
+
+
+def use_device(device: str) -> None:
+    """Load learned reward models on `device` (a `device` setting: auto, cpu, cuda, cuda:N, mps) from now on."""
+    _DEVICE[0] = device
+
+
+def _learned(rc: RewardConfig) -> Reward:
+    # Imported here, not at the top: torch and transformers load only when a learned reward is used.
+    from rest.rewards.reward_model import load_reward_model
+
+    rm = load_reward_model(rc.learned, device=_DEVICE[0])
+
+    def scored(sources, completions, references):
+        return rm.score(sources, completions)
+
+    if hasattr(rm, "score_tokens"):  # a seq2seq reward model also scores each token: reward_tokens_<name>
+        scored.with_tokens = lambda sources, completions, references: rm.score_tokens(sources, completions)  # type: ignore[attr-defined]
+    return scored
+
+
+COMPONENTS: dict[str, Component] = {
+    **{name: _metric(name) for name in SENTENCE_METRICS},
+    "learned": Component(
+        "learned", needs_reference=False, build=_learned,
+        artifacts=lambda rc: [("reward.learned", rc.learned)],
+    ),
+}
+assert list(COMPONENTS) == list(REWARD_COMPONENTS), "config.REWARD_COMPONENTS and rewards.COMPONENTS must agree"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Sparrow's rules: regex checks or learned classifiers, each scoring 1 - P(violation)
+
+TRAIN_A_RULE = "train one with `rest reward train` (objective: classification on a 0/1 column, 1 = the rule is broken)"
+
+
+def _rule_dependency(name: str, rc: RewardConfig) -> list[dict[str, Any]]:
+    rule = rc.rules[name]
+    if rule.model is None:
+        return []
+    key = f"reward.rules.{name}.model"
+    manifest = manifests.require(Path(rule.model), manifests.REWARD_MODEL, key, TRAIN_A_RULE)
+    objective = manifest.get("config", {}).get("objective")
+    if objective != "classification":
+        raise RestError(f"{key}: {rule.model} is a {objective} reward model; a rule needs P(violation): {TRAIN_A_RULE}")
+    return [manifest]
+
+
+def rule(name: str, rc: RewardConfig) -> Reward:
+    """Rule `name`'s scorer, 1 - P(violation) per output, built once per process (per classifier artifact id)."""
+    spec = rc.rules[name]
+    key = ("rule", spec.regex, *(m["id"] for m in _rule_dependency(name, rc)), _DEVICE[0] if spec.model else None)
+    if key not in _BUILT:
+        if spec.regex is not None:
+            pattern = re.compile(spec.regex)
+            _BUILT[key] = lambda sources, completions, references: np.array(
+                [0.0 if pattern.search(c) else 1.0 for c in completions], dtype=np.float64)
+        else:
+            from rest.rewards.reward_model import load_reward_model
+
+            rm = load_reward_model(spec.model, device=_DEVICE[0])
+            _BUILT[key] = lambda sources, completions, references: 1.0 - rm.score(sources, completions)
+    return _BUILT[key]
+
+
+def needs_reference(rc: RewardConfig) -> bool:
+    """False when every component reads only (source, completion): Grow sources may then lack references."""
+    return any(COMPONENTS[name].needs_reference for name in rc.components) or bool(rc.length_penalty)
+
+
+def _dependencies(name: str, rc: RewardConfig) -> list[dict[str, Any]]:
+    out = []
+    for key, path in COMPONENTS[name].artifacts(rc):
+        if not path:
+            raise RestError(f"the `{name}` reward needs {key} (or --reward-model): the directory of a reward model; {TRAIN_A_REWARD_MODEL}")
+        out.append(manifests.require(Path(path), manifests.REWARD_MODEL, key, TRAIN_A_REWARD_MODEL))
+    return out
+
+
+def artifact_dependencies(rc: RewardConfig) -> list[dict[str, Any]]:
+    """The verified manifests of every artifact the configured components read (a RestError says how to make
+    a missing one): what a run checks before it starts and what Grow lists among its parents."""
+    return [m for name in rc.components for m in _dependencies(name, rc)] + [
+        m for name in rc.rules for m in _rule_dependency(name, rc)]
+
+
+_BUILT: dict[tuple, Reward] = {}
+
+
+def component(name: str, rc: RewardConfig) -> Reward:
+    """The scorer of component `name` as configured by `rc`, built once per process (per artifact id for a
+    component that reads an artifact, so a retrained reward model is picked up)."""
+    check_reward_names([name])
+    key = (name, *(m["id"] for m in _dependencies(name, rc)), _DEVICE[0] if COMPONENTS[name].artifacts(rc) else None)
+    if key not in _BUILT:
+        _BUILT[key] = COMPONENTS[name].build(rc)
+    return _BUILT[key]
+
+
+def check_token_scores(name: str, rc: RewardConfig, key: str) -> None:
+    """RestError unless component `name` scores each token (its artifact is a reward model trained with objective:
+    seq2seq): what config key `key` (improve.token_weights) reads from the Grow shards."""
+    specs = [Path(path) / "reward.json" for _, path in COMPONENTS[name].artifacts(rc) if path]
+    objectives = [json.loads(spec.read_text()).get("objective") for spec in specs if spec.is_file()]
+    if "seq2seq" not in objectives:
+        made = f"a reward model trained with objective: {objectives[0]}" if objectives else f"the {name} component"
+        raise RestError(f"{key}: {name} has no per-token scores ({made} gives one number per sample); only a reward "
+                        f"model trained with objective: seq2seq (reward.learned) scores tokens. Set {key}: null, or "
+                        "train one: rest reward train --config configs/reward-numbers-seq2seq.yaml")
+
+
+def token_columns(rewards: Mapping[str, Any]) -> list[str]:
+    """The per-token score columns (`reward_tokens_<name>`) among score_config's outputs."""
+    return [k for k in rewards if k.startswith("reward_tokens_")]
+
+
+def reward_names(rc: RewardConfig) -> list[str]:
+    """The `reward_<name>` columns a reward config writes: its components, `rule_<name>` per rule, then `length`
+    and `format` if set."""
+    return (list(rc.components) + [f"rule_{name}" for name in rc.rules] + (["length"] if rc.length_penalty else [])
+            + (["format"] if rc.format_regex else []))
+
+
+def score_config(rc: RewardConfig, sources: Sequence[str], completions: Sequence[str], references: Sequence[str | None]) -> dict[str, np.ndarray]:
+    """Every component and the total: clip(weighted mean - length_penalty x reward_length, 0, 1) x reward_format,
+    the weighted mean over the components and the rules (`reward_rule_<name>` = 1 - P(violation)): Sparrow's
+    composite of a preference reward, rule models, a length penalty and a format check. A component that also
+    scores each token (a seq2seq reward model) adds `reward_tokens_<name>`: per row, an array of its token scores.
+
+    Each distinct (source, completion, reference) is scored once and its scores copied to its repeats: a policy
+    that has learned its task samples the same completion many times out of N (on the embedded task most of the
+    8), and every component is a function of those three.
+
+    Weights are normalised, so the total stays in [0, 1]: {chrf: 3, exact_match: 1} is 0.75 chrF + 0.25 exact
+    match. `reward_length` is length_deviation (0 = as long as the reference), `reward_format` is format_valid: an
+    output that does not match `format_regex` gets reward 0 whatever its components say.
+    """
+    keys = list(zip(sources, completions, references))
+    first: dict[tuple, int] = {}
+    inverse = np.fromiter((first.setdefault(k, len(first)) for k in keys), dtype=np.int64, count=len(keys))
+    if len(first) < len(keys):
+        d_src, d_comp, d_ref = (list(col) for col in zip(*first)) if first else ([], [], [])
+        return {name: values[inverse] for name, values in _score_rows(rc, d_src, d_comp, d_ref).items()}
+    return _score_rows(rc, sources, completions, references)
+
+
+def _score_rows(rc: RewardConfig, sources: Sequence[str], completions: Sequence[str], references: Sequence[str | None]) -> dict[str, np.ndarray]:
+    total_weight = float(sum(rc.components.values()) + sum(r.weight for r in rc.rules.values()))
+    out: dict[str, np.ndarray] = {}
+    total = np.zeros(len(completions), dtype=np.float64)
+    for name, weight in rc.components.items():
+        scorer = component(name, rc)
+        if hasattr(scorer, "with_tokens"):
+            values, tokens = scorer.with_tokens(sources, completions, references)
+            out[f"reward_tokens_{name}"] = np.empty(len(tokens), dtype=object)
+            out[f"reward_tokens_{name}"][:] = [t.astype(np.float32) for t in tokens]
+        else:
+            values = scorer(sources, completions, references)
+        out[f"reward_{name}"] = values
+        total += (weight / total_weight) * values
+    for name, spec in rc.rules.items():
+        values = np.asarray(rule(name, rc)(sources, completions, references), dtype=np.float64)
+        out[f"reward_rule_{name}"] = values
+        total += (spec.weight / total_weight) * values
+    if rc.length_penalty:
+        out["reward_length"] = length_deviation(completions, references)
+        total = np.clip(total - rc.length_penalty * out["reward_length"], 0.0, 1.0)
+    if rc.format_regex:
+        out["reward_format"] = format_valid(completions, rc.format_regex)
+        total = total * out["reward_format"]
+    out["reward"] = total
+    return out
+
+
+def score(
+    components: Mapping[str, float],
+    sources: Sequence[str],
+    completions: Sequence[str],
+    references: Sequence[str | None],
+    learned: str | None = None,
+) -> dict[str, np.ndarray]:
+    """score_config of a plain {component: weight} mapping (no length penalty, no format check)."""
+    return score_config(RewardConfig(components=dict(components), learned=learned), sources, completions, references)

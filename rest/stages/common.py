@@ -1,0 +1,165 @@
+"""What every stage shares: seeds, config slices (an artifact's key), and a policy step's phases: fit, assess, publish.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from rest.artifacts import manifests
+from rest.artifacts.manifests import (
+    publish,
+    run_lock,
+    staging,
+    write_json_atomic,
+)
+from rest.artifacts.run import METRICS_FILE, VALID_OUTPUTS, Run
+from rest.config import (
+    HOW_TO_TRAIN,
+    BCConfig,
+    GrowConfig,
+    ImproveConfig,
+    PolicyOptimFields,
+    RunConfig,
+)
+from rest.data.splits import load_split
+from rest.evaluation.monitors import input_use_line, policy_monitors
+from rest.evaluation.policy import evaluate, target_nll
+from rest.grow import engines
+from rest.improve.objectives import (
+    Batch,
+    Objective,
+)
+from rest.models.policy import Policy
+from rest.stages.preflight import check_run_inputs
+from rest.training import distributed
+from rest.training.loop import train
+
+log = logging.getLogger("rest")
+
+
+def progress_bar(total: int, desc: str) -> tqdm:
+    # Bars on a terminal; in logs (CI, Prefect workers) one line per stage is enough.
+    return tqdm(total=total, desc=desc, leave=False, disable=not sys.stderr.isatty(), dynamic_ncols=True)
+
+
+def derive_seed(*parts: Any) -> int:
+    """A seed from (run seed, stage, step, shard): stable across processes and Python versions (unlike hash())."""
+    return int.from_bytes(hashlib.sha256("/".join(map(str, parts)).encode()).digest()[:8], "little") % (2**63)
+
+
+def start_run(path: Path, cfg: RunConfig) -> Run:
+    """Check every input the config names (nothing is written on bad input, not even the run directory), then
+    start or reopen the run under its lock. What `rest run|grow|improve` and the `rest` flow call."""
+    check_run_inputs(cfg)
+    with run_lock(path):
+        return Run.create(path, cfg)
+
+
+def config_slice(cfg: RunConfig, *keys: str) -> dict[str, Any]:
+    """The part of the config an artifact depends on, by dotted keys: what its manifest records and checks."""
+    full = cfg.model_dump(mode="json")
+    out: dict[str, Any] = {}
+    for key in keys:
+        src, dst = full, out
+        parts = key.split(".")
+        for part in parts[:-1]:
+            src = src[part]
+            dst = dst.setdefault(part, {})
+        dst[parts[-1]] = src[parts[-1]]
+    return out
+
+
+def section_keys(section: str, model: type, leave_out: tuple[str, ...] = ()) -> list[str]:
+    """`section.field` for every field of a config model but `leave_out`: an artifact's lineage follows its config
+    model, so a field added to the model is in the artifact's key without anyone remembering to add it."""
+    return [f"{section}.{name}" for name in model.model_fields if name not in leave_out]
+
+
+# What every policy depends on besides its own training settings (validation metrics use data.valid and reward).
+POLICY_KEYS = ["seed", "data.train", "data.valid", "model", "reward", "eval.max_new_tokens"]
+# Grow: how the work is spread (workers), how vLLM runs and how many steps a run has do not change a step's rows.
+GROW_KEYS = ["seed", "data.grow_on", "data.train", "data.pool", "model.prompt_template", "model.max_source_tokens",
+             *section_keys("grow", GrowConfig, leave_out=("steps", "workers", "vllm")), "reward"]
+# How a training step is computed (config.HOW_TO_TRAIN) is in no artifact's key.
+BC_KEYS = [*POLICY_KEYS, *section_keys("bc", BCConfig, leave_out=HOW_TO_TRAIN)]
+# Improve: every improve.* key but the thresholds list (each step records its own tau).
+IMPROVE_KEYS = [*POLICY_KEYS, *section_keys("improve", ImproveConfig, leave_out=("thresholds", *HOW_TO_TRAIN))]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The phases of a policy step: fit, assess, publish
+
+
+def fit(
+    policy: Policy, batches: list[Batch], optim: PolicyOptimFields, cfg: RunConfig, seed: int, desc: str,
+    objective: Objective | None = None, reference: Policy | None = None,
+) -> dict[str, Any]:
+    """Train `policy` in place on `batches` (one optimiser step each). Returns the training stats."""
+    with progress_bar(len(batches), desc) as bar:
+        def progress(step: int, loss: float) -> None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.3f}")
+
+        return train(policy, batches, optim, cfg.model, seed=seed, objective=objective, reference=reference, on_progress=progress)
+
+
+def assess(run: Run, name: str, policy: Policy, previous: str | None) -> tuple[dict[str, Any], pd.DataFrame, dict[str, Any]]:
+    """Validation metrics, greedy outputs and monitors of a policy (in memory, not yet published).
+
+    Monitors compare with policy-0's outputs (drift) and with `previous`, the policy made just before (alarm);
+    policy-0 itself has no previous and is its own drift base.
+    """
+    cfg = run.config
+    if previous is not None and run.metrics(previous)["valid"] is None:  # not validated (eval.every): the last one that was
+        made = run.assessed_policies()
+        previous = made[-1] if made else None
+    valid_df = load_split(cfg.data.valid, "data.valid")
+    valid, outputs = evaluate(engines.engine_on(policy, cfg), valid_df, cfg)
+    base = outputs if previous is None else pd.read_parquet(run.dir("policy-0") / VALID_OUTPUTS)
+    sources, references = valid_df["source"].tolist(), valid_df["reference"].tolist()
+    shuffled = [sources[j] for j in np.random.default_rng(derive_seed(cfg.seed, "input-probe")).permutation(len(sources))]
+    nlls = (target_nll(policy, sources, references, cfg.model), target_nll(policy, shuffled, references, cfg.model))
+    monitors = policy_monitors(
+        outputs["output"].tolist(), base["output"].tolist(), sources, references,
+        cfg.reward, valid, (previous, run.metrics(previous)["valid"]) if previous else None,
+        seed=derive_seed(cfg.seed, "probes"), nlls=nlls,
+    )
+    if monitors["input"]["ignores_input"]:
+        log.warning("MONITOR: " + input_use_line(name, monitors["input"]))
+    return valid, outputs, monitors
+
+
+def publish_policy(
+    run: Run, name: str, policy: Policy, outputs: pd.DataFrame, metrics: dict[str, Any], parents: list[str],
+    cfg_slice: dict[str, Any], extra: dict[str, Any],
+) -> dict[str, Any]:
+    """Write policy artifact `name`: the policy (save_pretrained), metrics.json and valid_outputs.parquet, in a
+    hidden staging directory renamed into place whole; the manifest that makes it an artifact comes last."""
+    art = run.dir(name)
+    stage = staging(art)
+    manifests.clear(art)  # a partial directory or staging copy left by a crash
+    policy.save(stage)
+    if outputs is not None:  # None: not validated (eval.every)
+        outputs[["source_id", "source", "reference", "output", "reward"]].to_parquet(stage / VALID_OUTPUTS, index=False)
+    write_json_atomic(stage / METRICS_FILE, metrics)
+    os.replace(stage, art)
+    return publish(art, manifests.POLICY, parents, cfg_slice, extra)
+
+
+def train_stats(stats: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in stats.items() if k in ("steps", "examples", "loss_first") or k.endswith("_last")}
+
+
+def dropout_seed(*parts: Any) -> int:
+    """The seed of a training step's dropout masks; each rank of a multi-process step draws its own."""
+    rank, world = distributed.world()
+    return derive_seed(*parts, "dropout") if world == 1 else derive_seed(*parts, "dropout", rank)

@@ -1,0 +1,68 @@
+"""policy-0: behaviour cloning on data.train, the start of every run.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from rest.artifacts.manifests import (
+    existing,
+)
+from rest.artifacts.run import Run
+from rest.data.batching import epoch_batches, text_lengths
+from rest.data.splits import load_split
+from rest.improve.objectives import (
+    Batch,
+    objective_for,
+)
+from rest.models.policy import build_policy, count_parameters
+from rest.stages.common import (
+    BC_KEYS,
+    assess,
+    config_slice,
+    derive_seed,
+    dropout_seed,
+    fit,
+)
+from rest.training import distributed
+
+log = logging.getLogger("rest")
+from rest.stages.common import publish_policy, train_stats
+
+# ---------------------------------------------------------------------------------------------------------------
+# policy-0
+
+
+def make_policy0(run_dir: Path) -> str:
+    """policy-0 = BC(D): a fresh (or pretrained) model trained with token-level NLL on data.train."""
+    run = Run.open(run_dir)
+    cfg = run.config
+    cfg_slice = config_slice(cfg, *BC_KEYS)
+    if existing(run.dir("policy-0"), cfg_slice, []):
+        log.info("policy-0: published, skipping")
+        return "policy-0"
+    if cfg.bc.processes > 1 and not distributed.launched():
+        distributed.launch("policy-0", run_dir, processes=cfg.bc.processes, key="bc.processes")
+        run.verified("policy-0")
+        return "policy-0"
+    train_df = load_split(cfg.data.train, "data.train")
+    sources, targets = train_df["source"].tolist(), train_df["reference"].tolist()
+    policy = build_policy(cfg.model, sources + targets, seed=cfg.seed, device=distributed.rank_device(cfg.device))
+    rng = np.random.default_rng(derive_seed(cfg.seed, "bc"))
+    batches = [
+        Batch([sources[j] for j in idx], [targets[j] for j in idx])
+        for idx in epoch_batches(len(train_df), cfg.bc.batch_size, cfg.bc.steps, rng,
+                                 text_lengths(sources, targets) if cfg.bc.group_by_length else None)
+    ]
+    stats = fit(policy, batches, cfg.bc, cfg, dropout_seed(cfg.seed, "bc"), "policy-0", objective_for(cfg.bc))
+    if distributed.world()[0] != 0:
+        return "policy-0"  # rank 0 validates and publishes
+    valid, outputs, monitors = assess(run, "policy-0", policy, previous=None)
+    metrics = {"valid": valid, "train": train_stats(stats), "monitors": monitors}
+    publish_policy(run, "policy-0", policy, outputs, metrics, [], cfg_slice,
+                   {"parameters": count_parameters(policy.model), "timing": stats})
+    log.info(f"policy-0: BC {stats['steps']} steps ({stats['examples_per_s']:.0f} ex/s), valid exact match {valid['exact_match']:.1f}, chrF {valid['chrf']:.1f}")
+    return "policy-0"

@@ -1,0 +1,2 @@
+"""The one training loop (loop) and its processes under torchrun (distributed).
+"""
