@@ -22,7 +22,7 @@ import yaml
 
 from rest.artifacts import manifests
 from rest.artifacts.manifests import CONFIG_FILE, MANIFEST, RUN_RECORD
-from rest.config import HOW_TO_TRAIN, RunConfig, config_from_dict, dump_config
+from rest.config import RunConfig, config_from_dict, dump_config, unkeyed_keys
 from rest.errors import RestError
 
 METRICS_FILE = "metrics.json"  # in every policy artifact
@@ -30,8 +30,8 @@ VALID_OUTPUTS = "valid_outputs.parquet"  # in every policy artifact: its greedy 
 
 # Config keys whose change does not touch any finished artifact: a run may be extended or resumed with them changed
 # (how the work is spread, where it runs and where it is tracked do not change what it makes).
-EXTENDABLE = ("grow.steps", "grow.workers", "grow.vllm", "orchestration.", "tracking.", "device",
-              *(f"{section}.{key}" for section in ("bc", "improve") for key in HOW_TO_TRAIN))
+# The config marks them (IN_NO_KEY in rest/config/schema.py).
+EXTENDABLE = tuple(unkeyed_keys(RunConfig))
 
 _OPEN: dict[tuple, Run] = {}
 log = logging.getLogger("rest")

@@ -2,6 +2,7 @@
 (reward_model). Everything is importable from here: `from rest.config import RunConfig, load_config`.
 """
 
+from rest.config.components import REWARD_COMPONENTS, ComponentSpec, check_reward_names
 from rest.config.loading import (
     ConfigOverrides,
     apply_overrides,
@@ -18,8 +19,7 @@ from rest.config.reward_model import (
 )
 from rest.config.schema import (
     DEVICE_PATTERN,
-    HOW_TO_TRAIN,
-    REWARD_COMPONENTS,
+    IN_NO_KEY,
     BCConfig,
     DaskConfig,
     DataConfig,
@@ -38,7 +38,8 @@ from rest.config.schema import (
     Section,
     TrackingConfig,
     VllmConfig,
-    check_reward_names,
+    in_key,
+    unkeyed_keys,
 )
 
-__all__ = ['REWARD_COMPONENTS', 'check_reward_names', 'Section', 'DataConfig', 'DEVICE_PATTERN', 'ModelConfig', 'OptimFields', 'LoraConfig', 'HOW_TO_TRAIN', 'PolicyOptimFields', 'BCConfig', 'VllmConfig', 'GrowConfig', 'RuleConfig', 'RewardConfig', 'PreferenceConfig', 'ImproveConfig', 'EvalConfig', 'DaskConfig', 'OrchestrationConfig', 'TrackingConfig', 'RunConfig', 'ConfigOverrides', 'overrides_dict', 'apply_overrides', 'config_from_dict', 'load_config', 'dump_config', 'RMDataConfig', 'RMModelConfig', 'RMTrainConfig', 'RewardModelConfig']
+__all__ = ['REWARD_COMPONENTS', 'ComponentSpec', 'check_reward_names', 'Section', 'DataConfig', 'DEVICE_PATTERN', 'ModelConfig', 'OptimFields', 'LoraConfig', 'IN_NO_KEY', 'in_key', 'unkeyed_keys', 'PolicyOptimFields', 'BCConfig', 'VllmConfig', 'GrowConfig', 'RuleConfig', 'RewardConfig', 'PreferenceConfig', 'ImproveConfig', 'EvalConfig', 'DaskConfig', 'OrchestrationConfig', 'TrackingConfig', 'RunConfig', 'ConfigOverrides', 'overrides_dict', 'apply_overrides', 'config_from_dict', 'load_config', 'dump_config', 'RMDataConfig', 'RMModelConfig', 'RMTrainConfig', 'RewardModelConfig']

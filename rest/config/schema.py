@@ -6,7 +6,6 @@ form. Rules that span sections live in `RunConfig._cross_stage`.
 
 from __future__ import annotations
 
-import difflib
 import re
 from typing import Annotated, Any, Literal
 
@@ -18,17 +17,29 @@ from pydantic import (
     model_validator,
 )
 
-# The reward components a config may name (rest/rewards.py COMPONENTS builds them; the two lists must agree).
-REWARD_COMPONENTS = ("chrf", "bleu", "ter", "exact_match", "learned")
+from rest.config.components import check_reward_names
+
+# A field marked IN_NO_KEY changes nothing an artifact holds (how the work is spread, where it runs, how a training
+# step is computed, where it is tracked): it is in no artifact's key, and a run may be resumed with it changed.
+IN_NO_KEY = {"in_key": False}
 
 
-def check_reward_names(names) -> None:
-    """ValueError with a "did you mean" for a name that is not in REWARD_COMPONENTS."""
-    for name in names:
-        if name not in REWARD_COMPONENTS:
-            close = difflib.get_close_matches(name, REWARD_COMPONENTS, n=1)
-            hint = f" did you mean `{close[0]}`?" if close else ""
-            raise ValueError(f"unknown reward {name!r}.{hint} Known rewards: {', '.join(REWARD_COMPONENTS)}")
+def in_key(field: Any) -> bool:
+    """Whether a config field is part of the key of the artifacts its section makes."""
+    extra = field.json_schema_extra
+    return not isinstance(extra, dict) or extra.get("in_key", True) is not False
+
+
+def unkeyed_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
+    """The dotted keys marked IN_NO_KEY under `model` (a marked section: every key under it)."""
+    out = []
+    for name, field in model.model_fields.items():
+        ann = field.annotation
+        if not in_key(field):
+            out.append(prefix + name)
+        elif isinstance(ann, type) and issubclass(ann, BaseModel):
+            out.extend(unkeyed_keys(ann, prefix + name + "."))
+    return out
 
 
 class Section(BaseModel):
@@ -129,7 +140,6 @@ class LoraConfig(Section):
 
 # How a training step is computed, not what it computes (the same gradient up to float sums): a run may be resumed
 # with them changed (a smaller micro-batch after running out of memory), so they are in no artifact's key.
-HOW_TO_TRAIN = ("micro_batch_size", "gradient_checkpointing", "processes", "strategy")
 
 
 class PolicyOptimFields(OptimFields):
@@ -151,25 +161,25 @@ class PolicyOptimFields(OptimFields):
         "GPUs from Ampere on); fp16: float16 autocast with a gradient scaler (older GPUs). Weights stay float32",
     )
     processes: int = Field(
-        1, ge=1,
+        1, json_schema_extra=IN_NO_KEY, ge=1,
         description="data-parallel training processes (torchrun; one per GPU, or CPU processes with gloo): each "
         "computes its share of every batch, one all-reduce per step makes the gradient the whole batch's (the "
         "same step as one process with micro-batches); only the first validates and publishes (rest/distributed.py)",
     )
     strategy: Literal["ddp", "fsdp"] = Field(
-        "ddp",
+        "ddp", json_schema_extra=IN_NO_KEY,
         description="with processes > 1: ddp, every process holds the whole model (the gradients are summed); "
         "fsdp, torch's fully_shard: weights, gradients and optimiser state sharded over the processes, for a model "
         "whose full fine-tuning does not fit one GPU (not with lora: a LoRA step's frozen base fits, use ddp)",
     )
     micro_batch_size: int | None = Field(
-        None, ge=1,
+        None, json_schema_extra=IN_NO_KEY, ge=1,
         description="sequences per forward/backward pass; a step accumulates the gradients of batch_size / "
         "micro_batch_size of them, normalised over the whole batch (the same step as one pass, up to float sums). "
         "null: the whole batch at once. Lower it when a batch does not fit in memory",
     )
     gradient_checkpointing: bool = Field(
-        False, description="recompute activations in the backward pass: less memory, ~30% more compute"
+        False, json_schema_extra=IN_NO_KEY, description="recompute activations in the backward pass: less memory, ~30% more compute"
     )
     lora: LoraConfig | None = Field(
         None,
@@ -231,7 +241,7 @@ class VllmConfig(Section):
 class GrowConfig(Section):
     """Grow: N samples per source from the current policy, scored and written as Parquet shards."""
 
-    steps: int = Field(2, ge=0, description="G, the number of Grow steps of `rest run`")
+    steps: int = Field(2, json_schema_extra=IN_NO_KEY, ge=0, description="G, the number of Grow steps of `rest run`")
     num_samples: int = Field(8, ge=1, description="N samples per source")
     temperature: float = Field(1.0, gt=0, description="sampling temperature; 1.0 samples the policy itself")
     top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling mass; 1.0 turns it off")
@@ -244,14 +254,14 @@ class GrowConfig(Section):
         description="a fresh 'superbatch' of this many sources per Grow step (SuperHF): step g takes the next slice "
         "of a seeded shuffle of the Grow sources, reshuffled each time they are used up; null: every source, every step",
     )
-    workers: int = Field(1, ge=1, description="shards sampled at once (threads); on CPU torch already uses every core")
+    workers: int = Field(1, json_schema_extra=IN_NO_KEY, ge=1, description="shards sampled at once (threads); on CPU torch already uses every core")
     engine: Literal["torch", "vllm"] = Field(
         "torch", description="what samples: torch (our batched decoding loop on the transformers model) or vllm "
         "(decoder-only policies; `grow.vllm` says how it runs); rest/engines.py. Part of the Grow step's key, so "
         "shards of two engines never mix. Sampling a policy-0 or a published policy for `rest eval` and best-of-N "
         "uses it too; a policy just trained is validated with torch"
     )
-    vllm: VllmConfig = Field(default_factory=lambda: VllmConfig(), description="how the vllm engine runs (in no key)")
+    vllm: VllmConfig = Field(json_schema_extra=IN_NO_KEY, default_factory=lambda: VllmConfig(), description="how the vllm engine runs")
 
 
 class RuleConfig(Section):
@@ -509,7 +519,7 @@ class RunConfig(Section):
 
     seed: int = Field(0, description="drives init, data order and every Grow shard's sampling seed")
     device: str = Field(
-        "auto", pattern=DEVICE_PATTERN,
+        "auto", json_schema_extra=IN_NO_KEY, pattern=DEVICE_PATTERN,
         description="where every model of the run works (BC, Grow, Improve, evaluation, reward models): auto (a "
         "GPU when torch sees one, else the CPU), cpu, cuda, cuda:N or mps",
     )
@@ -520,8 +530,8 @@ class RunConfig(Section):
     reward: RewardConfig = RewardConfig()
     improve: ImproveConfig = ImproveConfig()
     eval: EvalConfig = EvalConfig()
-    orchestration: OrchestrationConfig = OrchestrationConfig()
-    tracking: TrackingConfig = TrackingConfig()
+    orchestration: OrchestrationConfig = Field(default_factory=OrchestrationConfig, json_schema_extra=IN_NO_KEY)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig, json_schema_extra=IN_NO_KEY)
 
     @model_validator(mode="after")
     def _cross_stage(self) -> RunConfig:

@@ -130,13 +130,14 @@ def probe_reward(reward: Reward, sources: Sequence[str], references: Sequence[st
     return out
 
 
-def probe_rewards(reward_cfg, sources: Sequence[str], references: Sequence[str], seed: int = 0) -> dict[str, Any]:
+def probe_rewards(reward_cfg, sources: Sequence[str], references: Sequence[str], seed: int = 0,
+                  device: str = "cpu") -> dict[str, Any]:
     """probe_reward for every configured component and for the total (`reward`) of a RewardConfig
     (or a plain {component: weight} mapping)."""
     if isinstance(reward_cfg, Mapping):
         reward_cfg = RewardConfig(components=dict(reward_cfg))
-    probes = {name: probe_reward(component(name, reward_cfg), sources, references, seed) for name in reward_cfg.components}
-    probes["reward"] = probe_reward(lambda s, c, r: score_config(reward_cfg, s, c, r)["reward"], sources, references, seed)
+    probes = {name: probe_reward(component(name, reward_cfg, device), sources, references, seed) for name in reward_cfg.components}
+    probes["reward"] = probe_reward(lambda s, c, r: score_config(reward_cfg, s, c, r, device)["reward"], sources, references, seed)
     return probes
 
 
@@ -230,10 +231,11 @@ def policy_monitors(
     previous: tuple[str, Mapping[str, float]] | None,
     seed: int = 0,
     nlls: tuple[float, float] | None = None,
+    device: str = "cpu",
 ) -> dict[str, Any]:
     """Every monitor of one policy, as stored under `monitors` in its metrics.json. `nlls`: the references' NLL
     with their own sources and with shuffled sources (the `input` monitor)."""
-    probes = probe_rewards(components, sources, references, seed)
+    probes = probe_rewards(components, sources, references, seed, device)
     fired = alarm(previous[1] if previous else None, valid)
     fired["previous"] = previous[0] if previous else None
     out = {

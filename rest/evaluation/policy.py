@@ -26,7 +26,7 @@ def evaluate(engine: Engine, df: pd.DataFrame, cfg: RunConfig) -> tuple[dict[str
     sources = df["source"].tolist()
     references = df["reference"].tolist()
     out = engine.greedy(sources, max_new_tokens=cfg.eval.max_new_tokens)
-    rewards = score_config(cfg.reward, sources, out.completions, references)["reward"]
+    rewards = score_config(cfg.reward, sources, out.completions, references, engine.device)["reward"]
     metrics = corpus_metrics(out.completions, references)
     metrics["reward"] = round(float(np.mean(rewards)), 4)
     metrics["completion_tokens"] = round(float(np.mean(out.num_tokens)), 2)

@@ -1,17 +1,28 @@
-"""What a Grow engine is: the protocol every engine implements, and the seed of each source's request.
+"""What a Grow engine is: the protocol every engine implements, the spec each engine module exports (`ENGINE`), and
+the seed of each source's request.
+
+An engine lives in one module, rest/grow/engine_<name>.py, that exports `ENGINE = EngineSpec(...)`; `grow.engine:
+<name>` finds it by that name. What the engine needs besides: its name in the Literal of `grow.engine`, and, if it
+has settings, a section of GrowConfig marked `in_key=False` when they change no sample (rest/config/schema.py).
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
-from typing import Protocol
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
 
 from rest.models.sampling import Generation
+
+if TYPE_CHECKING:
+    from rest.config import RunConfig
 
 
 class Engine(Protocol):
     name: str
+    device: str  # where the policy runs: a learned reward scores its samples there too
 
     def sample(
         self, sources: list[str], *, num_samples: int, temperature: float, top_p: float, top_k: int,
@@ -27,3 +38,20 @@ def request_seed(seed: int, index: int) -> int:
     """The seed of source `index`'s request in a call seeded `seed`. vLLM seeds sample k of a request with seed + k,
     so neighbouring seeds would share samples: these are hashed apart (63 bits)."""
     return int.from_bytes(hashlib.sha256(f"{seed}/{index}".encode()).digest()[:8], "little") % (2**63)
+
+
+def _no_check(cfg: RunConfig) -> None:
+    pass
+
+
+@dataclass(frozen=True)
+class EngineSpec:
+    """An engine as the pipeline sees it.
+
+    load:  (published policy directory, config) -> the engine; engine_for caches it per process
+    check: config -> None, or a RestError naming the key and the fix: run before a run writes anything
+    """
+
+    name: str
+    load: Callable[[Path, RunConfig], Engine]
+    check: Callable[[RunConfig], None] = field(default=_no_check)

@@ -4,7 +4,8 @@
 from __future__ import annotations
 
 from rest.config import RunConfig
-from rest.models.policy import Policy
+from rest.grow.base import EngineSpec
+from rest.models.policy import Policy, load_policy
 from rest.models.sampling import generate
 
 
@@ -15,6 +16,7 @@ class TorchEngine:
 
     def __init__(self, policy: Policy, cfg: RunConfig):
         self.policy = policy
+        self.device = cfg.device
         self.model_cfg = cfg.model
         self.batch_size = cfg.grow.batch_size
         self.eval_batch_size = cfg.eval.batch_size
@@ -32,3 +34,7 @@ class TorchEngine:
 
     def close(self) -> None:
         pass  # the model goes with the engine
+
+
+ENGINE = EngineSpec(
+    "torch", lambda policy_dir, cfg: TorchEngine(load_policy(policy_dir, device=cfg.device, dtype=cfg.model.dtype), cfg))

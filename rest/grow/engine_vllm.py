@@ -16,8 +16,8 @@ from transformers import AutoConfig
 from rest.config import RunConfig
 from rest.errors import RestError
 from rest.grow import vllm_worker
-from rest.grow.base import request_seed
-from rest.models.checkpoints import quiet
+from rest.grow.base import EngineSpec, request_seed
+from rest.models.checkpoints import model_config, quiet
 from rest.models.policy import encode_prompts, load_tokenizer
 from rest.models.sampling import Generation
 
@@ -27,8 +27,11 @@ def vllm_python(cfg: RunConfig) -> str:
     return cfg.grow.vllm.python or os.environ.get("REST_VLLM_PYTHON") or sys.executable
 
 
-def check_vllm(cfg: RunConfig, is_encoder_decoder: bool) -> None:
-    """Before a run writes anything: vLLM samples decoder-only policies, and its interpreter has vllm."""
+def check_vllm(cfg: RunConfig, is_encoder_decoder: bool | None = None) -> None:
+    """Before a run writes anything: vLLM samples decoder-only policies, and its interpreter has vllm.
+    `is_encoder_decoder`: the policy's, when known (else read from the model config)."""
+    if is_encoder_decoder is None:
+        is_encoder_decoder = bool(model_config(cfg.model).is_encoder_decoder)
     if is_encoder_decoder:
         raise RestError("grow.engine: vllm samples decoder-only policies; this model is an encoder-decoder (vLLM has "
                         "no encoder-decoder support worth using): use grow.engine: torch")
@@ -60,6 +63,7 @@ class VllmEngine:
         self.tokenizer = load_tokenizer(policy_dir)
         self.model_cfg = cfg.model
         self.failed = False
+        self.device = cfg.device
         self.lock = threading.Lock()  # one request at a time on the pipe (shards may run on threads)
         env = dict(os.environ)
         env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
@@ -157,3 +161,6 @@ def _kill_tree(proc: subprocess.Popen) -> None:
             pass
     proc.kill()
     proc.wait()
+
+
+ENGINE = EngineSpec("vllm", VllmEngine, check=check_vllm)

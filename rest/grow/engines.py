@@ -13,24 +13,29 @@ is part of the Grow plan's key, so shards of two engines are never mixed in one 
 
 from __future__ import annotations
 
+import importlib
 import threading
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 from rest.config import RunConfig
-from rest.grow.base import Engine
+from rest.errors import RestError
+from rest.grow.base import Engine, EngineSpec
 from rest.grow.engine_torch import TorchEngine
-from rest.grow.engine_vllm import VllmEngine
-from rest.models.policy import Policy, load_policy
-from rest.rewards import components
+from rest.models.policy import Policy
 
-# Engines made from a published policy directory; an in-memory policy (just trained) is always sampled with torch.
-ENGINES: dict[str, Callable[[Path, RunConfig], Engine]] = {
-    "torch": lambda policy_dir, cfg: TorchEngine(load_policy(policy_dir, device=cfg.device, dtype=cfg.model.dtype), cfg),
-    "vllm": VllmEngine,
-}
+
+def engine_spec(name: str) -> EngineSpec:
+    """The spec of `grow.engine: name`: `ENGINE` of rest/grow/engine_<name>.py."""
+    try:
+        module = importlib.import_module(f"rest.grow.engine_{name}")
+    except ModuleNotFoundError as exc:
+        if exc.name != f"rest.grow.engine_{name}":
+            raise
+        raise RestError(f"grow.engine: {name!r} has no module rest/grow/engine_{name}.py") from None
+    return module.ENGINE
+
 
 _CACHE: dict[tuple, Engine] = {}
 # shards of one process may run on threads: one engine (one model load) for all.
@@ -65,18 +70,16 @@ def engine_for(cfg: RunConfig, policy_dir: Path, policy_id: str) -> Engine:
         cfg = cfg.model_copy(update={"device": device})
     key = (cfg.grow.engine, str(Path(policy_dir).resolve()), policy_id, cfg.model.model_dump_json(), cfg.device,
            cfg.grow.batch_size, cfg.eval.batch_size)
-    components.use_device(cfg.device)
     with _LOCK:
         if key not in _CACHE or getattr(_CACHE[key], "failed", False):  # a failed engine has ended: start anew
             _clear()
-            _CACHE[key] = ENGINES[cfg.grow.engine](Path(policy_dir), cfg)
+            _CACHE[key] = engine_spec(cfg.grow.engine).load(Path(policy_dir), cfg)
         return _CACHE[key]
 
 
 def engine_on(policy: Policy, cfg: RunConfig) -> Engine:
     """The torch engine on a policy already in memory (just trained, not yet published): not cached. vLLM loads
     from a directory, and validating a step's policy is a few greedy batches: saving it for vLLM would cost more."""
-    components.use_device(cfg.device)
     return TorchEngine(policy, cfg)
 
 

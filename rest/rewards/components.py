@@ -4,19 +4,19 @@
     >>> score_config(RewardConfig(components={"chrf": 3.0, "exact_match": 1.0}), ["1"], ["einz"], ["eins"])["reward_exact_match"]
     array([0.])
 
-A component kind (`COMPONENTS`) says how its scorer is built from the reward config, whether it reads the reference,
-and which artifacts it depends on: their ids join the parents of every Grow step scored with it, so a shard can be
-traced to the reward model that scored it. `score_config` returns one array per component (`reward_<name>`) and
+A component's spec (rest/config/components.py, the one registry) says where its builder is, whether it reads the
+reference, and which artifacts it depends on: their ids join the parents of every Grow step scored with it, so a
+shard can be traced to the reward model that scored it. `score_config` returns one array per component (`reward_<name>`) and
 the total (`reward`), which is what the Grow shards store. Every component is normalised to [0, 1] so that
 thresholds mean the same across rewards.
 
-Adding a component: a scorer (a function of the three lists, or a builder that reads its own config fields), an
-entry in COMPONENTS here, and its name in config.REWARD_COMPONENTS (which validates configs without importing
-this module).
+Adding a component: a builder `(name, reward config, device) -> scorer` (here or in a module of its own) and its
+entry in rest/config/components.py. A learned reward loads on `device`, the device of the policy being scored.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import multiprocessing
 import os
@@ -26,7 +26,6 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,24 +41,9 @@ Reward = Callable[[Sequence[str], Sequence[str], Sequence[str | None]], np.ndarr
 TRAIN_A_REWARD_MODEL = manifests.HOW_TO_MAKE[manifests.REWARD_MODEL]
 
 
-@dataclass(frozen=True)
-class Component:
-    """One kind of reward component.
-
-    build:     RewardConfig -> the scorer (called once per process and config; it may load a model)
-    needs_reference: whether the scorer compares with the reference (Grow sources may lack one otherwise)
-    artifacts: RewardConfig -> [(config key, artifact directory)] the scorer reads: checked before a run starts,
-               and their manifest ids are parents of the Grow steps it scores
-    """
-
-    name: str
-    needs_reference: bool
-    build: Callable[[RewardConfig], Reward]
-    artifacts: Callable[[RewardConfig], list[tuple[str, str]]] = field(default=lambda rc: [])
-
-
-def _metric(name: str) -> Component:
-    return Component(name, needs_reference=True, build=lambda rc: _in_parallel(name))
+def metric_scorer(name: str, rc: RewardConfig, device: str) -> Reward:
+    """Sentence metric `name` (chrf, bleu, ter, exact_match) against the reference: see _in_parallel."""
+    return _in_parallel(name)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -141,21 +125,12 @@ def _in_parallel(name: str) -> Reward:
     return scored
 
 
-# Where a learned reward model is loaded: the device of the policy this process runs (rest.engines sets it when it
-# creates an engine, so that Grow, evaluation and best-of-N score on the device they sample on).
-_DEVICE = ["cpu"]
-
-
-def use_device(device: str) -> None:
-    """Load learned reward models on `device` (a `device` setting: auto, cpu, cuda, cuda:N, mps) from now on."""
-    _DEVICE[0] = device
-
-
-def _learned(rc: RewardConfig) -> Reward:
+def learned_scorer(name: str, rc: RewardConfig, device: str) -> Reward:
+    """The reward model at reward.learned, loaded on `device`."""
     # Imported here, not at the top: torch and transformers load only when a learned reward is used.
     from rest.rewards.reward_model import load_reward_model
 
-    rm = load_reward_model(rc.learned, device=_DEVICE[0])
+    rm = load_reward_model(rc.learned, device=device)
 
     def scored(sources, completions, references):
         return rm.score(sources, completions)
@@ -165,14 +140,14 @@ def _learned(rc: RewardConfig) -> Reward:
     return scored
 
 
-COMPONENTS: dict[str, Component] = {
-    **{name: _metric(name) for name in SENTENCE_METRICS},
-    "learned": Component(
-        "learned", needs_reference=False, build=_learned,
-        artifacts=lambda rc: [("reward.learned", rc.learned)],
-    ),
-}
-assert list(COMPONENTS) == list(REWARD_COMPONENTS), "config.REWARD_COMPONENTS and rewards.COMPONENTS must agree"
+def _artifacts(name: str, rc: RewardConfig) -> list[tuple[str, str | None]]:
+    """(config key, artifact directory) of every artifact component `name` reads."""
+    return [(f"reward.{f}", getattr(rc, f)) for f in REWARD_COMPONENTS[name].artifact_fields]
+
+
+def _builder(name: str) -> Callable[[str, RewardConfig, str], Reward]:
+    module, _, function = REWARD_COMPONENTS[name].build.partition(":")
+    return getattr(importlib.import_module(module), function)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -193,10 +168,10 @@ def _rule_dependency(name: str, rc: RewardConfig) -> list[dict[str, Any]]:
     return [manifest]
 
 
-def rule(name: str, rc: RewardConfig) -> Reward:
+def rule(name: str, rc: RewardConfig, device: str = "cpu") -> Reward:
     """Rule `name`'s scorer, 1 - P(violation) per output, built once per process (per classifier artifact id)."""
     spec = rc.rules[name]
-    key = ("rule", spec.regex, *(m["id"] for m in _rule_dependency(name, rc)), _DEVICE[0] if spec.model else None)
+    key = ("rule", spec.regex, *(m["id"] for m in _rule_dependency(name, rc)), device if spec.model else None)
     if key not in _BUILT:
         if spec.regex is not None:
             pattern = re.compile(spec.regex)
@@ -205,19 +180,19 @@ def rule(name: str, rc: RewardConfig) -> Reward:
         else:
             from rest.rewards.reward_model import load_reward_model
 
-            rm = load_reward_model(spec.model, device=_DEVICE[0])
+            rm = load_reward_model(spec.model, device=device)
             _BUILT[key] = lambda sources, completions, references: 1.0 - rm.score(sources, completions)
     return _BUILT[key]
 
 
 def needs_reference(rc: RewardConfig) -> bool:
     """False when every component reads only (source, completion): Grow sources may then lack references."""
-    return any(COMPONENTS[name].needs_reference for name in rc.components) or bool(rc.length_penalty)
+    return any(REWARD_COMPONENTS[name].needs_reference for name in rc.components) or bool(rc.length_penalty)
 
 
 def _dependencies(name: str, rc: RewardConfig) -> list[dict[str, Any]]:
     out = []
-    for key, path in COMPONENTS[name].artifacts(rc):
+    for key, path in _artifacts(name, rc):
         if not path:
             raise RestError(f"the `{name}` reward needs {key} (or --reward-model): the directory of a reward model; {TRAIN_A_REWARD_MODEL}")
         out.append(manifests.require(Path(path), manifests.REWARD_MODEL, key, TRAIN_A_REWARD_MODEL))
@@ -234,20 +209,21 @@ def artifact_dependencies(rc: RewardConfig) -> list[dict[str, Any]]:
 _BUILT: dict[tuple, Reward] = {}
 
 
-def component(name: str, rc: RewardConfig) -> Reward:
-    """The scorer of component `name` as configured by `rc`, built once per process (per artifact id for a
-    component that reads an artifact, so a retrained reward model is picked up)."""
+def component(name: str, rc: RewardConfig, device: str = "cpu") -> Reward:
+    """The scorer of component `name` as configured by `rc`, built once per process (per artifact id and device for
+    a component that reads an artifact, so a retrained reward model is picked up). A learned reward loads on
+    `device` (a `device` setting: auto, cpu, cuda, cuda:N, mps)."""
     check_reward_names([name])
-    key = (name, *(m["id"] for m in _dependencies(name, rc)), _DEVICE[0] if COMPONENTS[name].artifacts(rc) else None)
+    key = (name, *(m["id"] for m in _dependencies(name, rc)), device if _artifacts(name, rc) else None)
     if key not in _BUILT:
-        _BUILT[key] = COMPONENTS[name].build(rc)
+        _BUILT[key] = _builder(name)(name, rc, device)
     return _BUILT[key]
 
 
 def check_token_scores(name: str, rc: RewardConfig, key: str) -> None:
     """RestError unless component `name` scores each token (its artifact is a reward model trained with objective:
     seq2seq): what config key `key` (improve.token_weights) reads from the Grow shards."""
-    specs = [Path(path) / "reward.json" for _, path in COMPONENTS[name].artifacts(rc) if path]
+    specs = [Path(path) / "reward.json" for _, path in _artifacts(name, rc) if path]
     objectives = [json.loads(spec.read_text()).get("objective") for spec in specs if spec.is_file()]
     if "seq2seq" not in objectives:
         made = f"a reward model trained with objective: {objectives[0]}" if objectives else f"the {name} component"
@@ -268,7 +244,8 @@ def reward_names(rc: RewardConfig) -> list[str]:
             + (["format"] if rc.format_regex else []))
 
 
-def score_config(rc: RewardConfig, sources: Sequence[str], completions: Sequence[str], references: Sequence[str | None]) -> dict[str, np.ndarray]:
+def score_config(rc: RewardConfig, sources: Sequence[str], completions: Sequence[str], references: Sequence[str | None],
+                 device: str = "cpu") -> dict[str, np.ndarray]:
     """Every component and the total: clip(weighted mean - length_penalty x reward_length, 0, 1) x reward_format,
     the weighted mean over the components and the rules (`reward_rule_<name>` = 1 - P(violation)): Sparrow's
     composite of a preference reward, rule models, a length penalty and a format check. A component that also
@@ -279,7 +256,7 @@ def score_config(rc: RewardConfig, sources: Sequence[str], completions: Sequence
     8), and every component is a function of those three.
 
     Weights are normalised, so the total stays in [0, 1]: {chrf: 3, exact_match: 1} is 0.75 chrF + 0.25 exact
-    match. `reward_length` is length_deviation (0 = as long as the reference), `reward_format` is format_valid: an
+    match. A learned reward scores on `device`. `reward_length` is length_deviation (0 = as long as the reference), `reward_format` is format_valid: an
     output that does not match `format_regex` gets reward 0 whatever its components say.
     """
     keys = list(zip(sources, completions, references))
@@ -287,16 +264,17 @@ def score_config(rc: RewardConfig, sources: Sequence[str], completions: Sequence
     inverse = np.fromiter((first.setdefault(k, len(first)) for k in keys), dtype=np.int64, count=len(keys))
     if len(first) < len(keys):
         d_src, d_comp, d_ref = (list(col) for col in zip(*first)) if first else ([], [], [])
-        return {name: values[inverse] for name, values in _score_rows(rc, d_src, d_comp, d_ref).items()}
-    return _score_rows(rc, sources, completions, references)
+        return {name: values[inverse] for name, values in _score_rows(rc, d_src, d_comp, d_ref, device).items()}
+    return _score_rows(rc, sources, completions, references, device)
 
 
-def _score_rows(rc: RewardConfig, sources: Sequence[str], completions: Sequence[str], references: Sequence[str | None]) -> dict[str, np.ndarray]:
+def _score_rows(rc: RewardConfig, sources: Sequence[str], completions: Sequence[str], references: Sequence[str | None],
+                device: str) -> dict[str, np.ndarray]:
     total_weight = float(sum(rc.components.values()) + sum(r.weight for r in rc.rules.values()))
     out: dict[str, np.ndarray] = {}
     total = np.zeros(len(completions), dtype=np.float64)
     for name, weight in rc.components.items():
-        scorer = component(name, rc)
+        scorer = component(name, rc, device)
         if hasattr(scorer, "with_tokens"):
             values, tokens = scorer.with_tokens(sources, completions, references)
             out[f"reward_tokens_{name}"] = np.empty(len(tokens), dtype=object)
@@ -306,7 +284,7 @@ def _score_rows(rc: RewardConfig, sources: Sequence[str], completions: Sequence[
         out[f"reward_{name}"] = values
         total += (weight / total_weight) * values
     for name, spec in rc.rules.items():
-        values = np.asarray(rule(name, rc)(sources, completions, references), dtype=np.float64)
+        values = np.asarray(rule(name, rc, device)(sources, completions, references), dtype=np.float64)
         out[f"reward_rule_{name}"] = values
         total += (spec.weight / total_weight) * values
     if rc.length_penalty:
@@ -325,6 +303,7 @@ def score(
     completions: Sequence[str],
     references: Sequence[str | None],
     learned: str | None = None,
+    device: str = "cpu",
 ) -> dict[str, np.ndarray]:
     """score_config of a plain {component: weight} mapping (no length penalty, no format check)."""
-    return score_config(RewardConfig(components=dict(components), learned=learned), sources, completions, references)
+    return score_config(RewardConfig(components=dict(components), learned=learned), sources, completions, references, device)

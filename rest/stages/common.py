@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from pydantic import BaseModel
 from tqdm.auto import tqdm
 
 from rest.artifacts import manifests
@@ -23,12 +24,12 @@ from rest.artifacts.manifests import (
 )
 from rest.artifacts.run import METRICS_FILE, VALID_OUTPUTS, Run
 from rest.config import (
-    HOW_TO_TRAIN,
     BCConfig,
     GrowConfig,
     ImproveConfig,
     PolicyOptimFields,
     RunConfig,
+    in_key,
 )
 from rest.data.splits import load_split
 from rest.evaluation.monitors import input_use_line, policy_monitors
@@ -78,21 +79,22 @@ def config_slice(cfg: RunConfig, *keys: str) -> dict[str, Any]:
     return out
 
 
-def section_keys(section: str, model: type, leave_out: tuple[str, ...] = ()) -> list[str]:
-    """`section.field` for every field of a config model but `leave_out`: an artifact's lineage follows its config
-    model, so a field added to the model is in the artifact's key without anyone remembering to add it."""
-    return [f"{section}.{name}" for name in model.model_fields if name not in leave_out]
+def section_keys(section: str, model: type[BaseModel], leave_out: tuple[str, ...] = ()) -> list[str]:
+    """`section.field` for every field of a config model but `leave_out` and those marked IN_NO_KEY: an artifact's
+    lineage follows its config model, so a field added to the model is in the artifact's key without anyone
+    remembering to add it."""
+    return [f"{section}.{name}" for name, field in model.model_fields.items() if name not in leave_out and in_key(field)]
 
 
 # What every policy depends on besides its own training settings (validation metrics use data.valid and reward).
 POLICY_KEYS = ["seed", "data.train", "data.valid", "model", "reward", "eval.max_new_tokens"]
-# Grow: how the work is spread (workers), how vLLM runs and how many steps a run has do not change a step's rows.
+# Grow: fields marked IN_NO_KEY (workers, the engine's own settings, the number of steps) change no step's rows.
 GROW_KEYS = ["seed", "data.grow_on", "data.train", "data.pool", "model.prompt_template", "model.max_source_tokens",
-             *section_keys("grow", GrowConfig, leave_out=("steps", "workers", "vllm")), "reward"]
-# How a training step is computed (config.HOW_TO_TRAIN) is in no artifact's key.
-BC_KEYS = [*POLICY_KEYS, *section_keys("bc", BCConfig, leave_out=HOW_TO_TRAIN)]
+             *section_keys("grow", GrowConfig), "reward"]
+# How a training step is computed (micro-batches, processes: IN_NO_KEY) is in no artifact's key.
+BC_KEYS = [*POLICY_KEYS, *section_keys("bc", BCConfig)]
 # Improve: every improve.* key but the thresholds list (each step records its own tau).
-IMPROVE_KEYS = [*POLICY_KEYS, *section_keys("improve", ImproveConfig, leave_out=("thresholds", *HOW_TO_TRAIN))]
+IMPROVE_KEYS = [*POLICY_KEYS, *section_keys("improve", ImproveConfig, leave_out=("thresholds",))]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -131,7 +133,7 @@ def assess(run: Run, name: str, policy: Policy, previous: str | None) -> tuple[d
     monitors = policy_monitors(
         outputs["output"].tolist(), base["output"].tolist(), sources, references,
         cfg.reward, valid, (previous, run.metrics(previous)["valid"]) if previous else None,
-        seed=derive_seed(cfg.seed, "probes"), nlls=nlls,
+        seed=derive_seed(cfg.seed, "probes"), nlls=nlls, device=cfg.device,
     )
     if monitors["input"]["ignores_input"]:
         log.warning("MONITOR: " + input_use_line(name, monitors["input"]))

@@ -154,7 +154,7 @@ def grow_shard(run_dir: Path, g: int, index: int) -> dict[str, Any]:
         return [v for v in part[col].tolist() for _ in range(n)]
 
     src, refs = repeat("source"), repeat("reference")
-    rewards = score_config(cfg.reward, src, out.completions, refs)
+    rewards = score_config(cfg.reward, src, out.completions, refs, engine.device)
     names, per_token = reward_names(cfg.reward), token_columns(rewards)
     columns = {
         "source_id": repeat("source_id"),

@@ -18,7 +18,7 @@ import pandas as pd
 
 from rest.config import RunConfig
 from rest.data.splits import grow_sources, load_split
-from rest.grow.engine_vllm import check_vllm
+from rest.grow.engines import engine_spec
 from rest.models.checkpoints import (
     check_architecture,
     check_lora_targets,
@@ -59,8 +59,7 @@ def check_run_inputs(cfg: RunConfig) -> None:
         if lora is not None and lora.target_modules != "all-linear":
             names = names or module_names(cfg.model)
             check_lora_targets(names, list(lora.target_modules), f"{section}.lora.target_modules")
-    if cfg.grow.engine == "vllm":
-        check_vllm(cfg, bool(model_config(cfg.model).is_encoder_decoder))
+    engine_spec(cfg.grow.engine).check(cfg)
 
 
 def text_fit_warnings(cfg: RunConfig, splits: dict[str, pd.DataFrame]) -> list[str]:
