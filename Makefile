@@ -21,7 +21,7 @@ POOL ?= rest
 # $(call HEALTHY,SECONDS): wait until the server's health endpoint answers (curl is not on every machine).
 HEALTHY = $(BIN)/python -m rest.flows.wait_for_server $(PREFECT_URL) $(1)
 
-.PHONY: setup vllm run grow improve eval inspect report reward test test-unit bench methods data clean server worker deploy stop
+.PHONY: setup lint test-durations vllm run grow improve eval inspect report reward test test-unit bench methods data clean server worker deploy stop
 
 setup: $(VENV)/.installed
 
@@ -65,12 +65,20 @@ reward: setup  ## train the learned reward of RM_CONFIG (default: chrF predicted
 # workers on 2 cores took 10m23s where one took 14m15s (2026-11-26). TEST_WORKERS=0: one process.
 TEST_WORKERS ?= 2
 
+lint: setup  ## ruff (lint + format check, line length 120) and ty (types) on the whole repository; CI runs it first
+	$(BIN)/ruff check rest tests bench data
+	$(BIN)/ruff format --check rest tests bench data
+	$(BIN)/ty check rest --exit-zero-on-warning --output-format concise
+
 test:  ## both venvs (installed side by side: ~1 min less from a fresh clone), then every test
 	$(MAKE) --no-print-directory -j2 setup vllm
-	REST_VLLM_PYTHON=$(CURDIR)/$(VLLM_VENV)/bin/python $(BIN)/python -m pytest -q --durations=12 -n $(TEST_WORKERS) --dist loadfile $(ARGS)
+	REST_VLLM_PYTHON=$(CURDIR)/$(VLLM_VENV)/bin/python $(BIN)/python -m pytest -q -m "" --durations=12 -n $(TEST_WORKERS) --dist loadfile $(ARGS)
 
-test-unit: setup
-	$(BIN)/python -m pytest -q -m "not integration" -n $(TEST_WORKERS) --dist loadfile $(ARGS)
+test-unit: setup  ## the unit tier and the doctests (what a bare `pytest` runs)
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile $(ARGS)
+
+test-durations:  ## every test, then tests/durations.json (each file's seconds: the order `make test` runs them in)
+	REST_RECORD_DURATIONS=1 $(MAKE) --no-print-directory test
 
 bench: setup vllm  ## speed side by side (Grow incl. vLLM, Improve, scoring, memory, make run's stages): writes docs/benchmarks.md
 	REST_VLLM_PYTHON=$(CURDIR)/$(VLLM_VENV)/bin/python $(BIN)/python bench/speed.py $(ARGS)

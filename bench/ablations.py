@@ -1,6 +1,6 @@
 """The ablation table of docs/ablations.md: every Improve option of the embedded task, 2 seeds each.
 
-    .venv/bin/python bench/ablations.py            # runs what is missing (~3.5 min a run on 2 CPU cores), then the table
+    .venv/bin/python bench/ablations.py   # runs what is missing (~3.5 min a run on 2 CPU cores), then the table
     .venv/bin/python bench/ablations.py --table    # only the table, from the runs already there
 
 Each row is one `rest run` command; the table prints that command, so every number can be reproduced alone.
@@ -29,15 +29,38 @@ SEEDS = (0, 1)
 # name, config, overrides, what it is
 ROWS = [
     ("bc-control", "configs/numbers-bc.yaml", [], "behaviour cloning only, as many optimiser steps as ReST (1800)"),
-    ("rest", "configs/numbers.yaml", [], "ReST default: token-mean NLL, global threshold, fine-tune the previous policy"),
-    ("sequence-mean", "configs/numbers.yaml", ["improve.loss=sequence_mean"], "length-invariant (sequence-averaged) NLL"),
+    (
+        "rest",
+        "configs/numbers.yaml",
+        [],
+        "ReST default: token-mean NLL, global threshold, fine-tune the previous policy",
+    ),
+    (
+        "sequence-mean",
+        "configs/numbers.yaml",
+        ["improve.loss=sequence_mean"],
+        "length-invariant (sequence-averaged) NLL",
+    ),
     ("kl-0.1", "configs/numbers.yaml", ["improve.kl_beta=0.1"], "KL prior to policy-0, beta 0.1 (SuperHF)"),
     ("kl-1.0", "configs/numbers.yaml", ["improve.kl_beta=1.0"], "KL prior to policy-0, beta 1.0"),
-    ("reward-weighted", "configs/numbers.yaml", ["improve.reward_weighted=true"], "each kept sample's loss times its reward"),
-    ("rest-em", "configs/numbers.yaml", ["improve.init=policy-0", "improve.max_per_source=4"],
-     "ReST-EM: every Improve step restarts from policy-0, at most 4 samples per source"),
-    ("top-k", "configs/numbers.yaml", ["improve.selection=top_k", "improve.top_k=1"],
-     "only the best distinct completion per source that clears tau"),
+    (
+        "reward-weighted",
+        "configs/numbers.yaml",
+        ["improve.reward_weighted=true"],
+        "each kept sample's loss times its reward",
+    ),
+    (
+        "rest-em",
+        "configs/numbers.yaml",
+        ["improve.init=policy-0", "improve.max_per_source=4"],
+        "ReST-EM: every Improve step restarts from policy-0, at most 4 samples per source",
+    ),
+    (
+        "top-k",
+        "configs/numbers.yaml",
+        ["improve.selection=top_k", "improve.top_k=1"],
+        "only the best distinct completion per source that clears tau",
+    ),
 ]
 
 
@@ -62,7 +85,9 @@ def seed_shared(run: Path, base: Path) -> None:
         shutil.copytree(base / name, run / name)
     record = json.loads((base / "run.json").read_text())
     record = {
-        "name": run.name, "created": record["created"], "config": record["config"],
+        "name": run.name,
+        "created": record["created"],
+        "config": record["config"],
         "artifacts": [a for a in record["artifacts"] if a["name"] in SHARED],
     }
     (run / "run.json").write_text(json.dumps(record, indent=2) + "\n")
@@ -80,7 +105,9 @@ def run_missing() -> None:
             print("+", " ".join(cmd), flush=True)
             t0 = time.time()
             with open(OUT / f"{name}-s{seed}.log", "w") as log:
-                subprocess.run([str(ROOT / ".venv/bin" / cmd[0]), *cmd[1:]], check=True, stdout=log, stderr=subprocess.STDOUT)
+                subprocess.run(
+                    [str(ROOT / ".venv/bin" / cmd[0]), *cmd[1:]], check=True, stdout=log, stderr=subprocess.STDOUT
+                )
             print(f"  {time.time() - t0:.0f} s", flush=True)
 
 
@@ -101,7 +128,8 @@ def row_metrics(run: Path) -> dict:
 
 def table() -> str:
     lines = [
-        "| row | policy-0 test EM (s0, s1) | best policy test EM (s0, s1) | mean test EM | mean test reward | drift chrF | best policy (s0 / s1) | command (seed 0) |",
+        "| row | policy-0 test EM (s0, s1) | best policy test EM (s0, s1) | mean test EM | mean test reward | drift "
+        "chrF | best policy (s0 / s1) | command (seed 0) |",
         "|---|---|---|---:|---:|---:|---|---|",
     ]
     for name, config, overrides, _ in ROWS:

@@ -36,26 +36,56 @@ LEDGER = ROOT / "bench/methods.jsonl"
 SEEDS = (0, 1)
 TASKS = {
     "g2p": [],
-    "numbers": ["data.train=data/numbers/train.parquet", "data.pool=data/numbers/pool.parquet",
-                "data.valid=data/numbers/valid.parquet", "data.test=data/numbers/test.parquet"],
+    "numbers": [
+        "data.train=data/numbers/train.parquet",
+        "data.pool=data/numbers/pool.parquet",
+        "data.valid=data/numbers/valid.parquet",
+        "data.test=data/numbers/test.parquet",
+    ],
 }
 # name, config, overrides, what it is. Every row: 1800 optimiser steps of the policy (BC 600 + Improve 4 x 300, or
 # SuperHF's 50 x 24; the BC control 1800 of BC) and 64,000 Grow samples on g2p (2 x 4000 x 8; SuperHF 50 x 160 x 8).
 METHODS = [
     ("bc-control", "configs/g2p.yaml", ["grow.steps=0", "bc.steps=1800"], "behaviour cloning only, 1800 steps"),
     ("rest", "configs/g2p.yaml", [], "ReST: G=2, tau [0.95, 1.0], token NLL, fine-tune the previous policy"),
-    ("rest-em", "configs/g2p.yaml", ["improve.init=policy-0", "improve.max_per_source=4"],
-     "ReST-EM: every Improve step restarts from policy-0, at most 4 samples per source"),
-    ("superhf", "configs/superhf-g2p.yaml", [], "SuperHF: 50 x (160 fresh sources x 8, best of each, 24 steps, KL 0.1)"),
+    (
+        "rest-em",
+        "configs/g2p.yaml",
+        ["improve.init=policy-0", "improve.max_per_source=4"],
+        "ReST-EM: every Improve step restarts from policy-0, at most 4 samples per source",
+    ),
+    (
+        "superhf",
+        "configs/superhf-g2p.yaml",
+        [],
+        "SuperHF: 50 x (160 fresh sources x 8, best of each, 24 steps, KL 0.1)",
+    ),
     ("dpo-averaged", "configs/g2p-dpo.yaml", [], "iterative DPO, best vs worst, length-averaged log-likelihoods"),
-    ("dpo-summed", "configs/g2p-dpo.yaml", ["improve.preference.average_log_prob=false"],
-     "iterative DPO, best vs worst, summed log-likelihoods (DPO as published)"),
-    ("rest-scalar-rm", "configs/g2p.yaml", [], "ReST whose only reward is a regression model of chrF (no reference read)"),
-    ("rest-seq2seq-rm", "configs/g2p.yaml", [], "ReST whose only reward is the seq2seq reward model (no reference read)"),
+    (
+        "dpo-summed",
+        "configs/g2p-dpo.yaml",
+        ["improve.preference.average_log_prob=false"],
+        "iterative DPO, best vs worst, summed log-likelihoods (DPO as published)",
+    ),
+    (
+        "rest-scalar-rm",
+        "configs/g2p.yaml",
+        [],
+        "ReST whose only reward is a regression model of chrF (no reference read)",
+    ),
+    (
+        "rest-seq2seq-rm",
+        "configs/g2p.yaml",
+        [],
+        "ReST whose only reward is the seq2seq reward model (no reference read)",
+    ),
 ]
 # The rows whose reward is a learned model: `rest reward train` first, on grow-1 of the same task and seed's `rest`
 # row (policy-0's samples scored by chrF) from its policy-0, both kinds with the same budget; then ReST with it.
-REWARD_MODELS = {"rest-scalar-rm": "configs/reward-numbers.yaml", "rest-seq2seq-rm": "configs/reward-numbers-seq2seq.yaml"}
+REWARD_MODELS = {
+    "rest-scalar-rm": "configs/reward-numbers.yaml",
+    "rest-seq2seq-rm": "configs/reward-numbers-seq2seq.yaml",
+}
 RM_BUDGET = ["train.steps=1000", "data.negatives=4"]
 # A method's overrides on one task only: the same Grow samples as ReST on numbers' 2000-source pool (2 x 2000 x 8)
 TASK_METHOD = {("numbers", "superhf"): ["grow.sources_per_step=80", "grow.shard_size=80"]}
@@ -72,11 +102,36 @@ def commands(task: str, name: str, config: str, overrides: list[str], seed: int)
     out = []
     if name in REWARD_MODELS:
         rm, grower = OUT / f"{task}-{name}-model-s{seed}", run_dir(task, "rest", seed)
-        out.append(["rest", "reward", "train", "--config", REWARD_MODELS[name], "--out", str(rm), f"seed={seed}",
-                    f"data.shards=[{grower / 'grow-1'}]", f"model.pretrained={grower / 'policy-0'}", *RM_BUDGET])
+        out.append(
+            [
+                "rest",
+                "reward",
+                "train",
+                "--config",
+                REWARD_MODELS[name],
+                "--out",
+                str(rm),
+                f"seed={seed}",
+                f"data.shards=[{grower / 'grow-1'}]",
+                f"model.pretrained={grower / 'policy-0'}",
+                *RM_BUDGET,
+            ]
+        )
         overrides = [*overrides, "reward.components={learned: 1.0}", f"reward.learned={rm}"]
-    out.append(["rest", "run", "--config", config, "--run", str(run), f"seed={seed}", *TASKS[task], *overrides,
-                *TASK_METHOD.get((task, name), [])])
+    out.append(
+        [
+            "rest",
+            "run",
+            "--config",
+            config,
+            "--run",
+            str(run),
+            f"seed={seed}",
+            *TASKS[task],
+            *overrides,
+            *TASK_METHOD.get((task, name), []),
+        ]
+    )
     return out
 
 
@@ -115,8 +170,9 @@ def run_row(task: str, name: str, config: str, overrides: list[str], seed: int) 
     t0 = time.time()
     with open(f"{run}.log", "w") as log:
         for cmd in cmds:
-            subprocess.run([str(ROOT / ".venv/bin" / cmd[0]), *cmd[1:]], check=True, stdout=log,
-                           stderr=subprocess.STDOUT, cwd=ROOT)
+            subprocess.run(
+                [str(ROOT / ".venv/bin" / cmd[0]), *cmd[1:]], check=True, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT
+            )
     (run / "wall_seconds.txt").write_text(f"{time.time() - t0:.0f}\n")
     print(f"  {time.time() - t0:.0f} s", flush=True)
     record(task, name, seed, config, overrides)
@@ -134,11 +190,19 @@ def record(task: str, method: str, seed: int, config: str, overrides: list[str],
     """Put the finished run of (task, method, seed) into bench/methods.jsonl, replacing an older line of it.
     `loaded`: the run shared the machine with other work, so its wall time is kept but the table leaves it out."""
     run = run_dir(task, method, seed)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT
+    ).stdout.strip()
     ledger = read_ledger()
     ledger[(task, method, seed)] = {
-        "task": task, "method": method, "seed": seed, "command": shown(commands(task, method, config, overrides, seed)),
-        "commit": commit, "date": time.strftime("%Y-%m-%d"), **row_metrics(run), **({"loaded": True} if loaded else {}),
+        "task": task,
+        "method": method,
+        "seed": seed,
+        "command": shown(commands(task, method, config, overrides, seed)),
+        "commit": commit,
+        "date": time.strftime("%Y-%m-%d"),
+        **row_metrics(run),
+        **({"loaded": True} if loaded else {}),
     }
     LEDGER.write_text("".join(json.dumps(r) + "\n" for _, r in sorted(ledger.items())))
 
@@ -151,15 +215,23 @@ def row_metrics(run: Path) -> dict:
     test = record["test"][best]
     metrics = json.loads((run / best / "metrics.json").read_text())
     monitors = metrics.get("monitors") or {}
-    grows = sorted((p for p in run.glob("grow-*") if (p / "_manifest.json").is_file()), key=lambda p: int(p.name.split("-")[1]))
+    grows = sorted(
+        (p for p in run.glob("grow-*") if (p / "_manifest.json").is_file()), key=lambda p: int(p.name.split("-")[1])
+    )
     within = json.loads((grows[-1] / "_manifest.json").read_text())["stats"].get("meteor_within") if grows else None
     outputs = pd.read_parquet(run / best / "valid_outputs.parquet")
     wall = run / "wall_seconds.txt"
     return {
-        "best": best, "em": test["exact_match"], "chrf": test["chrf"], "bleu": test["bleu"],
-        "tokens": test["completion_tokens"], "p0_tokens": record["test"]["policy-0"]["completion_tokens"],
+        "best": best,
+        "em": test["exact_match"],
+        "chrf": test["chrf"],
+        "bleu": test["bleu"],
+        "tokens": test["completion_tokens"],
+        "p0_tokens": record["test"]["policy-0"]["completion_tokens"],
         "length_ratio": round(float(outputs["output"].str.len().mean() / outputs["reference"].str.len().mean()), 4),
-        "drift_chrf": monitors.get("drift_chrf"), "drift_meteor": monitors.get("drift_meteor"), "within": within,
+        "drift_chrf": monitors.get("drift_chrf"),
+        "drift_meteor": monitors.get("drift_meteor"),
+        "within": within,
         "seconds": float(wall.read_text()) if wall.is_file() else None,
     }
 
@@ -170,9 +242,12 @@ def _mean(values: list) -> str:
 
 
 def table(task: str, seeds: tuple[int, ...] = SEEDS) -> str:
-    head = ("| method | seeds | test exact match | test chrF | test BLEU | output tokens (policy-0) | output / reference "
-            "chars | drift: chrF, METEOR to policy-0 | METEOR among a source's samples | wall time per seed | best policy | "
-            "command (seed 0) |")
+    head = (
+        "| method | seeds | test exact match | test chrF | test BLEU | output tokens (policy-0) | output / reference "
+        "chars | drift: chrF, METEOR to policy-0 | METEOR among a source's samples | wall time per seed | best policy "
+        "| "
+        "command (seed 0) |"
+    )
     lines = [head, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|"]
     ledger = read_ledger()
     for name, config, overrides, _ in METHODS:
@@ -184,10 +259,16 @@ def table(task: str, seeds: tuple[int, ...] = SEEDS) -> str:
         seeds_run = ", ".join(str(m["seed"]) for m in ms)
         em = " / ".join(f"{m['em']:.1f}" for m in ms)
         ratio = statistics.mean(m["length_ratio"] for m in ms)
-        drift = f"{_mean([m['drift_chrf'] for m in ms])}, {statistics.mean(m['drift_meteor'] for m in ms if m['drift_meteor'] is not None):.3f}" \
-            if any(m["drift_meteor"] is not None for m in ms) else "n/a"
+        drift = (
+            f"{_mean([m['drift_chrf'] for m in ms])}, "
+            f"{statistics.mean(m['drift_meteor'] for m in ms if m['drift_meteor'] is not None):.3f}"
+            if any(m["drift_meteor"] is not None for m in ms)
+            else "n/a"
+        )
         within = [m["within"] for m in ms if m["within"] is not None]
-        secs = " / ".join("shared" if m.get("loaded") else "n/a" if m["seconds"] is None else f"{m['seconds']:.0f}" for m in ms)
+        secs = " / ".join(
+            "shared" if m.get("loaded") else "n/a" if m["seconds"] is None else f"{m['seconds']:.0f}" for m in ms
+        )
         lines.append(
             f"| {name} | {seeds_run} | {em} | {_mean([m['chrf'] for m in ms])} | {_mean([m['bleu'] for m in ms])} "
             f"| {statistics.mean(m['tokens'] for m in ms):.2f} ({statistics.mean(m['p0_tokens'] for m in ms):.2f}) "
@@ -209,13 +290,21 @@ def write_doc(tasks: list[str]) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--table", action="store_true", help="only write the tables, from bench/methods.jsonl")
-    parser.add_argument("--record", action="store_true",
-                        help="put the finished runs under runs/methods into bench/methods.jsonl (no new runs), then the tables")
-    parser.add_argument("--loaded", action="store_true",
-                        help="with --record: the runs shared the machine with other work (their wall time is not shown)")
+    parser.add_argument(
+        "--record",
+        action="store_true",
+        help="put the finished runs under runs/methods into bench/methods.jsonl (no new runs), then the tables",
+    )
+    parser.add_argument(
+        "--loaded",
+        action="store_true",
+        help="with --record: the runs shared the machine with other work (their wall time is not shown)",
+    )
     parser.add_argument("--tasks", default=",".join(TASKS), help=f"comma-separated, of {', '.join(TASKS)}")
     parser.add_argument("--seeds", default=",".join(map(str, SEEDS)), help="comma-separated seeds to run")
-    parser.add_argument("--methods", default=None, help=f"comma-separated rows to run (default all): {', '.join(m[0] for m in METHODS)}")
+    parser.add_argument(
+        "--methods", default=None, help=f"comma-separated rows to run (default all): {', '.join(m[0] for m in METHODS)}"
+    )
     args = parser.parse_args()
     tasks = [t for t in args.tasks.split(",") if t]
     unknown = [t for t in tasks if t not in TASKS]

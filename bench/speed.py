@@ -53,7 +53,7 @@ from rest.data.batching import (  # noqa: E402
 )
 from rest.evaluation.policy import target_nll  # noqa: E402
 from rest.grow.engine_torch import TorchEngine  # noqa: E402
-from rest.grow.engine_vllm import VllmEngine
+from rest.grow.engine_vllm import VllmEngine  # noqa: E402
 from rest.improve.objectives import Batch  # noqa: E402
 from rest.models.policy import (  # noqa: E402
     Policy,
@@ -103,8 +103,9 @@ def trained_policy(name: str, quick: bool, *overrides: str) -> Path:
     with the config file, the config schema (rest/config.py) and the overrides, so a stale policy-0 (which `rest
     run` would refuse to extend with another config) is never reused."""
     extra = ["bc.steps=20"] if quick else []
-    key = hashlib.sha256("\0".join([(ROOT / CONFIG).read_text(), (ROOT / "rest/config.py").read_text(), *extra,
-                                       *overrides]).encode()).hexdigest()[:10]
+    key = hashlib.sha256(
+        "\0".join([(ROOT / CONFIG).read_text(), (ROOT / "rest/config.py").read_text(), *extra, *overrides]).encode()
+    ).hexdigest()[:10]
     run = WORK / f"{name}-{key}"
     if not (run / "policy-0" / "_manifest.json").is_file():
         print(f"[bench] training policy-0 of {name} (once) ...", flush=True)
@@ -130,17 +131,35 @@ def bench_grow(policy_dir: Path, label: str, n_sources: int, repeats: int, quick
     n, max_new = cfg.grow.num_samples, cfg.grow.max_new_tokens
     engine = TorchEngine(policy, cfg)
     prompts = prompt_ids(policy, sources, cfg.model)
-    gen_kwargs = dict(do_sample=True, temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=max_new,
-                      num_return_sequences=n, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+    gen_kwargs = dict(
+        do_sample=True,
+        temperature=1.0,
+        top_k=0,
+        top_p=1.0,
+        max_new_tokens=max_new,
+        num_return_sequences=n,
+        pad_token_id=tok.pad_token_id,
+        eos_token_id=tok.eos_token_id,
+    )
     left = not policy.is_encoder_decoder
 
     def ours():
-        return engine.sample(sources, num_samples=n, temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=max_new, seed=0)
+        return engine.sample(
+            sources, num_samples=n, temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=max_new, seed=0
+        )
 
     def ours_without(*speedups_off: str):
         on = tuple(x for x in SPEEDUPS if x not in speedups_off)
-        return lambda: generate(policy, sources, cfg.model, num_samples=n, max_new_tokens=max_new,
-                                batch_size=cfg.grow.batch_size, seed=0, speedups=on)
+        return lambda: generate(
+            policy,
+            sources,
+            cfg.model,
+            num_samples=n,
+            max_new_tokens=max_new,
+            batch_size=cfg.grow.batch_size,
+            seed=0,
+            speedups=on,
+        )
 
     @torch.inference_mode()
     def generate_per(k: int):
@@ -164,8 +183,10 @@ def bench_grow(policy_dir: Path, label: str, n_sources: int, repeats: int, quick
     for what, fn in [
         ("rest Grow engine (torch)", ours),
         ("the same loop, every row decoded until the batch ends", ours_without("drop_finished")),
-        ("the same loop, without both: the prompt read once per sample (the engine before 2026-11-23)",
-         ours_without("drop_finished", "shared_prompt")),
+        (
+            "the same loop, without both: the prompt read once per sample (the engine before 2026-11-23)",
+            ours_without("drop_finished", "shared_prompt"),
+        ),
         ("transformers generate, 1 source per call", lambda: generate_per(1)),
         ("transformers generate, 32 sources per call", lambda: generate_per(32)),
         ("one teacher-forced forward pass over the same tokens", teacher_forced),
@@ -181,9 +202,11 @@ def bench_grow(policy_dir: Path, label: str, n_sources: int, repeats: int, quick
         vllm_engine = VllmEngine(policy_dir, vcfg)
         start_s = time.perf_counter() - started
         try:
+
             def with_vllm():
-                return vllm_engine.sample(sources, num_samples=n, temperature=1.0, top_p=1.0, top_k=0,
-                                          max_new_tokens=max_new, seed=0)
+                return vllm_engine.sample(
+                    sources, num_samples=n, temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=max_new, seed=0
+                )
 
             t = median_time(with_vllm, repeats)
         finally:
@@ -233,15 +256,29 @@ def bench_improve(policy_dir: Path, label: str, steps: int, with_sft: bool, repe
             t = time.perf_counter()
             train(policy, these, ic, cfg.model, seed=0)
             return time.perf_counter() - t, heldout_loss(policy.model)
+
         return once
 
     from transformers import Trainer, TrainingArguments
 
     # What both trainers share with our loop: steps, AdamW settings, warm-up then cosine to 10%, seed, no saving.
-    same = dict(max_steps=steps, learning_rate=ic.lr, weight_decay=ic.weight_decay, max_grad_norm=ic.grad_clip,
-                warmup_steps=warmup, lr_scheduler_type="cosine_with_min_lr", lr_scheduler_kwargs={"min_lr_rate": 0.1},
-                optim="adamw_torch", report_to=[], save_strategy="no", logging_steps=max(1, steps // 10), use_cpu=True,
-                dataloader_num_workers=0, seed=0, disable_tqdm=True)
+    same = dict(
+        max_steps=steps,
+        learning_rate=ic.lr,
+        weight_decay=ic.weight_decay,
+        max_grad_norm=ic.grad_clip,
+        warmup_steps=warmup,
+        lr_scheduler_type="cosine_with_min_lr",
+        lr_scheduler_kwargs={"min_lr_rate": 0.1},
+        optim="adamw_torch",
+        report_to=[],
+        save_strategy="no",
+        logging_steps=max(1, steps // 10),
+        use_cpu=True,
+        dataloader_num_workers=0,
+        seed=0,
+        disable_tqdm=True,
+    )
 
     def hf_once(make_trainer: Callable[[str], object]) -> Callable[[], tuple[float, float]]:
         def once() -> tuple[float, float]:
@@ -251,6 +288,7 @@ def bench_improve(policy_dir: Path, label: str, steps: int, with_sft: bool, repe
                 trainer.train()
                 seconds = time.perf_counter() - t
             return seconds, heldout_loss(trainer.model)
+
         return once
 
     def collate(these: list[Batch]) -> list[dict[str, torch.Tensor]]:
@@ -264,10 +302,16 @@ def bench_improve(policy_dir: Path, label: str, steps: int, with_sft: bool, repe
         return collated
 
     def trainer_on(collated: list[dict[str, torch.Tensor]]) -> Callable[[], tuple[float, float]]:
-        return hf_once(lambda out: Trainer(
-            model=load_policy(policy_dir).model, train_dataset=collated, data_collator=lambda items: items[0],
-            args=TrainingArguments(output_dir=out, per_device_train_batch_size=1, remove_unused_columns=False, **same),
-        ))
+        return hf_once(
+            lambda out: Trainer(
+                model=load_policy(policy_dir).model,
+                train_dataset=collated,
+                data_collator=lambda items: items[0],
+                args=TrainingArguments(
+                    output_dir=out, per_device_train_batch_size=1, remove_unused_columns=False, **same
+                ),
+            )
+        )
 
     contenders: list[tuple[str, Callable[[], tuple[float, float]]]] = [
         (OURS, ours_on(as_drawn)),
@@ -284,16 +328,29 @@ def bench_improve(policy_dir: Path, label: str, steps: int, with_sft: bool, repe
         policy = load_policy(policy_dir)
         src = prompt_ids(policy, [s for b in as_drawn for s in b.sources], cfg.model)
         tgt = target_ids(policy, [t for b in as_drawn for t in b.targets], cfg.model)
-        data = Dataset.from_dict({"input_ids": [p + t for p, t in zip(src, tgt)],
-                                  "completion_mask": [[0] * len(p) + [1] * len(t) for p, t in zip(src, tgt)]})
+        data = Dataset.from_dict(
+            {
+                "input_ids": [p + t for p, t in zip(src, tgt)],
+                "completion_mask": [[0] * len(p) + [1] * len(t) for p, t in zip(src, tgt)],
+            }
+        )
 
         def sft(out: str) -> SFTTrainer:
             policy = load_policy(policy_dir)
             return SFTTrainer(
-                model=policy.model, train_dataset=data, processing_class=policy.tokenizer,
-                args=SFTConfig(output_dir=out, per_device_train_batch_size=ic.batch_size, completion_only_loss=True,
-                               packing=False, max_length=cfg.model.max_source_tokens + cfg.model.max_target_tokens, **same),
+                model=policy.model,
+                train_dataset=data,
+                processing_class=policy.tokenizer,
+                args=SFTConfig(
+                    output_dir=out,
+                    per_device_train_batch_size=ic.batch_size,
+                    completion_only_loss=True,
+                    packing=False,
+                    max_length=cfg.model.max_source_tokens + cfg.model.max_target_tokens,
+                    **same,
+                ),
             )
+
         contenders.append(("TRL SFTTrainer, same pairs as drawn (our tokens)", hf_once(sft)))
 
     runs: dict[str, list[tuple[float, float]]] = {what: [] for what, _ in contenders}
@@ -303,10 +360,20 @@ def bench_improve(policy_dir: Path, label: str, steps: int, with_sft: bool, repe
     medians = {what: sorted(r)[len(r) // 2] for what, r in runs.items()}
     ours = medians[OURS][0]
     for what, (seconds, loss) in medians.items():
-        rows.append({"policy": label, "what": what, "examples_per_s": examples / seconds, "loss_last": loss,
-                     "ours_vs_this": seconds / ours})
-        print(f"[bench] improve {label}: {what}: {examples / seconds:,.0f} ex/s, loss {loss:.4f} "
-              f"(rest {seconds / ours:.2f}x)", flush=True)
+        rows.append(
+            {
+                "policy": label,
+                "what": what,
+                "examples_per_s": examples / seconds,
+                "loss_last": loss,
+                "ours_vs_this": seconds / ours,
+            }
+        )
+        print(
+            f"[bench] improve {label}: {what}: {examples / seconds:,.0f} ex/s, loss {loss:.4f} "
+            f"(rest {seconds / ours:.2f}x)",
+            flush=True,
+        )
     return rows
 
 
@@ -326,25 +393,39 @@ def bench_score(policy_dir: Path, n_sources: int, repeats: int, quick: bool) -> 
     pool = pd.read_parquet(ROOT / cfg.data.pool).iloc[:n_sources]
     engine = TorchEngine(load_policy(policy_dir), cfg)
     n = cfg.grow.num_samples
-    out = engine.sample(pool["source"].tolist(), num_samples=n, temperature=1.0, top_p=1.0, top_k=0,
-                        max_new_tokens=cfg.grow.max_new_tokens, seed=0)
+    out = engine.sample(
+        pool["source"].tolist(),
+        num_samples=n,
+        temperature=1.0,
+        top_p=1.0,
+        top_k=0,
+        max_new_tokens=cfg.grow.max_new_tokens,
+        seed=0,
+    )
     metric = CHRF()
     pool_refs = pool["reference"].tolist()
     workloads = {
-        "a Grow step": ([s for s in pool["source"].tolist() for _ in range(n)], out.completions,
-                        [r for r in pool_refs for _ in range(n)]),
-        "all rows distinct": ([""] * (16 * len(pool)), [pool_refs[(i + k + 1) % len(pool)] for i in range(len(pool)) for k in range(16)],
-                              [r for r in pool_refs for _ in range(16)]),
+        "a Grow step": (
+            [s for s in pool["source"].tolist() for _ in range(n)],
+            out.completions,
+            [r for r in pool_refs for _ in range(n)],
+        ),
+        "all rows distinct": (
+            [""] * (16 * len(pool)),
+            [pool_refs[(i + k + 1) % len(pool)] for i in range(len(pool)) for k in range(16)],
+            [r for r in pool_refs for _ in range(16)],
+        ),
     }
     if quick:  # tiny sizes: let the distinct rows take the parallel path anyway, so the smoke test runs it
         components.PARALLEL_MIN_CHARS = 0
     rows = []
     for name, (srcs, comps, refs) in workloads.items():
+
         def plain():
-            return [metric.sentence_score(c, [r]).score / 100 for c, r in zip(comps, refs)]
+            return [metric.sentence_score(c, [r]).score / 100 for c, r in zip(comps, refs)]  # noqa: B023 (called in this iteration)
 
         def ours():
-            return score_config(cfg.reward, srcs, comps, refs)["reward"]
+            return score_config(cfg.reward, srcs, comps, refs)["reward"]  # noqa: B023
 
         def ours_one_process():
             os.environ["REST_SCORE_PROCESSES"] = "1"
@@ -354,14 +435,25 @@ def bench_score(policy_dir: Path, n_sources: int, repeats: int, quick: bool) -> 
                 del os.environ["REST_SCORE_PROCESSES"]
 
         assert np.array_equal(plain(), ours()), "the reward step must give sacrebleu's numbers"
-        times = {what: median_time(fn, repeats) for what, fn in [
-            (f"rest reward step (chrF, up to {components.scoring_processes()} processes)", ours),
-            ("rest reward step in one process (REST_SCORE_PROCESSES=1)", ours_one_process),
-            ("sacrebleu sentence chrF, plain loop", plain)]}
+        times = {
+            what: median_time(fn, repeats)
+            for what, fn in [
+                (f"rest reward step (chrF, up to {components.scoring_processes()} processes)", ours),
+                ("rest reward step in one process (REST_SCORE_PROCESSES=1)", ours_one_process),
+                ("sacrebleu sentence chrF, plain loop", plain),
+            ]
+        }
         t_ours = next(iter(times.values()))
         distinct = len(set(zip(srcs, comps, refs)))
         for what, t in times.items():
-            rows.append({"rows": f"{name} ({distinct:,} distinct of {len(refs):,})", "what": what, "rows_per_s": len(refs) / t, "ours_vs_this": t / t_ours})
+            rows.append(
+                {
+                    "rows": f"{name} ({distinct:,} distinct of {len(refs):,})",
+                    "what": what,
+                    "rows_per_s": len(refs) / t,
+                    "ours_vs_this": t / t_ours,
+                }
+            )
             print(f"[bench] score {name}: {what}: {len(refs) / t:,.0f} rows/s (rest {t / t_ours:.2f}x)", flush=True)
     return rows
 
@@ -407,8 +499,14 @@ def bench_memory(policy_dir: Path, sizes: list[int], quick: bool) -> list[dict]:
         pool_file = base / f"pool-{size}.parquet"
         big.iloc[:size].to_parquet(pool_file, index=False)
         shutil.copytree(policy_dir, run / "policy-0")
-        overrides = [f"data.pool={pool_file}", "grow.steps=0", "grow.num_samples=2", "grow.shard_size=1000",
-                     "improve.steps=20", *(["bc.steps=20"] if quick else [])]
+        overrides = [
+            f"data.pool={pool_file}",
+            "grow.steps=0",
+            "grow.num_samples=2",
+            "grow.shard_size=1000",
+            "improve.steps=20",
+            *(["bc.steps=20"] if quick else []),
+        ]
         start_in_process(run, *overrides)  # policy-0 is published for this config: the children do the steps
         row: dict = {"pool_sources": size, "grow_rows": 2 * size}
         for what in ("grow", "improve"):
@@ -417,9 +515,12 @@ def bench_memory(policy_dir: Path, sizes: list[int], quick: bool) -> list[dict]:
             row[f"{what}_peak_rss_mb"], row[f"{what}_seconds"] = m["peak_rss_mb"], m["seconds"]
             row[f"{what}_above_start_mb"] = m["peak_rss_mb"] - m["start_rss_mb"]
         rows.append(row)
-        print(f"[bench] memory at {size:,} pool sources: Grow peak RSS {row['grow_peak_rss_mb']:.0f} MB "
-              f"(+{row['grow_above_start_mb']:.0f} MB over the process after imports, {row['grow_seconds']:.0f} s), "
-              f"Improve {row['improve_peak_rss_mb']:.0f} MB (+{row['improve_above_start_mb']:.0f} MB)", flush=True)
+        print(
+            f"[bench] memory at {size:,} pool sources: Grow peak RSS {row['grow_peak_rss_mb']:.0f} MB "
+            f"(+{row['grow_above_start_mb']:.0f} MB over the process after imports, {row['grow_seconds']:.0f} s), "
+            f"Improve {row['improve_peak_rss_mb']:.0f} MB (+{row['improve_above_start_mb']:.0f} MB)",
+            flush=True,
+        )
     return rows
 
 
@@ -437,7 +538,10 @@ run, config, overrides = Path(sys.argv[1]), sys.argv[2], sys.argv[3:]
 cfg = load_config(config, overrides)
 seconds = {}
 def timed(name, fn, *args):
-    t = time.perf_counter(); out = fn(*args); seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - t; return out
+    t = time.perf_counter()
+    out = fn(*args)
+    seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - t
+    return out
 timed("start", stages.start_run, run, cfg)
 timed("policy-0 (BC + evaluation)", stages.make_policy0, run)
 for g in range(1, cfg.grow.steps + 1):
@@ -464,16 +568,27 @@ def bench_run(quick: bool) -> list[dict]:
     direct_total = time.perf_counter() - t
     for stage, sec in json.loads(out.stdout.strip().splitlines()[-1]).items():
         rows.append({"stage": stage, "seconds": sec})
-    rows.append({"stage": "process start, imports (the rest of the in-process run)",
-                 "seconds": direct_total - sum(r["seconds"] for r in rows)})
+    rows.append(
+        {
+            "stage": "process start, imports (the rest of the in-process run)",
+            "seconds": direct_total - sum(r["seconds"] for r in rows),
+        }
+    )
     whole = base / "rest-run"
     shutil.rmtree(whole, ignore_errors=True)
     t = time.perf_counter()
     quiet_run(rest_cmd("run", "--config", config, "--run", str(whole), *overrides))
     flow_total = time.perf_counter() - t
-    rows.append({"stage": "Prefect (rest run minus the in-process run: server, flows, tasks)", "seconds": flow_total - direct_total})
+    rows.append(
+        {
+            "stage": "Prefect (rest run minus the in-process run: server, flows, tasks)",
+            "seconds": flow_total - direct_total,
+        }
+    )
     rows.append({"stage": f"`rest run --config {config}`, whole", "seconds": flow_total})
-    same = json.loads((whole / "run.json").read_text()).get("best_policy") == json.loads((direct / "run.json").read_text()).get("best_policy")
+    same = json.loads((whole / "run.json").read_text()).get("best_policy") == json.loads(
+        (direct / "run.json").read_text()
+    ).get("best_policy")
     for r in rows:
         print(f"[bench] run: {r['stage']}: {r['seconds']:.1f} s", flush=True)
     print(f"[bench] run: the in-process run and rest run name the same best policy: {same}", flush=True)
@@ -487,7 +602,9 @@ def bench_run(quick: bool) -> list[dict]:
 def table(rows: list[dict], columns: list[tuple[str, str, str]]) -> str:
     head = "| " + " | ".join(title for _, title, _ in columns) + " |"
     rule = "|" + "|".join("---" if fmt == "" else "---:" for _, _, fmt in columns) + "|"
-    body = ["| " + " | ".join(format(r[key], fmt) if fmt else str(r[key]) for key, _, fmt in columns) + " |" for r in rows]
+    body = [
+        "| " + " | ".join(format(r[key], fmt) if fmt else str(r[key]) for key, _, fmt in columns) + " |" for r in rows
+    ]
     return "\n".join([head, rule, *body])
 
 
@@ -496,9 +613,12 @@ def machine() -> str:
     import transformers
 
     threads = torch.get_num_threads()
-    return (f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__} ({threads} threads), "
-            f"transformers {transformers.__version__}, sacrebleu {sacrebleu.__version__}, Python {platform.python_version()}, "
-            f"{time.strftime('%Y-%m-%d')}")
+    return (
+        f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__} ({threads} threads), "
+        f"transformers {transformers.__version__}, sacrebleu {sacrebleu.__version__}, Python "
+        f"{platform.python_version()}, "
+        f"{time.strftime('%Y-%m-%d')}"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -517,47 +637,101 @@ def main(argv: list[str] | None = None) -> int:
     q = args.quick
     repeats = 1 if q else 3
     started = time.perf_counter()
-    parts = [f"# Benchmarks\n\nWritten by `make bench` (`bench/speed.py{' --quick' if q else ''}`): {machine()}.\n"
-             f"Every ratio compares runs made side by side in one script run: medians of {repeats} runs (Grow and scoring "
-             "after an untimed warm-up; Improve's trainers interleaved, each from the same policy-0); memory and "
-             "`make run` once. `rest ... x` is how many times faster rest is. The machine's speed drifts by 10-20% "
-             "from one script run to the next: compare ratios, not samples/s across runs.\n"]
+    parts = [
+        f"# Benchmarks\n\nWritten by `make bench` (`bench/speed.py{' --quick' if q else ''}`): {machine()}.\n"
+        f"Every ratio compares runs made side by side in one script run: medians of {repeats} runs (Grow and scoring "
+        "after an untimed warm-up; Improve's trainers interleaved, each from the same policy-0); memory and "
+        "`make run` once. `rest ... x` is how many times faster rest is. The machine's speed drifts by 10-20% "
+        "from one script run to the next: compare ratios, not samples/s across runs.\n"
+    ]
     enc = trained_policy("enc-dec", q) if set(only) & {"grow", "improve", "score", "memory"} else None
-    dec = trained_policy("dec-only", q, f"model.architecture={DECODER_ONLY}") if set(only) & {"grow", "improve"} else None
+    dec = (
+        trained_policy("dec-only", q, f"model.architecture={DECODER_ONLY}") if set(only) & {"grow", "improve"} else None
+    )
     if "grow" in only:
         n = 16 if q else 250
-        rows = bench_grow(enc, "encoder-decoder (mbart 2.6M)", n, repeats) + bench_grow(dec, "decoder-only (llama 2.6M)", n, repeats, q)
-        parts.append(f"## Grow: {n} pool sources x 8 samples, temperature 1\n\n" + table(rows, [
-            ("policy", "policy", ""), ("what", "what samples", ""), ("samples_per_s", "samples/s", ",.0f"),
-            ("ours_vs_this", "rest ... x", ".2f")]) + "\n")
+        rows = bench_grow(enc, "encoder-decoder (mbart 2.6M)", n, repeats) + bench_grow(
+            dec, "decoder-only (llama 2.6M)", n, repeats, q
+        )
+        parts.append(
+            f"## Grow: {n} pool sources x 8 samples, temperature 1\n\n"
+            + table(
+                rows,
+                [
+                    ("policy", "policy", ""),
+                    ("what", "what samples", ""),
+                    ("samples_per_s", "samples/s", ",.0f"),
+                    ("ours_vs_this", "rest ... x", ".2f"),
+                ],
+            )
+            + "\n"
+        )
     if "improve" in only:
         steps = 10 if q else 150
-        rows = (bench_improve(enc, "encoder-decoder", steps, with_sft=False, repeats=repeats)
-                + bench_improve(dec, "decoder-only", steps, with_sft=True, repeats=repeats))
-        parts.append(f"## Improve: {steps} optimiser steps of 32 (pool sources and references), same schedule\n\n" + table(rows, [
-            ("policy", "policy", ""), ("what", "what trains", ""), ("examples_per_s", "examples/s", ",.0f"),
-            ("loss_last", "valid loss reached", ".4f"), ("ours_vs_this", "rest ... x", ".2f")]) + "\n")
+        rows = bench_improve(enc, "encoder-decoder", steps, with_sft=False, repeats=repeats) + bench_improve(
+            dec, "decoder-only", steps, with_sft=True, repeats=repeats
+        )
+        parts.append(
+            f"## Improve: {steps} optimiser steps of 32 (pool sources and references), same schedule\n\n"
+            + table(
+                rows,
+                [
+                    ("policy", "policy", ""),
+                    ("what", "what trains", ""),
+                    ("examples_per_s", "examples/s", ",.0f"),
+                    ("loss_last", "valid loss reached", ".4f"),
+                    ("ours_vs_this", "rest ... x", ".2f"),
+                ],
+            )
+            + "\n"
+        )
     if "score" in only:
         n = 50 if q else 2000
         rows = bench_score(enc, n, repeats, q)
-        parts.append(f"## Scoring: reward chrF on {n} pool sources x 8 samples of policy-0 (rest scores each distinct "
-                     f"row once), and on {16 * n:,} distinct rows (each reference against 16 others: what processes "
-                     f"speed up; a call of fewer than {PARALLEL_MIN_CHARS:,} characters stays in one process)\n\n" + table(rows, [
-            ("rows", "rows", ""), ("what", "what scores", ""), ("rows_per_s", "rows/s", ",.0f"), ("ours_vs_this", "rest ... x", ".2f")]) + "\n")
+        parts.append(
+            f"## Scoring: reward chrF on {n} pool sources x 8 samples of policy-0 (rest scores each distinct "
+            f"row once), and on {16 * n:,} distinct rows (each reference against 16 others: what processes "
+            f"speed up; a call of fewer than {PARALLEL_MIN_CHARS:,} characters stays in one process)\n\n"
+            + table(
+                rows,
+                [
+                    ("rows", "rows", ""),
+                    ("what", "what scores", ""),
+                    ("rows_per_s", "rows/s", ",.0f"),
+                    ("ours_vs_this", "rest ... x", ".2f"),
+                ],
+            )
+            + "\n"
+        )
     if "memory" in only:
         sizes = [200] if q else [2000, 16000, 64000]
         rows = bench_memory(enc, sizes, q)
-        parts.append("## Memory: peak RSS of one Grow step (2 samples per source) and one Improve step (20 steps + "
-                     "evaluation), each in its own process; the peak is reset after the imports (`/proc/self/clear_refs`), "
-                     "so it is the step's own\n\n" + table(rows, [
-                         ("pool_sources", "pool sources", ","), ("grow_rows", "Grow rows", ","),
-                         ("grow_peak_rss_mb", "Grow peak RSS (MB)", ".0f"), ("grow_above_start_mb", "over its start (MB)", ".0f"),
-                         ("grow_seconds", "Grow s", ".1f"), ("improve_peak_rss_mb", "Improve peak RSS (MB)", ".0f"),
-                         ("improve_above_start_mb", "over its start (MB)", ".0f"), ("improve_seconds", "Improve s", ".1f")]) + "\n")
+        parts.append(
+            "## Memory: peak RSS of one Grow step (2 samples per source) and one Improve step (20 steps + "
+            "evaluation), each in its own process; the peak is reset after the imports (`/proc/self/clear_refs`), "
+            "so it is the step's own\n\n"
+            + table(
+                rows,
+                [
+                    ("pool_sources", "pool sources", ","),
+                    ("grow_rows", "Grow rows", ","),
+                    ("grow_peak_rss_mb", "Grow peak RSS (MB)", ".0f"),
+                    ("grow_above_start_mb", "over its start (MB)", ".0f"),
+                    ("grow_seconds", "Grow s", ".1f"),
+                    ("improve_peak_rss_mb", "Improve peak RSS (MB)", ".0f"),
+                    ("improve_above_start_mb", "over its start (MB)", ".0f"),
+                    ("improve_seconds", "Improve s", ".1f"),
+                ],
+            )
+            + "\n"
+        )
     if "run" in only:
         rows = bench_run(q)
-        parts.append("## `make run`: seconds per stage (in-process), and the whole `rest run`\n\n" + table(rows, [
-            ("stage", "stage", ""), ("seconds", "seconds", ".1f")]) + "\n")
+        parts.append(
+            "## `make run`: seconds per stage (in-process), and the whole `rest run`\n\n"
+            + table(rows, [("stage", "stage", ""), ("seconds", "seconds", ".1f")])
+            + "\n"
+        )
     parts.append(f"Whole bench: {time.perf_counter() - started:.0f} s.\n")
     Path(args.out).write_text("\n".join(parts))
     print(f"[bench] wrote {args.out}")

@@ -22,9 +22,31 @@ SPLITS = {"train": 200, "pool": 2000, "valid": 500, "test": 500}
 # The words German numbers below a million are made of. BC can only teach what `train` shows, and Grow only
 # samples what the policy can already say: a word missing from `train` would cap every policy's accuracy.
 MORPHEMES = [
-    "null", "eins", "zwei", "drei", "vier", "fünf", "sechs", "sieben", "acht", "neun", "zehn", "elf", "zwölf",
-    "sechzehn", "siebzehn", "zwanzig", "dreißig", "vierzig", "fünfzig", "sechzig", "siebzig", "achtzig",
-    "neunzig", "hundert", "tausend",
+    "null",
+    "eins",
+    "zwei",
+    "drei",
+    "vier",
+    "fünf",
+    "sechs",
+    "sieben",
+    "acht",
+    "neun",
+    "zehn",
+    "elf",
+    "zwölf",
+    "sechzehn",
+    "siebzehn",
+    "zwanzig",
+    "dreißig",
+    "vierzig",
+    "fünfzig",
+    "sechzig",
+    "siebzig",
+    "achtzig",
+    "neunzig",
+    "hundert",
+    "tausend",
 ]
 SCHEMA = pa.schema([("source_id", pa.string()), ("source", pa.string()), ("reference", pa.string())])
 # Sources without references, disjoint from the four splits: Grow with a learned reward samples for these.
@@ -51,7 +73,9 @@ def draw_numbers(total: int, seed: int) -> list[int]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "numbers")
-    parser.add_argument("--seed", type=int, default=20231060, help="the default is the first seed whose train split covers MORPHEMES")
+    parser.add_argument(
+        "--seed", type=int, default=20231060, help="the default is the first seed whose train split covers MORPHEMES"
+    )
     args = parser.parse_args()
     numbers = draw_numbers(sum(SPLITS.values()), args.seed)
     train_words = " ".join(num2words(n, lang="de") for n in numbers[: SPLITS["train"]])

@@ -4,7 +4,6 @@ A `RestError` is bad input, not a bug: the CLI prints its message (which names t
 and the fix) and exits with code 2, without a traceback. Anything else is a bug and keeps its traceback.
 """
 
-
 import errno
 
 
@@ -16,7 +15,7 @@ class RestError(Exception):
 # fix instead of a traceback, and the flows log them without one.
 OS_ERROR_FIXES = {
     errno.ENOSPC: "free some space and run the same command again (published artifacts are kept; the step that "
-                  "failed starts over, and nothing it half-wrote looks finished)",
+    "failed starts over, and nothing it half-wrote looks finished)",
     errno.EDQUOT: "free some space (disk quota) and run the same command again",
     errno.EROFS: "the file system is read-only: give a --run directory on a writable one",
     errno.EACCES: "no permission to write there: give a --run directory you can write to",

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -49,21 +51,42 @@ def _in_repo(monkeypatch):
 CONFIG = "configs/smoke.yaml"
 
 # `make test` hands whole files to two worker processes (pytest-xdist --dist loadfile) in collection order: the
-# longest files go first, so neither worker is left running a long file alone at the end (the order of the slowest
-# tests `make test` prints, 2026-11-26); a file not listed keeps its place after them.
-LONGEST_FIRST = ["test_vllm.py", "test_reward_model.py", "test_prefect_server.py", "test_bench.py", "test_pipeline.py",
-                 "test_reliability.py", "test_distributed.py", "test_methods.py", "test_lora.py"]
+# longest files go first, so neither worker is left running a long file alone at the end. The order is derived from
+# tests/durations.json, each file's seconds in the last full run that recorded them (`make test-durations`); a file
+# not listed there follows, the more integration tests it has the earlier.
+DURATIONS = REPO / "tests" / "durations.json"
 
 
 def pytest_collection_modifyitems(items):
-    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: a file's tests keep their order
+    seconds = json.loads(DURATIONS.read_text()) if DURATIONS.is_file() else {}
+    integration = Counter(item.path.name for item in items if item.get_closest_marker("integration"))
+    # stable: a file's tests keep their order
+    items.sort(key=lambda item: (-seconds.get(item.path.name, 0.0), -integration[item.path.name]))
+
+
+_FILE_SECONDS: Counter = Counter()
+
+
+def pytest_runtest_logreport(report):
+    _FILE_SECONDS[Path(report.location[0]).name] += report.duration  # setup, call and teardown
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if os.environ.get("REST_RECORD_DURATIONS") and not os.environ.get("PYTEST_XDIST_WORKER") and _FILE_SECONDS:
+        ranked = dict(
+            sorted(((k, round(v, 1)) for k, v in _FILE_SECONDS.items() if k.startswith("test_")), key=lambda kv: -kv[1])
+        )
+        DURATIONS.write_text(json.dumps(ranked, indent=1) + "\n")
 
 
 def rest(*args: str, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
     """The real CLI in a subprocess, as a user runs it."""
     proc = subprocess.run(
-        [sys.executable, "-m", "rest.cli", *args], capture_output=True, text=True, timeout=600, env={**os.environ, **(env or {})}
+        [sys.executable, "-m", "rest.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, **(env or {})},
     )
     if check and proc.returncode != 0:
         raise AssertionError(f"rest {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr[-4000:]}")

@@ -21,10 +21,17 @@ def _grow_like(run_dir, rows=3):
     art = run_dir / "grow-1"
     art.mkdir()
     cols = {
-        "source_id": [f"s{i}" for i in range(rows)], "source": ["1"] * rows, "reference": ["eins"] * rows,
-        "sample_index": [0] * rows, "completion": ["eins"] * rows, "num_tokens": [1] * rows,
-        "logprob": [-0.1] * rows, "reward": [1.0] * rows, "reward_chrf": [1.0] * rows,
-        "policy": ["p"] * rows, "grow_step": [1] * rows,
+        "source_id": [f"s{i}" for i in range(rows)],
+        "source": ["1"] * rows,
+        "reference": ["eins"] * rows,
+        "sample_index": [0] * rows,
+        "completion": ["eins"] * rows,
+        "num_tokens": [1] * rows,
+        "logprob": [-0.1] * rows,
+        "reward": [1.0] * rows,
+        "reward_chrf": [1.0] * rows,
+        "policy": ["p"] * rows,
+        "grow_step": [1] * rows,
     }
     write_shard(art / "shard-00000.parquet", cols, ["chrf"])
     return art

@@ -8,7 +8,9 @@ import pytest
 
 
 def rest(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "rest.cli", *args], capture_output=True, text=True, timeout=120, cwd=cwd)
+    return subprocess.run(
+        [sys.executable, "-m", "rest.cli", *args], capture_output=True, text=True, timeout=120, cwd=cwd
+    )
 
 
 @pytest.fixture
@@ -34,15 +36,26 @@ def bad_files(tmp_path):
         ("data.pool={d}/empty.parquet", r"data.pool \(.*empty.parquet\): `source` is empty in 1 rows \(first: row 1\)"),
         ("data.test={d}/missing.parquet", r"data.test: .*missing.parquet does not exist"),
         ("data.train={d}/half.parquet", r"data.train: .*half.parquet is not a readable Parquet file .*cut short"),
-        ("data.train={d}/csvs", r"data.train: .*csvs is a directory that holds 1 file\(s\) that are not .parquet \(part-0.csv\)"),
-        ("data.pool={d}/lists.parquet", r"data.pool \(.*lists.parquet\): `source` must be text, .*a list: \['1', '2'\]"),
+        (
+            "data.train={d}/csvs",
+            r"data.train: .*csvs is a directory that holds 1 file\(s\) that are not .parquet \(part-0.csv\)",
+        ),
+        (
+            "data.pool={d}/lists.parquet",
+            r"data.pool \(.*lists.parquet\): `source` must be text, .*a list: \['1', '2'\]",
+        ),
         ("improve.thresholds=[1.0,0.9]", r"improve.thresholds`: thresholds must rise strictly"),
         ("grow.num_sampels=4", r"unknown config key `grow.num_sampels`; did you mean `grow.num_samples`"),
         ("improve.token_weights=chrf", r"improve.token_weights: chrf has no per-token scores .*objective: seq2seq"),
-        ("improve.lora={{target_modules: [q_proj, query]}}",  # braces doubled: the override goes through str.format
-         r"improve.lora.target_modules: this model has no module `query`; its module names end in: .*q_proj"),
-        pytest.param("device=cuda:7", r"device: cuda:7, but torch .* (sees no GPU|sees \d+ GPU)",
-                     marks=pytest.mark.skipif(__import__("torch").cuda.device_count() > 7, reason="a machine with 8 GPUs")),
+        (
+            "improve.lora={{target_modules: [q_proj, query]}}",  # braces doubled: the override goes through str.format
+            r"improve.lora.target_modules: this model has no module `query`; its module names end in: .*q_proj",
+        ),
+        pytest.param(
+            "device=cuda:7",
+            r"device: cuda:7, but torch .* (sees no GPU|sees \d+ GPU)",
+            marks=pytest.mark.skipif(__import__("torch").cuda.device_count() > 7, reason="a machine with 8 GPUs"),
+        ),
     ],
 )
 def test_bad_input_exits_2_and_leaves_nothing(bad_files, tmp_path, override, message):

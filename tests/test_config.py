@@ -40,7 +40,10 @@ def test_unknown_key_suggests_the_close_one():
 
 
 def test_overrides_are_yaml_values():
-    cfg = load_config("configs/numbers.yaml", ["grow.num_samples=4", "improve.thresholds=[0.5, 0.7, 1.0]", "data.pool=null", "data.grow_on=train"])
+    cfg = load_config(
+        "configs/numbers.yaml",
+        ["grow.num_samples=4", "improve.thresholds=[0.5, 0.7, 1.0]", "data.pool=null", "data.grow_on=train"],
+    )
     assert cfg.grow.num_samples == 4
     assert cfg.improve.thresholds == [0.5, 0.7, 1.0]
     assert cfg.data.pool is None
@@ -74,7 +77,9 @@ def test_overrides_model_keeps_constraints_and_merges_only_what_was_set():
         ConfigOverrides.model_validate({"grow": {"num_sampels": 4}})  # and extra="forbid"
     schema = ConfigOverrides.model_json_schema()
     assert "grow" in schema["properties"]
-    cfg = load_config("configs/smoke.yaml", updates={"grow": {"num_samples": 3}, "reward": {"components": {"ter": 1.0}}})
+    cfg = load_config(
+        "configs/smoke.yaml", updates={"grow": {"num_samples": 3}, "reward": {"components": {"ter": 1.0}}}
+    )
     assert cfg.grow.num_samples == 3
     assert cfg.grow.shard_size == 5  # untouched keys keep the file's values
     assert cfg.reward.components == {"ter": 1.0}  # a mapping value replaces, not merges
@@ -117,7 +122,9 @@ def test_the_yaml_advice_leads_to_a_valid_value():
 
 
 def test_token_weights_name_a_reward_component_of_an_nll_loss():
-    with pytest.raises(RestError, match=r"improve.token_weights is 'learnt', not a component of reward.components \(chrf"):
+    with pytest.raises(
+        RestError, match=r"improve.token_weights is 'learnt', not a component of reward.components \(chrf"
+    ):
         load_config("configs/numbers.yaml", ["improve.token_weights=learnt"])
     with pytest.raises(RestError, match=r"token_weights are for the NLL losses"):
         load_config("configs/numbers.yaml", ["improve.loss=dpo", "improve.token_weights=chrf"])

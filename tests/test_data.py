@@ -17,7 +17,9 @@ def test_reads_parquet_and_jsonl(tmp_path):
 
 def test_missing_source_column_names_file_and_fix(tmp_path):
     pd.DataFrame({"input": ["1"], "reference": ["eins"]}).to_parquet(tmp_path / "bad.parquet")
-    with pytest.raises(RestError, match=r"data.train \(.*bad.parquet\): no `source` column \(columns: input, reference\)"):
+    with pytest.raises(
+        RestError, match=r"data.train \(.*bad.parquet\): no `source` column \(columns: input, reference\)"
+    ):
         load_split(str(tmp_path / "bad.parquet"), "data.train")
 
 
@@ -40,7 +42,9 @@ def test_path_that_does_not_exist():
 
 
 def test_duplicate_ids(tmp_path):
-    pd.DataFrame({"source_id": ["a", "a"], "source": ["1", "2"], "reference": ["eins", "zwei"]}).to_parquet(tmp_path / "d.parquet")
+    pd.DataFrame({"source_id": ["a", "a"], "source": ["1", "2"], "reference": ["eins", "zwei"]}).to_parquet(
+        tmp_path / "d.parquet"
+    )
     with pytest.raises(RestError, match="'a' appears more than once"):
         load_split(str(tmp_path / "d.parquet"), "data.train")
 
@@ -60,10 +64,14 @@ def test_a_malformed_jsonl_line_is_named_by_its_number(tmp_path):
 
 def test_a_parquet_file_cut_short_is_named(tmp_path):
     """Before: pyarrow's `Parquet magic bytes not found` traceback."""
-    pd.DataFrame({"source": ["1", "2"] * 100, "reference": ["eins", "zwei"] * 100}).to_parquet(tmp_path / "whole.parquet")
+    pd.DataFrame({"source": ["1", "2"] * 100, "reference": ["eins", "zwei"] * 100}).to_parquet(
+        tmp_path / "whole.parquet"
+    )
     data = (tmp_path / "whole.parquet").read_bytes()
     (tmp_path / "half.parquet").write_bytes(data[: len(data) // 2])
-    with pytest.raises(RestError, match=r"data.train: .*half.parquet is not a readable Parquet file \(.*\); it may be cut short"):
+    with pytest.raises(
+        RestError, match=r"data.train: .*half.parquet is not a readable Parquet file \(.*\); it may be cut short"
+    ):
         load_split(str(tmp_path / "half.parquet"), "data.train")
     # in a directory of Parquet files, the damaged one is named
     (tmp_path / "parts").mkdir()
@@ -81,8 +89,11 @@ def test_a_directory_of_csv_files_is_named_with_the_fix(tmp_path):
     (tmp_path / "csvs").mkdir()
     for i in range(2):
         pd.DataFrame({"source": ["1"], "reference": ["eins"]}).to_csv(tmp_path / "csvs" / f"part-{i}.csv", index=False)
-    with pytest.raises(RestError, match=r"data.train: .*csvs is a directory that holds 2 file\(s\) that are not .parquet "
-                                        r"\(part-0.csv, part-1.csv\); a directory split is .parquet files only"):
+    with pytest.raises(
+        RestError,
+        match=r"data.train: .*csvs is a directory that holds 2 file\(s\) that are not .parquet "
+        r"\(part-0.csv, part-1.csv\); a directory split is .parquet files only",
+    ):
         load_split(str(tmp_path / "csvs"), "data.train")
     (tmp_path / "nothing").mkdir()
     with pytest.raises(RestError, match=r"nothing is a directory that holds no .parquet file"):
@@ -92,13 +103,21 @@ def test_a_directory_of_csv_files_is_named_with_the_fix(tmp_path):
 def test_a_column_of_lists_or_dicts_is_a_type_error_not_its_repr(tmp_path):
     """Before: each list became its Python repr ("['1', '2']") and was trained on."""
     pd.DataFrame({"source": [["1", "2"], ["3"]], "reference": ["eins", "zwei"]}).to_parquet(tmp_path / "lists.parquet")
-    with pytest.raises(RestError, match=r"`source` must be text, but 2 rows hold other values \(first: row 0, a list: \['1', '2'\]\); make each value one string"):
+    with pytest.raises(
+        RestError,
+        match=r"`source` must be text, but 2 rows hold other values \(first: row 0, a list: \['1', '2'\]\); make each "
+        r"value one string",
+    ):
         load_split(str(tmp_path / "lists.parquet"), "data.train")
     path = tmp_path / "d.jsonl"
     path.write_text('{"source": "1", "reference": "eins"}\n{"source": "2", "reference": {"text": "zwei"}}\n')
-    with pytest.raises(RestError, match=r"`reference` must be text, but 1 rows hold other values \(first: row 1, a dict"):
+    with pytest.raises(
+        RestError, match=r"`reference` must be text, but 1 rows hold other values \(first: row 1, a dict"
+    ):
         load_split(str(path), "data.train")
-    path.write_text('{"source": 12, "reference": 3.5}\n{"source": "2", "reference": "zwei"}\n')  # numbers are text enough
+    path.write_text(
+        '{"source": 12, "reference": 3.5}\n{"source": "2", "reference": "zwei"}\n'
+    )  # numbers are text enough
     assert load_split(str(path), "data.train").source.tolist() == ["12", "2"]
     path.write_text('{"source": true, "reference": "ja"}\n')
     with pytest.raises(RestError, match=r"first: row 0, a bool: True"):
@@ -112,8 +131,10 @@ def test_truncated_and_unknown_token_rows_are_said_before_training(tmp_path):
 
     train = pd.read_parquet("data/numbers/train.parquet")
     cfg = load_config("configs/smoke.yaml", [])
-    splits = {"data.train": load_split("data/numbers/train.parquet", "data.train"),
-              "data.valid": load_split("tests/fixtures/valid-small.parquet", "data.valid")}
+    splits = {
+        "data.train": load_split("data/numbers/train.parquet", "data.train"),
+        "data.valid": load_split("tests/fixtures/valid-small.parquet", "data.valid"),
+    }
     assert text_fit_warnings(cfg, splits) == []  # the embedded data fits
     train.loc[3, "source"] = "1234 " * 1000
     train.loc[7, "reference"] = "zwei " * 200
@@ -123,10 +144,14 @@ def test_truncated_and_unknown_token_rows_are_said_before_training(tmp_path):
     splits = {"data.train": load_split(str(tmp_path / "train.parquet"), "data.train"), "data.valid": valid}
     lines = text_fit_warnings(cfg, splits)
     assert len(lines) == 3, lines
-    assert lines[0].startswith("1 of 240 sources are longer than model.max_source_tokens (32 tokens) and lose their end "
-                               "(first: data.train row 3, train-00003, 5001 tokens")
+    assert lines[0].startswith(
+        "1 of 240 sources are longer than model.max_source_tokens (32 tokens) and lose their end "
+        "(first: data.train row 3, train-00003, 5001 tokens"
+    )
     assert "raise model.max_source_tokens" in lines[0]
-    assert lines[1].startswith("1 of 200 training references are longer than model.max_target_tokens (48 tokens with EOS)")
+    assert lines[1].startswith(
+        "1 of 200 training references are longer than model.max_target_tokens (48 tokens with EOS)"
+    )
     assert "data.train row 7" in lines[1] and "model.max_target_tokens" in lines[1]
     assert lines[2].startswith("1 text holds characters the tokenizer cannot represent") and "'☃' '中'" in lines[2]
     assert "data.valid row 2" in lines[2]

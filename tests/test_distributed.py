@@ -19,8 +19,14 @@ from rest import stages
 from rest.config import load_config
 
 # Dropout off: with it, each rank draws its own masks, so the curves would differ by the noise of dropout only.
-BASE = ["bc.steps=30", "bc.batch_size=16", "grow.shard_size=20", "improve.steps=6", "improve.batch_size=16",
-        "improve.thresholds=[0.3]"]
+BASE = [
+    "bc.steps=30",
+    "bc.batch_size=16",
+    "grow.shard_size=20",
+    "improve.steps=6",
+    "improve.batch_size=16",
+    "improve.thresholds=[0.3]",
+]
 
 
 def _no_dropout(tmp_path: Path) -> str:
@@ -39,7 +45,9 @@ def test_two_processes_take_the_steps_of_one_with_accumulation(tmp_path):
     arch = _no_dropout(tmp_path)
     # one process, micro-batches of 8 (gradient accumulation 2): BC, a Grow step, an Improve step
     one = tmp_path / "one"
-    stages.start_run(one, load_config("configs/smoke.yaml", [arch, *BASE, "bc.micro_batch_size=8", "improve.micro_batch_size=8"]))
+    stages.start_run(
+        one, load_config("configs/smoke.yaml", [arch, *BASE, "bc.micro_batch_size=8", "improve.micro_batch_size=8"])
+    )
     stages.make_policy0(one)
     for index in stages.plan_grow(one, 1):
         stages.grow_shard(one, 1, index)
@@ -63,7 +71,9 @@ def test_two_processes_take_the_steps_of_one_with_accumulation(tmp_path):
     fsdp = tmp_path / "fsdp"
     shutil.copytree(one, fsdp)
     shutil.rmtree(fsdp / "improve-1-1")
-    stages.start_run(fsdp, load_config("configs/smoke.yaml", [arch, *BASE, "improve.processes=2", "improve.strategy=fsdp"]))
+    stages.start_run(
+        fsdp, load_config("configs/smoke.yaml", [arch, *BASE, "improve.processes=2", "improve.strategy=fsdp"])
+    )
     stages.improve(fsdp, 1, 1)
     c = _losses(fsdp, "improve-1-1")
     assert max(abs(x - y) for x, y in zip(a, c)) < 1e-5, (a, c)  # measured: 0.0
@@ -97,8 +107,12 @@ def test_a_rank_that_dies_leaves_no_artifact_and_no_process(tmp_path):
     for index in stages.plan_grow(run, 1):
         stages.grow_shard(run, 1, index)
     stages.finish_grow(run, 1)
-    proc = subprocess.Popen([sys.executable, "-m", "rest.cli", "improve", "--run", str(run), "improve.processes=2"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rest.cli", "improve", "--run", str(run), "improve.processes=2"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 120
     while not (victims := _rank_processes(1)) and time.monotonic() < deadline:
         time.sleep(0.2)

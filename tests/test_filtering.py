@@ -34,7 +34,9 @@ def test_select_keeps_distinct_texts_of_one_source():
 
 
 def test_select_prefers_the_higher_reward_duplicate():
-    rows = pd.DataFrame({"source_id": ["a", "a"], "sample_index": [0, 1], "completion": ["x ", "x"], "reward": [0.6, 0.9]})
+    rows = pd.DataFrame(
+        {"source_id": ["a", "a"], "sample_index": [0, 1], "completion": ["x ", "x"], "reward": [0.6, 0.9]}
+    )
     assert select(rows, 0.5).sample_index.tolist() == [1]
 
 
@@ -77,7 +79,9 @@ def test_group_by_length_keeps_every_draw_within_its_run_and_cuts_the_spread():
     window = length_window(1000, 32)
     assert window == 31  # one epoch of 1000 items in batches of 32
     for start in range(0, 60, window):  # the same draws, within the same run of steps
-        assert sorted(np.concatenate(drawn[start:start + window])) == sorted(np.concatenate(grouped[start:start + window]))
+        assert sorted(np.concatenate(drawn[start : start + window])) == sorted(
+            np.concatenate(grouped[start : start + window])
+        )
     assert [len(b) for b in grouped] == [32] * 60
     assert _spread(grouped, lengths) < 0.2 * _spread(drawn, lengths)
     # Within a run the batches are shuffled, not shortest first.
@@ -100,7 +104,9 @@ def test_mix_batches_grouped_keeps_the_mix_and_pairs_lengths():
     # A batch's kept rows and train rows are of similar length: their means move together.
     corr = np.corrcoef([kept_len[k].mean() for k, _ in plan], [train_len[t].mean() for _, t in plan])[0, 1]
     assert corr > 0.9
-    assert mix_batches(0, 20, 0.25, 8, 3, np.random.default_rng(0), lengths=(np.zeros(0), np.arange(20)))[0][1].size == 8
+    assert (
+        mix_batches(0, 20, 0.25, 8, 3, np.random.default_rng(0), lengths=(np.zeros(0), np.arange(20)))[0][1].size == 8
+    )
 
 
 def test_sparse_selection_says_what_to_change_when_tau_keeps_almost_nothing():

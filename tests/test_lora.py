@@ -16,17 +16,18 @@ from rest.improve.objectives import NLL, Batch
 from rest.models.policy import Policy, encode_pairs, forward_logits
 from rest.training.loop import BaseWeights, train, with_lora
 from tests.conftest import CONFIG, rest
-from tests.test_models_sampling import _tiny
-from tests.test_precision import SOURCES, TARGETS
+from tests.helpers import SOURCES, TARGETS, tiny_policy
 
 LORA = LoraConfig(r=4, alpha=8.0, dropout=0.0)
 
 
 @pytest.mark.parametrize("model_type", ["bart", "llama"])
 def test_lora_trains_the_adapter_only_and_publishes_a_plain_model(tmp_path, model_type):
-    policy, cfg = _tiny(tmp_path, model_type)
+    policy, cfg = tiny_policy(tmp_path, model_type)
     start = copy.deepcopy(policy.model.state_dict())
-    stats = train(policy, [Batch(SOURCES, TARGETS)] * 40, ImproveConfig(steps=40, lr=2e-2, warmup_steps=0, lora=LORA), cfg, seed=0)
+    stats = train(
+        policy, [Batch(SOURCES, TARGETS)] * 40, ImproveConfig(steps=40, lr=2e-2, warmup_steps=0, lora=LORA), cfg, seed=0
+    )
     # It learns, slowly: rank-4 adapters on the one layer of a random model (full fine-tuning: 3.9 -> 0.6 here).
     assert stats["loss_last"] < 0.96 * stats["loss_first"]
     assert type(policy.model).__name__.endswith(("ConditionalGeneration", "CausalLM"))  # no peft wrapper left
@@ -43,11 +44,13 @@ def test_lora_trains_the_adapter_only_and_publishes_a_plain_model(tmp_path, mode
     policy.model.eval()
     batch = encode_pairs(policy, SOURCES, TARGETS, cfg)
     with torch.no_grad():
-        torch.testing.assert_close(forward_logits(Policy(loaded, policy.tokenizer), batch), forward_logits(policy, batch))
+        torch.testing.assert_close(
+            forward_logits(Policy(loaded, policy.tokenizer), batch), forward_logits(policy, batch)
+        )
 
 
 def test_the_adapter_switched_off_is_the_start_policy(tmp_path):
-    policy, cfg = _tiny(tmp_path, "bart")
+    policy, cfg = tiny_policy(tmp_path, "bart")
     original = copy.deepcopy(policy)
     original.model.eval()
     peft = with_lora(policy.model, LORA)
@@ -66,14 +69,29 @@ def test_the_adapter_switched_off_is_the_start_policy(tmp_path):
 
 
 def test_kl_prior_against_the_adapter_switched_off(tmp_path):
-    policy, cfg = _tiny(tmp_path, "bart")
+    policy, cfg = tiny_policy(tmp_path, "bart")
     start = copy.deepcopy(policy.model.state_dict())
-    stats = train(policy, [Batch(SOURCES, TARGETS)] * 10, ImproveConfig(steps=10, lr=2e-2, warmup_steps=0, lora=LORA),
-                  cfg, seed=0, objective=NLL(kl_beta=0.5), reference=policy)
+    stats = train(
+        policy,
+        [Batch(SOURCES, TARGETS)] * 10,
+        ImproveConfig(steps=10, lr=2e-2, warmup_steps=0, lora=LORA),
+        cfg,
+        seed=0,
+        objective=NLL(kl_beta=0.5),
+        reference=policy,
+    )
     assert stats["kl_last"] > 0  # the policy moved away from where it started, and the prior saw it
     assert any(not torch.equal(start[k], v) for k, v in policy.model.state_dict().items())
     with pytest.raises(ValueError, match="only with LoRA"):
-        train(policy, [Batch(SOURCES, TARGETS)], ImproveConfig(steps=1), cfg, seed=0, objective=NLL(kl_beta=0.5), reference=policy)
+        train(
+            policy,
+            [Batch(SOURCES, TARGETS)],
+            ImproveConfig(steps=1),
+            cfg,
+            seed=0,
+            objective=NLL(kl_beta=0.5),
+            reference=policy,
+        )
 
 
 @pytest.mark.integration
@@ -81,9 +99,21 @@ def test_a_run_with_lora_bf16_and_micro_batches_end_to_end(tmp_path):
     """Improve with LoRA from policy-0 (ReST-EM) with the KL prior read through the switched-off adapter, bf16
     autocast and micro-batches: the published policies are plain models that `Auto*` loads."""
     run = tmp_path / "lora"
-    rest("run", "--config", CONFIG, "--run", str(run), "device=cpu", "improve.init=policy-0", "improve.kl_beta=0.1",
-         "improve.lora={r: 4, alpha: 8}", "improve.precision=bf16", "improve.micro_batch_size=5",
-         "bc.micro_batch_size=16", "improve.lr=5e-3")
+    rest(
+        "run",
+        "--config",
+        CONFIG,
+        "--run",
+        str(run),
+        "device=cpu",
+        "improve.init=policy-0",
+        "improve.kl_beta=0.1",
+        "improve.lora={r: 4, alpha: 8}",
+        "improve.precision=bf16",
+        "improve.micro_batch_size=5",
+        "bc.micro_batch_size=16",
+        "improve.lr=5e-3",
+    )
     policy0 = AutoModelForSeq2SeqLM.from_pretrained(run / "policy-0").state_dict()
     for name in ("improve-1-1", "improve-1-2"):
         assert not (run / name / "adapter_config.json").exists()

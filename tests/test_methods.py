@@ -13,9 +13,15 @@ from tests.conftest import rest
 pytestmark = pytest.mark.integration
 
 # The smoke scale of a g2p config: what changes is size, never the method.
-SMOKE = ["data.pool=tests/fixtures/g2p-pool-small.parquet", "data.valid=tests/fixtures/g2p-valid-small.parquet",
-         "data.test=tests/fixtures/g2p-valid-small.parquet", "bc.steps=60", "grow.shard_size=20", "improve.steps=6",
-         "improve.batch_size=16"]
+SMOKE = [
+    "data.pool=tests/fixtures/g2p-pool-small.parquet",
+    "data.valid=tests/fixtures/g2p-valid-small.parquet",
+    "data.test=tests/fixtures/g2p-valid-small.parquet",
+    "bc.steps=60",
+    "grow.shard_size=20",
+    "improve.steps=6",
+    "improve.batch_size=16",
+]
 
 
 def _metrics(run, name):
@@ -25,8 +31,17 @@ def _metrics(run, name):
 def test_iterative_dpo_learns_from_pairs_of_its_own_samples(tmp_path):
     run = tmp_path / "dpo"
     # 60 BC steps learn little of g2p (chrF ~0.1): low thresholds, so that pairs qualify
-    out = rest("run", "--config", "configs/g2p-dpo.yaml", "--run", str(run), *SMOKE, "grow.steps=1",
-               "improve.thresholds=[0.1, 0.15]", "improve.preference.margin=0.05").stdout
+    out = rest(
+        "run",
+        "--config",
+        "configs/g2p-dpo.yaml",
+        "--run",
+        str(run),
+        *SMOKE,
+        "grow.steps=1",
+        "improve.thresholds=[0.1, 0.15]",
+        "improve.preference.margin=0.05",
+    ).stdout
     rows = pd.read_parquet(run / "grow-1")
     for name, tau in (("improve-1-1", 0.1), ("improve-1-2", 0.15)):
         m = _metrics(run, name)
@@ -42,8 +57,18 @@ def test_iterative_dpo_learns_from_pairs_of_its_own_samples(tmp_path):
 
 def test_superhf_iterations_take_fresh_superbatches_and_keep_the_best_per_source(tmp_path):
     run = tmp_path / "superhf"
-    rest("run", "--config", "configs/superhf-g2p.yaml", "--run", str(run), *SMOKE, "grow.steps=3",
-         "grow.sources_per_step=16", "grow.shard_size=16", "improve.steps=4")
+    rest(
+        "run",
+        "--config",
+        "configs/superhf-g2p.yaml",
+        "--run",
+        str(run),
+        *SMOKE,
+        "grow.steps=3",
+        "grow.sources_per_step=16",
+        "grow.shard_size=16",
+        "improve.steps=4",
+    )
     seen: set[str] = set()
     for g in (1, 2, 3):
         rows = pd.read_parquet(run / f"grow-{g}")
@@ -66,4 +91,9 @@ def test_superhf_iterations_take_fresh_superbatches_and_keep_the_best_per_source
     assert record["best_policy"] in ("policy-0", "improve-3-1")
     # the report's verdict spans the Grow steps since the last validated policy
     [verdict] = json.loads(rest("report", str(run), "--json").stdout)["grow"]
-    assert (verdict["grow"], verdict["before"], verdict["after"], verdict["samples"]) == ("grow-1..3", "policy-0", "improve-3-1", 3 * 16 * 8)
+    assert (verdict["grow"], verdict["before"], verdict["after"], verdict["samples"]) == (
+        "grow-1..3",
+        "policy-0",
+        "improve-3-1",
+        3 * 16 * 8,
+    )

@@ -1,39 +1,21 @@
 """Tiny real models (built from config, no download): batching, masking and the sampling loop."""
 
-import json
-
 import pytest
 import torch
 
-from rest.config import ModelConfig
 from rest.models.policy import (
-    build_policy,
     encode_pairs,
     load_policy,
     prompt_ids,
     target_ids,
 )
 from rest.models.sampling import generate
-
-TEXTS = ["6947", "sechstausendneunhundertsiebenundvierzig", "12", "zwölf", "5", "fünf"]
-
-
-def _tiny(tmp_path, model_type):
-    arch = {
-        "bart": {"model_type": "bart", "d_model": 32, "encoder_layers": 1, "decoder_layers": 1, "encoder_attention_heads": 2,
-                 "decoder_attention_heads": 2, "encoder_ffn_dim": 64, "decoder_ffn_dim": 64, "max_position_embeddings": 64},
-        "llama": {"model_type": "llama", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
-                  "num_attention_heads": 2, "num_key_value_heads": 2, "max_position_embeddings": 128},
-    }[model_type]
-    path = tmp_path / f"{model_type}.json"
-    path.write_text(json.dumps(arch))
-    cfg = ModelConfig(architecture=str(path), vocab_size=48)
-    return build_policy(cfg, TEXTS, seed=0), cfg
+from tests.helpers import tiny_policy
 
 
 @pytest.mark.parametrize("model_type", ["bart", "llama"])
 def test_labels_cover_target_tokens_only(tmp_path, model_type):
-    policy, cfg = _tiny(tmp_path, model_type)
+    policy, cfg = tiny_policy(tmp_path, model_type)
     batch = encode_pairs(policy, ["12", "6947"], ["zwölf", "sechstausend"], cfg)
     tgt = target_ids(policy, ["zwölf", "sechstausend"], cfg)
     labelled = (batch["labels"] != -100).sum(dim=1).tolist()
@@ -50,7 +32,7 @@ def test_labels_cover_target_tokens_only(tmp_path, model_type):
 
 @pytest.mark.parametrize("model_type", ["bart", "llama"])
 def test_sampling_is_reproducible_from_its_seed(tmp_path, model_type):
-    policy, cfg = _tiny(tmp_path, model_type)
+    policy, cfg = tiny_policy(tmp_path, model_type)
     kw = dict(num_samples=4, max_new_tokens=8, batch_size=3, temperature=1.5)
     a = generate(policy, ["12", "6947", "5"], cfg, seed=7, **kw)
     b = generate(policy, ["12", "6947", "5"], cfg, seed=7, **kw)
@@ -66,7 +48,9 @@ def _teacher_forced_logprob(policy, prompt, ids):
     target = ids + [eos]
     with torch.no_grad():
         if policy.is_encoder_decoder:
-            logits = policy.model(input_ids=torch.tensor([prompt]), decoder_input_ids=torch.tensor([[start] + ids])).logits[0]
+            logits = policy.model(
+                input_ids=torch.tensor([prompt]), decoder_input_ids=torch.tensor([[start] + ids])
+            ).logits[0]
         else:
             logits = policy.model(input_ids=torch.tensor([prompt + ids])).logits[0, len(prompt) - 1 :]
     return torch.log_softmax(logits, -1)[torch.arange(len(target)), torch.tensor(target)].sum().item()
@@ -78,7 +62,7 @@ def test_logprob_is_the_policy_sequence_logprob(tmp_path, model_type):
     row: sources of different lengths (padding), a batch that splits one source's samples (7 rows, 5 samples per
     source: the prompt is read once per batch and its cache copied), and rows that stop at different steps (a
     finished row leaves the batch, the others go on)."""
-    policy, cfg = _tiny(tmp_path, model_type)
+    policy, cfg = tiny_policy(tmp_path, model_type)
     sources = ["12", "6947", "5"]
     out = generate(policy, sources, cfg, num_samples=5, batch_size=7, max_new_tokens=20, seed=3, temperature=2.0)
     prompts = prompt_ids(policy, sources, cfg)
@@ -97,14 +81,20 @@ def test_greedy_is_what_transformers_generate_returns(tmp_path, model_type):
     """Our decoding loop and transformers' `generate` agree token for token (greedy), on a padded batch."""
     from rest.models.tokenizer import pad
 
-    policy, cfg = _tiny(tmp_path, model_type)
+    policy, cfg = tiny_policy(tmp_path, model_type)
     sources = ["12", "6947", "5", "sechstausend"]
     ours = generate(policy, sources, cfg, greedy=True, max_new_tokens=12)
     tok = policy.tokenizer
     ids, mask = pad(prompt_ids(policy, sources, cfg), tok.pad_token_id, left=not policy.is_encoder_decoder)
     with torch.no_grad():
-        theirs = policy.model.generate(input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=12,
-                                       pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+        theirs = policy.model.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            do_sample=False,
+            max_new_tokens=12,
+            pad_token_id=tok.pad_token_id,
+            eos_token_id=tok.eos_token_id,
+        )
     theirs = theirs[:, 1:] if policy.is_encoder_decoder else theirs[:, ids.shape[1] :]  # drop the start / the prompt
     for row, want in enumerate(theirs.tolist()):
         want = want[: want.index(tok.eos_token_id)] if tok.eos_token_id in want else want
@@ -116,14 +106,14 @@ def test_greedy_is_what_transformers_generate_returns(tmp_path, model_type):
 
 
 def test_top_k_1_is_greedy(tmp_path):
-    policy, cfg = _tiny(tmp_path, "bart")
+    policy, cfg = tiny_policy(tmp_path, "bart")
     greedy = generate(policy, ["12", "6947"], cfg, greedy=True, max_new_tokens=8)
     top1 = generate(policy, ["12", "6947"], cfg, top_k=1, max_new_tokens=8, seed=123)
     assert greedy.completions == top1.completions
 
 
 def test_saved_policy_loads_back_with_auto_classes(tmp_path):
-    policy, cfg = _tiny(tmp_path, "bart")
+    policy, cfg = tiny_policy(tmp_path, "bart")
     policy.save(tmp_path / "p")
     again = load_policy(tmp_path / "p")
     assert again.is_encoder_decoder
@@ -144,7 +134,7 @@ def test_trained_targets_are_what_greedy_decoding_returns(tmp_path, model_type):
     from rest.improve.objectives import Batch
     from rest.training.loop import train
 
-    policy, cfg = _tiny(tmp_path, model_type)
+    policy, cfg = tiny_policy(tmp_path, model_type)
     sources, targets = ["12", "6947"], ["zwölf", "sechstausendneunhundertsiebenundvierzig"]
     optim = PolicyOptimFields(steps=400, batch_size=2, lr=3e-3, warmup_steps=5, weight_decay=0.0)
     stats = train(policy, [Batch(sources, targets)] * optim.steps, optim, cfg, seed=0)

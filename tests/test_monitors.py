@@ -58,7 +58,10 @@ def test_a_probe_that_changes_nothing_is_not_applicable():
 
 def test_alarm_fires_when_reward_rises_and_reference_chrf_falls():
     assert alarm({"reward": 0.90, "chrf": 95.0}, {"reward": 0.93, "chrf": 94.0}) == {
-        "reward_delta": 0.03, "chrf_delta": -1.0, "fired": True}
+        "reward_delta": 0.03,
+        "chrf_delta": -1.0,
+        "fired": True,
+    }
     assert not alarm({"reward": 0.90, "chrf": 95.0}, {"reward": 0.93, "chrf": 96.0})["fired"]  # both rose: progress
     assert not alarm({"reward": 0.90, "chrf": 95.0}, {"reward": 0.88, "chrf": 94.0})["fired"]  # both fell: just worse
     assert not alarm(None, {"reward": 0.9, "chrf": 95.0})["fired"]
@@ -87,8 +90,12 @@ def test_drift_and_length_ratio():
 
 def test_policy_monitors_puts_it_together():
     m = policy_monitors(
-        outputs=["sieben sieben", "acht"], base_outputs=["sieben", "acht"], sources=["7", "8"],
-        references=["sieben", "acht"], components={"chrf": 1.0}, valid={"reward": 0.95, "chrf": 90.0},
+        outputs=["sieben sieben", "acht"],
+        base_outputs=["sieben", "acht"],
+        sources=["7", "8"],
+        references=["sieben", "acht"],
+        components={"chrf": 1.0},
+        valid={"reward": 0.95, "chrf": 90.0},
         previous=("policy-0", {"reward": 0.9, "chrf": 92.0}),
     )
     assert m["alarm"] == {"reward_delta": 0.05, "chrf_delta": -2.0, "fired": True, "previous": "policy-0"}
@@ -108,7 +115,7 @@ def test_input_monitor_fires_on_a_policy_that_ignores_its_input(tmp_path):
     from rest.improve.objectives import Batch
     from rest.models.sampling import generate
     from rest.training.loop import train
-    from tests.test_models_sampling import _tiny
+    from tests.helpers import tiny_policy
 
     sources = ["1", "2", "3", "4", "5", "6"]
     targets = ["eins", "zwei", "drei", "vier", "fünf", "sechs"]
@@ -116,12 +123,17 @@ def test_input_monitor_fires_on_a_policy_that_ignores_its_input(tmp_path):
     rng = np.random.default_rng(0)
     verdicts = {}
     for name, shuffle in (("reads", False), ("ignores", True)):
-        policy, cfg = _tiny(tmp_path, "bart")
-        batches = [Batch([sources[j] for j in (rng.permutation(6) if shuffle else range(6))], targets) for _ in range(optim.steps)]
+        policy, cfg = tiny_policy(tmp_path, "bart")
+        batches = [
+            Batch([sources[j] for j in (rng.permutation(6) if shuffle else range(6))], targets)
+            for _ in range(optim.steps)
+        ]
         train(policy, batches, optim, cfg, seed=0)
         outputs = generate(policy, sources, cfg, greedy=True, max_new_tokens=12).completions
         shuffled = [sources[j] for j in (1, 2, 3, 4, 5, 0)]
-        verdicts[name] = input_use(outputs, targets, target_nll(policy, sources, targets, cfg), target_nll(policy, shuffled, targets, cfg))
+        verdicts[name] = input_use(
+            outputs, targets, target_nll(policy, sources, targets, cfg), target_nll(policy, shuffled, targets, cfg)
+        )
     assert not verdicts["reads"]["ignores_input"] and verdicts["reads"]["input_sensitivity"] > 0.5, verdicts["reads"]
     assert verdicts["ignores"]["ignores_input"] and verdicts["ignores"]["input_sensitivity"] < 0.05, verdicts["ignores"]
 

@@ -28,7 +28,7 @@ from rest.improve.objectives import (
 from rest.improve.selection import preference_pairs, select
 from rest.models.policy import target_counts
 from rest.training.loop import train
-from tests.test_models_sampling import _tiny
+from tests.helpers import tiny_policy
 
 
 def _batch():
@@ -37,10 +37,12 @@ def _batch():
     Row 0 has 1 target token with p = 0.5 (NLL ln 2); row 1 has 3 target tokens with p = 0.5, e/(1+e), 1/(1+e)
     (NLLs ln 2, ln(1 + e^-1), ln(1 + e)), then padding (-100).
     """
-    logits = torch.tensor([
-        [[0.0, 0.0], [5.0, 1.0], [3.0, 3.0]],
-        [[0.0, 0.0], [1.0, 0.0], [1.0, 0.0]],
-    ])
+    logits = torch.tensor(
+        [
+            [[0.0, 0.0], [5.0, 1.0], [3.0, 3.0]],
+            [[0.0, 0.0], [1.0, 0.0], [1.0, 0.0]],
+        ]
+    )
     labels = torch.tensor([[0, -100, -100], [1, 0, 1]])
     a = math.log(2)
     b, c, d = math.log(2), math.log(1 + math.exp(-1)), math.log(1 + math.e)
@@ -85,7 +87,7 @@ def test_token_weights_from_token_scores_worked_values():
 def test_token_weighted_nll_on_a_tiny_model_and_its_micro_batches(tmp_path):
     """A token scored -1 does not train: the loss equals the NLL of the other tokens only; pieces of the batch
     normalised by the whole batch's totals add up to the whole; with every score +1 it is the plain NLL."""
-    policy, cfg = _tiny(tmp_path, "bart")
+    policy, cfg = tiny_policy(tmp_path, "bart")
     policy.model.eval()
     sources, targets = ["12", "5", "7"], ["zwölf", "fünf", "sieben"]
     counts = target_counts(policy, targets, cfg)
@@ -95,15 +97,18 @@ def test_token_weighted_nll_on_a_tiny_model_and_its_micro_batches(tmp_path):
     from rest.models.policy import encode_pairs, forward_logits
 
     encoded = encode_pairs(policy, sources, targets, cfg)
-    per_token = torch.nn.functional.cross_entropy(forward_logits(policy, encoded).transpose(1, 2), encoded["labels"],
-                                                  ignore_index=-100, reduction="none")
+    per_token = torch.nn.functional.cross_entropy(
+        forward_logits(policy, encoded).transpose(1, 2), encoded["labels"], ignore_index=-100, reduction="none"
+    )
     kept = per_token[0, : counts[0] - 1].sum() + per_token[2, : counts[2]].sum()
     assert whole.item() == pytest.approx((kept / (counts[0] - 1 + counts[2])).item(), rel=1e-5)
     batch = Batch(sources, targets, [0.5, 1.0, 2.0], scores)
     totals = objective.totals(policy, batch, cfg)
     assert totals["nll"] == pytest.approx(0.5 * (counts[0] - 1) + 2.0 * counts[2])
     full, _ = objective(policy, batch, cfg, None, totals)
-    assert sum(objective(policy, p, cfg, None, totals)[0].item() for p in batch.split(1)) == pytest.approx(full.item(), rel=1e-5)
+    assert sum(objective(policy, p, cfg, None, totals)[0].item() for p in batch.split(1)) == pytest.approx(
+        full.item(), rel=1e-5
+    )
     plain, _ = objective(policy, Batch(sources, targets), cfg)
     all_kept, _ = objective(policy, Batch(sources, targets, None, [[1.0] * n for n in counts]), cfg)
     assert all_kept.item() == pytest.approx(plain.item(), rel=1e-6)
@@ -126,7 +131,7 @@ def test_unlikelihood_in_the_nll_on_a_tiny_model_and_its_micro_batches(tmp_path)
     """The loss is the token-weighted NLL plus alpha x the mean over rows of -log(1 - p) at each first divergence;
     pieces normalised by the whole batch's totals add up to the whole; training with it lowers the probability of
     the diverging token (here an EOS where the reward model would go on) far more than the token weights alone."""
-    policy, cfg = _tiny(tmp_path, "bart")
+    policy, cfg = tiny_policy(tmp_path, "bart")
     sources, targets = ["12", "5", "7"], ["zwölf", "fünf", "sieben"]
     counts = target_counts(policy, targets, cfg)
     scores = [[1.0] * (counts[0] - 1) + [-1.0], [1.0] * counts[1], None]  # row 0: its EOS is where it went wrong
@@ -149,9 +154,14 @@ def test_unlikelihood_in_the_nll_on_a_tiny_model_and_its_micro_batches(tmp_path)
 
     def p_eos_after(alpha):
         trained = copy.deepcopy(policy)
-        train(trained, [batch] * 30, ImproveConfig(lr=1e-2, steps=30, thresholds=[0.5], token_weights="learned",
-                                                   unlikelihood=alpha),
-              cfg, seed=0, objective=NLL("token_mean", unlikelihood=alpha))
+        train(
+            trained,
+            [batch] * 30,
+            ImproveConfig(lr=1e-2, steps=30, thresholds=[0.5], token_weights="learned", unlikelihood=alpha),
+            cfg,
+            seed=0,
+            objective=NLL("token_mean", unlikelihood=alpha),
+        )
         trained.model.eval()
         with torch.no_grad():
             out = forward_logits(trained, encode_pairs(trained, sources, targets, cfg))
@@ -175,11 +185,18 @@ def test_kl_of_a_policy_against_itself_is_zero_and_positive_otherwise():
 
 
 def test_train_with_kl_prior_weights_and_sequence_mean_on_a_tiny_model(tmp_path):
-    policy, cfg = _tiny(tmp_path, "bart")
+    policy, cfg = tiny_policy(tmp_path, "bart")
     reference = copy.deepcopy(policy)
     batches = [Batch(["12", "5"], ["zwölf", "fünf"], [1.0, 0.5])] * 3
-    stats = train(policy, batches, ImproveConfig(steps=3, lr=1e-2, warmup_steps=0), cfg, seed=0,
-                  objective=NLL("sequence_mean", kl_beta=0.5), reference=reference)
+    stats = train(
+        policy,
+        batches,
+        ImproveConfig(steps=3, lr=1e-2, warmup_steps=0),
+        cfg,
+        seed=0,
+        objective=NLL("sequence_mean", kl_beta=0.5),
+        reference=reference,
+    )
     assert stats["steps"] == 3 and stats["kl_last"] > 0  # the policy moved away from its frozen copy
     assert all(not p.requires_grad for p in reference.model.parameters())
     with pytest.raises(ValueError, match="needs the reference"):
@@ -187,8 +204,14 @@ def test_train_with_kl_prior_weights_and_sequence_mean_on_a_tiny_model(tmp_path)
 
 
 def _one_source(rewards):
-    return pd.DataFrame({"source_id": ["s"] * len(rewards), "sample_index": range(len(rewards)),
-                         "completion": [f"c{i}" for i in range(len(rewards))], "reward": rewards})
+    return pd.DataFrame(
+        {
+            "source_id": ["s"] * len(rewards),
+            "sample_index": range(len(rewards)),
+            "completion": [f"c{i}" for i in range(len(rewards))],
+            "reward": rewards,
+        }
+    )
 
 
 def test_selections_worked_example():
@@ -255,7 +278,7 @@ def test_pair_batch_pieces_cover_every_row_and_none_is_empty():
 def test_preference_training_on_a_tiny_model(tmp_path):
     """Dropout off: the first step's loss is exactly ln 2 (policy = reference); pieces normalised by the whole
     batch's totals add up to the whole batch's loss; training raises the chosen sample's likelihood ratio."""
-    policy, cfg = _tiny(tmp_path, "bart")
+    policy, cfg = tiny_policy(tmp_path, "bart")
     reference = copy.deepcopy(policy)
     batch = PairBatch(["12", "5"], ["zwölf", "fünf"], ["zwei", "fünfzehn"], ["7"], ["sieben"])
     objective = Preference("dpo", beta=0.5, average_log_prob=True, nll_weight=1.0)
@@ -265,10 +288,19 @@ def test_preference_training_on_a_tiny_model(tmp_path):
     assert totals == {"pairs": 2.0, "tokens": float(target_counts(policy, ["sieben"], cfg)[0])}
     pieces = sum(objective(policy, p, cfg, reference, totals)[0].item() for p in batch.split(1))
     assert pieces == pytest.approx(whole.item(), rel=1e-5)
-    assert stats["pref_loss"] == pytest.approx(math.log(2), abs=1e-6) and stats["pref_margin"] == pytest.approx(0, abs=1e-6)
+    assert stats["pref_loss"] == pytest.approx(math.log(2), abs=1e-6) and stats["pref_margin"] == pytest.approx(
+        0, abs=1e-6
+    )
     only_pairs = Preference("dpo", beta=0.5, nll_weight=0.0)
-    out = train(policy, [batch] * 6, ImproveConfig(steps=6, lr=1e-2, warmup_steps=0), cfg, seed=0,
-                objective=only_pairs, reference=reference)
+    out = train(
+        policy,
+        [batch] * 6,
+        ImproveConfig(steps=6, lr=1e-2, warmup_steps=0),
+        cfg,
+        seed=0,
+        objective=only_pairs,
+        reference=reference,
+    )
     assert out["losses"][0] == pytest.approx(math.log(2), abs=1e-6)  # dropout was off in training too
     assert out["pref_accuracy_last"] == 1.0 and out["pref_margin_last"] > 0 and out["losses"][-1] < math.log(2)
     with pytest.raises(ValueError, match="needs the reference"):

@@ -19,9 +19,18 @@ from tests.conftest import CONFIG, rest
 
 pytestmark = pytest.mark.integration
 SCHEMA = {
-    "source_id": "string", "source": "string", "reference": "string", "sample_index": "int32", "completion": "string",
-    "num_tokens": "int32", "logprob": "double", "reward": "double", "reward_chrf": "double",
-    "reward_exact_match": "double", "policy": "string", "grow_step": "int32",
+    "source_id": "string",
+    "source": "string",
+    "reference": "string",
+    "sample_index": "int32",
+    "completion": "string",
+    "num_tokens": "int32",
+    "logprob": "double",
+    "reward": "double",
+    "reward_chrf": "double",
+    "reward_exact_match": "double",
+    "policy": "string",
+    "grow_step": "int32",
 }
 
 
@@ -76,7 +85,11 @@ def test_cli_prints_metrics_and_inspect_table(clean_run):
     rows = json.loads(rest("inspect", str(clean_run), "--json").stdout)
     grow = next(r for r in rows if r["artifact"] == "grow-1")
     assert grow["rows"] == 320 and grow["parent"] == "policy-0"
-    evaluated = json.loads(rest("eval", "--run", str(clean_run), "--policy", "policy-0", "--data", "tests/fixtures/valid-small.parquet").stdout)
+    evaluated = json.loads(
+        rest(
+            "eval", "--run", str(clean_run), "--policy", "policy-0", "--data", "tests/fixtures/valid-small.parquet"
+        ).stdout
+    )
     metrics = json.loads((clean_run / "policy-0" / "metrics.json").read_text())["valid"]
     assert evaluated["exact_match"] == metrics["exact_match"] and evaluated["chrf"] == metrics["chrf"]
 
@@ -84,8 +97,11 @@ def test_cli_prints_metrics_and_inspect_table(clean_run):
 def test_rerun_skips_published_artifacts(clean_run):
     # report/ and comet/ are rewritten at the end of every run from the artifacts; the artifacts are not touched
     def files():
-        return {p: p.stat().st_mtime_ns for p in clean_run.rglob("*")
-                if p.is_file() and p.parent != clean_run and p.relative_to(clean_run).parts[0] not in ("report", "comet")}
+        return {
+            p: p.stat().st_mtime_ns
+            for p in clean_run.rglob("*")
+            if p.is_file() and p.parent != clean_run and p.relative_to(clean_run).parts[0] not in ("report", "comet")
+        }
 
     before = files()
     rest("run", "--config", CONFIG, "--run", str(clean_run))
@@ -103,7 +119,10 @@ def test_kill_during_grow_then_resume_gives_the_same_rows(clean_run, tmp_path):
     env = dict(os.environ)
     proc = subprocess.Popen(
         [sys.executable, "-m", "rest.cli", "run", "--config", CONFIG, "--run", str(run)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+        env=env,
     )
     grow = run / "grow-1"
     deadline = time.time() + 300
@@ -133,9 +152,22 @@ def test_kill_during_grow_then_resume_gives_the_same_rows(clean_run, tmp_path):
 def test_improve_objectives_and_a_composite_reward_end_to_end(tmp_path):
     """Every option at once on the smoke config: they wire through Grow, Improve and the metrics."""
     run = tmp_path / "options"
-    rest("run", "--config", CONFIG, "--run", str(run), "improve.loss=sequence_mean", "improve.kl_beta=0.1",
-         "improve.reward_weighted=true", "improve.selection=top_k", "improve.top_k=2", "improve.max_per_source=1",
-         "reward.length_penalty=0.2", "reward.format_regex='[a-zäöüß]+'", "improve.thresholds=[0.1, 0.2]")
+    rest(
+        "run",
+        "--config",
+        CONFIG,
+        "--run",
+        str(run),
+        "improve.loss=sequence_mean",
+        "improve.kl_beta=0.1",
+        "improve.reward_weighted=true",
+        "improve.selection=top_k",
+        "improve.top_k=2",
+        "improve.max_per_source=1",
+        "reward.length_penalty=0.2",
+        "reward.format_regex='[a-zäöüß]+'",
+        "improve.thresholds=[0.1, 0.2]",
+    )
     rows = pd.read_parquet(run / "grow-1")
     assert {"reward_chrf", "reward_exact_match", "reward_length", "reward_format"} <= set(rows.columns)
     assert (rows.loc[rows.reward_format == 0, "reward"] == 0).all()

@@ -20,11 +20,7 @@ from rest.models.policy import (
     resolve_device,
 )
 from rest.training.loop import train
-from tests.test_models_sampling import _tiny
-
-SOURCES = ["12", "5", "6947", "300", "18", "7", "1001", "44"]
-TARGETS = ["zwölf", "fünf", "sechstausendneunhundertsiebenundvierzig", "dreihundert", "achtzehn", "sieben",
-           "eintausendeins", "vierundvierzig"]
+from tests.helpers import SOURCES, TARGETS, tiny_policy
 
 
 def _grads(policy, objective, batch, cfg, reference, micro):
@@ -47,9 +43,11 @@ def _grads(policy, objective, batch, cfg, reference, micro):
 
 
 @pytest.mark.parametrize("model_type", ["bart", "llama"])
-@pytest.mark.parametrize("objective", [NLL(), NLL("sequence_mean"), NLL("sum", kl_beta=0.5)], ids=["token_mean", "sequence_mean", "sum+kl"])
+@pytest.mark.parametrize(
+    "objective", [NLL(), NLL("sequence_mean"), NLL("sum", kl_beta=0.5)], ids=["token_mean", "sequence_mean", "sum+kl"]
+)
 def test_micro_batches_add_up_to_the_whole_batch(tmp_path, model_type, objective):
-    policy, cfg = _tiny(tmp_path, model_type)
+    policy, cfg = tiny_policy(tmp_path, model_type)
     reference = copy.deepcopy(policy)
     reference.model.eval()
     with torch.no_grad():  # move the policy off its reference, so the KL term has a gradient
@@ -71,9 +69,20 @@ def test_micro_batches_add_up_to_the_whole_batch(tmp_path, model_type, objective
 
 
 def _bart_without_dropout(tmp_path):
-    arch = {"model_type": "bart", "d_model": 32, "encoder_layers": 1, "decoder_layers": 1, "encoder_attention_heads": 2,
-            "decoder_attention_heads": 2, "encoder_ffn_dim": 64, "decoder_ffn_dim": 64, "max_position_embeddings": 64,
-            "dropout": 0.0, "attention_dropout": 0.0, "activation_dropout": 0.0}
+    arch = {
+        "model_type": "bart",
+        "d_model": 32,
+        "encoder_layers": 1,
+        "decoder_layers": 1,
+        "encoder_attention_heads": 2,
+        "decoder_attention_heads": 2,
+        "encoder_ffn_dim": 64,
+        "decoder_ffn_dim": 64,
+        "max_position_embeddings": 64,
+        "dropout": 0.0,
+        "attention_dropout": 0.0,
+        "activation_dropout": 0.0,
+    }
     path = tmp_path / "bart-no-dropout.json"
     path.write_text(json.dumps(arch))
     cfg = ModelConfig(architecture=str(path), vocab_size=48)
@@ -87,19 +96,31 @@ def test_training_with_micro_batches_follows_the_same_losses(tmp_path):
     for micro in (None, 2):
         p = copy.deepcopy(policy)
         seen = []
-        train(p, batches, ImproveConfig(steps=4, lr=1e-2, warmup_steps=0, micro_batch_size=micro), cfg, seed=0,
-              on_progress=lambda step, loss: seen.append(loss))
+        train(
+            p,
+            batches,
+            ImproveConfig(steps=4, lr=1e-2, warmup_steps=0, micro_batch_size=micro),
+            cfg,
+            seed=0,
+            on_progress=lambda step, loss: seen.append(loss),  # noqa: B023 (used in this iteration)
+        )
         runs[micro] = seen
     assert runs[2] == pytest.approx(runs[None], rel=1e-4)
     assert runs[None][-1] < runs[None][0]  # it learned
 
 
 def test_bf16_autocast_trains_on_this_cpu_and_keeps_float32_weights(tmp_path):
-    policy, cfg = _tiny(tmp_path, "bart")
+    policy, cfg = tiny_policy(tmp_path, "bart")
     batches = [Batch(SOURCES, TARGETS)] * 30
     seen = []
-    stats = train(policy, batches, ImproveConfig(steps=30, lr=1e-2, warmup_steps=0, precision="bf16"), cfg, seed=0,
-                  on_progress=lambda step, loss: seen.append(loss))
+    stats = train(
+        policy,
+        batches,
+        ImproveConfig(steps=30, lr=1e-2, warmup_steps=0, precision="bf16"),
+        cfg,
+        seed=0,
+        on_progress=lambda step, loss: seen.append(loss),
+    )
     assert all(p.dtype == torch.float32 for p in policy.model.parameters())
     assert stats["loss_last"] < 0.5 * stats["loss_first"]
     # The forward pass really runs in bfloat16 under that autocast: its logits are rounded to bfloat16's 8 bits.
@@ -113,7 +134,7 @@ def test_bf16_autocast_trains_on_this_cpu_and_keeps_float32_weights(tmp_path):
 
 
 def test_fp16_and_bf16_on_half_weights_are_refused_with_the_fix(tmp_path):
-    policy, cfg = _tiny(tmp_path, "bart")
+    policy, cfg = tiny_policy(tmp_path, "bart")
     batches = [Batch(SOURCES, TARGETS)]
     with pytest.raises(RestError, match="fp16 trains on a GPU"):
         train(policy, batches, ImproveConfig(steps=1, precision="fp16"), cfg, seed=0)
@@ -123,7 +144,7 @@ def test_fp16_and_bf16_on_half_weights_are_refused_with_the_fix(tmp_path):
 
 
 def test_gradient_checkpointing_gives_the_same_step_and_is_off_after(tmp_path):
-    policy, cfg = _tiny(tmp_path, "llama")
+    policy, cfg = tiny_policy(tmp_path, "llama")
     for module in policy.model.modules():
         if isinstance(module, torch.nn.Dropout):
             module.p = 0.0
@@ -136,8 +157,14 @@ def test_gradient_checkpointing_gives_the_same_step_and_is_off_after(tmp_path):
             seen.append(loss)
             during.append(p.model.is_activation_checkpointing)
 
-        train(p, [Batch(SOURCES, TARGETS)] * 3, ImproveConfig(steps=3, lr=1e-2, warmup_steps=0, gradient_checkpointing=checkpointing),
-              cfg, seed=0, on_progress=progress)
+        train(
+            p,
+            [Batch(SOURCES, TARGETS)] * 3,
+            ImproveConfig(steps=3, lr=1e-2, warmup_steps=0, gradient_checkpointing=checkpointing),
+            cfg,
+            seed=0,
+            on_progress=progress,
+        )
         runs[checkpointing] = seen
         assert during == [checkpointing] * 3
         assert not p.model.is_activation_checkpointing
@@ -145,7 +172,7 @@ def test_gradient_checkpointing_gives_the_same_step_and_is_off_after(tmp_path):
 
 
 def test_policies_load_in_the_dtype_asked_for(tmp_path):
-    policy, cfg = _tiny(tmp_path, "llama")
+    policy, cfg = tiny_policy(tmp_path, "llama")
     policy.save(tmp_path / "p")
     assert next(load_policy(tmp_path / "p", dtype="bfloat16").model.parameters()).dtype == torch.bfloat16
     assert next(load_policy(tmp_path / "p").model.parameters()).dtype == torch.float32

@@ -36,7 +36,10 @@ def server(tmp_path_factory):
     env.pop("PREFECT_API_URL", None)
     proc = subprocess.Popen(
         [PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port), "--analytics-off"],
-        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     url = f"http://127.0.0.1:{port}/api"
     deadline = time.time() + 120
@@ -58,8 +61,16 @@ def server(tmp_path_factory):
 
 
 def test_dask_refuses_ephemeral_mode(tmp_path):
-    proc = rest("run", "--config", CONFIG, "--run", str(tmp_path / "r"), "orchestration.task_runner=dask", check=False,
-                env={"PREFECT_API_URL": ""})
+    proc = rest(
+        "run",
+        "--config",
+        CONFIG,
+        "--run",
+        str(tmp_path / "r"),
+        "orchestration.task_runner=dask",
+        check=False,
+        env={"PREFECT_API_URL": ""},
+    )
     assert proc.returncode == 2
     assert "needs a real Prefect server" in proc.stderr
     assert not (tmp_path / "r").exists()
@@ -67,8 +78,16 @@ def test_dask_refuses_ephemeral_mode(tmp_path):
 
 def test_grow_on_a_two_process_dask_cluster_matches_threads(server, clean_run, tmp_path):
     run = tmp_path / "dask"
-    rest("run", "--config", CONFIG, "--run", str(run), "orchestration.task_runner=dask", "orchestration.dask.n_workers=2",
-         env={"PREFECT_API_URL": server["url"]})
+    rest(
+        "run",
+        "--config",
+        CONFIG,
+        "--run",
+        str(run),
+        "orchestration.task_runner=dask",
+        "orchestration.dask.n_workers=2",
+        env={"PREFECT_API_URL": server["url"]},
+    )
     manifest = json.loads((run / "grow-1" / "_manifest.json").read_text())
     pids = {s["pid"] for s in manifest["shards"]}
     assert len(pids) == 2, f"shards were written by {pids}"  # two worker processes, neither of them this one
@@ -105,25 +124,52 @@ def test_the_readme_prefect_section_verbatim(tmp_path):
         # a new shell: no PREFECT_* in the environment, only the default profile that `make server` wrote
         shell = {k: v for k, v in env.items() if not k.startswith("PREFECT_")}
         proc = subprocess.run(
-            [PREFECT, "deployment", "run", "rest/smoke", "--param", f"run={run}", "--watch", "--watch-interval", "1",
-             "--watch-timeout", "300"],
-            env=shell, capture_output=True, text=True, timeout=400,
+            [
+                PREFECT,
+                "deployment",
+                "run",
+                "rest/smoke",
+                "--param",
+                f"run={run}",
+                "--watch",
+                "--watch-interval",
+                "1",
+                "--watch-timeout",
+                "300",
+            ],
+            env=shell,
+            capture_output=True,
+            text=True,
+            timeout=400,
         )
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
         record = json.loads((run / "run.json").read_text())
         assert [a["name"] for a in record["artifacts"]] == ["policy-0", "grow-1", "improve-1-1", "improve-1-2"]
         assert "grow-1" in rest("inspect", str(run)).stdout
         url = f"http://127.0.0.1:{env['PREFECT_PORT']}/api"
-        listed = subprocess.run([PREFECT, "artifact", "ls"], env=shell, capture_output=True, text=True, timeout=60).stdout
+        listed = subprocess.run(
+            [PREFECT, "artifact", "ls"], env=shell, capture_output=True, text=True, timeout=60
+        ).stdout
         assert "rest-smoke-grow-1" in listed and "rest-smoke-report" in listed
         keys = _artifact_keys(url)
         assert {"rest-smoke-grow-1", "rest-smoke-improve-1-1", "rest-smoke-improve-1-2", "rest-smoke-report"} <= keys
         # Typed overrides: the server refuses a value the parameter schema rules out, before a flow run exists.
         bad = tmp_path / "bad"
         proc = subprocess.run(
-            [PREFECT, "deployment", "run", "rest/smoke", "--param", f"run={bad}",
-             "--param", 'overrides={"grow": {"num_samples": 0}}'],
-            env=shell, capture_output=True, text=True, timeout=60,
+            [
+                PREFECT,
+                "deployment",
+                "run",
+                "rest/smoke",
+                "--param",
+                f"run={bad}",
+                "--param",
+                'overrides={"grow": {"num_samples": 0}}',
+            ],
+            env=shell,
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
         assert proc.returncode != 0
         assert "overrides.grow.num_samples" in proc.stdout + proc.stderr
@@ -147,5 +193,7 @@ def _artifact_keys(url: str) -> set[str]:
         "asyncio.run(main())\n"
     )
     env = {**os.environ, "PREFECT_API_URL": url}
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60, check=True
+    ).stdout
     return set(out.split())

@@ -40,7 +40,10 @@ def _start(run: Path, *extra: str) -> tuple[subprocess.Popen, list[str]]:
     """`rest run` on the smoke config in a process group of its own (as a terminal runs it); its output lines."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "rest.cli", "run", "--config", CONFIG, "--run", str(run), *extra],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
     )
     lines: list[str] = []
     threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True).start()
@@ -119,7 +122,9 @@ def test_a_tampered_grow_shard_is_refused_by_improve(copy_run):
     table = pq.read_table(shard)
     rewards = table.column("reward").to_pylist()
     rewards[0] = 3e307
-    pq.write_table(table.set_column(table.schema.get_field_index("reward"), "reward", pa.array(rewards, pa.float64())), shard)
+    pq.write_table(
+        table.set_column(table.schema.get_field_index("reward"), "reward", pa.array(rewards, pa.float64())), shard
+    )
     for name in ("improve-1-1", "improve-1-2"):
         shutil.rmtree(copy_run / name)
     proc = rest("improve", "--run", str(copy_run), check=False)
@@ -165,7 +170,10 @@ def test_a_damaged_run_json_gets_one_line_and_rest_run_rebuilds_it(copy_run, dam
     _refused(rest("report", str(copy_run), check=False), *words)
     _refused(rest("eval", "--run", str(copy_run), check=False), *words)
     proc = rest("run", "--run", str(copy_run))
-    assert "was " + ("damaged" if damage == "truncated" else "empty") in proc.stderr and "rebuilt from the 4 published manifests" in proc.stderr
+    assert (
+        "was " + ("damaged" if damage == "truncated" else "empty") in proc.stderr
+        and "rebuilt from the 4 published manifests" in proc.stderr
+    )
     after = json.loads(path.read_text())
     assert after["artifacts"] == before["artifacts"]  # same names, kinds, ids and parents, in publication order
     assert after["best_policy"] == before["best_policy"] and after["test"] == before["test"]
@@ -177,12 +185,23 @@ def test_a_damaged_run_json_gets_one_line_and_rest_run_rebuilds_it(copy_run, dam
 # Bad models and run directories: one line, nothing written
 
 
-@pytest.mark.parametrize("setup, override, words", [
-    (lambda d: (d / "bad.json").write_text("{not json"), "model.architecture={d}/bad.json", ["model.architecture", "not valid JSON"]),
-    (lambda d: (d / "odd.json").write_text('{"model_type": "bart", "d_model": "wide"}'), "model.architecture={d}/odd.json", ["model.architecture", "transformers cannot build"]),
-    (lambda d: None, "model.pretrained={d}/no-such-model", ["model.pretrained", "does not exist"]),
-    (lambda d: (d / "empty").mkdir(), "model.pretrained={d}/empty", ["model.pretrained", "empty directory"]),
-])
+@pytest.mark.parametrize(
+    "setup, override, words",
+    [
+        (
+            lambda d: (d / "bad.json").write_text("{not json"),
+            "model.architecture={d}/bad.json",
+            ["model.architecture", "not valid JSON"],
+        ),
+        (
+            lambda d: (d / "odd.json").write_text('{"model_type": "bart", "d_model": "wide"}'),
+            "model.architecture={d}/odd.json",
+            ["model.architecture", "transformers cannot build"],
+        ),
+        (lambda d: None, "model.pretrained={d}/no-such-model", ["model.pretrained", "does not exist"]),
+        (lambda d: (d / "empty").mkdir(), "model.pretrained={d}/empty", ["model.pretrained", "empty directory"]),
+    ],
+)
 def test_a_bad_model_is_found_before_anything_is_written(tmp_path, setup, override, words):
     setup(tmp_path)
     run = tmp_path / "run"

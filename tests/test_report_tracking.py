@@ -77,7 +77,10 @@ def test_rest_report_json(clean_run):
     valid = {n: json.loads((clean_run / n / "metrics.json").read_text())["valid"] for n in POLICIES}
     best = max(POLICIES[1:], key=lambda n: valid[n]["reward"])
     assert verdict["after"] == best
-    assert verdict["helped"] == (valid[best]["reward"] > valid["policy-0"]["reward"] and valid[best]["exact_match"] >= valid["policy-0"]["exact_match"])
+    assert verdict["helped"] == (
+        valid[best]["reward"] > valid["policy-0"]["reward"]
+        and valid[best]["exact_match"] >= valid["policy-0"]["exact_match"]
+    )
     assert out["monitors"]
 
 
@@ -106,17 +109,28 @@ def test_a_run_with_comet_offline_opens_no_non_loopback_connection(clean_run):
     assert not log.exists() or log.read_text() == "", log.read_text()[:3000]
     # The guard sees what comet-ml does with its defaults: cloud-metadata probes and remote error reporting.
     probe = log.with_name("comet-defaults.netguard.log")
-    code = ("import comet_ml\n"
-            f"e = comet_ml.start(online=False, experiment_config=comet_ml.ExperimentConfig(offline_directory={str(probe.parent / 'c')!r}))\n"
-            "e.log_metric('a', 1)\ne.end()\n")
+    code = (
+        "import comet_ml\n"
+        "e = comet_ml.start(online=False, "
+        f"experiment_config=comet_ml.ExperimentConfig(offline_directory={str(probe.parent / 'c')!r}))\n"
+        "e.log_metric('a', 1)\ne.end()\n"
+    )
     env = {k: v for k, v in os.environ.items() if not k.startswith("COMET_")}
     subprocess.run([sys.executable, "-c", code], env={**env, **netguard_env(probe)}, capture_output=True, timeout=300)
     assert "getaddrinfo '169.254.169.254'" in probe.read_text()
 
 
 def test_tracking_online_without_a_key_is_refused_before_anything_is_written(tmp_path):
-    proc = rest("run", "--config", "configs/smoke.yaml", "--run", str(tmp_path / "r"), "tracking.comet=online",
-                check=False, env={"COMET_API_KEY": ""})
+    proc = rest(
+        "run",
+        "--config",
+        "configs/smoke.yaml",
+        "--run",
+        str(tmp_path / "r"),
+        "tracking.comet=online",
+        check=False,
+        env={"COMET_API_KEY": ""},
+    )
     assert proc.returncode == 2
     assert "tracking.comet=online needs COMET_API_KEY" in proc.stderr
     assert not (tmp_path / "r").exists()

@@ -1,6 +1,7 @@
 """Learned reward models: the Bradley-Terry loss and pairwise accuracy with worked values; then the real thing small:
 `rest reward train` (regression, Bradley-Terry, classification, seq2seq) on the smoke run's Grow shards, Grow with
-the seq2seq reward and two rules on sources without references, best-of-N `rest generate` and `rest eval --best-of-n`."""
+the seq2seq reward and two rules on sources without references, best-of-N `rest generate` and
+`rest eval --best-of-n`."""
 
 from __future__ import annotations
 
@@ -81,17 +82,31 @@ def test_learned_component_needs_a_model_and_an_existing_artifact(tmp_path):
 @pytest.mark.integration
 def test_reward_model_grow_without_references_and_best_of_n(clean_run, tmp_path):
     rm = tmp_path / "rm"
-    args = ["reward", "train", "--config", "configs/reward-numbers.yaml", "--out", str(rm),
-            f"data.shards=[{clean_run / 'grow-1'}]", f"model.pretrained={clean_run / 'policy-0'}",
-            "train.steps=30", "train.warmup_steps=5", "data.valid_fraction=0.25"]
+    args = [
+        "reward",
+        "train",
+        "--config",
+        "configs/reward-numbers.yaml",
+        "--out",
+        str(rm),
+        f"data.shards=[{clean_run / 'grow-1'}]",
+        f"model.pretrained={clean_run / 'policy-0'}",
+        "train.steps=30",
+        "train.warmup_steps=5",
+        "data.valid_fraction=0.25",
+    ]
     out = rest(*args).stdout
     assert "pairwise_accuracy" in out and str(rm) in out
     manifest = json.loads((rm / "_manifest.json").read_text())
     grow_id = json.loads((clean_run / "grow-1" / "_manifest.json").read_text())["id"]
     assert manifest["kind"] == "reward_model" and manifest["parents"] == [grow_id]
-    assert {"config.json", "model.safetensors", "tokenizer.json", "reward.json", "metrics.json", "config.yaml"} <= set(manifest["files"])
+    assert {"config.json", "model.safetensors", "tokenizer.json", "reward.json", "metrics.json", "config.yaml"} <= set(
+        manifest["files"]
+    )
     metrics = json.loads((rm / "metrics.json").read_text())
-    assert metrics["valid"]["rows"] > 0 and metrics["train"]["pairs"] > 0 and metrics["loss_last"] < metrics["loss_first"]
+    assert (
+        metrics["valid"]["rows"] > 0 and metrics["train"]["pairs"] > 0 and metrics["loss_last"] < metrics["loss_first"]
+    )
     assert not list(tmp_path.glob(".rm*"))  # no staging copy left behind
     assert "already trained" in rest(*args).stderr  # a rerun of the same config and shards does no work
     # the pairwise objective on the same shards: all pairs of a source in a batch, reward = sigmoid(output)
@@ -111,32 +126,70 @@ def test_reward_model_grow_without_references_and_best_of_n(clean_run, tmp_path)
     shard = pd.read_parquet(clean_run / "grow-1")
     shard.assign(violation=(~shard["completion"].str.contains("und")).astype(float)).to_parquet(labelled)
     rule_rm = tmp_path / "rule-und"
-    rest(*args[:5], str(rule_rm), f"data.shards=[{labelled}]", *args[7:], "objective=classification",
-         "data.score_column=violation", "data.negatives=0", "train.steps=40")
+    rest(
+        *args[:5],
+        str(rule_rm),
+        f"data.shards=[{labelled}]",
+        *args[7:],
+        "objective=classification",
+        "data.score_column=violation",
+        "data.negatives=0",
+        "train.steps=40",
+    )
     rule_metrics = json.loads((rule_rm / "metrics.json").read_text())["valid"]
-    assert 0 < rule_metrics["positive_fraction"] < 1 and rule_metrics["accuracy"] > rule_metrics["positive_fraction"] - 0.05
-    bad = rest(*args[:5], str(tmp_path / "x"), f"data.shards=[{clean_run / 'grow-1'}]", *args[7:],
-               "objective=classification", "data.negatives=0", check=False)
+    assert (
+        0 < rule_metrics["positive_fraction"] < 1
+        and rule_metrics["accuracy"] > rule_metrics["positive_fraction"] - 0.05
+    )
+    bad = rest(
+        *args[:5],
+        str(tmp_path / "x"),
+        f"data.shards=[{clean_run / 'grow-1'}]",
+        *args[7:],
+        "objective=classification",
+        "data.negatives=0",
+        check=False,
+    )
     assert bad.returncode != 0 and "classification learns a 0/1 label" in bad.stderr
 
     # The sequence-to-sequence reward model (language feedback): rewrite (source, completion) as the source's best
     s2s = tmp_path / "rm-s2s"
-    rest(*args[:3], "configs/reward-numbers-seq2seq.yaml", "--out", str(s2s), *args[6:], "train.steps=24",
-         "train.batch_size=12", "data.negatives=2")
+    rest(
+        *args[:3],
+        "configs/reward-numbers-seq2seq.yaml",
+        "--out",
+        str(s2s),
+        *args[6:],
+        "train.steps=24",
+        "train.batch_size=12",
+        "data.negatives=2",
+    )
     s2s_metrics = json.loads((s2s / "metrics.json").read_text())
     assert s2s_metrics["objective"] == "seq2seq" and s2s_metrics["loss_last"] < s2s_metrics["loss_first"]
     assert 0 <= s2s_metrics["valid"]["keeps_best"] <= 1 and s2s_metrics["valid"]["pairwise_accuracy"] is not None
 
     # Grow scores sources that have no reference with the seq2seq reward and two rules (Sparrow's composite)
     run = tmp_path / "learned"
-    rest("run", "--config", CONFIG, "--run", str(run), "reward.components={learned: 1.0}", f"reward.learned={s2s}",
-         f"reward.rules={{und: {{model: {rule_rm}, weight: 0.5}}, short: {{regex: '^.{{0,3}}$', weight: 0.5}}}}",
-         "data.pool=tests/fixtures/unlabelled-small.parquet", "improve.thresholds=[0.3, 0.6]", "improve.token_weights=learned")
+    rest(
+        "run",
+        "--config",
+        CONFIG,
+        "--run",
+        str(run),
+        "reward.components={learned: 1.0}",
+        f"reward.learned={s2s}",
+        f"reward.rules={{und: {{model: {rule_rm}, weight: 0.5}}, short: {{regex: '^.{{0,3}}$', weight: 0.5}}}}",
+        "data.pool=tests/fixtures/unlabelled-small.parquet",
+        "improve.thresholds=[0.3, 0.6]",
+        "improve.token_weights=learned",
+    )
     rows = pd.read_parquet(run / "grow-1")
     assert len(rows) == 40 * 8 and rows["reference"].isna().all()
     assert {"reward", "reward_learned", "reward_rule_und", "reward_rule_short"} <= set(rows.columns)
     # the seq2seq reward: per token +1 until its greedy correction departs from the completion, EOS included
-    assert pq.read_schema(next((run / "grow-1").glob("shard-*.parquet"))).field("reward_tokens_learned").type == pa.list_(pa.float32())
+    assert pq.read_schema(next((run / "grow-1").glob("shard-*.parquet"))).field(
+        "reward_tokens_learned"
+    ).type == pa.list_(pa.float32())
     corrector = load_reward_model(s2s)
     targets = corrector.target_ids(rows["completion"].tolist())
     corrections = corrector.correction_ids(rows["source"].tolist(), rows["completion"].tolist())
@@ -163,21 +216,54 @@ def test_reward_model_grow_without_references_and_best_of_n(clean_run, tmp_path)
 
     # best-of-N: one row per source, K candidates with their rewards, the chosen one is the best
     bon = tmp_path / "bon.parquet"
-    rest("generate", "--run", str(run), "--data", "tests/fixtures/unlabelled-small.parquet", "--best-of-n", "4",
-         "--reward", "learned", "--out", str(bon))
+    rest(
+        "generate",
+        "--run",
+        str(run),
+        "--data",
+        "tests/fixtures/unlabelled-small.parquet",
+        "--best-of-n",
+        "4",
+        "--reward",
+        "learned",
+        "--out",
+        str(bon),
+    )
     table = pd.read_parquet(bon)
     assert len(table) == 40 and table["candidates"].map(len).eq(4).all()
     for row in table.itertuples():
         assert row.chosen_index == int(np.argmax(row.candidate_rewards))
         assert row.output == row.candidates[row.chosen_index] and row.reward == max(row.candidate_rewards)
     # a reference-based reward on sources without references is refused before any sampling
-    proc = rest("generate", "--run", str(run), "--data", "tests/fixtures/unlabelled-small.parquet", "--best-of-n", "4",
-                "--reward", "chrf", "--out", str(tmp_path / "x.parquet"), check=False)
+    proc = rest(
+        "generate",
+        "--run",
+        str(run),
+        "--data",
+        "tests/fixtures/unlabelled-small.parquet",
+        "--best-of-n",
+        "4",
+        "--reward",
+        "chrf",
+        "--out",
+        str(tmp_path / "x.parquet"),
+        check=False,
+    )
     assert proc.returncode == 2 and "--reward learned" in proc.stderr and not (tmp_path / "x.parquet").exists()
 
-    result = json.loads(rest("eval", "--run", str(run), "--data", "tests/fixtures/valid-small.parquet",
-                             "--best-of-n", "4", "--reward", "chrf").stdout)
+    result = json.loads(
+        rest(
+            "eval",
+            "--run",
+            str(run),
+            "--data",
+            "tests/fixtures/valid-small.parquet",
+            "--best-of-n",
+            "4",
+            "--reward",
+            "chrf",
+        ).stdout
+    )
     assert result["best_of_n"] == 4 and result["n"] == 40 and "exact_match" in result["greedy"]
     # the best of 4 by chrF is at least as good by chrF as the mean candidate, and strictly when candidates differ
     assert result["chosen_reward"] > result["candidate_reward"] > 0
-

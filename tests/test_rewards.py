@@ -1,4 +1,3 @@
-
 import numpy as np
 import pytest
 from sacrebleu import sentence_chrf, sentence_ter
@@ -80,19 +79,27 @@ def test_sparrow_composite_with_rules_length_penalty_and_format():
     from rest.config import RewardConfig
     from rest.rewards.components import reward_names, score_config
 
-    rc = RewardConfig(components={"exact_match": 2.0}, length_penalty=0.5, format_regex="[a-zäöüß ]+",
-                      rules={"no_repeat": {"regex": r"\b(\w+) \1\b", "weight": 1.0},
-                             "no_tausend": {"regex": "tausend", "weight": 1.0}})
+    rc = RewardConfig(
+        components={"exact_match": 2.0},
+        length_penalty=0.5,
+        format_regex="[a-zäöüß ]+",
+        rules={
+            "no_repeat": {"regex": r"\b(\w+) \1\b", "weight": 1.0},
+            "no_tausend": {"regex": "tausend", "weight": 1.0},
+        },
+    )
     assert reward_names(rc) == ["exact_match", "rule_no_repeat", "rule_no_tausend", "length", "format"]
     out = score_config(rc, ["2", "2", "2000"], ["zwei", "zwei zwei", "zwei tausend"], ["zwei", "zwei", "zwei tausend"])
     assert out["reward_rule_no_repeat"].tolist() == [1.0, 0.0, 1.0]  # 1 - P(violation): "zwei zwei" breaks it
     assert out["reward_rule_no_tausend"].tolist() == [1.0, 1.0, 0.0]
     # weighted mean over components and rules (2 + 1 + 1), then - 0.5 x length deviation, clipped, x format
-    assert out["reward"].tolist() == pytest.approx([
-        (2 * 1 + 1 + 1) / 4 - 0.5 * 0.0,
-        max(0.0, (2 * 0 + 0 + 1) / 4 - 0.5 * 1.0),  # |9 - 4| / 4 capped at 1
-        (2 * 1 + 1 + 0) / 4,
-    ])
+    assert out["reward"].tolist() == pytest.approx(
+        [
+            (2 * 1 + 1 + 1) / 4 - 0.5 * 0.0,
+            max(0.0, (2 * 0 + 0 + 1) / 4 - 0.5 * 1.0),  # |9 - 4| / 4 capped at 1
+            (2 * 1 + 1 + 0) / 4,
+        ]
+    )
 
 
 def test_a_rule_is_a_regex_or_a_classifier_and_its_model_must_classify(tmp_path):
@@ -106,7 +113,9 @@ def test_a_rule_is_a_regex_or_a_classifier_and_its_model_must_classify(tmp_path)
     with pytest.raises(RestError, match="reward.rules"):
         load_config("configs/smoke.yaml", ["reward.rules={Bad-Name: {regex: x}}"])
     cfg = load_config("configs/smoke.yaml", [f"reward.rules={{x: {{model: {tmp_path}}}}}"])
-    with pytest.raises(RestError, match=r"reward.rules.x.model: .* is not a finished reward_model.*objective: classification"):
+    with pytest.raises(
+        RestError, match=r"reward.rules.x.model: .* is not a finished reward_model.*objective: classification"
+    ):
         artifact_dependencies(cfg.reward)
 
 
@@ -126,7 +135,9 @@ def test_repeated_rows_are_scored_once_and_get_the_same_scores():
     completions = ["eins", "eins", "zwo", "ein", "zwei", "zwo"]
     references = ["eins", "eins", "zwei", "eins", "zwei", "zwei"]
     got = score({"chrf": 3.0, "exact_match": 1.0}, sources, completions, references)
-    alone = [score({"chrf": 3.0, "exact_match": 1.0}, [s], [c], [r]) for s, c, r in zip(sources, completions, references)]
+    alone = [
+        score({"chrf": 3.0, "exact_match": 1.0}, [s], [c], [r]) for s, c, r in zip(sources, completions, references)
+    ]
     for name in ("reward", "reward_chrf", "reward_exact_match"):
         assert got[name].tolist() == [a[name][0] for a in alone]
     assert got["reward_exact_match"].tolist() == [1, 1, 0, 0, 1, 0]
@@ -167,7 +178,9 @@ def test_a_helper_that_dies_is_reported_with_its_last_words_and_leaves_no_proces
     monkeypatch.setattr(components, "_WORKER", "import sys; sys.stdin.buffer.read(); sys.exit('helper gave up')")
     started = []
     real_popen = components.subprocess.Popen
-    monkeypatch.setattr(components.subprocess, "Popen", lambda *a, **k: started.append(real_popen(*a, **k)) or started[-1])
+    monkeypatch.setattr(
+        components.subprocess, "Popen", lambda *a, **k: started.append(real_popen(*a, **k)) or started[-1]
+    )
     with pytest.raises(RuntimeError, match="exit code 1: helper gave up"):
         components._in_parallel("chrf")([], ["eins zwei"] * 20, ["eins drei"] * 20)
     assert len(started) == 1 and started[0].poll() is not None

@@ -39,11 +39,13 @@ def test_token_scores_of_a_hand_made_divergence():
 
 
 def test_training_pairs_correct_toward_each_sources_best():
-    df = pd.DataFrame({
-        "source_id": ["a", "a", "a", "b", "b"],
-        "completion": ["one", "won", "on", "two", "too"],
-        "score": [1.0, 0.4, 0.4, 0.7, 0.7],
-    })
+    df = pd.DataFrame(
+        {
+            "source_id": ["a", "a", "a", "b", "b"],
+            "completion": ["one", "won", "on", "two", "too"],
+            "score": [1.0, 0.4, 0.4, 0.7, 0.7],
+        }
+    )
     out = best_targets(df)
     # a: "one" is best (identity), the two others correct toward it; b: a tie at the top, each is its own target
     assert out["target"].tolist() == ["one", "one", "one", "two", "too"]
@@ -55,12 +57,28 @@ def test_an_encoder_only_architecture_is_refused_with_the_fix():
 
 
 TINY = {
-    "mbart": {"model_type": "mbart", "d_model": 64, "encoder_layers": 1, "decoder_layers": 1, "encoder_attention_heads": 2,
-              "decoder_attention_heads": 2, "encoder_ffn_dim": 128, "decoder_ffn_dim": 128,
-              "max_position_embeddings": 64, "dropout": 0.0},
+    "mbart": {
+        "model_type": "mbart",
+        "d_model": 64,
+        "encoder_layers": 1,
+        "decoder_layers": 1,
+        "encoder_attention_heads": 2,
+        "decoder_attention_heads": 2,
+        "encoder_ffn_dim": 128,
+        "decoder_ffn_dim": 128,
+        "max_position_embeddings": 64,
+        "dropout": 0.0,
+    },
     # decoder-only: the pair is its prompt, the correction follows it
-    "llama": {"model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
-              "num_attention_heads": 2, "num_key_value_heads": 2, "max_position_embeddings": 128},
+    "llama": {
+        "model_type": "llama",
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 128,
+    },
 }
 
 
@@ -74,12 +92,11 @@ def test_one_pass_divergence_is_the_greedy_correction_s_divergence(tmp_path, kin
     words = ["ab", "ba", "abc", "cab", "bca", "cc"]
     comps = [" ".join(rng.choice(words, size=rng.integers(1, 4))) for _ in range(64)]
     srcs = [str(i) for i in range(len(comps))]
-    rm = build_seq2seq_reward_model(RMModelConfig(architecture=str(arch), vocab_size=24),
-                                    srcs + comps, seed=0)
+    rm = build_seq2seq_reward_model(RMModelConfig(architecture=str(arch), vocab_size=24), srcs + comps, seed=0)
     torch.manual_seed(0)
     opt = torch.optim.AdamW(rm.model.parameters(), lr=1e-2)
     rm.model.train()
-    for step in range(STEPS):
+    for _step in range(STEPS):
         idx = rng.choice(len(comps), size=16, replace=False)
         loss = rm.nll([srcs[i] for i in idx], [comps[i] for i in idx], [comps[i] for i in idx])
         opt.zero_grad()

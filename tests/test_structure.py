@@ -13,8 +13,22 @@ REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("rest",)
 # The rooms of rest/, from the bottom up: a module may import from its own room and the rooms below it, never above.
 # `base` is rest/__init__.py, errors.py and environment.py.
-ROOMS = ["base", "config", "artifacts", "data", "models", "improve", "training", "rewards", "grow", "evaluation",
-         "reporting", "stages", "flows", "cli"]
+ROOMS = [
+    "base",
+    "config",
+    "artifacts",
+    "data",
+    "models",
+    "improve",
+    "training",
+    "rewards",
+    "grow",
+    "evaluation",
+    "reporting",
+    "stages",
+    "flows",
+    "cli",
+]
 
 
 def _modules() -> dict[str, Path]:
@@ -51,8 +65,12 @@ def _imports(path: Path, known: set[str]) -> list[tuple[str, list[str], int]]:
 
 def test_imports_form_no_cycle():
     modules = _modules()
-    graph = {m: sorted({dep for dep, _, _ in _imports(p, set(modules)) if dep in modules and dep != m and dep not in PACKAGES})
-             for m, p in modules.items()}
+    graph = {
+        m: sorted(
+            {dep for dep, _, _ in _imports(p, set(modules)) if dep in modules and dep != m and dep not in PACKAGES}
+        )
+        for m, p in modules.items()
+    }
     state: dict[str, int] = {}
     stack: list[str] = []
 
@@ -61,7 +79,7 @@ def test_imports_form_no_cycle():
         stack.append(m)
         for dep in graph[m]:
             if state.get(dep) == 1:
-                cycle = stack[stack.index(dep):] + [dep]
+                cycle = stack[stack.index(dep) :] + [dep]
                 raise AssertionError("import cycle: " + " -> ".join(cycle))
             if dep not in state:
                 visit(dep)
@@ -92,20 +110,37 @@ def test_no_private_name_crosses_a_module():
     found = []
     for m, path in modules.items():
         for dep, names, line in _imports(path, set(modules)):
-            found += [f"{path.relative_to(REPO)}:{line} imports {dep}.{n}" for n in names if n.startswith("_") and not n.startswith("__") and dep != m]
+            found += [
+                f"{path.relative_to(REPO)}:{line} imports {dep}.{n}"
+                for n in names
+                if n.startswith("_") and not n.startswith("__") and dep != m
+            ]
         tree = ast.parse(path.read_text())
-        aliases = {a.asname or a.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module
-                   for a in n.names if f"{n.module}.{a.name}" in modules}  # `from rest.grow import engines`
+        aliases = {
+            a.asname or a.name
+            for n in ast.walk(tree)
+            if isinstance(n, ast.ImportFrom) and n.module
+            for a in n.names
+            if f"{n.module}.{a.name}" in modules
+        }  # `from rest.grow import engines`
         for node in ast.walk(tree):
-            if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in aliases
-                    and node.attr.startswith("_") and not node.attr.startswith("__")):
+            if (
+                isinstance(node, ast.Attribute)
+                and isinstance(node.value, ast.Name)
+                and node.value.id in aliases
+                and node.attr.startswith("_")
+                and not node.attr.startswith("__")
+            ):
                 found.append(f"{path.relative_to(REPO)}:{node.lineno} uses {node.value.id}.{node.attr}")
     assert not found, "\n".join(found)
 
 
 def test_the_library_never_imports_prefect():
-    offenders = [f"{p.relative_to(REPO)}" for m, p in _modules().items()
-                 if _room(m) not in ("flows", "cli") and "prefect" in {d.split(".")[0] for d in _all_imports(p)}]
+    offenders = [
+        f"{p.relative_to(REPO)}"
+        for m, p in _modules().items()
+        if _room(m) not in ("flows", "cli") and "prefect" in {d.split(".")[0] for d in _all_imports(p)}
+    ]
     assert not offenders  # the library is plain functions; rest/flows/ wires them (the CLI calls the flows)
 
 
@@ -136,7 +171,12 @@ def test_the_repository_points_at_nothing_outside_it():
 def test_the_environment_is_set_before_torch_in_every_process():
     """MKL_CBWR (bit-exact floats) and the offline switches are in the environment of any process that imports
     rest, before torch is imported: a fresh interpreter that imports the library sees them."""
-    code = "import rest.stages, os, sys; print(os.environ['MKL_CBWR'], os.environ['DO_NOT_TRACK'], os.environ['COMET_ERROR_TRACKING_ENABLE'])"
+    code = (
+        "import rest.stages, os, sys; "
+        "print(os.environ['MKL_CBWR'], os.environ['DO_NOT_TRACK'], os.environ['COMET_ERROR_TRACKING_ENABLE'])"
+    )
     env = {"PATH": "/usr/bin:/bin", "HOME": "/tmp"}
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout.split()
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    ).stdout.split()
     assert out == ["AUTO", "1", "false"]

@@ -30,21 +30,34 @@ from rest.evaluation.policy import evaluate
 from rest.grow import engines
 from rest.models.policy import load_policy, prompt_ids
 from tests.conftest import NETGUARD
-from tests.test_architectures import build_checkpoint
+from tests.helpers import build_checkpoint
 
 VLLM_PYTHON = os.environ.get("REST_VLLM_PYTHON")
-needs_vllm = pytest.mark.skipif(not VLLM_PYTHON, reason="REST_VLLM_PYTHON is not set: `make test` builds .venv-vllm and sets it")
+needs_vllm = pytest.mark.skipif(
+    not VLLM_PYTHON, reason="REST_VLLM_PYTHON is not set: `make test` builds .venv-vllm and sets it"
+)
 # vLLM's CPU attention has kernels for head sizes of 32 and up: a 64-wide model with 2 heads
 SIZES = {"hidden": 64, "layers": 2, "heads": 2, "ffn": 128}
 MAX_NEW = 8
 
 
 def _config(checkpoint: Path, engine: str, *overrides: str):
-    return load_config("configs/smoke.yaml", [
-        f"model.pretrained={checkpoint}", "bc.steps=40", "bc.batch_size=16", "grow.num_samples=4",
-        "grow.shard_size=10", f"grow.max_new_tokens={MAX_NEW}", "eval.max_new_tokens=8", f"grow.engine={engine}",
-        "grow.vllm.enforce_eager=true", "grow.vllm.max_model_len=128", *overrides,
-    ])
+    return load_config(
+        "configs/smoke.yaml",
+        [
+            f"model.pretrained={checkpoint}",
+            "bc.steps=40",
+            "bc.batch_size=16",
+            "grow.num_samples=4",
+            "grow.shard_size=10",
+            f"grow.max_new_tokens={MAX_NEW}",
+            "eval.max_new_tokens=8",
+            f"grow.engine={engine}",
+            "grow.vllm.enforce_eager=true",
+            "grow.vllm.max_model_len=128",
+            *overrides,
+        ],
+    )
 
 
 def _grow(run: Path) -> None:
@@ -84,8 +97,10 @@ def vllm_run(tmp_path_factory):
         assert engine.name == "vllm"
         greedy_vllm, out_vllm = evaluate(engine, valid, cfg)
         sources = valid["source"].tolist()[:20]
-        samples = [engine.sample(sources, num_samples=4, temperature=t, top_p=p, top_k=k, max_new_tokens=MAX_NEW, seed=7)
-                   for t, p, k in ((1.0, 1.0, 0), (0.7, 0.9, 5))]  # logprob: T=1, untruncated, whatever these are
+        samples = [
+            engine.sample(sources, num_samples=4, temperature=t, top_p=p, top_k=k, max_new_tokens=MAX_NEW, seed=7)
+            for t, p, k in ((1.0, 1.0, 0), (0.7, 0.9, 5))
+        ]  # logprob: T=1, untruncated, whatever these are
         family = psutil.Process(engine.proc.pid).children(recursive=True)  # vLLM's engine process(es)
         assert family and engine.proc.poll() is None
         engines.release()  # the vLLM process ends here, with its children; a new one samples the Grow step again
@@ -100,8 +115,17 @@ def vllm_run(tmp_path_factory):
     finally:
         for k, v in old.items():
             os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
-    return {"run": run, "again": again, "cfg": cfg, "checkpoint": checkpoint, "shards": shards, "log": log,
-            "greedy": (out_vllm, out_torch), "metrics": greedy_vllm, "samples": (sources, samples)}
+    return {
+        "run": run,
+        "again": again,
+        "cfg": cfg,
+        "checkpoint": checkpoint,
+        "shards": shards,
+        "log": log,
+        "greedy": (out_vllm, out_torch),
+        "metrics": greedy_vllm,
+        "samples": (sources, samples),
+    }
 
 
 @needs_vllm
@@ -131,7 +155,9 @@ def test_vllm_shards_have_the_torch_engines_schema_and_rewards(vllm_run, tmp_pat
         assert df["reward"].between(0, 1).all() and df["num_tokens"].between(0, MAX_NEW).all()
         assert df["logprob"].lt(0).all()
     # the same policy (BC's key has no grow.engine), another Grow plan: shards of two engines never mix
-    assert stages.Run.open(torch_run).artifact_id("policy-0") == stages.Run.open(vllm_run["run"]).artifact_id("policy-0")
+    assert stages.Run.open(torch_run).artifact_id("policy-0") == stages.Run.open(vllm_run["run"]).artifact_id(
+        "policy-0"
+    )
     assert stages.grow_plan(torch_run, 1).key != stages.grow_plan(vllm_run["run"], 1).key
 
 
@@ -176,8 +202,10 @@ def test_vllm_refuses_an_encoder_decoder_policy_before_writing(tmp_path):
 
 def test_vllm_needs_an_interpreter_with_vllm(tmp_path):
     checkpoint = build_checkpoint("llama", tmp_path / "llama", SIZES)
-    for python, message in (("/nonexistent/python", "cannot run /nonexistent/python"),
-                            (sys.executable, "has no vllm package")):
+    for python, message in (
+        ("/nonexistent/python", "cannot run /nonexistent/python"),
+        (sys.executable, "has no vllm package"),
+    ):
         cfg = _config(checkpoint, "vllm", f"grow.vllm.python={python}")
         with pytest.raises(RestError, match=message):
             stages.start_run(tmp_path / "run", cfg)

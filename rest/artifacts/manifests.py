@@ -120,7 +120,7 @@ def publish(
         "parents": parents,
         "config": config,
         "code_version": code_version(),
-        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "files": files,
         **(extra or {}),
     }
@@ -270,7 +270,9 @@ def staging(artifact: Path) -> Path:
 def read_run(run_dir: Path) -> dict[str, Any]:
     path = Path(run_dir) / RUN_RECORD
     if not path.is_file():
-        raise RestError(f"{run_dir} is not a run directory (no {RUN_RECORD}); start one with `rest run --run {run_dir}`")
+        raise RestError(
+            f"{run_dir} is not a run directory (no {RUN_RECORD}); start one with `rest run --run {run_dir}`"
+        )
     problem = run_record_problem(path)
     if problem:
         raise RestError(f"{path}: {problem}; `rest run --run {run_dir}` rebuilds it from the published manifests")
@@ -284,7 +286,9 @@ def run_record_problem(path: Path) -> str | None:
         record = json.loads(Path(path).read_bytes().decode("utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         size = Path(path).stat().st_size
-        return "empty (0 bytes)" if size == 0 else f"damaged: not valid JSON ({' '.join(str(exc).split())}, {size} bytes)"
+        return (
+            "empty (0 bytes)" if size == 0 else f"damaged: not valid JSON ({' '.join(str(exc).split())}, {size} bytes)"
+        )
     if not isinstance(record, dict) or not isinstance(record.get("artifacts"), list):
         return "damaged: not a run record (an object with an `artifacts` list)"
     return None
@@ -308,12 +312,14 @@ def rebuild_run(run_dir: Path) -> dict[str, Any]:
             if manifest and not manifest.get("_unreadable") and manifest.get("name") == art.name:
                 manifests.append(manifest)
     manifests.sort(key=lambda m: _publication_order(m["name"]))
-    now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     record = {
         "name": run_dir.name,
         "created": min((m.get("created", now) for m in manifests), default=now),
         "config": CONFIG_FILE,
-        "artifacts": [{"name": m["name"], "kind": m["kind"], "id": m["id"], "parents": m["parents"]} for m in manifests],
+        "artifacts": [
+            {"name": m["name"], "kind": m["kind"], "id": m["id"], "parents": m["parents"]} for m in manifests
+        ],
         "rebuilt": now,
     }
     write_json_atomic(run_dir / RUN_RECORD, record)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Set as AbstractSet
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -40,7 +41,9 @@ log = logging.getLogger("rest")
 def check_run_path(path: Path) -> None:
     """A run directory path must not name a file (it is created if missing)."""
     if path.exists() and not path.is_dir():
-        raise RestError(f"--run {path}: is a file, not a run directory; give a directory path (it is created if missing)")
+        raise RestError(
+            f"--run {path}: is a file, not a run directory; give a directory path (it is created if missing)"
+        )
 
 
 def _step_key(name: str) -> list[int]:
@@ -51,7 +54,7 @@ def _step_key(name: str) -> list[int]:
 SUMMARY_ROWS = 12
 
 
-def shown(n: int, keep: set[int] = frozenset(), limit: int = SUMMARY_ROWS) -> list[int]:
+def shown(n: int, keep: AbstractSet[int] = frozenset(), limit: int = SUMMARY_ROWS) -> list[int]:
     """Which of n rows a summary shows: all of them up to `limit`; else the first two, the last two, `keep` (the
     best, a damaged one) and evenly spaced ones between, about `limit` in all.
 
@@ -64,7 +67,6 @@ def shown(n: int, keep: set[int] = frozenset(), limit: int = SUMMARY_ROWS) -> li
     inner = max(0, limit - len(picked))
     picked |= {round(1 + (n - 3) * (k + 1) / (inner + 1)) for k in range(inner)}
     return sorted(picked)
-
 
 
 class Run:
@@ -82,7 +84,9 @@ class Run:
         file = path / CONFIG_FILE
         check_run_path(path)
         if not file.is_file():
-            raise RestError(f"{path} is not a run directory (no {CONFIG_FILE}); start it with `rest run --config FILE --run {path}`")
+            raise RestError(
+                f"{path} is not a run directory (no {CONFIG_FILE}); start it with `rest run --config FILE --run {path}`"
+            )
         st = file.stat()
         key = (str(path.resolve()), st.st_mtime_ns, st.st_size)
         if key not in _OPEN:
@@ -99,7 +103,8 @@ class Run:
         if (path / CONFIG_FILE).is_file():
             run = cls.open(path)
             changed = [
-                c for c in manifests.diff_config(run.config.model_dump(mode="json"), cfg.model_dump(mode="json"))
+                c
+                for c in manifests.diff_config(run.config.model_dump(mode="json"), cfg.model_dump(mode="json"))
                 if not c.split(":")[0].startswith(EXTENDABLE)
             ]
             if changed and run.published_names():
@@ -111,12 +116,19 @@ class Run:
         if (path / RUN_RECORD).is_file() and manifests.run_record_problem(path / RUN_RECORD):
             problem = manifests.run_record_problem(path / RUN_RECORD)
             record = manifests.rebuild_run(path)
-            log.warning(f"{path / RUN_RECORD} was {problem}: rebuilt from the {len(record['artifacts'])} published "
-                        "manifests (the best policy and test metrics are written again at the end of the run)")
+            log.warning(
+                f"{path / RUN_RECORD} was {problem}: rebuilt from the {len(record['artifacts'])} published "
+                "manifests (the best policy and test metrics are written again at the end of the run)"
+            )
         if not (path / RUN_RECORD).is_file():
             manifests.write_json_atomic(
                 path / RUN_RECORD,
-                {"name": path.name, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "config": CONFIG_FILE, "artifacts": []},
+                {
+                    "name": path.name,
+                    "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                    "config": CONFIG_FILE,
+                    "artifacts": [],
+                },
             )
         manifests.write_atomic(path / CONFIG_FILE, dump_config(cfg).encode())
         return cls.open(path)
@@ -180,7 +192,9 @@ class Run:
             return "policy-0"
         name = f"improve-{g - 1}-{len(self.config.improve.thresholds)}"
         if self.manifest(name) is None:
-            raise RestError(f"Grow step {g} samples from {name}, which is not published: run `rest improve --run {self.path}` first")
+            raise RestError(
+                f"Grow step {g} samples from {name}, which is not published: run `rest improve --run {self.path}` first"
+            )
         return name
 
     def improve_previous(self, g: int, i: int) -> str:

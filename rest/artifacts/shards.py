@@ -1,11 +1,12 @@
 """Grow shards: the Parquet schema (docs/design.md) and how a shard is written (atomically) and read back.
 
-    df = pandas.read_parquet("runs/numbers/grow-1")        # every shard of Grow step 1, one row per sample
+df = pandas.read_parquet("runs/numbers/grow-1")        # every shard of Grow step 1, one row per sample
 """
 
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -27,18 +28,24 @@ BASE_COLUMNS = [
 TAIL_COLUMNS = [("policy", pa.string()), ("grow_step", pa.int32())]
 
 
-def shard_schema(reward_names: list[str], token_columns: list[str] = ()) -> pa.Schema:
+def shard_schema(reward_names: list[str], token_columns: Sequence[str] = ()) -> pa.Schema:
     """The shard columns; one `reward_<name>` float64 column per reward component, after `reward`, then the
     per-token scores of a component that has them (`reward_tokens_<name>`, a list of float32 per row)."""
-    return pa.schema(BASE_COLUMNS + [(f"reward_{n}", pa.float64()) for n in reward_names]
-                     + [(c, pa.list_(pa.float32())) for c in token_columns] + TAIL_COLUMNS)
+    return pa.schema(
+        BASE_COLUMNS
+        + [(f"reward_{n}", pa.float64()) for n in reward_names]
+        + [(c, pa.list_(pa.float32())) for c in token_columns]
+        + TAIL_COLUMNS
+    )
 
 
 def shard_name(index: int) -> str:
     return f"shard-{index:05d}.parquet"
 
 
-def write_shard(path: Path, columns: dict[str, list], reward_names: list[str], token_columns: list[str] = ()) -> None:
+def write_shard(
+    path: Path, columns: dict[str, list], reward_names: list[str], token_columns: Sequence[str] = ()
+) -> None:
     """Write one shard in the schema, so that it appears whole or not at all (temp file + rename)."""
     table = pa.table(columns, schema=shard_schema(reward_names, token_columns))
     buf = io.BytesIO()

@@ -1,5 +1,4 @@
-"""`rest eval` and `rest generate`: a policy of a run on a file, greedy or best-of-N.
-"""
+"""`rest eval` and `rest generate`: a policy of a run on a file, greedy or best-of-N."""
 
 from __future__ import annotations
 
@@ -55,11 +54,13 @@ def cmd_eval(args: argparse.Namespace) -> None:
         table = _best_of_n(args, cfg, name, df)
         greedy, _ = evaluate(_engine(run_dir, cfg, name), df, cfg)
         metrics = {
-            "best_of_n": args.best_of_n, "reward_name": args.reward,
+            "best_of_n": args.best_of_n,
+            "reward_name": args.reward,
             **corpus_metrics(table["output"].tolist(), table["reference"].tolist()),
             "chosen_reward": round(float(table["reward"].mean()), 4),
             "candidate_reward": round(float(table["candidate_rewards"].map(np.mean).mean()), 4),
-            "n": len(table), "greedy": greedy,
+            "n": len(table),
+            "greedy": greedy,
         }
     else:
         metrics, _ = evaluate(_engine(run_dir, cfg, name), df, cfg)

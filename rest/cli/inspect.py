@@ -1,5 +1,4 @@
-"""`rest inspect RUN`: one row per artifact.
-"""
+"""`rest inspect RUN`: one row per artifact."""
 
 from __future__ import annotations
 
@@ -8,7 +7,7 @@ import json
 from pathlib import Path
 
 from rest.artifacts.run import Run
-from rest.cli.tables import inspect_rows, summarise_rows
+from rest.cli.tables import format_table, inspect_rows, summarise_rows
 
 
 def cmd_inspect(args: argparse.Namespace) -> None:
@@ -16,10 +15,22 @@ def cmd_inspect(args: argparse.Namespace) -> None:
     if args.json:
         print(json.dumps(rows, indent=2))
         return
-    cols = ["artifact", "kind", "id", "parent", "rows", "steps", "reward", "kept", "valid_exact_match", "valid_chrf", "length"]
+    cols = [
+        "artifact",
+        "kind",
+        "id",
+        "parent",
+        "rows",
+        "steps",
+        "reward",
+        "kept",
+        "valid_exact_match",
+        "valid_chrf",
+        "length",
+    ]
     best = Run.open(Path(args.run)).best_policy
     table, note = (rows, None) if args.all else summarise_rows(rows, best)
-    print(table(cols, [[r.get(c) for c in cols] for r in table]))
+    print(format_table(cols, [[r.get(c) for c in cols] for r in table]))
     if note:
         print(note)
     for r in rows:

@@ -36,7 +36,9 @@ def _setup_logging() -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="rest", description="Reinforced Self-Training: Grow/Improve as a Prefect pipeline")
+    parser = argparse.ArgumentParser(
+        prog="rest", description="Reinforced Self-Training: Grow/Improve as a Prefect pipeline"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     helps = {
         "run": "the whole pipeline: policy-0, G x (Grow, Improve steps), test of the best policy",
@@ -48,8 +50,13 @@ def build_parser() -> argparse.ArgumentParser:
     for name, text in helps.items():
         p = sub.add_parser(name, help=text, description=text)
         p.add_argument("--run", required=True, help="run directory, e.g. runs/numbers")
-        p.add_argument("--config", help="YAML config (default: the run's config.yaml)" + ("; required for a new run" if name == "run" else ""))
-        p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides, e.g. grow.num_samples=4")
+        p.add_argument(
+            "--config",
+            help="YAML config (default: the run's config.yaml)" + ("; required for a new run" if name == "run" else ""),
+        )
+        p.add_argument(
+            "overrides", nargs="*", metavar="key.sub=value", help="config overrides, e.g. grow.num_samples=4"
+        )
         if name in ("eval", "generate"):
             p.add_argument("--policy", help="policy directory name (default: the run's best policy)")
             if name == "eval":
@@ -57,25 +64,44 @@ def build_parser() -> argparse.ArgumentParser:
             else:
                 p.add_argument("--data", required=True, help="file with a `source` column (`reference` optional)")
                 p.add_argument("--out", required=True, help="the Parquet file to write")
-            p.add_argument("--best-of-n", type=int, default=0 if name == "eval" else None, required=name == "generate",
-                           metavar="K", help="sample K outputs per source and keep the one the reward likes best"
-                           + (" (default: greedy decoding)" if name == "eval" else ""))
-            p.add_argument("--reward", default="learned" if name == "generate" else "chrf",
-                           help="what picks the best: chrf, bleu, ter, exact_match (need references) or learned "
-                           "(default: %(default)s)")
-            p.add_argument("--reward-model", help="reward-model artifact for --reward learned (default: reward.learned of the run)")
-            p.add_argument("--temperature", type=float, help="sampling temperature (default: grow.temperature of the run)")
+            p.add_argument(
+                "--best-of-n",
+                type=int,
+                default=0 if name == "eval" else None,
+                required=name == "generate",
+                metavar="K",
+                help="sample K outputs per source and keep the one the reward likes best"
+                + (" (default: greedy decoding)" if name == "eval" else ""),
+            )
+            p.add_argument(
+                "--reward",
+                default="learned" if name == "generate" else "chrf",
+                help="what picks the best: chrf, bleu, ter, exact_match (need references) or learned "
+                "(default: %(default)s)",
+            )
+            p.add_argument(
+                "--reward-model", help="reward-model artifact for --reward learned (default: reward.learned of the run)"
+            )
+            p.add_argument(
+                "--temperature", type=float, help="sampling temperature (default: grow.temperature of the run)"
+            )
             p.add_argument("--seed", type=int, help="sampling seed (default: derived from the run's seed and K)")
     p = sub.add_parser("reward", help="learned reward models: `rest reward train --config FILE`")
     rsub = p.add_subparsers(dest="reward_command", required=True)
-    p = rsub.add_parser("train", help="train a reward model on Grow shards; writes an artifact (default: the config's `out`)")
+    p = rsub.add_parser(
+        "train", help="train a reward model on Grow shards; writes an artifact (default: the config's `out`)"
+    )
     p.add_argument("--config", required=True, help="YAML reward-model config, e.g. configs/reward-numbers.yaml")
     p.add_argument("--out", help="artifact directory (default: `out` of the config)")
-    p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides, e.g. objective=bradley_terry")
+    p.add_argument(
+        "overrides", nargs="*", metavar="key.sub=value", help="config overrides, e.g. objective=bradley_terry"
+    )
     p = sub.add_parser("inspect", help="one table row per artifact of a run")
     p.add_argument("run", help="run directory")
     p.add_argument("--json", action="store_true", help="print the rows as JSON (every row)")
-    p.add_argument("--all", action="store_true", help=f"every row (a run of more than {SUMMARY_ROWS} Grow steps is summarised)")
+    p.add_argument(
+        "--all", action="store_true", help=f"every row (a run of more than {SUMMARY_ROWS} Grow steps is summarised)"
+    )
     p = sub.add_parser("report", help="write RUN/report/index.html: plots, monitors, samples, lineage")
     p.add_argument("run", help="run directory")
     p.add_argument("--json", action="store_true", help="also print the verdicts and monitor lines as JSON")
@@ -83,8 +109,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # What each command runs (run, grow and improve are the pipeline's flows).
-COMMANDS = {"inspect": cmd_inspect, "report": cmd_report, "eval": cmd_eval, "generate": cmd_generate,
-            "reward": cmd_reward, "run": cmd_pipeline, "grow": cmd_pipeline, "improve": cmd_pipeline}
+COMMANDS = {
+    "inspect": cmd_inspect,
+    "report": cmd_report,
+    "eval": cmd_eval,
+    "generate": cmd_generate,
+    "reward": cmd_reward,
+    "run": cmd_pipeline,
+    "grow": cmd_pipeline,
+    "improve": cmd_pipeline,
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -105,7 +139,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {where}: {exc.strerror}; {OS_ERROR_FIXES[exc.errno]}", file=sys.stderr)
         return 2
     except BaseException:
-        if stopping.signum is not None:  # interrupted: the line is printed; exit without a traceback or waiting for threads
+        if (
+            stopping.signum is not None
+        ):  # interrupted: the line is printed; exit without a traceback or waiting for threads
             stopping.exit_now()
         raise
     return 0

@@ -1,5 +1,4 @@
-"""`rest run|grow|improve`: the pipeline's flows, from the command line.
-"""
+"""`rest run|grow|improve`: the pipeline's flows, from the command line."""
 
 from __future__ import annotations
 

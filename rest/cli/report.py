@@ -1,5 +1,4 @@
-"""`rest report RUN`: RUN/report/index.html.
-"""
+"""`rest report RUN`: RUN/report/index.html."""
 
 from __future__ import annotations
 

@@ -1,11 +1,10 @@
-"""`rest reward train --config FILE`: a learned reward model.
-"""
+"""`rest reward train --config FILE`: a learned reward model."""
 
 from __future__ import annotations
 
 import argparse
 
-from rest.cli.tables import table
+from rest.cli.tables import format_table
 
 
 def cmd_reward(args: argparse.Namespace) -> None:
@@ -25,11 +24,30 @@ def cmd_reward(args: argparse.Namespace) -> None:
     def num(d, k):
         return f"{d[k]:.3f}" if d.get(k) is not None else "n/a"
 
-    print(table(
-        ["split", "completions", "pairs", "pairwise_accuracy", f"clear_pairs(>={cfg.data.clear_gap:g})", "accuracy_clear", "mse",
-         "pearson", *extra],
-        [[name, d["rows"], d["pairs"], num(d, "pairwise_accuracy"), d.get("clear_pairs"),
-          *(num(d, k) for k in ("pairwise_accuracy_clear", "mse", "pearson", *extra))]
-         for name, d in (("held-out", v), ("train", t))],
-    ))
+    print(
+        format_table(
+            [
+                "split",
+                "completions",
+                "pairs",
+                "pairwise_accuracy",
+                f"clear_pairs(>={cfg.data.clear_gap:g})",
+                "accuracy_clear",
+                "mse",
+                "pearson",
+                *extra,
+            ],
+            [
+                [
+                    name,
+                    d["rows"],
+                    d["pairs"],
+                    num(d, "pairwise_accuracy"),
+                    d.get("clear_pairs"),
+                    *(num(d, k) for k in ("pairwise_accuracy_clear", "mse", "pearson", *extra)),
+                ]
+                for name, d in (("held-out", v), ("train", t))
+            ],
+        )
+    )
     print(f"Use it: reward.components={{learned: 1.0}} reward.learned={cfg.out}")

@@ -67,7 +67,8 @@ class Stopping:
         print(
             f"[rest] stopped by {signal.Signals(signum).name}: published artifacts and finished Grow shards are kept; "
             "run the same command again to resume",
-            file=sys.stderr, flush=True,
+            file=sys.stderr,
+            flush=True,
         )
         timer = threading.Timer(self.grace_s, self.exit_now, (signum,))
         timer.daemon = True

@@ -1,5 +1,4 @@
-"""What the CLI prints about a run: the summary table, the inspect rows, monitor alarms.
-"""
+"""What the CLI prints about a run: the summary table, the inspect rows, monitor alarms."""
 
 from __future__ import annotations
 
@@ -11,7 +10,7 @@ from rest.errors import RestError
 from rest.evaluation.monitors import input_use_line
 
 
-def table(header: list[str], rows: list[list[Any]]) -> str:
+def format_table(header: list[str], rows: list[list[Any]]) -> str:
     def fmt(column: str, v: Any) -> str:
         if v is None:
             return ""
@@ -21,7 +20,9 @@ def table(header: list[str], rows: list[list[Any]]) -> str:
 
     cells = [header] + [[fmt(c, v) for c, v in zip(header, r)] for r in rows]
     widths = [max(len(row[c]) for row in cells) for c in range(len(header))]
-    lines = ["  ".join(v.ljust(w) if c == 0 else v.rjust(w) for c, (v, w) in enumerate(zip(row, widths))) for row in cells]
+    lines = [
+        "  ".join(v.ljust(w) if c == 0 else v.rjust(w) for c, (v, w) in enumerate(zip(row, widths))) for row in cells
+    ]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
 
@@ -36,14 +37,28 @@ def print_summary(run_dir: Path) -> None:
         v = run.metrics(names[k])["valid"]
         rows.append([names[k], v["exact_match"], v["chrf"], v["bleu"], v["reward"], v["completion_tokens"]])
     left_out = len(run.policies()) - len(rows)
-    print(f"\nValidation ({run.config.data.valid}), greedy decoding"
-          + (f"; {left_out} of {len(run.policies())} policies not shown (not validated, eval.every, or summarised: "
-             f"rest inspect {run_dir} --all):" if left_out else ":"))
-    print(table(["policy", "exact_match", "chrF", "BLEU", "reward", "tokens"], rows))
+    print(
+        f"\nValidation ({run.config.data.valid}), greedy decoding"
+        + (
+            f"; {left_out} of {len(run.policies())} policies not shown (not validated, eval.every, or summarised: "
+            f"rest inspect {run_dir} --all):"
+            if left_out
+            else ":"
+        )
+    )
+    print(format_table(["policy", "exact_match", "chrF", "BLEU", "reward", "tokens"], rows))
     test = record.get("test", {})
     if test:
         print(f"\nTest ({run.config.data.test}); best policy by validation reward: {record['best_policy']}")
-        print(table(["policy", "exact_match", "chrF", "BLEU", "reward", "tokens"], [[n, m["exact_match"], m["chrf"], m["bleu"], m["reward"], m["completion_tokens"]] for n, m in test.items()]))
+        print(
+            format_table(
+                ["policy", "exact_match", "chrF", "BLEU", "reward", "tokens"],
+                [
+                    [n, m["exact_match"], m["chrf"], m["bleu"], m["reward"], m["completion_tokens"]]
+                    for n, m in test.items()
+                ],
+            )
+        )
     print(f"\nRun directory: {run_dir}  (rest inspect {run_dir}; pandas.read_parquet('{run_dir}/grow-1'))")
     report = run_dir / "report" / "index.html"
     if report.is_file():
@@ -62,7 +77,10 @@ def monitor_alarms(run_dir: Path) -> list[str]:
             out.append(input_use_line(name, monitors["input"]))
         alarm = monitors.get("alarm", {})
         if alarm.get("fired"):
-            out.append(f"{name}: reward {alarm['reward_delta']:+.4f} while chrF {alarm['chrf_delta']:+.2f} (vs {alarm['previous']})")
+            out.append(
+                f"{name}: reward {alarm['reward_delta']:+.4f} while chrF {alarm['chrf_delta']:+.2f} (vs "
+                f"{alarm['previous']})"
+            )
     if names:
         out += run.metrics(names[0]).get("monitors", {}).get("probe_flags", [])
     return out
@@ -90,19 +108,37 @@ def inspect_rows(run_dir: Path) -> list[dict[str, Any]]:
             row.update(kind="damaged", problem=str(exc))
             rows.append(row)
             continue
-        row.update(kind=manifest["kind"], id=manifest["id"], parent=", ".join(id_to_name.get(p, p) for p in manifest["parents"]))
+        row.update(
+            kind=manifest["kind"],
+            id=manifest["id"],
+            parent=", ".join(id_to_name.get(p, p) for p in manifest["parents"]),
+        )
         if manifest["kind"] == manifests.GROW:
             s = manifest["stats"]
-            row.update(rows=s["rows"], reward=s["reward_mean"], kept=" ".join(f"{t}:{f:.2f}" for t, f in s["kept_fraction"].items()), length=s["completion_tokens"])
+            row.update(
+                rows=s["rows"],
+                reward=s["reward_mean"],
+                kept=" ".join(f"{t}:{f:.2f}" for t, f in s["kept_fraction"].items()),
+                length=s["completion_tokens"],
+            )
         else:
             m = run.metrics(name)
             row["steps"] = m["train"]["steps"]
             if m["valid"] is not None:  # None: not validated (eval.every)
                 v = m["valid"]
-                row.update(reward=v["reward"], valid_exact_match=v["exact_match"], valid_chrf=v["chrf"], length=v["completion_tokens"])
+                row.update(
+                    reward=v["reward"],
+                    valid_exact_match=v["exact_match"],
+                    valid_chrf=v["chrf"],
+                    length=v["completion_tokens"],
+                )
             if "improve" in m:
                 sel = m["improve"]  # a preference loss learns from pairs: their count instead of a fraction kept
-                row["kept"] = f"{sel['tau']}:{sel['pairs']} pairs" if "pairs" in sel else f"{sel['tau']}:{sel['kept_fraction']:.2f}"
+                row["kept"] = (
+                    f"{sel['tau']}:{sel['pairs']} pairs"
+                    if "pairs" in sel
+                    else f"{sel['tau']}:{sel['kept_fraction']:.2f}"
+                )
         rows.append(row)
     return rows
 
@@ -111,14 +147,28 @@ def summarise_rows(rows: list[dict[str, Any]], best: str | None = None) -> tuple
     """The rows `rest inspect` prints without --all: every artifact of the Grow steps `shown` picks (first, last,
     evenly spaced, the best policy's, any with a partial or damaged artifact) and those of no Grow step; and a line
     on the rest."""
-    step = {r["artifact"]: int(r["artifact"].split("-")[1]) for r in rows if r["artifact"].startswith(("grow-", "improve-"))}
+    step = {
+        r["artifact"]: int(r["artifact"].split("-")[1]) for r in rows if r["artifact"].startswith(("grow-", "improve-"))
+    }
     steps = sorted(set(step.values()))
-    flagged = {steps.index(step[r["artifact"]]) for r in rows
-               if r["artifact"] in step and (r["kind"] in ("partial", "damaged") or r["artifact"] == best)}
+    flagged = {
+        steps.index(step[r["artifact"]])
+        for r in rows
+        if r["artifact"] in step and (r["kind"] in ("partial", "damaged") or r["artifact"] == best)
+    }
     picked = {steps[k] for k in shown(len(steps), flagged)}
     out = [r for r in rows if r["artifact"] not in step or step[r["artifact"]] in picked]
     if len(picked) == len(steps):
         return out, None
     grow = [r for r in rows if r["artifact"].startswith("grow-") and r.get("reward") is not None]
-    trend = f"; Grow mean reward {grow[0]['reward']:.3f} (grow-{step[grow[0]['artifact']]}) -> {grow[-1]['reward']:.3f} (grow-{step[grow[-1]['artifact']]})" if grow else ""
-    return out, f"{len(steps) - len(picked)} of {len(steps)} Grow steps and their Improve steps not shown{trend} (--all lists them)"
+    trend = (
+        f"; Grow mean reward {grow[0]['reward']:.3f} (grow-{step[grow[0]['artifact']]}) -> {grow[-1]['reward']:.3f} "
+        f"(grow-{step[grow[-1]['artifact']]})"
+        if grow
+        else ""
+    )
+    return (
+        out,
+        f"{len(steps) - len(picked)} of {len(steps)} Grow steps and their Improve steps not shown{trend} (--all lists "
+        "them)",
+    )

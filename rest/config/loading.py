@@ -42,7 +42,7 @@ def _partial(model: type[BaseModel], name: str) -> type[BaseModel]:
             ann = _partial(ann, ann.__name__.replace("Config", "") + "Overrides")
         elif field.metadata:
             ann = Annotated[(ann, *field.metadata)]
-        fields[key] = (Optional[ann], Field(None, description=field.description))
+        fields[key] = (Optional[ann], Field(None, description=field.description))  # noqa: UP045 (ann is a runtime value)
     doc = f"Overrides of {model.__name__}: the keys set here replace the config file's."
     return create_model(name, __config__=ConfigDict(extra="forbid"), __doc__=doc, **fields)
 
@@ -98,8 +98,10 @@ def _check_keys(
             dotted = prefix + key
             where = _origin(dotted, origins, where)
             close = difflib.get_close_matches(dotted, _known_keys(root), n=1, cutoff=0.6)
-            hint = f"; did you mean `{close[0]}`?" if close else f"; known keys under `{prefix or '.'}`: " + ", ".join(
-                model.model_fields
+            hint = (
+                f"; did you mean `{close[0]}`?"
+                if close
+                else f"; known keys under `{prefix or '.'}`: " + ", ".join(model.model_fields)
             )
             raise RestError(f"{where}: unknown config key `{dotted}`{hint}")
         ann = model.model_fields[key].annotation
@@ -107,7 +109,10 @@ def _check_keys(
             if value is None:
                 continue
             if not isinstance(value, dict):
-                raise RestError(f"{_origin(prefix + key, origins, where)}: config key `{prefix + key}` must be a mapping, got {value!r}")
+                raise RestError(
+                    f"{_origin(prefix + key, origins, where)}: config key `{prefix + key}` must be a mapping, got "
+                    f"{value!r}"
+                )
             _check_keys(value, ann, where, prefix + key + ".", root, origins)
 
 
@@ -135,7 +140,7 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str], origins: dict[str
             raise RestError(
                 f"override `{item}`: the value `{text}` is not valid YAML ({problem}). Write a YAML value: a list "
                 f"as improve.thresholds=[0.9,1.0], text with YAML quotes inside the shell's: "
-                f"'{dotted}=\"{text}\"' (a YAML string may hold any character but an unescaped \")"
+                f'\'{dotted}="{text}"\' (a YAML string may hold any character but an unescaped ")'
             ) from None
         if origins is not None:
             origins[dotted.strip()] = f"override `{item}`"
@@ -153,7 +158,10 @@ def _origin(key: str, origins: dict[str, str], where: str) -> str:
 
 
 def config_from_dict(
-    raw: dict[str, Any], where: str = "config", model: type[BaseModel] | None = None, origins: dict[str, str] | None = None
+    raw: dict[str, Any],
+    where: str = "config",
+    model: type[BaseModel] | None = None,
+    origins: dict[str, str] | None = None,
 ) -> Any:
     """Validate `raw` as a `model` (RunConfig by default). Errors name the config key and `where` it came from:
     the file, or the override that set the key (`origins`, from apply_overrides)."""

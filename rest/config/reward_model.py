@@ -1,5 +1,4 @@
-"""The config of `rest reward train --config FILE`: what a learned reward model learns from, and how.
-"""
+"""The config of `rest reward train --config FILE`: what a learned reward model learns from, and how."""
 
 from __future__ import annotations
 
@@ -30,13 +29,18 @@ class RMDataConfig(Section):
     valid_fraction: float = Field(
         0.1, gt=0, lt=1, description="fraction of sources (by a hash of source_id) held out for pairwise accuracy"
     )
-    min_gap: float = Field(0.0, ge=0, description="bradley_terry trains on pairs whose two scores differ by more than this")
+    min_gap: float = Field(
+        0.0, ge=0, description="bradley_terry trains on pairs whose two scores differ by more than this"
+    )
     clear_gap: float = Field(
-        0.1, ge=0, description="accuracy is also reported on the held-out pairs whose scores differ by at least this "
+        0.1,
+        ge=0,
+        description="accuracy is also reported on the held-out pairs whose scores differ by at least this "
         "(a difference a labeller would see; 0.1 = 10 chrF points)",
     )
     negatives: int = Field(
-        0, ge=0,
+        0,
+        ge=0,
         description="per training source, add this many completions of other sources (of the same source length "
         "where there are enough), scored by score_column's metric against the source's reference: more, and "
         "contrasting, examples of what the score means. Needs a reference column and score_column reward_<metric>",
@@ -76,14 +80,17 @@ class RewardModelConfig(Section):
     """
 
     seed: int = Field(0, description="init, the tokenizer's data order and batch order")
-    device: str = Field("auto", pattern=DEVICE_PATTERN, description="where the reward model trains: auto, cpu, cuda, cuda:N, mps")
+    device: str = Field(
+        "auto", pattern=DEVICE_PATTERN, description="where the reward model trains: auto, cpu, cuda, cuda:N, mps"
+    )
     out: str = Field("runs/rm-numbers", description="the artifact directory to write (a manifest marks it done)")
     objective: Literal["regression", "bradley_terry", "classification", "seq2seq"] = Field(
         "regression",
         description="regression: mean squared error to score_column (the model's output is the reward, clipped to "
         "[0, 1]); bradley_terry: pairwise ranking loss (the reward is sigmoid(output)); classification: binary "
         "cross-entropy on a 0/1 score_column (the output is sigmoid(output) = P(1): a rule model of reward.rules, "
-        "1 meaning the rule is broken); seq2seq: a model (encoder-decoder or decoder-only) learns to rewrite each (source, "
+        "1 meaning the rule is broken); seq2seq: a model (encoder-decoder or decoder-only) learns to rewrite each "
+        "(source, "
         "completion) as the source's best-scored completion, and the reward is the share of the completion's tokens "
         "before its correction departs from it (per-token scores in reward_tokens_<component>)",
     )

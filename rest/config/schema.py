@@ -21,7 +21,7 @@ from rest.config.components import check_reward_names
 
 # A field marked IN_NO_KEY changes nothing an artifact holds (how the work is spread, where it runs, how a training
 # step is computed, where it is tracked): it is in no artifact's key, and a run may be resumed with it changed.
-IN_NO_KEY = {"in_key": False}
+IN_NO_KEY: dict[str, Any] = {"in_key": False}
 
 
 def in_key(field: Any) -> bool:
@@ -111,7 +111,9 @@ class OptimFields(Section):
     lr: float = Field(1e-3, gt=0, description="peak learning rate; ~1e-3 from scratch, ~1e-5..1e-4 for pretrained")
     warmup_steps: int = Field(20, ge=0, description="linear warm-up steps (unless warmup_fraction is set)")
     warmup_fraction: float | None = Field(
-        None, ge=0, lt=1,
+        None,
+        ge=0,
+        lt=1,
         description="warm-up as a fraction of `steps` (0.1: the first 10%); set, it replaces warmup_steps, so the "
         "warm-up follows when you change steps",
     )
@@ -134,7 +136,8 @@ class LoraConfig(Section):
     dropout: float = Field(0.05, ge=0, lt=1, description="dropout on the adapter's input")
     target_modules: list[str] | Literal["all-linear"] = Field(
         "all-linear",
-        description="module names to adapt (e.g. [q_proj, v_proj]), or all-linear: every linear layer but the output head",
+        description="module names to adapt (e.g. [q_proj, v_proj]), or all-linear: every linear layer but the output "
+        "head",
     )
 
 
@@ -148,11 +151,15 @@ class PolicyOptimFields(OptimFields):
     @model_validator(mode="after")
     def _a_share_per_process(self) -> PolicyOptimFields:
         if self.processes > self.batch_size:
-            raise ValueError(f"processes ({self.processes}) must be at most batch_size ({self.batch_size}): each "
-                             "process computes a share of every batch")
+            raise ValueError(
+                f"processes ({self.processes}) must be at most batch_size ({self.batch_size}): each "
+                "process computes a share of every batch"
+            )
         if self.strategy == "fsdp" and self.lora is not None:
-            raise ValueError("strategy: fsdp shards a full fine-tuning; with lora the frozen base fits one GPU: use "
-                             "strategy: ddp (or drop lora)")
+            raise ValueError(
+                "strategy: fsdp shards a full fine-tuning; with lora the frozen base fits one GPU: use "
+                "strategy: ddp (or drop lora)"
+            )
         return self
 
     precision: Literal["fp32", "bf16", "fp16"] = Field(
@@ -161,25 +168,32 @@ class PolicyOptimFields(OptimFields):
         "GPUs from Ampere on); fp16: float16 autocast with a gradient scaler (older GPUs). Weights stay float32",
     )
     processes: int = Field(
-        1, json_schema_extra=IN_NO_KEY, ge=1,
+        1,
+        json_schema_extra=IN_NO_KEY,
+        ge=1,
         description="data-parallel training processes (torchrun; one per GPU, or CPU processes with gloo): each "
         "computes its share of every batch, one all-reduce per step makes the gradient the whole batch's (the "
         "same step as one process with micro-batches); only the first validates and publishes (rest/distributed.py)",
     )
     strategy: Literal["ddp", "fsdp"] = Field(
-        "ddp", json_schema_extra=IN_NO_KEY,
+        "ddp",
+        json_schema_extra=IN_NO_KEY,
         description="with processes > 1: ddp, every process holds the whole model (the gradients are summed); "
         "fsdp, torch's fully_shard: weights, gradients and optimiser state sharded over the processes, for a model "
         "whose full fine-tuning does not fit one GPU (not with lora: a LoRA step's frozen base fits, use ddp)",
     )
     micro_batch_size: int | None = Field(
-        None, json_schema_extra=IN_NO_KEY, ge=1,
+        None,
+        json_schema_extra=IN_NO_KEY,
+        ge=1,
         description="sequences per forward/backward pass; a step accumulates the gradients of batch_size / "
         "micro_batch_size of them, normalised over the whole batch (the same step as one pass, up to float sums). "
         "null: the whole batch at once. Lower it when a batch does not fit in memory",
     )
     gradient_checkpointing: bool = Field(
-        False, json_schema_extra=IN_NO_KEY, description="recompute activations in the backward pass: less memory, ~30% more compute"
+        False,
+        json_schema_extra=IN_NO_KEY,
+        description="recompute activations in the backward pass: less memory, ~30% more compute",
     )
     lora: LoraConfig | None = Field(
         None,
@@ -206,7 +220,9 @@ class BCConfig(PolicyOptimFields):
     """
 
     warmup_fraction: float | None = Field(
-        0.1, ge=0, lt=1,
+        0.1,
+        ge=0,
+        lt=1,
         description="warm-up as a fraction of `steps` (the first 10% by default), so the warm-up follows when you "
         "change steps; null uses warmup_steps instead",
     )
@@ -223,17 +239,22 @@ class VllmConfig(Section):
         "it may live in a venv of its own); null: $REST_VLLM_PYTHON when set, else the pipeline's own interpreter",
     )
     gpu_memory_utilization: float = Field(
-        0.5, gt=0, le=1,
+        0.5,
+        gt=0,
+        le=1,
         description="the share of the GPU's memory vLLM takes for weights and KV cache; the rest is left for "
         "training and reward models in the same process (ignored on CPU, where VLLM_CPU_KVCACHE_SPACE, in GiB, "
         "sets the KV cache: 1 unless you set it)",
     )
     max_model_len: int | None = Field(
-        None, ge=16, description="longest prompt + completion, in tokens; null: the model's own limit (vLLM sizes "
+        None,
+        ge=16,
+        description="longest prompt + completion, in tokens; null: the model's own limit (vLLM sizes "
         "its KV cache by it: set it for models with long contexts)",
     )
     enforce_eager: bool = Field(
-        False, description="no CUDA graphs / compiled kernels: starts faster (~20 s instead of ~35 s on CPU), "
+        False,
+        description="no CUDA graphs / compiled kernels: starts faster (~20 s instead of ~35 s on CPU), "
         "samples slower; for tests and tiny models",
     )
 
@@ -250,28 +271,41 @@ class GrowConfig(Section):
     batch_size: int = Field(256, ge=1, description="sequences decoded together (sources x samples)")
     shard_size: int = Field(250, ge=1, description="sources per shard; a shard is the unit of work and of resume")
     sources_per_step: int | None = Field(
-        None, ge=1,
+        None,
+        ge=1,
         description="a fresh 'superbatch' of this many sources per Grow step (SuperHF): step g takes the next slice "
-        "of a seeded shuffle of the Grow sources, reshuffled each time they are used up; null: every source, every step",
+        "of a seeded shuffle of the Grow sources, reshuffled each time they are used up; "
+        "null: every source, every step",
     )
-    workers: int = Field(1, json_schema_extra=IN_NO_KEY, ge=1, description="shards sampled at once (threads); on CPU torch already uses every core")
+    workers: int = Field(
+        1,
+        json_schema_extra=IN_NO_KEY,
+        ge=1,
+        description="shards sampled at once (threads); on CPU torch already uses every core",
+    )
     engine: Literal["torch", "vllm"] = Field(
-        "torch", description="what samples: torch (our batched decoding loop on the transformers model) or vllm "
+        "torch",
+        description="what samples: torch (our batched decoding loop on the transformers model) or vllm "
         "(decoder-only policies; `grow.vllm` says how it runs); rest/engines.py. Part of the Grow step's key, so "
         "shards of two engines never mix. Sampling a policy-0 or a published policy for `rest eval` and best-of-N "
-        "uses it too; a policy just trained is validated with torch"
+        "uses it too; a policy just trained is validated with torch",
     )
-    vllm: VllmConfig = Field(json_schema_extra=IN_NO_KEY, default_factory=lambda: VllmConfig(), description="how the vllm engine runs")
+    vllm: VllmConfig = Field(
+        json_schema_extra=IN_NO_KEY, default_factory=lambda: VllmConfig(), description="how the vllm engine runs"
+    )
 
 
 class RuleConfig(Section):
     """One of Sparrow's rules: how likely an output breaks it. Exactly one of `regex` and `model`."""
 
     regex: str | None = Field(
-        None, description="the output breaks the rule when this regex matches anywhere in it (re.search): P(violation) 0 or 1",
+        None,
+        description="the output breaks the rule when this regex matches anywhere in it (re.search): "
+        "P(violation) 0 or 1",
     )
     model: str | None = Field(
-        None, description="a classifier made by `rest reward train` with objective: classification on a 0/1 column "
+        None,
+        description="a classifier made by `rest reward train` with objective: classification on a 0/1 column "
         "where 1 means the rule is broken: its output is P(violation) for (source, output)",
     )
     weight: float = Field(1.0, ge=0, description="weight of 1 - P(violation) beside the reward components' weights")
@@ -301,7 +335,8 @@ class RewardConfig(Section):
     def _learned_has_model(self) -> RewardConfig:
         if "learned" in self.components and not self.learned:
             raise ValueError(
-                "the `learned` component needs reward.learned: the directory `rest reward train` wrote, e.g. runs/rm-numbers"
+                "the `learned` component needs reward.learned: the directory `rest reward train` wrote, e.g. "
+                "runs/rm-numbers"
             )
         return self
 
@@ -312,7 +347,9 @@ class RewardConfig(Section):
         "component scores with; it reads (source, completion) only, so Grow sources need no reference",
     )
     length_penalty: float = Field(
-        0.0, ge=0, le=1,
+        0.0,
+        ge=0,
+        le=1,
         description="subtract this x |len(output) - len(reference)| / len(reference) (chars, capped at 1); 0: off",
     )
     format_regex: str | None = Field(
@@ -357,9 +394,12 @@ class PreferenceConfig(Section):
         description="best_worst: one pair per source, its best distinct sample against its worst; margin: every pair "
         "of its distinct samples whose reward gap is at least `margin`",
     )
-    margin: float = Field(0.1, ge=0, le=1, description="the least reward gap of a pair (best_worst too); a gap of 0 is never a pair")
+    margin: float = Field(
+        0.1, ge=0, le=1, description="the least reward gap of a pair (best_worst too); a gap of 0 is never a pair"
+    )
     beta: float = Field(
-        0.1, gt=0,
+        0.1,
+        gt=0,
         description="how far the policy may move from the reference: DPO's inverse temperature on the log-likelihood "
         "ratios; IPO's target gap is 1 / (2 beta)",
     )
@@ -369,11 +409,13 @@ class PreferenceConfig(Section):
         "length-invariant form: a longer completion is not preferred for its length); false: summed, as DPO",
     )
     reference: Literal["grower", "policy-0"] = Field(
-        "grower", description="the reference policy of the ratios: the policy that sampled the Grow step (iterative "
-        "DPO), or policy-0 every time"
+        "grower",
+        description="the reference policy of the ratios: the policy that sampled the Grow step (iterative "
+        "DPO), or policy-0 every time",
     )
     nll_weight: float = Field(
-        1.0, ge=0,
+        1.0,
+        ge=0,
         description="weight of the token-mean NLL of the labelled rows mixed into every batch (improve.train_mix of "
         "it; PPO-ptx's mixing): keeps the policy on the task while the pairs move it",
     )
@@ -405,7 +447,10 @@ class ImproveConfig(PolicyOptimFields):
         default_factory=lambda: PreferenceConfig(), description="the pairs, beta and reference of loss: dpo | ipo"
     )
     kl_beta: float = Field(
-        0.0, ge=0, description="weight of a KL(policy || policy-0) penalty on the batch's target tokens (SuperHF's prior); 0 turns it off"
+        0.0,
+        ge=0,
+        description="weight of a KL(policy || policy-0) penalty on the batch's target tokens (SuperHF's prior); 0 "
+        "turns it off",
     )
     reward_weighted: bool = Field(
         False, description="weight each kept sample's loss by its reward (labelled pairs weigh 1)"
@@ -418,7 +463,8 @@ class ImproveConfig(PolicyOptimFields):
         "weigh 1); null: every token weighs 1",
     )
     unlikelihood: float = Field(
-        0.0, ge=0,
+        0.0,
+        ge=0,
         description="with token_weights: + this x the batch's mean over rows of -log(1 - p) of each kept sample's "
         "first token the reward model would rewrite (its first token score below 0; token-level unlikelihood): "
         "pushes down where a sample went wrong, an EOS too early included; 0: off",
@@ -428,7 +474,9 @@ class ImproveConfig(PolicyOptimFields):
         description="threshold: every sample with reward >= tau; percentile: also at or above its source's "
         "improve.percentile reward quantile; top_k: also among its source's improve.top_k best",
     )
-    percentile: float = Field(0.75, ge=0, le=1, description="selection=percentile: the per-source reward quantile to clear")
+    percentile: float = Field(
+        0.75, ge=0, le=1, description="selection=percentile: the per-source reward quantile to clear"
+    )
     top_k: int = Field(1, ge=1, description="selection=top_k: distinct completions kept per source")
     max_per_source: int | None = Field(
         None, ge=1, description="cap on kept samples per source, best reward first (ReST-EM caps at 10); null: no cap"
@@ -437,16 +485,26 @@ class ImproveConfig(PolicyOptimFields):
     @model_validator(mode="after")
     def _preference_options(self) -> ImproveConfig:
         if self.unlikelihood > 0 and self.token_weights is None:
-            raise ValueError("improve.unlikelihood needs per-token scores to find the token to push down: set "
-                             "improve.token_weights to a component scored by a seq2seq reward model (e.g. learned)")
+            raise ValueError(
+                "improve.unlikelihood needs per-token scores to find the token to push down: set "
+                "improve.token_weights to a component scored by a seq2seq reward model (e.g. learned)"
+            )
         if self.loss in ("dpo", "ipo"):
             if self.kl_beta > 0:
-                raise ValueError(f"loss: {self.loss} keeps the policy near its reference already (preference.beta): "
-                                 "set kl_beta: 0")
-            if self.reward_weighted or self.selection != "threshold" or self.max_per_source is not None or self.token_weights:
-                raise ValueError(f"loss: {self.loss} learns from pairs (improve.preference.pairs, margin): "
-                                 "reward_weighted, selection, max_per_source and token_weights are for the NLL losses; "
-                                 "leave them unset")
+                raise ValueError(
+                    f"loss: {self.loss} keeps the policy near its reference already (preference.beta): set kl_beta: 0"
+                )
+            if (
+                self.reward_weighted
+                or self.selection != "threshold"
+                or self.max_per_source is not None
+                or self.token_weights
+            ):
+                raise ValueError(
+                    f"loss: {self.loss} learns from pairs (improve.preference.pairs, margin): "
+                    "reward_weighted, selection, max_per_source and token_weights are for the NLL losses; "
+                    "leave them unset"
+                )
         return self
 
     @field_validator("thresholds")
@@ -469,7 +527,8 @@ class EvalConfig(Section):
     batch_size: int = Field(250, ge=1, description="sources decoded together")
     max_new_tokens: int = Field(48, ge=1)
     every: int = Field(
-        1, ge=1,
+        1,
+        ge=1,
         description="validate (metrics, monitors) the Improve policies of every k-th Grow step and of the last one "
         "(grow.steps); the others are published without validation (valid: null in metrics.json) and never chosen "
         "as the best: for runs of many small iterations (SuperHF), where validation would cost more than the step",
@@ -479,7 +538,9 @@ class EvalConfig(Section):
 class DaskConfig(Section):
     """Where Grow shards run with `orchestration.task_runner: dask`."""
 
-    address: str | None = Field(None, description="scheduler of an existing cluster (tcp://host:8786); null: a LocalCluster")
+    address: str | None = Field(
+        None, description="scheduler of an existing cluster (tcp://host:8786); null: a LocalCluster"
+    )
     n_workers: int = Field(2, ge=1, description="LocalCluster worker processes (one thread each)")
 
 
@@ -487,7 +548,9 @@ class OrchestrationConfig(Section):
     """How Prefect runs Grow's shard tasks. Dask needs a real Prefect server (PREFECT_API_URL, `make server`):
     in ephemeral mode every Dask worker would start a temporary server of its own."""
 
-    task_runner: Literal["threads", "dask"] = Field("threads", description="threads: grow.workers at once in this process")
+    task_runner: Literal["threads", "dask"] = Field(
+        "threads", description="threads: grow.workers at once in this process"
+    )
     dask: DaskConfig = DaskConfig()
 
 
@@ -498,7 +561,9 @@ class TrackingConfig(Section):
     network attempt at all. online: needs COMET_API_KEY in the environment. off: nothing.
     """
 
-    comet: Literal["off", "offline", "online"] = Field("offline", description="off | offline (RUN/comet/*.zip) | online")
+    comet: Literal["off", "offline", "online"] = Field(
+        "offline", description="off | offline (RUN/comet/*.zip) | online"
+    )
 
     @field_validator("comet", mode="before")
     @classmethod
@@ -509,6 +574,7 @@ class TrackingConfig(Section):
         if v is True:
             raise ValueError("`on` is not a mode: say offline (an archive under the run directory) or online")
         return v
+
     project: str = Field("rest", description="comet project name")
     workspace: str | None = Field(None, description="comet workspace (online); null: your default workspace")
     sample_rows: int = Field(64, ge=0, description="rows of each Grow step logged as a table asset")
@@ -519,7 +585,9 @@ class RunConfig(Section):
 
     seed: int = Field(0, description="drives init, data order and every Grow shard's sampling seed")
     device: str = Field(
-        "auto", json_schema_extra=IN_NO_KEY, pattern=DEVICE_PATTERN,
+        "auto",
+        json_schema_extra=IN_NO_KEY,
+        pattern=DEVICE_PATTERN,
         description="where every model of the run works (BC, Grow, Improve, evaluation, reward models): auto (a "
         "GPU when torch sees one, else the CPU), cpu, cuda, cuda:N or mps",
     )

@@ -1,2 +1,1 @@
-"""The user's data: splits read and checked (splits), and batches of row indices for training (batching).
-"""
+"""The user's data: splits read and checked (splits), and batches of row indices for training (batching)."""

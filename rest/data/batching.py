@@ -1,8 +1,8 @@
 """Batches of row indices: epochs of a labelled set, kept Grow rows mixed with it, grouped by length.
 
-    batches = epoch_batches(len(train), batch_size=32, steps=300, rng=rng)
-    batches = mix_batches(len(kept), len(train), train_mix=0.25, batch_size=32, steps=300, rng=rng)
-    batches = mix_batches(..., lengths=(kept_lengths, train_lengths))   # batches of rows of similar length
+batches = epoch_batches(len(train), batch_size=32, steps=300, rng=rng)
+batches = mix_batches(len(kept), len(train), train_mix=0.25, batch_size=32, steps=300, rng=rng)
+batches = mix_batches(..., lengths=(kept_lengths, train_lengths))   # batches of rows of similar length
 """
 
 from __future__ import annotations
@@ -74,9 +74,7 @@ def window_order(steps: int, window: int, rng: np.random.Generator) -> list[int]
     return [start + k for start in range(0, steps, window) for k in rng.permutation(min(window, steps - start))]
 
 
-def group_by_length(
-    batches: list[np.ndarray], lengths: np.ndarray, window: int, order: list[int]
-) -> list[np.ndarray]:
+def group_by_length(batches: list[np.ndarray], lengths: np.ndarray, window: int, order: list[int]) -> list[np.ndarray]:
     """Batches of rows of similar length, so that little of a batch is padding (transformers' `group_by_length`,
     kept to runs of `window` batches): each run's indices sorted by length and dealt again, then the batches put in
     `order` (window_order: each run shuffled). Every item is drawn as often as before, and within the same run of
@@ -110,5 +108,8 @@ def mix_batches(
         # One window and one order for both parts: the smaller window, so that neither repeats an item within one.
         window = min(length_window(n_kept, batch_size - n_from_train), length_window(n_train, n_from_train))
         order = window_order(steps, window, rng)
-        kept, train = group_by_length(kept, lengths[0], window, order), group_by_length(train, lengths[1], window, order)
+        kept, train = (
+            group_by_length(kept, lengths[0], window, order),
+            group_by_length(train, lengths[1], window, order),
+        )
     return list(zip(kept, train))

@@ -67,8 +67,14 @@ def _read_parquet_dir(path: Path, key: str) -> pd.DataFrame:
     parquet = [p for p in files if p.suffix == ".parquet"]
     others = [p.name for p in files if p.suffix != ".parquet"]
     if not parquet or others:
-        what = (f"holds {len(others)} file(s) that are not .parquet ({', '.join(others[:3])}"
-                f"{', ...' if len(others) > 3 else ''})") if others else "holds no .parquet file"
+        what = (
+            (
+                f"holds {len(others)} file(s) that are not .parquet ({', '.join(others[:3])}"
+                f"{', ...' if len(others) > 3 else ''})"
+            )
+            if others
+            else "holds no .parquet file"
+        )
         raise RestError(
             f"{key}: {path} is a directory that {what}; a directory split is .parquet files only: give one "
             ".parquet, .jsonl or .json file, or convert the files to Parquet"
@@ -99,9 +105,15 @@ def _read_jsonl(path: Path, key: str) -> pd.DataFrame:
             try:
                 row = json.loads(line.rstrip("\r\n"))
             except json.JSONDecodeError as exc:
-                raise RestError(f"{key}: {path} line {number}: not valid JSON ({exc.msg} at column {exc.colno}); fix or drop that line") from None
+                raise RestError(
+                    f"{key}: {path} line {number}: not valid JSON ({exc.msg} at column {exc.colno}); fix or drop that "
+                    "line"
+                ) from None
             if not isinstance(row, dict):
-                raise RestError(f"{key}: {path} line {number}: a JSONL row is an object such as {{\"source\": ..., \"reference\": ...}}, got {type(row).__name__}")
+                raise RestError(
+                    f"{key}: {path} line {number}: a JSONL row is an object such as "
+                    f'{{"source": ..., "reference": ...}}, got {type(row).__name__}'
+                )
             rows.append(row)
     return pd.DataFrame(rows)
 
@@ -111,7 +123,10 @@ def load_split(spec: str, key: str, need_reference: bool = True) -> pd.DataFrame
     df = _read(spec, key)
     where = f"{key} ({spec})"
     if "source" not in df.columns:
-        raise RestError(f"{where}: no `source` column (columns: {', '.join(map(str, df.columns))}); rename the input column to `source`")
+        raise RestError(
+            f"{where}: no `source` column (columns: {', '.join(map(str, df.columns))}); rename the input column to "
+            "`source`"
+        )
     if len(df) == 0:
         raise RestError(f"{where}: has no rows")
     if "reference" not in df.columns:
@@ -137,7 +152,9 @@ def load_split(spec: str, key: str, need_reference: bool = True) -> pd.DataFrame
         df = df.assign(source_id=[f"{Path(spec).stem}-{i:06d}" for i in range(len(df))])
     ids = df["source_id"].astype(str)
     if ids.duplicated().any():
-        raise RestError(f"{where}: `source_id` {ids[ids.duplicated()].iloc[0]!r} appears more than once; ids must be unique")
+        raise RestError(
+            f"{where}: `source_id` {ids[ids.duplicated()].iloc[0]!r} appears more than once; ids must be unique"
+        )
     out = pd.DataFrame(
         {
             "source_id": ids,
@@ -193,7 +210,9 @@ def superbatch(df: pd.DataFrame, step: int, size: int, seed: int) -> pd.DataFram
     """
     n = len(df)
     if size > n:
-        raise RestError(f"grow.sources_per_step ({size}) is more than the {n} Grow sources: lower it, or set it to null")
+        raise RestError(
+            f"grow.sources_per_step ({size}) is more than the {n} Grow sources: lower it, or set it to null"
+        )
     taken: list[int] = []
     seen: set[int] = set()
     position = (step - 1) * size

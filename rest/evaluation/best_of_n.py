@@ -2,7 +2,8 @@
 
     rest generate --run runs/numbers --data data/numbers/valid.parquet --best-of-n 8 --reward learned \
         --reward-model runs/rm-numbers --out runs/numbers/valid-best-of-8.parquet
-    rest eval --run runs/numbers --data data/numbers/valid.parquet --best-of-n 8 --reward learned --reward-model runs/rm-numbers
+    rest eval --run runs/numbers --data data/numbers/valid.parquet --best-of-n 8 \
+        --reward learned --reward-model runs/rm-numbers
 
 The output Parquet has one row per source: source_id, source, reference (null when the input has none), output
 (the chosen candidate), reward (its reward), chosen_index, and all K candidates with their rewards
@@ -52,17 +53,27 @@ def reward_for(name: str, learned: str | None, df: pd.DataFrame, device: str = "
     return component(name, RewardConfig.model_construct(components={name: 1.0}, learned=learned), device)
 
 
-def best_of_n(engine: Engine, df: pd.DataFrame, cfg, k: int, reward, seed: int, temperature: float | None = None) -> pd.DataFrame:
-    """Sample k candidates per row of df (Grow's engine and sampling settings), score them with `reward`, keep the best."""
+def best_of_n(
+    engine: Engine, df: pd.DataFrame, cfg, k: int, reward, seed: int, temperature: float | None = None
+) -> pd.DataFrame:
+    """Sample k candidates per row of df (Grow's engine and sampling settings), score them with `reward`, keep the
+    best."""
     if k < 1:
         raise RestError(f"--best-of-n must be >= 1, got {k}")
     sources = df["source"].tolist()
     out = engine.sample(
-        sources, num_samples=k, temperature=cfg.grow.temperature if temperature is None else temperature,
-        top_p=cfg.grow.top_p, top_k=cfg.grow.top_k, max_new_tokens=cfg.eval.max_new_tokens, seed=seed,
+        sources,
+        num_samples=k,
+        temperature=cfg.grow.temperature if temperature is None else temperature,
+        top_p=cfg.grow.top_p,
+        top_k=cfg.grow.top_k,
+        max_new_tokens=cfg.eval.max_new_tokens,
+        seed=seed,
     )
     refs = df["reference"].tolist()
-    scores = np.asarray(reward([s for s in sources for _ in range(k)], out.completions, [r for r in refs for _ in range(k)]))
+    scores = np.asarray(
+        reward([s for s in sources for _ in range(k)], out.completions, [r for r in refs for _ in range(k)])
+    )
     cands = np.array(out.completions, dtype=object).reshape(len(df), k)
     scores = scores.reshape(len(df), k)
     chosen = scores.argmax(axis=1)  # the first maximum: the lowest sample index wins a tie

@@ -130,14 +130,20 @@ def probe_reward(reward: Reward, sources: Sequence[str], references: Sequence[st
     return out
 
 
-def probe_rewards(reward_cfg, sources: Sequence[str], references: Sequence[str], seed: int = 0,
-                  device: str = "cpu") -> dict[str, Any]:
+def probe_rewards(
+    reward_cfg, sources: Sequence[str], references: Sequence[str], seed: int = 0, device: str = "cpu"
+) -> dict[str, Any]:
     """probe_reward for every configured component and for the total (`reward`) of a RewardConfig
     (or a plain {component: weight} mapping)."""
     if isinstance(reward_cfg, Mapping):
         reward_cfg = RewardConfig(components=dict(reward_cfg))
-    probes = {name: probe_reward(component(name, reward_cfg, device), sources, references, seed) for name in reward_cfg.components}
-    probes["reward"] = probe_reward(lambda s, c, r: score_config(reward_cfg, s, c, r, device)["reward"], sources, references, seed)
+    probes = {
+        name: probe_reward(component(name, reward_cfg, device), sources, references, seed)
+        for name in reward_cfg.components
+    }
+    probes["reward"] = probe_reward(
+        lambda s, c, r: score_config(reward_cfg, s, c, r, device)["reward"], sources, references, seed
+    )
     return probes
 
 
@@ -213,8 +219,10 @@ def input_use(
 def input_use_line(name: str, m: Mapping[str, Any]) -> str:
     """The plain-words line for a policy whose `input` monitor fired."""
     return (
-        f"{name} ignores its input: {100 * m['top_output_fraction']:.0f}% of validation outputs are {m['top_output']!r}, "
-        f"and pairing each reference with another row's source raises its NLL by only {100 * m['input_sensitivity']:.1f}% "
+        f"{name} ignores its input: {100 * m['top_output_fraction']:.0f}% of validation outputs are "
+        f"{m['top_output']!r}, "
+        "and pairing each reference with another row's source raises its NLL by only "
+        f"{100 * m['input_sensitivity']:.1f}% "
         f"({m['nll']:.3f} -> {m['nll_shuffled_sources']:.3f}). It did not learn the task: nothing later can fix that. "
         "From scratch, try a lower bc.lr (5e-4), a longer warm-up (bc.warmup_fraction=0.2), more bc.steps or more "
         "labelled pairs; with model.architecture, keep a pre-LN model (configs/models/mbart-2.6m.json)"

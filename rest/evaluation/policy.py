@@ -36,7 +36,9 @@ def evaluate(engine: Engine, df: pd.DataFrame, cfg: RunConfig) -> tuple[dict[str
 
 
 @torch.no_grad()
-def target_nll(policy: Policy, sources: list[str], targets: list[str], model_cfg: ModelConfig, batch_size: int = 250) -> float:
+def target_nll(
+    policy: Policy, sources: list[str], targets: list[str], model_cfg: ModelConfig, batch_size: int = 250
+) -> float:
     """Token-mean NLL of `targets` given `sources` under the policy (teacher forcing, eval mode: no dropout)."""
     policy.model.eval()
     total, count = 0.0, 0

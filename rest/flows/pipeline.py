@@ -115,8 +115,10 @@ def publish_grow_artifact(run_dir: str, g: int) -> None:
         {"metric": "sources", "value": stats["sources"]},
     ]
     create_table_artifact(
-        key=artifact_key(run_dir, f"grow-{g}"), table=rows,
-        description=f"Grow step {g} of {Path(run_dir).resolve()} (artifact id {manifest['id']}, policy {manifest['policy']})",
+        key=artifact_key(run_dir, f"grow-{g}"),
+        table=rows,
+        description=f"Grow step {g} of {Path(run_dir).resolve()} (artifact id {manifest['id']}, policy "
+        f"{manifest['policy']})",
     )
 
 
@@ -125,15 +127,25 @@ def publish_improve_artifact(run_dir: str, name: str) -> None:
     rows = [{"metric": f"valid {k}", "value": v} for k, v in (metrics["valid"] or {}).items()]  # None: eval.every
     rows += [{"metric": f"improve {k}", "value": v} for k, v in metrics.get("improve", {}).items()]
     rows += [{"metric": f"train {k}", "value": v} for k, v in metrics["train"].items()]
-    create_table_artifact(key=artifact_key(run_dir, name), table=rows, description=f"{name} of {Path(run_dir).resolve()}")
+    create_table_artifact(
+        key=artifact_key(run_dir, name), table=rows, description=f"{name} of {Path(run_dir).resolve()}"
+    )
 
 
 def publish_run_report(run_dir: str, summary: dict, report: str) -> None:
     root = Path(run_dir).resolve()
-    lines = [f"# ReST run `{root.name}`", "", f"Run directory: [{root}](file://{root})", "",
-             f"Report with plots and monitors: [{report}](file://{Path(report).resolve()})", "",
-             f"Best policy by validation reward: **{summary['best_policy']}**", "",
-             "| policy | valid exact match | valid chrF | valid reward |", "|---|---:|---:|---:|"]
+    lines = [
+        f"# ReST run `{root.name}`",
+        "",
+        f"Run directory: [{root}](file://{root})",
+        "",
+        f"Report with plots and monitors: [{report}](file://{Path(report).resolve()})",
+        "",
+        f"Best policy by validation reward: **{summary['best_policy']}**",
+        "",
+        "| policy | valid exact match | valid chrF | valid reward |",
+        "|---|---:|---:|---:|",
+    ]
     for name, v in summary["valid"].items():
         lines.append(f"| {name} | {v['exact_match']} | {v['chrf']} | {v['reward']} |")
     lines += ["", "| test | exact match | chrF | reward |", "|---|---:|---:|---:|"]
@@ -142,7 +154,9 @@ def publish_run_report(run_dir: str, summary: dict, report: str) -> None:
     lines += ["", "Grow shards (read with `pandas.read_parquet(dir)`):", ""]
     for grow in sorted(root.glob("grow-*")):
         lines.append(f"- [{grow}](file://{grow}): " + ", ".join(p.name for p in sorted(grow.glob("shard-*.parquet"))))
-    create_markdown_artifact(key=artifact_key(run_dir, "report"), markdown="\n".join(lines), description=f"ReST run {root}")
+    create_markdown_artifact(
+        key=artifact_key(run_dir, "report"), markdown="\n".join(lines), description=f"ReST run {root}"
+    )
 
 
 def check_task_runner(task_runner: str) -> None:

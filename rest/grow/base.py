@@ -25,8 +25,16 @@ class Engine(Protocol):
     device: str  # where the policy runs: a learned reward scores its samples there too
 
     def sample(
-        self, sources: list[str], *, num_samples: int, temperature: float, top_p: float, top_k: int,
-        max_new_tokens: int, seed: int, on_progress: Callable[[int], None] | None = None,
+        self,
+        sources: list[str],
+        *,
+        num_samples: int,
+        temperature: float,
+        top_p: float,
+        top_k: int,
+        max_new_tokens: int,
+        seed: int,
+        on_progress: Callable[[int], None] | None = None,
     ) -> Generation: ...
 
     def greedy(self, sources: list[str], *, max_new_tokens: int) -> Generation: ...

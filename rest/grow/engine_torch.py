@@ -1,5 +1,4 @@
-"""The `torch` engine: our batched decoding loop (rest/models/sampling.py) on the policy's transformers model.
-"""
+"""The `torch` engine: our batched decoding loop (rest/models/sampling.py) on the policy's transformers model."""
 
 from __future__ import annotations
 
@@ -23,13 +22,27 @@ class TorchEngine:
 
     def sample(self, sources, *, num_samples, temperature, top_p, top_k, max_new_tokens, seed, on_progress=None):
         return generate(
-            self.policy, sources, self.model_cfg, num_samples=num_samples, temperature=temperature, top_p=top_p,
-            top_k=top_k, max_new_tokens=max_new_tokens, batch_size=self.batch_size, seed=seed, on_progress=on_progress,
+            self.policy,
+            sources,
+            self.model_cfg,
+            num_samples=num_samples,
+            temperature=temperature,
+            top_p=top_p,
+            top_k=top_k,
+            max_new_tokens=max_new_tokens,
+            batch_size=self.batch_size,
+            seed=seed,
+            on_progress=on_progress,
         )
 
     def greedy(self, sources, *, max_new_tokens):
         return generate(
-            self.policy, sources, self.model_cfg, greedy=True, max_new_tokens=max_new_tokens, batch_size=self.eval_batch_size
+            self.policy,
+            sources,
+            self.model_cfg,
+            greedy=True,
+            max_new_tokens=max_new_tokens,
+            batch_size=self.eval_batch_size,
         )
 
     def close(self) -> None:
@@ -37,4 +50,5 @@ class TorchEngine:
 
 
 ENGINE = EngineSpec(
-    "torch", lambda policy_dir, cfg: TorchEngine(load_policy(policy_dir, device=cfg.device, dtype=cfg.model.dtype), cfg))
+    "torch", lambda policy_dir, cfg: TorchEngine(load_policy(policy_dir, device=cfg.device, dtype=cfg.model.dtype), cfg)
+)

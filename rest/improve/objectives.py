@@ -43,8 +43,12 @@ class Batch:
         return len(self.sources)
 
     def _rows(self, a: int, b: int) -> Batch:
-        return Batch(self.sources[a:b], self.targets[a:b], None if self.weights is None else self.weights[a:b],
-                     None if self.token_scores is None else self.token_scores[a:b])
+        return Batch(
+            self.sources[a:b],
+            self.targets[a:b],
+            None if self.weights is None else self.weights[a:b],
+            None if self.token_scores is None else self.token_scores[a:b],
+        )
 
     def split(self, size: int) -> list[Batch]:
         """Consecutive parts of at most `size` rows (micro-batches of one optimiser step)."""
@@ -82,8 +86,9 @@ class PairBatch:
         n = len(self.sources)
         c, d = max(a - n, 0), max(b - n, 0)
         a, b = min(a, n), min(b, n)
-        return PairBatch(self.sources[a:b], self.chosen[a:b], self.rejected[a:b],
-                         self.nll_sources[c:d], self.nll_targets[c:d])
+        return PairBatch(
+            self.sources[a:b], self.chosen[a:b], self.rejected[a:b], self.nll_sources[c:d], self.nll_targets[c:d]
+        )
 
     def split(self, size: int) -> list[PairBatch]:
         """About len / size pieces (a pair counts as one row: its two sequences share the source)."""
@@ -100,11 +105,16 @@ class Objective(Protocol):
     losses, and their gradients, add up to the whole batch's. Additive `stats` add up likewise."""
 
     needs_reference: bool
+    data: str  # what its batches hold: "rows" (Batch) or "pairs" (PairBatch)
 
     def totals(self, policy: Policy, batch: Batch, model_cfg: ModelConfig) -> dict[str, float]: ...
 
     def __call__(
-        self, policy: Policy, batch: Batch, model_cfg: ModelConfig, reference: Policy | None,
+        self,
+        policy: Policy,
+        batch: Batch,
+        model_cfg: ModelConfig,
+        reference: Policy | None,
         totals: dict[str, float] | None = None,
     ) -> tuple[torch.Tensor, dict[str, float]]: ...
 
@@ -151,7 +161,9 @@ def token_weights(counts: Sequence[int], token_scores: Sequence[Sequence[float] 
     return out
 
 
-def weighted_sequence_nll(logits: torch.Tensor, labels: torch.Tensor, weights: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+def weighted_sequence_nll(
+    logits: torch.Tensor, labels: torch.Tensor, weights: Sequence[np.ndarray]
+) -> tuple[torch.Tensor, torch.Tensor]:
     """sequence_nll with a weight per target token (row i's weights in the order of its target tokens): per
     sequence, sum_t w_t NLL_t and sum_t w_t. Weights of 1 give sequence_nll's numbers."""
     per_token = torch.nn.functional.cross_entropy(
@@ -202,7 +214,10 @@ def nll_denominator(counts: torch.Tensor, loss: str, weights: torch.Tensor | Non
 
 
 def reduce_nll(
-    sums: torch.Tensor, counts: torch.Tensor, loss: str, weights: torch.Tensor | None = None,
+    sums: torch.Tensor,
+    counts: torch.Tensor,
+    loss: str,
+    weights: torch.Tensor | None = None,
     denominator: float | None = None,
 ) -> torch.Tensor:
     """The batch loss from per-sequence summed NLLs `sums` over `counts` target tokens, optionally weighted.
@@ -224,7 +239,9 @@ def reduce_nll(
     return num / den.to(sums).clamp_min(1e-9)
 
 
-def token_kl(logits: torch.Tensor, ref_logits: torch.Tensor, labels: torch.Tensor, tokens: float | None = None) -> torch.Tensor:
+def token_kl(
+    logits: torch.Tensor, ref_logits: torch.Tensor, labels: torch.Tensor, tokens: float | None = None
+) -> torch.Tensor:
     """Mean over target tokens of KL(policy || reference) between the two next-token distributions (over `tokens`
     target tokens when the rows are a micro-batch of a larger step).
 
@@ -242,10 +259,15 @@ PREFERENCE_LOSSES = ("dpo", "ipo")
 
 
 def preference_losses(
-    policy_chosen: torch.Tensor, policy_rejected: torch.Tensor,
-    ref_chosen: torch.Tensor, ref_rejected: torch.Tensor,
-    chosen_tokens: torch.Tensor, rejected_tokens: torch.Tensor,
-    beta: float, kind: str = "dpo", average_log_prob: bool = True,
+    policy_chosen: torch.Tensor,
+    policy_rejected: torch.Tensor,
+    ref_chosen: torch.Tensor,
+    ref_rejected: torch.Tensor,
+    chosen_tokens: torch.Tensor,
+    rejected_tokens: torch.Tensor,
+    beta: float,
+    kind: str = "dpo",
+    average_log_prob: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per pair: the loss, and h, the policy's log-likelihood ratio margin over the reference's.
 
@@ -301,11 +323,18 @@ class NLL:
         if batch.token_scores is not None:
             counts = torch.tensor([float(w.sum()) for w in token_weights(tokens, batch.token_scores)])
         weights = None if batch.weights is None else torch.tensor(batch.weights, dtype=torch.float32)
-        return {"nll": float(nll_denominator(counts, self.reduction, weights)), "tokens": float(sum(tokens)),
-                "rows": float(len(batch))}
+        return {
+            "nll": float(nll_denominator(counts, self.reduction, weights)),
+            "tokens": float(sum(tokens)),
+            "rows": float(len(batch)),
+        }
 
     def __call__(
-        self, policy: Policy, batch: Batch, model_cfg: ModelConfig, reference: Policy | None = None,
+        self,
+        policy: Policy,
+        batch: Batch,
+        model_cfg: ModelConfig,
+        reference: Policy | None = None,
         totals: dict[str, float] | None = None,
     ) -> tuple[torch.Tensor, dict[str, float]]:
         if self.needs_reference and reference is None:
@@ -358,7 +387,11 @@ class Preference:
         return {"pairs": float(len(batch.sources)), "tokens": float(sum(counts))}
 
     def __call__(
-        self, policy: Policy, batch: PairBatch, model_cfg: ModelConfig, reference: Policy | None = None,
+        self,
+        policy: Policy,
+        batch: PairBatch,
+        model_cfg: ModelConfig,
+        reference: Policy | None = None,
         totals: dict[str, float] | None = None,
     ) -> tuple[torch.Tensor, dict[str, float]]:
         if reference is None:
@@ -369,12 +402,23 @@ class Preference:
         n = len(batch.sources)
         if n:
             # chosen and rejected in one forward pass (TRL's concatenated forward): one padding, one call
-            encoded = encode_pairs(policy, list(batch.sources) * 2, list(batch.chosen) + list(batch.rejected), model_cfg)
+            encoded = encode_pairs(
+                policy, list(batch.sources) * 2, list(batch.chosen) + list(batch.rejected), model_cfg
+            )
             sums, counts = sequence_nll(forward_logits(policy, encoded), encoded["labels"])
             with torch.no_grad():
                 ref_sums, _ = sequence_nll(forward_logits(reference, encoded), encoded["labels"])
-            losses, h = preference_losses(-sums[:n], -sums[n:], -ref_sums[:n], -ref_sums[n:], counts[:n].float(),
-                                          counts[n:].float(), self.beta, self.kind, self.average_log_prob)
+            losses, h = preference_losses(
+                -sums[:n],
+                -sums[n:],
+                -ref_sums[:n],
+                -ref_sums[n:],
+                counts[:n].float(),
+                counts[n:].float(),
+                self.beta,
+                self.kind,
+                self.average_log_prob,
+            )
             loss = losses.sum() / max(totals["pairs"], 1.0)
             stats["pref_loss"] = loss.item()
             stats["pref_accuracy"] = float((h > 0).sum()) / max(totals["pairs"], 1.0)
@@ -390,10 +434,18 @@ class Preference:
 
 # improve.loss -> the objective built from a BC or Improve config section (fields it does not have read as off).
 OBJECTIVES: dict[str, Callable[[Any], Objective]] = {
-    **{name: (lambda cfg, name=name: NLL(name, getattr(cfg, "kl_beta", 0.0), getattr(cfg, "unlikelihood", 0.0)))
-       for name in REDUCTIONS},
-    **{name: (lambda cfg, name=name: Preference(name, cfg.preference.beta, cfg.preference.average_log_prob,
-                                                cfg.preference.nll_weight)) for name in PREFERENCE_LOSSES},
+    **{
+        name: (lambda cfg, name=name: NLL(name, getattr(cfg, "kl_beta", 0.0), getattr(cfg, "unlikelihood", 0.0)))
+        for name in REDUCTIONS
+    },
+    **{
+        name: (
+            lambda cfg, name=name: Preference(
+                name, cfg.preference.beta, cfg.preference.average_log_prob, cfg.preference.nll_weight
+            )
+        )
+        for name in PREFERENCE_LOSSES
+    },
 }
 
 

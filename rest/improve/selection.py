@@ -1,7 +1,7 @@
 """Improve's data: the Grow rows whose reward clears tau, deduplicated per source, and preference pairs.
 
-    kept = select(shards, tau=1.0)
-    pairs = preference_pairs(rows, tau=0.5, pairs="best_worst", margin=0.1)   # a preference loss's data
+kept = select(shards, tau=1.0)
+pairs = preference_pairs(rows, tau=0.5, pairs="best_worst", margin=0.1)   # a preference loss's data
 """
 
 from __future__ import annotations
@@ -47,7 +47,11 @@ def select(
     """
     if selection not in ("threshold", "percentile", "top_k"):
         raise ValueError(f"unknown selection {selection!r}; known: threshold, percentile, top_k")
-    floor = rows.groupby("source_id")["reward"].transform(lambda r: r.quantile(percentile)) if selection == "percentile" else None
+    floor = (
+        rows.groupby("source_id")["reward"].transform(lambda r: r.quantile(percentile))
+        if selection == "percentile"
+        else None
+    )
     keep = rows["reward"] >= tau
     if floor is not None:
         keep &= rows["reward"] >= floor - 1e-12
@@ -83,10 +87,12 @@ def sparse_selection(tau: float, kept_fraction: float, rows: int, quantiles: dic
     if kept_fraction >= SPARSE_KEEP:
         return None
     kept = "none" if kept_fraction <= 0 else f"{kept_fraction:.2%}"
-    return (f"tau={tau} keeps {kept} of the {rows} Grow samples (their rewards: median "
-            f"{quantiles.get('p50')}, p90 {quantiles.get('p90')}), so this step learns little but data.train. Put "
-            "improve.thresholds on this reward's scale (a learned reward model's scores are its own), or keep each "
-            "source's best with improve.selection: top_k and a threshold under the rewards' median.")
+    return (
+        f"tau={tau} keeps {kept} of the {rows} Grow samples (their rewards: median "
+        f"{quantiles.get('p50')}, p90 {quantiles.get('p90')}), so this step learns little but data.train. Put "
+        "improve.thresholds on this reward's scale (a learned reward model's scores are its own), or keep each "
+        "source's best with improve.selection: top_k and a threshold under the rewards' median."
+    )
 
 
 def preference_pairs(rows: pd.DataFrame, tau: float, pairs: str = "best_worst", margin: float = 0.1) -> pd.DataFrame:

@@ -45,7 +45,8 @@ _OS_ERROR = re.compile(r"os error (\d+)")
 
 def save(obj, path) -> None:
     """`obj.save_pretrained(path)` quietly, with a disk error as the OSError it is: safetensors reports a full
-    disk as `SafetensorError("... No space left on device (os error 28)")`, which names neither the errno nor the file."""
+    disk as `SafetensorError("... No space left on device (os error 28)")`, which names neither the errno nor the
+    file."""
     try:
         with quiet():
             obj.save_pretrained(path)
@@ -64,13 +65,15 @@ def read_architecture(path: str, key: str) -> dict[str, Any]:
     p = Path(path)
     if not p.is_file():
         what = "is a directory" if p.is_dir() else "does not exist"
-        raise RestError(f"{key}: {path} {what}; point it at a transformers config JSON such as configs/models/bart-2.6m.json")
+        raise RestError(
+            f"{key}: {path} {what}; point it at a transformers config JSON such as configs/models/bart-2.6m.json"
+        )
     try:
         arch = json.loads(p.read_text())
     except json.JSONDecodeError as exc:
         raise RestError(f"{key}: {path} is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
     if not isinstance(arch, dict) or "model_type" not in arch:
-        raise RestError(f"{key}: {path} has no `model_type` (e.g. \"bart\" or \"llama\")")
+        raise RestError(f'{key}: {path} has no `model_type` (e.g. "bart" or "llama")')
     return arch
 
 
@@ -85,8 +88,12 @@ def check_architecture(path: str, key: str) -> None:
         _skeleton(config)
     except Exception as exc:  # transformers and huggingface_hub raise many types; all mean "not a usable config"
         if "Unrecognized model identifier" in str(exc):
-            raise RestError(f"{key}: {path}: transformers knows no model_type `{model_type}` (e.g. bart, t5, llama, gpt2)") from None
-        raise RestError(f"{key}: {path}: transformers cannot build a `{model_type}` model from it ({_brief(exc)})") from None
+            raise RestError(
+                f"{key}: {path}: transformers knows no model_type `{model_type}` (e.g. bart, t5, llama, gpt2)"
+            ) from None
+        raise RestError(
+            f"{key}: {path}: transformers cannot build a `{model_type}` model from it ({_brief(exc)})"
+        ) from None
 
 
 def _skeleton(config):
@@ -116,7 +123,9 @@ def check_lora_targets(names: list[str], targets: list[str], key: str) -> None:
     leaves = sorted({n.rsplit(".", 1)[-1] for n in names if n and not n.rsplit(".", 1)[-1].isdigit()})
     for target in targets:
         if not any(n == target or n.endswith("." + target) for n in names):
-            raise RestError(f"{key}: this model has no module `{target}`; its module names end in: {', '.join(leaves[:40])}")
+            raise RestError(
+                f"{key}: this model has no module `{target}`; its module names end in: {', '.join(leaves[:40])}"
+            )
 
 
 def _brief(exc: Exception, limit: int = 300) -> str:
@@ -139,10 +148,14 @@ def check_pretrained(spec: str, key: str) -> None:
     p = Path(spec).expanduser()
     if p.exists():
         if not p.is_dir():
-            raise RestError(f"{key}: {spec} is a file; give the directory that save_pretrained wrote (with config.json)")
+            raise RestError(
+                f"{key}: {spec} is a file; give the directory that save_pretrained wrote (with config.json)"
+            )
         if not (p / "config.json").is_file():
             what = "is an empty directory" if not any(p.iterdir()) else "has no config.json"
-            raise RestError(f"{key}: {spec} {what}; give a directory that save_pretrained wrote (config.json, weights, tokenizer)")
+            raise RestError(
+                f"{key}: {spec} {what}; give a directory that save_pretrained wrote (config.json, weights, tokenizer)"
+            )
     elif looks_like_path(spec):
         raise RestError(f"{key}: {spec} does not exist; fix the path (relative paths start at the current directory)")
     try:
@@ -150,5 +163,7 @@ def check_pretrained(spec: str, key: str) -> None:
             AutoConfig.from_pretrained(str(p) if p.exists() else spec)
     except Exception as exc:  # OSError, ValueError, huggingface_hub's validation errors: all "not loadable"
         if not p.exists():
-            raise RestError(f"{key}: {spec} is no local path (it does not exist) and does not load as a hub id: {_brief(exc)}") from None
+            raise RestError(
+                f"{key}: {spec} is no local path (it does not exist) and does not load as a hub id: {_brief(exc)}"
+            ) from None
         raise RestError(f"{key}: cannot load a model config from {spec}: {_brief(exc)}") from None

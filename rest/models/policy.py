@@ -59,11 +59,15 @@ def resolve_device(spec: str = "auto", key: str = "device") -> torch.device:
     device = torch.device(spec)
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise RestError(f"{key}: {spec}, but torch {torch.__version__} sees no GPU (a CPU build of torch, or no "
-                            "driver); use `auto` (a GPU when there is one) or `cpu`")
+            raise RestError(
+                f"{key}: {spec}, but torch {torch.__version__} sees no GPU (a CPU build of torch, or no "
+                "driver); use `auto` (a GPU when there is one) or `cpu`"
+            )
         if device.index is not None and device.index >= torch.cuda.device_count():
-            raise RestError(f"{key}: {spec}, but torch sees {torch.cuda.device_count()} GPU(s) (cuda:0..."
-                            f"cuda:{torch.cuda.device_count() - 1}); pick one of them or `cuda`")
+            raise RestError(
+                f"{key}: {spec}, but torch sees {torch.cuda.device_count()} GPU(s) (cuda:0..."
+                f"cuda:{torch.cuda.device_count() - 1}); pick one of them or `cuda`"
+            )
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise RestError(f"{key}: mps, but torch sees no Apple GPU; use `auto` or `cpu`")
     return device
@@ -145,12 +149,17 @@ def _cached(policy: Policy, kind: str, texts: list[str], encode) -> list[list[in
 def prompt_ids(policy: Policy, sources: list[str], model_cfg: ModelConfig) -> list[list[int]]:
     """Token ids of the model input for each source: the encoder input, or the decoder-only prompt."""
     key = f"prompt:{model_cfg.prompt_template}:{model_cfg.max_source_tokens}"
-    return _cached(policy, key, list(sources),
-                   lambda texts: encode_prompts(policy.tokenizer, policy.is_encoder_decoder, texts, model_cfg))
+    return _cached(
+        policy,
+        key,
+        list(sources),
+        lambda texts: encode_prompts(policy.tokenizer, policy.is_encoder_decoder, texts, model_cfg),
+    )
 
 
-def encode_prompts(tok: PreTrainedTokenizerBase, is_encoder_decoder: bool, sources: list[str],
-                   model_cfg: ModelConfig) -> list[list[int]]:
+def encode_prompts(
+    tok: PreTrainedTokenizerBase, is_encoder_decoder: bool, sources: list[str], model_cfg: ModelConfig
+) -> list[list[int]]:
     """prompt_ids without a policy: what an engine that holds no transformers model (vLLM) sends."""
     if is_encoder_decoder:
         ids = tok(sources, add_special_tokens=True)["input_ids"]
@@ -178,7 +187,9 @@ def _target_ids(policy: Policy, targets: list[str], model_cfg: ModelConfig) -> l
     return out
 
 
-def encode_pairs(policy: Policy, sources: list[str], targets: list[str], model_cfg: ModelConfig) -> dict[str, torch.Tensor]:
+def encode_pairs(
+    policy: Policy, sources: list[str], targets: list[str], model_cfg: ModelConfig
+) -> dict[str, torch.Tensor]:
     """A training batch whose `labels` are -100 everywhere but on target tokens (loss on targets only), on the
     policy's device."""
     pad_id = policy.tokenizer.pad_token_id

@@ -39,7 +39,9 @@ class Generation:
     token_ids: list[list[int]]  # the completion's tokens, EOS not included
 
 
-def _choose(logits: torch.Tensor, greedy: bool, temperature: float, top_p: float, top_k: int, gen: torch.Generator) -> torch.Tensor:
+def _choose(
+    logits: torch.Tensor, greedy: bool, temperature: float, top_p: float, top_k: int, gen: torch.Generator
+) -> torch.Tensor:
     if greedy:
         return logits.argmax(dim=-1)
     scores = logits / temperature
@@ -127,12 +129,19 @@ def decode_batch(
         rows = torch.where(alive, rows, batch)  # finished rows still in the batch write to the spare row
         nxt = torch.where(alive, nxt, pad)
         if policy.is_encoder_decoder:
-            out = model(encoder_outputs=encoder_outputs, attention_mask=mask, decoder_input_ids=nxt[:, None],
-                        past_key_values=past, use_cache=True)
+            out = model(
+                encoder_outputs=encoder_outputs,
+                attention_mask=mask,
+                decoder_input_ids=nxt[:, None],
+                past_key_values=past,
+                use_cache=True,
+            )
         else:
             mask = torch.cat([mask, torch.ones((len(rows), 1), dtype=mask.dtype, device=device)], dim=1)
             position = position + 1
-            out = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=position, past_key_values=past, use_cache=True)
+            out = model(
+                input_ids=nxt[:, None], attention_mask=mask, position_ids=position, past_key_values=past, use_cache=True
+            )
         past = out.past_key_values
         logits = out.logits[:, -1, :].float()
     seqs = []

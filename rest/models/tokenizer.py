@@ -1,7 +1,7 @@
 """Token ids: the tokenizer trained from scratch for an embedded model, and padding a batch of id lists.
 
-    tok = train_tokenizer(texts, vocab_size=128)
-    ids, mask = pad([[5, 6, 7], [5]], pad_id=0)            # right padding (left=True for decoder-only prompts)
+tok = train_tokenizer(texts, vocab_size=128)
+ids, mask = pad([[5, 6, 7], [5]], pad_id=0)            # right padding (left=True for decoder-only prompts)
 """
 
 from __future__ import annotations
@@ -41,12 +41,18 @@ def train_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFas
     """
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="never")]
+        [
+            pre_tokenizers.Digits(individual_digits=True),
+            pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="never"),
+        ]
     )
     tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="never")
     alphabet = sorted(set("".join(texts)) | set("0123456789"))
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, initial_alphabet=alphabet, show_progress=False,
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=alphabet,
+        show_progress=False,
         max_token_length=8,
     )
     tok.train_from_iterator(texts, trainer)
@@ -58,4 +64,7 @@ def train_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFas
 
 def made_by_train_tokenizer(tokenizer) -> bool:
     """A tokenizer from train_tokenizer: SPECIAL_TOKENS at ids 0..3 and no separator (it knows single sequences)."""
-    return tokenizer.convert_ids_to_tokens(list(range(len(SPECIAL_TOKENS)))) == SPECIAL_TOKENS and tokenizer.sep_token is None
+    return (
+        tokenizer.convert_ids_to_tokens(list(range(len(SPECIAL_TOKENS)))) == SPECIAL_TOKENS
+        and tokenizer.sep_token is None
+    )

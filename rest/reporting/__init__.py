@@ -1,2 +1,1 @@
-"""What a run shows after the fact: the HTML report (report) and experiment tracking (tracking).
-"""
+"""What a run shows after the fact: the HTML report (report) and experiment tracking (tracking)."""

@@ -101,12 +101,19 @@ def grow_verdicts(data: dict[str, Any]) -> list[dict[str, Any]]:
         trained = [n for n in made if n.startswith(tuple(f"improve-{k.split('-')[1]}-" for k in span))]
         seconds = sum(s["seconds"] for k in span for s in data["manifests"][k]["shards"])
         seconds += sum(data["manifests"][n]["timing"]["seconds"] for n in trained)
-        out.append({
-            "grow": grow if len(span) == 1 else f"grow-{first}..{g}", "before": before, "after": best,
-            "exact_match_delta": round(em, 2), "reward_delta": round(rw, 4), "chrf_delta": round(a["chrf"] - b["chrf"], 2),
-            "helped": rw > 0 and em >= 0, "seconds": round(seconds, 1),
-            "samples": sum(data["manifests"][k]["stats"]["rows"] for k in span),
-        })
+        out.append(
+            {
+                "grow": grow if len(span) == 1 else f"grow-{first}..{g}",
+                "before": before,
+                "after": best,
+                "exact_match_delta": round(em, 2),
+                "reward_delta": round(rw, 4),
+                "chrf_delta": round(a["chrf"] - b["chrf"], 2),
+                "helped": rw > 0 and em >= 0,
+                "seconds": round(seconds, 1),
+                "samples": sum(data["manifests"][k]["stats"]["rows"] for k in span),
+            }
+        )
     return out
 
 
@@ -119,9 +126,14 @@ def monitor_lines(data: dict[str, Any]) -> list[tuple[str, str]]:
             lines.append(("alarm", input_use_line(name, mon["input"]) + "."))
         alarm = mon.get("alarm", {})
         if alarm.get("fired"):
-            lines.append(("alarm", f"{name}: the mean validation reward rose by {alarm['reward_delta']:+.4f} over "
-                                   f"{alarm['previous']} while chrF to the references fell by {alarm['chrf_delta']:+.2f}: "
-                                   "the policy may be gaming the reward."))
+            lines.append(
+                (
+                    "alarm",
+                    f"{name}: the mean validation reward rose by {alarm['reward_delta']:+.4f} over "
+                    f"{alarm['previous']} while chrF to the references fell by {alarm['chrf_delta']:+.2f}: "
+                    "the policy may be gaming the reward.",
+                )
+            )
     first = data["metrics"][data["policies"][0]].get("monitors", {}) if data["policies"] else {}
     for line in first.get("probe_flags", []):  # the probes score references, so they are the same for every policy
         lines.append(("alarm", line[0].upper() + line[1:] + "."))
@@ -129,12 +141,23 @@ def monitor_lines(data: dict[str, Any]) -> list[tuple[str, str]]:
     if last:
         drift, ratio = last.get("drift_chrf"), last.get("length_ratio")
         level = "alarm" if (ratio is not None and not 0.8 <= ratio <= 1.25) else "ok"
-        lines.append((level, f"{data['policies'][-1]}: outputs are {ratio:.2f}x as long as the references "
-                             f"(characters) and score chrF {drift:.1f} against policy-0's outputs (100 = unchanged)."))
+        lines.append(
+            (
+                level,
+                f"{data['policies'][-1]}: outputs are {ratio:.2f}x as long as the references "
+                f"(characters) and score chrF {drift:.1f} against policy-0's outputs (100 = unchanged).",
+            )
+        )
     if not any(level == "alarm" for level, _ in lines):
-        lines.insert(0, ("ok", "No monitor fired: every policy reads its input, no policy raised the reward while "
-                               "chrF to the references fell, and no reward probe scored a corrupted reference at or "
-                               "above the reference itself."))
+        lines.insert(
+            0,
+            (
+                "ok",
+                "No monitor fired: every policy reads its input, no policy raised the reward while "
+                "chrF to the references fell, and no reward probe scored a corrupted reference at or "
+                "above the reference itself.",
+            ),
+        )
     return lines
 
 
@@ -158,12 +181,20 @@ def plots(data: dict[str, Any]) -> list[tuple[str, str]]:
     if data["grows"]:  # a BC-only run (grow.steps: 0) has no Grow step to plot
         # Many Grow steps (SuperHF): the first, the last and evenly spaced ones, not 50 curves and a 50-line legend
         grows = [data["grows"][k] for k in shown(len(data["grows"]), limit=6)]
-        fig, ax = _figure("Reward of the Grow samples" + ("" if len(grows) == len(data["grows"]) else
-                                                          f" ({len(grows)} of {len(data['grows'])} steps)"))
+        fig, ax = _figure(
+            "Reward of the Grow samples"
+            + ("" if len(grows) == len(data["grows"]) else f" ({len(grows)} of {len(data['grows'])} steps)")
+        )
         bins = np.linspace(0, 1, 41)
         for grow in grows:
             rows = data["rows"][grow]
-            ax.hist(rows["reward"], bins=bins, histtype="step", linewidth=1.8, label=f"{grow} (mean {rows['reward'].mean():.3f})")
+            ax.hist(
+                rows["reward"],
+                bins=bins,
+                histtype="step",
+                linewidth=1.8,
+                label=f"{grow} (mean {rows['reward'].mean():.3f})",
+            )
         for t in thresholds:
             ax.axvline(t, color="grey", linestyle="--", linewidth=1)
         ax.set_yscale("log")  # rewards pile up near 1 as the policy improves: a linear axis hides the tail that matters
@@ -196,7 +227,13 @@ def plots(data: dict[str, Any]) -> list[tuple[str, str]]:
 
     fig, ax = _figure("Output length per policy")
     mons = [data["metrics"][n].get("monitors", {}) for n in names]
-    ax.bar(x, [data["metrics"][n]["valid"]["completion_tokens"] for n in names], color="tab:blue", alpha=0.7, label="tokens")
+    ax.bar(
+        x,
+        [data["metrics"][n]["valid"]["completion_tokens"] for n in names],
+        color="tab:blue",
+        alpha=0.7,
+        label="tokens",
+    )
     ax.set_ylabel("mean output tokens")
     _ticks(ax, names)
     ax2 = ax.twinx()
@@ -242,11 +279,20 @@ def examples(data: dict[str, Any], grow: str, n: int = EXAMPLES) -> str:
         head = group.iloc[0]
         table = _table(
             ["sample", "completion", "reward", "kept at"],
-            [[int(r.sample_index), r.completion, f"{r.reward:.3f}",
-              ", ".join(f"tau={t}" for t in thresholds if r.reward >= t) or "-"] for r in group.itertuples()],
+            [
+                [
+                    int(r.sample_index),
+                    r.completion,
+                    f"{r.reward:.3f}",
+                    ", ".join(f"tau={t}" for t in thresholds if r.reward >= t) or "-",
+                ]
+                for r in group.itertuples()
+            ],
         )
-        parts.append(f"<p><b>source</b> <code>{_esc(head.source)}</code> &rarr; <b>reference</b> "
-                     f"<code>{_esc(head.reference)}</code></p>{table}")
+        parts.append(
+            f"<p><b>source</b> <code>{_esc(head.source)}</code> &rarr; <b>reference</b> "
+            f"<code>{_esc(head.reference)}</code></p>{table}"
+        )
     return "\n".join(parts)
 
 
@@ -255,9 +301,11 @@ def examples(data: dict[str, Any], grow: str, n: int = EXAMPLES) -> str:
 
 
 CSS = """body{font-family:system-ui,sans-serif;max-width:1000px;margin:2em auto;padding:0 1em;color:#222}
-table{border-collapse:collapse;margin:.5em 0 1em}td,th{border:1px solid #ccc;padding:2px 8px;text-align:left;font-size:13px}
+table{border-collapse:collapse;margin:.5em 0 1em}
+td,th{border:1px solid #ccc;padding:2px 8px;text-align:left;font-size:13px}
 th{background:#f3f3f3}.alarm{color:#b00020;font-weight:600}.ok{color:#1b5e20}img{max-width:100%}
-.plots{display:grid;grid-template-columns:1fr 1fr;gap:12px}pre{background:#f7f7f7;padding:8px;font-size:12px;overflow:auto}"""
+.plots{display:grid;grid-template-columns:1fr 1fr;gap:12px}
+pre{background:#f7f7f7;padding:8px;font-size:12px;overflow:auto}"""
 
 
 def _summarised(items: list, what: str, best: str | None = None, limit: int = SUMMARY_ROWS) -> tuple[list, str]:
@@ -267,62 +315,150 @@ def _summarised(items: list, what: str, best: str | None = None, limit: int = SU
     picked = shown(len(items), keep, limit)
     if len(picked) == len(items):
         return items, ""
-    return [items[k] for k in picked], (f"<p>{len(items) - len(picked)} of {len(items)} {what} not shown here: the "
-                                        "first, the last and evenly spaced ones are (`rest inspect RUN --all` lists every artifact).</p>")
+    return [items[k] for k in picked], (
+        f"<p>{len(items) - len(picked)} of {len(items)} {what} not shown here: the "
+        "first, the last and evenly spaced ones are (`rest inspect RUN --all` lists every artifact).</p>"
+    )
 
 
 def render(data: dict[str, Any]) -> str:
     run, record, names = data["run"], data["record"], data["policies"]
     verdicts = grow_verdicts(data)
-    sections = [f"<h1>ReST run <code>{_esc(run.resolve().name)}</code></h1>",
-                f"<p>Run directory: <code>{_esc(run.resolve())}</code>; created {_esc(record.get('created'))}; "
-                f"best policy by validation reward: <b>{_esc(record.get('best_policy'))}</b>.</p>"]
+    sections = [
+        f"<h1>ReST run <code>{_esc(run.resolve().name)}</code></h1>",
+        f"<p>Run directory: <code>{_esc(run.resolve())}</code>; created {_esc(record.get('created'))}; "
+        f"best policy by validation reward: <b>{_esc(record.get('best_policy'))}</b>.</p>",
+    ]
 
     sections.append("<h2>Did each Grow step help?</h2>")
     if verdicts:
-        rows = [[v["grow"], f"{v['before']} -> {v['after']}", f"{v['exact_match_delta']:+.2f}", f"{v['chrf_delta']:+.2f}",
-                 f"{v['reward_delta']:+.4f}", v["samples"], v["seconds"], "yes" if v["helped"] else "NO"]
-                for v in _summarised(verdicts, "Grow steps")[0]]
+        rows = [
+            [
+                v["grow"],
+                f"{v['before']} -> {v['after']}",
+                f"{v['exact_match_delta']:+.2f}",
+                f"{v['chrf_delta']:+.2f}",
+                f"{v['reward_delta']:+.4f}",
+                v["samples"],
+                v["seconds"],
+                "yes" if v["helped"] else "NO",
+            ]
+            for v in _summarised(verdicts, "Grow steps")[0]
+        ]
         if len(verdicts) > SUMMARY_ROWS:
-            sections.append(f"<p>{sum(v['helped'] for v in verdicts)} of {len(verdicts)} validated Grow steps helped.</p>")
-        sections.append(_table(["Grow step", "policy before -> best of its Improve steps", "valid exact match", "valid chrF",
-                                "valid reward", "samples", "seconds (sampling + training)", "helped"], rows))
+            sections.append(
+                f"<p>{sum(v['helped'] for v in verdicts)} of {len(verdicts)} validated Grow steps helped.</p>"
+            )
+        sections.append(
+            _table(
+                [
+                    "Grow step",
+                    "policy before -> best of its Improve steps",
+                    "valid exact match",
+                    "valid chrF",
+                    "valid reward",
+                    "samples",
+                    "seconds (sampling + training)",
+                    "helped",
+                ],
+                rows,
+            )
+        )
     else:
         sections.append("<p>No Grow step with an Improve step yet.</p>")
 
-    sections.append("<h2>Monitors</h2><ul>" + "".join(f'<li class="{lvl}">{_esc(t)}</li>' for lvl, t in monitor_lines(data)) + "</ul>")
+    sections.append(
+        "<h2>Monitors</h2><ul>"
+        + "".join(f'<li class="{lvl}">{_esc(t)}</li>' for lvl, t in monitor_lines(data))
+        + "</ul>"
+    )
     mon_rows = []
     for n in _summarised(names, "policies")[0]:
         m = data["metrics"][n].get("monitors", {})
         a, inp = m.get("alarm", {}), m.get("input", {})
-        mon_rows.append([n, m.get("drift_chrf"), m.get("drift_meteor"), m.get("length_ratio"), a.get("reward_delta"), a.get("chrf_delta"),
-                         "FIRED" if a.get("fired") else "-", inp.get("top_output_fraction"), inp.get("input_sensitivity"),
-                         "FIRED" if inp.get("ignores_input") else "-"])
-    sections.append(_table(["policy", "drift: chrF to policy-0 outputs", "METEOR to policy-0 outputs", "length / reference", "reward change",
-                            "chrF change", "alarm", "share of the commonest output", "NLL cost of shuffled sources",
-                            "ignores input"], mon_rows) + _summarised(names, "policies")[1])
+        mon_rows.append(
+            [
+                n,
+                m.get("drift_chrf"),
+                m.get("drift_meteor"),
+                m.get("length_ratio"),
+                a.get("reward_delta"),
+                a.get("chrf_delta"),
+                "FIRED" if a.get("fired") else "-",
+                inp.get("top_output_fraction"),
+                inp.get("input_sensitivity"),
+                "FIRED" if inp.get("ignores_input") else "-",
+            ]
+        )
+    sections.append(
+        _table(
+            [
+                "policy",
+                "drift: chrF to policy-0 outputs",
+                "METEOR to policy-0 outputs",
+                "length / reference",
+                "reward change",
+                "chrF change",
+                "alarm",
+                "share of the commonest output",
+                "NLL cost of shuffled sources",
+                "ignores input",
+            ],
+            mon_rows,
+        )
+        + _summarised(names, "policies")[1]
+    )
     probes = data["metrics"][names[0]].get("monitors", {}).get("probes", {}) if names else {}
     if probes:
         probe_names = list(next(iter(probes.values())))
         prow = []
         for reward, by in probes.items():
             ref = next((p["reference"] for p in by.values() if p["reference"] is not None), None)
-            prow.append([reward, ref] + [("n/a" if p["score"] is None else f"{p['score']:.3f}" + (" FLAGGED" if p["flagged"] else "")) for p in by.values()])
-        sections.append("<p>Reward probes: the mean reward of perturbed validation references (a reward that scores a "
-                        "corrupted reference at or above the reference can be gamed):</p>")
+            prow.append(
+                [reward, ref]
+                + [
+                    ("n/a" if p["score"] is None else f"{p['score']:.3f}" + (" FLAGGED" if p["flagged"] else ""))
+                    for p in by.values()
+                ]
+            )
+        sections.append(
+            "<p>Reward probes: the mean reward of perturbed validation references (a reward that scores a "
+            "corrupted reference at or above the reference can be gamed):</p>"
+        )
         sections.append(_table(["reward", "untouched reference"] + probe_names, prow))
 
-    sections.append("<h2>Plots</h2><div class=plots>" + "".join(
-        f'<figure><img alt="{_esc(t)}" src="{uri}"><figcaption>{_esc(t)}</figcaption></figure>' for t, uri in plots(data)) + "</div>")
+    sections.append(
+        "<h2>Plots</h2><div class=plots>"
+        + "".join(
+            f'<figure><img alt="{_esc(t)}" src="{uri}"><figcaption>{_esc(t)}</figcaption></figure>'
+            for t, uri in plots(data)
+        )
+        + "</div>"
+    )
 
     sections.append("<h2>Validation metrics</h2>")
-    sections.append(_table(["policy", "exact match", "chrF", "BLEU", "reward", "tokens"],
-                           [[n] + [data["metrics"][n]["valid"][k] for k in ("exact_match", "chrf", "bleu", "reward", "completion_tokens")]
-                            for n in _summarised(names, "policies", best=record.get("best_policy"))[0]]))
+    sections.append(
+        _table(
+            ["policy", "exact match", "chrF", "BLEU", "reward", "tokens"],
+            [
+                [n]
+                + [
+                    data["metrics"][n]["valid"][k]
+                    for k in ("exact_match", "chrf", "bleu", "reward", "completion_tokens")
+                ]
+                for n in _summarised(names, "policies", best=record.get("best_policy"))[0]
+            ],
+        )
+    )
     sections.append(_summarised(names, "policies", best=record.get("best_policy"))[1])
     if record.get("test"):
-        sections.append("<h3>Test</h3>" + _table(["policy", "exact match", "chrF", "BLEU", "reward"],
-                                                 [[n] + [m[k] for k in ("exact_match", "chrf", "bleu", "reward")] for n, m in record["test"].items()]))
+        sections.append(
+            "<h3>Test</h3>"
+            + _table(
+                ["policy", "exact match", "chrF", "BLEU", "reward"],
+                [[n] + [m[k] for k in ("exact_match", "chrf", "bleu", "reward")] for n, m in record["test"].items()],
+            )
+        )
 
     grows, note = _summarised(data["grows"], "Grow steps", limit=4)
     for grow in grows:
@@ -331,12 +467,23 @@ def render(data: dict[str, Any]) -> str:
     sections.append(note)
 
     id_to_name = {a["id"]: a["name"] for a in record.get("artifacts", [])}
-    lineage = [[a["name"], a["kind"], a["id"], ", ".join(id_to_name.get(p, p) for p in a["parents"]) or "-",
-                data["manifests"].get(a["name"], {}).get("created", "")] for a in record.get("artifacts", [])]
+    lineage = [
+        [
+            a["name"],
+            a["kind"],
+            a["id"],
+            ", ".join(id_to_name.get(p, p) for p in a["parents"]) or "-",
+            data["manifests"].get(a["name"], {}).get("created", ""),
+        ]
+        for a in record.get("artifacts", [])
+    ]
     lineage, lineage_note = _summarised(lineage, "artifacts", limit=4 * SUMMARY_ROWS)
-    sections.append("<h2>Lineage</h2>" + _table(["artifact", "kind", "id", "parents", "created"], lineage) + lineage_note)
+    sections.append(
+        "<h2>Lineage</h2>" + _table(["artifact", "kind", "id", "parents", "created"], lineage) + lineage_note
+    )
     sections.append("<h2>Config</h2><pre>" + _esc((run / manifests.CONFIG_FILE).read_text()) + "</pre>")
-    return f"<!doctype html><html><head><meta charset=utf-8><title>ReST run {_esc(run.resolve().name)}</title><style>{CSS}</style></head><body>{''.join(sections)}</body></html>"
+    head = f"<meta charset=utf-8><title>ReST run {_esc(run.resolve().name)}</title><style>{CSS}</style>"
+    return f"<!doctype html><html><head>{head}</head><body>{''.join(sections)}</body></html>"
 
 
 def write_report(run_dir: Path) -> Path:
@@ -355,5 +502,3 @@ def report_summary(run_dir: Path) -> dict[str, Any]:
     """The verdicts and monitor lines as JSON-able data (for `rest report --json` and tests)."""
     data = collect(run_dir)
     return {"grow": grow_verdicts(data), "monitors": [{"level": lvl, "text": t} for lvl, t in monitor_lines(data)]}
-
-

@@ -94,7 +94,10 @@ def run_metrics(run_dir: Path) -> list[tuple[str, int, dict[str, float]]]:
             "grow/distinct_per_source": st["distinct_per_source"],
         }
         rows.append((grow, index.get(sampler, 0), values))
-    return [(n, k, {key: v for key, v in vals.items() if isinstance(v, (int, float)) and v is not None}) for n, k, vals in rows]
+    return [
+        (n, k, {key: v for key, v in vals.items() if isinstance(v, (int, float)) and v is not None})
+        for n, k, vals in rows
+    ]
 
 
 def _experiment(mode: str, directory: Path, key: str, cfg):
@@ -104,16 +107,35 @@ def _experiment(mode: str, directory: Path, key: str, cfg):
     settings = comet_ml.ExperimentConfig(
         offline_directory=str(directory) if mode == "offline" else None,
         name=directory.parent.name,
-        log_code=False, log_graph=False, parse_args=False, log_git_metadata=False, log_git_patch=False,
-        log_env_details=False, log_env_gpu=False, log_env_host=False, log_env_cpu=False, log_env_network=False,
-        log_env_disk=False, auto_output_logging=False, auto_param_logging=False, auto_metric_logging=False,
-        auto_log_co2=False, display_summary_level=0,
+        log_code=False,
+        log_graph=False,
+        parse_args=False,
+        log_git_metadata=False,
+        log_git_patch=False,
+        log_env_details=False,
+        log_env_gpu=False,
+        log_env_host=False,
+        log_env_cpu=False,
+        log_env_network=False,
+        log_env_disk=False,
+        auto_output_logging=False,
+        auto_param_logging=False,
+        auto_metric_logging=False,
+        auto_log_co2=False,
+        display_summary_level=0,
     )
     if mode == "offline":
-        return comet_ml.start(online=False, project_name=cfg.tracking.project, experiment_key=key, experiment_config=settings)
+        return comet_ml.start(
+            online=False, project_name=cfg.tracking.project, experiment_key=key, experiment_config=settings
+        )
     return comet_ml.start(
-        api_key=os.environ["COMET_API_KEY"], workspace=cfg.tracking.workspace, project_name=cfg.tracking.project,
-        experiment_key=key, mode="get_or_create", online=True, experiment_config=settings,
+        api_key=os.environ["COMET_API_KEY"],
+        workspace=cfg.tracking.workspace,
+        project_name=cfg.tracking.project,
+        experiment_key=key,
+        mode="get_or_create",
+        online=True,
+        experiment_config=settings,
     )
 
 
@@ -134,8 +156,10 @@ def log_run(run_dir: Path, report: Path | None = None) -> Path | None:
     exp = _experiment(mode, directory, key, cfg)
     try:
         exp.log_parameters(flatten(cfg.model_dump(mode="json")))
-        exp.log_others({"run_dir": str(run_dir.resolve()), "best_policy": manifests.read_run(run_dir).get("best_policy")})
-        for name, step, values in run_metrics(run_dir):
+        exp.log_others(
+            {"run_dir": str(run_dir.resolve()), "best_policy": manifests.read_run(run_dir).get("best_policy")}
+        )
+        for _name, step, values in run_metrics(run_dir):
             exp.log_metrics(values, step=step)
         for grow in run.published("grow-"):
             run.verified(grow)
@@ -155,12 +179,15 @@ def log_run(run_dir: Path, report: Path | None = None) -> Path | None:
         raise RuntimeError(f"comet-ml wrote no offline archive in {directory}")
     shutil.rmtree(final, ignore_errors=True)
     os.replace(directory, final)
-    log.info(f"comet-ml (offline): {final / archives[0].name}; upload it with `comet upload {final / archives[0].name}`")
+    log.info(
+        f"comet-ml (offline): {final / archives[0].name}; upload it with `comet upload {final / archives[0].name}`"
+    )
     return final / archives[0].name
 
 
 def read_archive(path: Path) -> dict[str, Any]:
-    """What an offline archive holds: {"parameters": {name: value}, "metrics": [{name, value, step}], "assets": [names]}."""
+    """What an offline archive holds:
+    {"parameters": {name: value}, "metrics": [{name, value, step}], "assets": [names]}."""
     import json
     import zipfile
 

@@ -1,14 +1,15 @@
 """Rewards: configured components `(sources, completions, references) -> scores in [0, 1]`, and their total.
 
     >>> from rest.config import RewardConfig
-    >>> score_config(RewardConfig(components={"chrf": 3.0, "exact_match": 1.0}), ["1"], ["einz"], ["eins"])["reward_exact_match"]
+    >>> rc = RewardConfig(components={"chrf": 3.0, "exact_match": 1.0})
+    >>> score_config(rc, ["1"], ["einz"], ["eins"])["reward_exact_match"]
     array([0.])
 
 A component's spec (rest/config/components.py, the one registry) says where its builder is, whether it reads the
 reference, and which artifacts it depends on: their ids join the parents of every Grow step scored with it, so a
-shard can be traced to the reward model that scored it. `score_config` returns one array per component (`reward_<name>`) and
-the total (`reward`), which is what the Grow shards store. Every component is normalised to [0, 1] so that
-thresholds mean the same across rewards.
+shard can be traced to the reward model that scored it. `score_config` returns one array per component
+(`reward_<name>`) and the total (`reward`), which is what the Grow shards store. Every component is normalised to
+[0, 1] so that thresholds mean the same across rewards.
 
 Adding a component: a builder `(name, reward config, device) -> scorer` (here or in a module of its own) and its
 entry in rest/config/components.py. A learned reward loads on `device`, the device of the policy being scored.
@@ -71,7 +72,9 @@ def scoring_processes() -> int:
         try:
             return max(1, int(wanted))
         except ValueError:
-            raise RestError(f"REST_SCORE_PROCESSES={wanted!r}: give a whole number of processes (1 turns scoring in parallel off)") from None
+            raise RestError(
+                f"REST_SCORE_PROCESSES={wanted!r}: give a whole number of processes (1 turns scoring in parallel off)"
+            ) from None
     return max(1, min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
 
 
@@ -89,15 +92,18 @@ def _in_parallel(name: str) -> Reward:
         # This process starts on its chunk at once, a helper ~0.35 s later (its imports): this one takes a little more.
         first = min(1.0, 1.0 / processes + HEAD_START)
         cuts = np.concatenate([[0], np.linspace(first * len(completions), len(completions), processes)]).astype(int)
-        chunks = [(list(sources[a:b]) if len(sources) else [], list(completions[a:b]), list(references[a:b]))
-                  for a, b in zip(cuts[:-1], cuts[1:])]
+        chunks = [
+            (list(sources[a:b]) if len(sources) else [], list(completions[a:b]), list(references[a:b]))
+            for a, b in zip(cuts[:-1], cuts[1:])
+        ]
         helpers: list[tuple[subprocess.Popen, Any]] = []
         try:
             for chunk in chunks[1:]:
                 # stderr to a file: a helper that warns a lot must not block on a full pipe nobody reads yet
                 err = tempfile.TemporaryFile()
-                helper = subprocess.Popen([sys.executable, "-c", _WORKER], stdin=subprocess.PIPE,
-                                          stdout=subprocess.PIPE, stderr=err)
+                helper = subprocess.Popen(
+                    [sys.executable, "-c", _WORKER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err
+                )
                 helpers.append((helper, err))
                 helper.stdin.write(pickle.dumps((name, chunk)))  # type: ignore[union-attr]
                 helper.stdin.close()  # type: ignore[union-attr]
@@ -176,7 +182,8 @@ def rule(name: str, rc: RewardConfig, device: str = "cpu") -> Reward:
         if spec.regex is not None:
             pattern = re.compile(spec.regex)
             _BUILT[key] = lambda sources, completions, references: np.array(
-                [0.0 if pattern.search(c) else 1.0 for c in completions], dtype=np.float64)
+                [0.0 if pattern.search(c) else 1.0 for c in completions], dtype=np.float64
+            )
         else:
             from rest.rewards.reward_model import load_reward_model
 
@@ -194,7 +201,10 @@ def _dependencies(name: str, rc: RewardConfig) -> list[dict[str, Any]]:
     out = []
     for key, path in _artifacts(name, rc):
         if not path:
-            raise RestError(f"the `{name}` reward needs {key} (or --reward-model): the directory of a reward model; {TRAIN_A_REWARD_MODEL}")
+            raise RestError(
+                f"the `{name}` reward needs {key} (or --reward-model): the directory of a reward model; "
+                f"{TRAIN_A_REWARD_MODEL}"
+            )
         out.append(manifests.require(Path(path), manifests.REWARD_MODEL, key, TRAIN_A_REWARD_MODEL))
     return out
 
@@ -203,7 +213,8 @@ def artifact_dependencies(rc: RewardConfig) -> list[dict[str, Any]]:
     """The verified manifests of every artifact the configured components read (a RestError says how to make
     a missing one): what a run checks before it starts and what Grow lists among its parents."""
     return [m for name in rc.components for m in _dependencies(name, rc)] + [
-        m for name in rc.rules for m in _rule_dependency(name, rc)]
+        m for name in rc.rules for m in _rule_dependency(name, rc)
+    ]
 
 
 _BUILT: dict[tuple, Reward] = {}
@@ -227,9 +238,11 @@ def check_token_scores(name: str, rc: RewardConfig, key: str) -> None:
     objectives = [json.loads(spec.read_text()).get("objective") for spec in specs if spec.is_file()]
     if "seq2seq" not in objectives:
         made = f"a reward model trained with objective: {objectives[0]}" if objectives else f"the {name} component"
-        raise RestError(f"{key}: {name} has no per-token scores ({made} gives one number per sample); only a reward "
-                        f"model trained with objective: seq2seq (reward.learned) scores tokens. Set {key}: null, or "
-                        "train one: rest reward train --config configs/reward-numbers-seq2seq.yaml")
+        raise RestError(
+            f"{key}: {name} has no per-token scores ({made} gives one number per sample); only a reward "
+            f"model trained with objective: seq2seq (reward.learned) scores tokens. Set {key}: null, or "
+            "train one: rest reward train --config configs/reward-numbers-seq2seq.yaml"
+        )
 
 
 def token_columns(rewards: Mapping[str, Any]) -> list[str]:
@@ -240,12 +253,21 @@ def token_columns(rewards: Mapping[str, Any]) -> list[str]:
 def reward_names(rc: RewardConfig) -> list[str]:
     """The `reward_<name>` columns a reward config writes: its components, `rule_<name>` per rule, then `length`
     and `format` if set."""
-    return (list(rc.components) + [f"rule_{name}" for name in rc.rules] + (["length"] if rc.length_penalty else [])
-            + (["format"] if rc.format_regex else []))
+    return (
+        list(rc.components)
+        + [f"rule_{name}" for name in rc.rules]
+        + (["length"] if rc.length_penalty else [])
+        + (["format"] if rc.format_regex else [])
+    )
 
 
-def score_config(rc: RewardConfig, sources: Sequence[str], completions: Sequence[str], references: Sequence[str | None],
-                 device: str = "cpu") -> dict[str, np.ndarray]:
+def score_config(
+    rc: RewardConfig,
+    sources: Sequence[str],
+    completions: Sequence[str],
+    references: Sequence[str | None],
+    device: str = "cpu",
+) -> dict[str, np.ndarray]:
     """Every component and the total: clip(weighted mean - length_penalty x reward_length, 0, 1) x reward_format,
     the weighted mean over the components and the rules (`reward_rule_<name>` = 1 - P(violation)): Sparrow's
     composite of a preference reward, rule models, a length penalty and a format check. A component that also
@@ -256,7 +278,8 @@ def score_config(rc: RewardConfig, sources: Sequence[str], completions: Sequence
     8), and every component is a function of those three.
 
     Weights are normalised, so the total stays in [0, 1]: {chrf: 3, exact_match: 1} is 0.75 chrF + 0.25 exact
-    match. A learned reward scores on `device`. `reward_length` is length_deviation (0 = as long as the reference), `reward_format` is format_valid: an
+    match. A learned reward scores on `device`. `reward_length` is length_deviation (0 = as long as the
+    reference), `reward_format` is format_valid: an
     output that does not match `format_regex` gets reward 0 whatever its components say.
     """
     keys = list(zip(sources, completions, references))
@@ -268,8 +291,9 @@ def score_config(rc: RewardConfig, sources: Sequence[str], completions: Sequence
     return _score_rows(rc, sources, completions, references, device)
 
 
-def _score_rows(rc: RewardConfig, sources: Sequence[str], completions: Sequence[str], references: Sequence[str | None],
-                device: str) -> dict[str, np.ndarray]:
+def _score_rows(
+    rc: RewardConfig, sources: Sequence[str], completions: Sequence[str], references: Sequence[str | None], device: str
+) -> dict[str, np.ndarray]:
     total_weight = float(sum(rc.components.values()) + sum(r.weight for r in rc.rules.values()))
     out: dict[str, np.ndarray] = {}
     total = np.zeros(len(completions), dtype=np.float64)
@@ -306,4 +330,6 @@ def score(
     device: str = "cpu",
 ) -> dict[str, np.ndarray]:
     """score_config of a plain {component: weight} mapping (no length penalty, no format check)."""
-    return score_config(RewardConfig(components=dict(components), learned=learned), sources, completions, references, device)
+    return score_config(
+        RewardConfig(components=dict(components), learned=learned), sources, completions, references, device
+    )

@@ -87,7 +87,9 @@ def length_deviation(completions: Sequence[str], references: Sequence[str | None
     array([0., 1., 1.])
     """
     refs = need_references("reward.length_penalty", references)
-    return np.array([min(1.0, abs(len(c) - len(r)) / max(1, len(r))) for c, r in zip(completions, refs)], dtype=np.float64)
+    return np.array(
+        [min(1.0, abs(len(c) - len(r)) / max(1, len(r))) for c, r in zip(completions, refs)], dtype=np.float64
+    )
 
 
 def format_valid(completions: Sequence[str], pattern: str) -> np.ndarray:

@@ -14,7 +14,8 @@ Four objectives (`objective:` in the config):
 - classification: binary cross-entropy on a 0/1 column, e.g. whether an output breaks a rule (Sparrow's rule
   models): its output is sigmoid(output) = P(1), and `reward.rules` scores 1 - P(violation) with it. It also
   reports held-out accuracy at 0.5.
-- seq2seq: sequence MLE of a model (encoder-decoder or decoder-only) that reads (source, completion) and writes the source's best
+- seq2seq: sequence MLE of a model (encoder-decoder or decoder-only) that reads (source, completion) and writes the
+  source's best
   completion in the shards (rest.seq2seq_rm): its reward is the share of the completion's tokens before the first
   place its correction departs from it, with the per-token scores alongside.
 
@@ -75,19 +76,26 @@ OUTPUTS = {"regression": "clip01", "bradley_terry": "sigmoid", "classification":
 def load_comparisons(data_cfg) -> tuple[pd.DataFrame, list[str]]:
     """Every distinct (source, completion) of the shards with its score, and the parent ids (grow manifests).
 
-    Columns: source_id, source, reference, completion, score. A completion sampled several times counts once (its score is
+    Columns: source_id, source, reference, completion, score. A completion sampled several times counts once (its
+    score is
     the same every time for a deterministic reward; the mean otherwise).
     """
     frames, parents = [], []
     for spec in data_cfg.shards:
         path = Path(spec)
         if not path.exists():
-            raise RestError(f"data.shards: {spec} does not exist; point it at a Grow step directory such as runs/numbers/grow-1")
+            raise RestError(
+                f"data.shards: {spec} does not exist; point it at a Grow step directory such as runs/numbers/grow-1"
+            )
         manifest = manifests.read_manifest(path) if path.is_dir() else None
         if path.is_dir() and manifest is None:
-            raise RestError(f"data.shards: {spec} has no {manifests.MANIFEST}: that Grow step is not finished; finish it first")
+            raise RestError(
+                f"data.shards: {spec} has no {manifests.MANIFEST}: that Grow step is not finished; finish it first"
+            )
         df = pd.read_parquet(path)
-        need = ["source_id", "source", "completion", data_cfg.score_column] + (["reference"] if data_cfg.negatives else [])
+        need = ["source_id", "source", "completion", data_cfg.score_column] + (
+            ["reference"] if data_cfg.negatives else []
+        )
         missing = [c for c in need if c not in df.columns]
         if missing:
             raise RestError(
@@ -96,7 +104,10 @@ def load_comparisons(data_cfg) -> tuple[pd.DataFrame, list[str]]:
             )
         bad = df[data_cfg.score_column].isna()
         if bad.any():
-            raise RestError(f"data.shards: {spec}: `{data_cfg.score_column}` is missing in {int(bad.sum())} rows (first: row {int(bad.to_numpy().nonzero()[0][0])})")
+            raise RestError(
+                f"data.shards: {spec}: `{data_cfg.score_column}` is missing in {int(bad.sum())} rows (first: row "
+                f"{int(bad.to_numpy().nonzero()[0][0])})"
+            )
         frames.append(df[need].rename(columns={data_cfg.score_column: "score"}))
         parents.append(manifest["id"] if manifest else manifests.sha256_file(path)[:16])
     df = pd.concat(frames, ignore_index=True)
@@ -117,12 +128,16 @@ def add_negatives(df: pd.DataFrame, data_cfg, k: int, seed: int) -> pd.DataFrame
     metric = data_cfg.score_column.removeprefix("reward_")
     if metric not in SENTENCE_METRICS:
         raise RestError(
-            f"data.negatives needs data.score_column to be reward_<metric> with a metric of {', '.join(SENTENCE_METRICS)} "
+            "data.negatives needs data.score_column to be reward_<metric> with a metric of "
+            f"{', '.join(SENTENCE_METRICS)} "
             f"(it rescored the new pairs with it); got {data_cfg.score_column}. Set data.negatives: 0"
         )
     sources = df.drop_duplicates("source_id")[["source_id", "source", "reference"]].reset_index(drop=True)
     if sources["reference"].isna().any():
-        raise RestError("data.negatives scores other sources' completions against each reference, but some shards have no reference; set data.negatives: 0")
+        raise RestError(
+            "data.negatives scores other sources' completions against each reference, but some shards have no "
+            "reference; set data.negatives: 0"
+        )
     rng = np.random.default_rng(seed)
     owner = df["source_id"].to_numpy()
     completions = df["completion"].to_numpy()
@@ -137,7 +152,9 @@ def add_negatives(df: pd.DataFrame, data_cfg, k: int, seed: int) -> pd.DataFrame
         for j in rng.choice(pool, size=min(k, len(pool)), replace=False):
             rows.append((src.source_id, src.source, src.reference, completions[j]))
     neg = pd.DataFrame(rows, columns=["source_id", "source", "reference", "completion"])
-    neg["score"] = SENTENCE_METRICS[metric](neg["source"].tolist(), neg["completion"].tolist(), neg["reference"].tolist())
+    neg["score"] = SENTENCE_METRICS[metric](
+        neg["source"].tolist(), neg["completion"].tolist(), neg["reference"].tolist()
+    )
     neg["negative"] = True
     out = pd.concat([df.assign(negative=False), neg], ignore_index=True)
     # a sampled completion that is also some other source's completion stays once, as the source's own sample
@@ -146,6 +163,7 @@ def add_negatives(df: pd.DataFrame, data_cfg, k: int, seed: int) -> pd.DataFrame
 
 def held_out(source_ids: pd.Series, fraction: float) -> np.ndarray:
     """True for the sources held out: a hash of the id, so the split does not move when shards are added."""
+
     def unit(sid: str) -> float:
         return int.from_bytes(hashlib.sha256(f"rm-valid/{sid}".encode()).digest()[:8], "little") / 2**64
 
@@ -165,7 +183,9 @@ def bradley_terry_loss(rewards: torch.Tensor, groups: list[tuple[torch.Tensor, t
     -log sigmoid(2) = 0.1269; with 0 and 2 (ranked the wrong way) -log sigmoid(-2) = 2.1269.
     """
     per_source = [
-        -torch.nn.functional.logsigmoid(rewards[better] - rewards[worse]).mean() for better, worse in groups if len(better)
+        -torch.nn.functional.logsigmoid(rewards[better] - rewards[worse]).mean()
+        for better, worse in groups
+        if len(better)
     ]
     if not per_source:
         return rewards.sum() * 0.0
@@ -201,7 +221,12 @@ class RewardModel:
     def encode(self, sources: list[str], completions: list[str]) -> dict[str, torch.Tensor]:
         """Encoder-only and decoder-only models read the pair as one sequence (the tokenizer's pair template)."""
         encoded = self.tokenizer(
-            list(sources), list(completions), padding=True, truncation=True, max_length=self.max_tokens, return_tensors="pt"
+            list(sources),
+            list(completions),
+            padding=True,
+            truncation=True,
+            max_length=self.max_tokens,
+            return_tensors="pt",
         )
         return {k: v.to(self.model.device) for k, v in encoded.items()}
 
@@ -225,15 +250,22 @@ class RewardModel:
         device = self.model.device
         row = torch.tensor([index[s] for s in sources], dtype=torch.long, device=device)
         src = [ids[: self.max_tokens] for ids in tok(unique)["input_ids"]]
-        dec = [[start] + ids[: self.max_tokens - 2] + [eos] for ids in tok(completions, add_special_tokens=False)["input_ids"]]
+        dec = [
+            [start] + ids[: self.max_tokens - 2] + [eos]
+            for ids in tok(completions, add_special_tokens=False)["input_ids"]
+        ]
         src_ids, src_mask = (t.to(device) for t in pad_ids(src, pad))
         dec_ids, dec_mask = (t.to(device) for t in pad_ids(dec, pad))
         encoded = self.model.get_encoder()(input_ids=src_ids, attention_mask=src_mask).last_hidden_state
         encoder_outputs = BaseModelOutput(last_hidden_state=encoded[row])
         src_mask = src_mask[row]
         out = self.model(
-            input_ids=dec_ids, attention_mask=src_mask, decoder_input_ids=dec_ids, decoder_attention_mask=dec_mask,
-            encoder_outputs=encoder_outputs, use_cache=False,
+            input_ids=dec_ids,
+            attention_mask=src_mask,
+            decoder_input_ids=dec_ids,
+            decoder_attention_mask=dec_mask,
+            encoder_outputs=encoder_outputs,
+            use_cache=False,
         )
         return out.logits[:, 0].float()
 
@@ -330,8 +362,11 @@ def _evaluate(rm: RewardModel, df: pd.DataFrame, clear_gap: float) -> dict[str, 
     clear, n_clear = pairwise_accuracy(df, raw, clear_gap - 1e-12)
     target = df["score"].to_numpy()
     out: dict[str, Any] = {
-        "rows": len(df), "pairs": n, "pairwise_accuracy": None if acc is None else round(acc, 4),
-        "clear_pairs": n_clear, "pairwise_accuracy_clear": None if clear is None else round(clear, 4),
+        "rows": len(df),
+        "pairs": n,
+        "pairwise_accuracy": None if acc is None else round(acc, 4),
+        "clear_pairs": n_clear,
+        "pairwise_accuracy_clear": None if clear is None else round(clear, 4),
     }
     out["mse"] = round(float(np.mean((reward - target) ** 2)), 5)
     if rm.objective == "classification":
@@ -351,7 +386,10 @@ def _evaluate(rm: RewardModel, df: pd.DataFrame, clear_gap: float) -> dict[str, 
 def _raw_no_grad(rm: RewardModel, sources: list[str], completions: list[str], batch_size: int = 512) -> np.ndarray:
     """The raw outputs, in eval mode (no dropout), `batch_size` pairs at a time."""
     rm.model.eval()
-    out = [rm.raw(sources[k : k + batch_size], completions[k : k + batch_size]).cpu().numpy() for k in range(0, len(sources), batch_size)]
+    out = [
+        rm.raw(sources[k : k + batch_size], completions[k : k + batch_size]).cpu().numpy()
+        for k in range(0, len(sources), batch_size)
+    ]
     return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
 
 
@@ -366,15 +404,23 @@ def train_reward_model(cfg: RewardModelConfig) -> dict[str, Any]:
     cfg_slice = {k: v for k, v in cfg_dump.items() if k not in ("out", "device")}  # where it trains is not what
     done = manifests.read_manifest(out)
     if done is not None:
-        if done.get("kind") == KIND and done["config"] == cfg_slice and done["parents"] == parents and not manifests.verify(out):
+        if (
+            done.get("kind") == KIND
+            and done["config"] == cfg_slice
+            and done["parents"] == parents
+            and not manifests.verify(out)
+        ):
             log.info(f"{out}: already trained from this config and these shards")
             return done
-        raise RestError(f"{out} already holds another artifact (other config, shards or files); pick another `out` or delete it")
+        raise RestError(
+            f"{out} already holds another artifact (other config, shards or files); pick another `out` or delete it"
+        )
     if cfg.objective == "regression":
         lo, hi = float(df["score"].min()), float(df["score"].max())
         if lo < 0 or hi > 1:
             raise RestError(
-                f"data.score_column `{cfg.data.score_column}` ranges over [{lo:g}, {hi:g}]; regression learns a reward in "
+                f"data.score_column `{cfg.data.score_column}` ranges over [{lo:g}, {hi:g}]; regression learns a "
+                "reward in "
                 "[0, 1]: normalise the column, or use objective: bradley_terry (it needs only the order)"
             )
     if cfg.objective == "classification":
@@ -404,7 +450,8 @@ def train_reward_model(cfg: RewardModelConfig) -> dict[str, Any]:
     rm = build_reward_model(cfg, train_df["source"].drop_duplicates().tolist() + train_df["completion"].tolist())
     rm.model.to(resolve_device(cfg.device))
     log.info(
-        f"reward model ({cfg.objective}): {len(train_df)} completions ({int(train_df.get('negative', pd.Series(dtype=bool)).sum())} "
+        f"reward model ({cfg.objective}): {len(train_df)} completions "
+        f"({int(train_df.get('negative', pd.Series(dtype=bool)).sum())} "
         f"of other sources) of {len(groups)} sources to train on, "
         f"{len(valid_df)} held out; {sum(p.numel() for p in rm.model.parameters()):,} parameters"
     )
@@ -422,16 +469,23 @@ def train_reward_model(cfg: RewardModelConfig) -> dict[str, Any]:
         elif cfg.objective in ("regression", "classification"):
             raw = rm.raw(sources[idx].tolist(), completions[idx].tolist())
             target = torch.tensor(scores[idx], dtype=torch.float32, device=raw.device)
-            loss = (torch.nn.functional.mse_loss(raw, target) if cfg.objective == "regression"
-                    else torch.nn.functional.binary_cross_entropy_with_logits(raw, target))
+            loss = (
+                torch.nn.functional.mse_loss(raw, target)
+                if cfg.objective == "regression"
+                else torch.nn.functional.binary_cross_entropy_with_logits(raw, target)
+            )
         else:
             raw = rm.raw(sources[idx].tolist(), completions[idx].tolist())
             offsets = np.cumsum([0] + [len(groups[b]) for b in batch])
             pair_idx = []
             for k, b in enumerate(batch):
                 better, worse = pairs_of(scores[groups[b]], cfg.data.min_gap)
-                pair_idx.append((torch.as_tensor(better + offsets[k], device=raw.device),
-                                 torch.as_tensor(worse + offsets[k], device=raw.device)))
+                pair_idx.append(
+                    (
+                        torch.as_tensor(better + offsets[k], device=raw.device),
+                        torch.as_tensor(worse + offsets[k], device=raw.device),
+                    )
+                )
             loss = bradley_terry_loss(raw, pair_idx)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -460,8 +514,12 @@ def train_reward_model(cfg: RewardModelConfig) -> dict[str, Any]:
     save(rm.tokenizer, stage)
     manifests.write_json_atomic(
         stage / REWARD_FILE,
-        {"objective": cfg.objective, "output": OUTPUTS[cfg.objective], "max_tokens": cfg.model.max_tokens,
-         "score_column": cfg.data.score_column},
+        {
+            "objective": cfg.objective,
+            "output": OUTPUTS[cfg.objective],
+            "max_tokens": cfg.model.max_tokens,
+            "score_column": cfg.data.score_column,
+        },
     )
     manifests.write_json_atomic(stage / "metrics.json", metrics)
     manifests.write_atomic(stage / manifests.CONFIG_FILE, dump_config(cfg).encode())

@@ -155,9 +155,14 @@ class Seq2SeqRewardModel:
     def target_ids(self, texts: list[str]) -> list[list[int]]:
         """Each text's ids as the decoder writes it: no special tokens, then EOS."""
         eos = self.tokenizer.eos_token_id
-        return [ids[: self.max_tokens - 1] + [eos] for ids in self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
+        return [
+            ids[: self.max_tokens - 1] + [eos]
+            for ids in self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+        ]
 
-    def _logits(self, sources: list[str], completions: list[str], targets: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    def _logits(
+        self, sources: list[str], completions: list[str], targets: list[list[int]]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Teacher-forced logits of `targets` given (source, completion), and the padded targets ([B, T])."""
         labels, label_mask = pad(targets, self.tokenizer.pad_token_id)
         device = self.model.device
@@ -170,7 +175,9 @@ class Seq2SeqRewardModel:
             keeps = self._keeps_logits
             first = min(len(p) for p in prompts) - 1 if keeps else 0
             keep = {"logits_to_keep": ids.shape[1] - first} if keeps else {}
-            logits = self.model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False, **keep).logits
+            logits = self.model(
+                input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False, **keep
+            ).logits
             start = torch.tensor([len(p) - 1 - first for p in prompts])[:, None]
             at = (start + torch.arange(labels.shape[1])[None, :]).clamp(max=logits.shape[1] - 1).to(device)
             logits = logits.gather(1, at[..., None].expand(-1, -1, logits.shape[-1]))
@@ -178,8 +185,13 @@ class Seq2SeqRewardModel:
         input_ids, mask = self._inputs(sources, completions)
         start = self.model.config.decoder_start_token_id
         decoder_input_ids = torch.cat([torch.full((len(targets), 1), start, dtype=torch.long), labels[:, :-1]], dim=1)
-        out = self.model(input_ids=input_ids, attention_mask=mask, decoder_input_ids=decoder_input_ids.to(device),
-                         decoder_attention_mask=label_mask.to(device), use_cache=False)
+        out = self.model(
+            input_ids=input_ids,
+            attention_mask=mask,
+            decoder_input_ids=decoder_input_ids.to(device),
+            decoder_attention_mask=label_mask.to(device),
+            use_cache=False,
+        )
         return out.logits.float(), labels.masked_fill(label_mask == 0, -100).to(device)
 
     # -- training ------------------------------------------------------------------------------------------------
@@ -228,13 +240,23 @@ class Seq2SeqRewardModel:
         self.model.eval()
         tok = self.tokenizer
         if self.decoder_only:  # the pipeline's own greedy loop (left padding, KV cache); it drops the EOS
-            seqs, _ = decode_batch(Policy(self.model, tok), self._prompt_ids(list(sources), list(completions)),
-                                    [1] * len(sources), self.max_tokens, lambda logits: logits.argmax(-1))
+            seqs, _ = decode_batch(
+                Policy(self.model, tok),
+                self._prompt_ids(list(sources), list(completions)),
+                [1] * len(sources),
+                self.max_tokens,
+                lambda logits: logits.argmax(-1),
+            )
             return [s + [tok.eos_token_id] if len(s) < self.max_tokens else s for s in seqs]
         input_ids, mask = self._inputs(list(sources), list(completions))
         out = self.model.generate(
-            input_ids=input_ids, attention_mask=mask, do_sample=False, num_beams=1, max_new_tokens=self.max_tokens,
-            decoder_start_token_id=self.model.config.decoder_start_token_id, eos_token_id=tok.eos_token_id,
+            input_ids=input_ids,
+            attention_mask=mask,
+            do_sample=False,
+            num_beams=1,
+            max_new_tokens=self.max_tokens,
+            decoder_start_token_id=self.model.config.decoder_start_token_id,
+            eos_token_id=tok.eos_token_id,
             pad_token_id=tok.pad_token_id,
         )
         rows = []
@@ -244,7 +266,10 @@ class Seq2SeqRewardModel:
 
     def correct(self, sources: list[str], completions: list[str]) -> list[str]:
         """The model's corrected sequence for each (source, completion), as text: the language feedback."""
-        return [t.strip() for t in self.tokenizer.batch_decode(self.correction_ids(sources, completions), skip_special_tokens=True)]
+        return [
+            t.strip()
+            for t in self.tokenizer.batch_decode(self.correction_ids(sources, completions), skip_special_tokens=True)
+        ]
 
 
 def build_seq2seq_reward_model(model_cfg, texts: list[str], seed: int) -> Seq2SeqRewardModel:
@@ -256,11 +281,17 @@ def build_seq2seq_reward_model(model_cfg, texts: list[str], seed: int) -> Seq2Se
         config = model_config(model_cfg)
     except (OSError, ValueError) as exc:
         raise RestError(f"{key}: cannot load {model_cfg.pretrained}: {exc}") from None
-    if not config.is_encoder_decoder and (config.model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES
-                                          or config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES):
-        raise RestError(f"{key}: {model_cfg.pretrained or model_cfg.architecture} is a {config.model_type} model, an "
-                        f"encoder; {NEEDS_A_WRITER}")
-    spec = ModelConfig(pretrained=model_cfg.pretrained, architecture=model_cfg.architecture, vocab_size=model_cfg.vocab_size)
+    if not config.is_encoder_decoder and (
+        config.model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES
+        or config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+    ):
+        raise RestError(
+            f"{key}: {model_cfg.pretrained or model_cfg.architecture} is a {config.model_type} model, an "
+            f"encoder; {NEEDS_A_WRITER}"
+        )
+    spec = ModelConfig(
+        pretrained=model_cfg.pretrained, architecture=model_cfg.architecture, vocab_size=model_cfg.vocab_size
+    )
     policy = build_policy(spec, texts, seed)
     if made_by_train_tokenizer(policy.tokenizer):
         seq2seq_pair_template(policy.tokenizer)

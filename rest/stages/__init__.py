@@ -45,4 +45,30 @@ from rest.stages.grow import (
 from rest.stages.improve import improve, validated
 from rest.stages.policy0 import make_policy0
 
-__all__ = ['progress_bar', 'derive_seed', 'start_run', 'config_slice', 'section_keys', 'POLICY_KEYS', 'GROW_KEYS', 'BC_KEYS', 'IMPROVE_KEYS', 'fit', 'assess', 'publish_policy', 'train_stats', 'dropout_seed', 'make_policy0', 'GrowPlan', 'grow_plan', 'plan_grow', 'grow_shard', 'METEOR_SOURCES', 'grow_stats', 'finish_grow', 'improve', 'validated', 'finish_run']
+__all__ = [
+    "progress_bar",
+    "derive_seed",
+    "start_run",
+    "config_slice",
+    "section_keys",
+    "POLICY_KEYS",
+    "GROW_KEYS",
+    "BC_KEYS",
+    "IMPROVE_KEYS",
+    "fit",
+    "assess",
+    "publish_policy",
+    "train_stats",
+    "dropout_seed",
+    "make_policy0",
+    "GrowPlan",
+    "grow_plan",
+    "plan_grow",
+    "grow_shard",
+    "METEOR_SOURCES",
+    "grow_stats",
+    "finish_grow",
+    "improve",
+    "validated",
+    "finish_run",
+]

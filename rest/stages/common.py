@@ -1,5 +1,5 @@
-"""What every stage shares: seeds, config slices (an artifact's key), and a policy step's phases: fit, assess, publish.
-"""
+"""What every stage shares: seeds, config slices (an artifact's key), and a policy step's phases: fit, assess,
+publish."""
 
 from __future__ import annotations
 
@@ -83,14 +83,24 @@ def section_keys(section: str, model: type[BaseModel], leave_out: tuple[str, ...
     """`section.field` for every field of a config model but `leave_out` and those marked IN_NO_KEY: an artifact's
     lineage follows its config model, so a field added to the model is in the artifact's key without anyone
     remembering to add it."""
-    return [f"{section}.{name}" for name, field in model.model_fields.items() if name not in leave_out and in_key(field)]
+    return [
+        f"{section}.{name}" for name, field in model.model_fields.items() if name not in leave_out and in_key(field)
+    ]
 
 
 # What every policy depends on besides its own training settings (validation metrics use data.valid and reward).
 POLICY_KEYS = ["seed", "data.train", "data.valid", "model", "reward", "eval.max_new_tokens"]
 # Grow: fields marked IN_NO_KEY (workers, the engine's own settings, the number of steps) change no step's rows.
-GROW_KEYS = ["seed", "data.grow_on", "data.train", "data.pool", "model.prompt_template", "model.max_source_tokens",
-             *section_keys("grow", GrowConfig), "reward"]
+GROW_KEYS = [
+    "seed",
+    "data.grow_on",
+    "data.train",
+    "data.pool",
+    "model.prompt_template",
+    "model.max_source_tokens",
+    *section_keys("grow", GrowConfig),
+    "reward",
+]
 # How a training step is computed (micro-batches, processes: IN_NO_KEY) is in no artifact's key.
 BC_KEYS = [*POLICY_KEYS, *section_keys("bc", BCConfig)]
 # Improve: every improve.* key but the thresholds list (each step records its own tau).
@@ -102,38 +112,60 @@ IMPROVE_KEYS = [*POLICY_KEYS, *section_keys("improve", ImproveConfig, leave_out=
 
 
 def fit(
-    policy: Policy, batches: list[Batch], optim: PolicyOptimFields, cfg: RunConfig, seed: int, desc: str,
-    objective: Objective | None = None, reference: Policy | None = None,
+    policy: Policy,
+    batches: list[Batch],
+    optim: PolicyOptimFields,
+    cfg: RunConfig,
+    seed: int,
+    desc: str,
+    objective: Objective | None = None,
+    reference: Policy | None = None,
 ) -> dict[str, Any]:
     """Train `policy` in place on `batches` (one optimiser step each). Returns the training stats."""
     with progress_bar(len(batches), desc) as bar:
+
         def progress(step: int, loss: float) -> None:
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.3f}")
 
-        return train(policy, batches, optim, cfg.model, seed=seed, objective=objective, reference=reference, on_progress=progress)
+        return train(
+            policy, batches, optim, cfg.model, seed=seed, objective=objective, reference=reference, on_progress=progress
+        )
 
 
-def assess(run: Run, name: str, policy: Policy, previous: str | None) -> tuple[dict[str, Any], pd.DataFrame, dict[str, Any]]:
+def assess(
+    run: Run, name: str, policy: Policy, previous: str | None
+) -> tuple[dict[str, Any], pd.DataFrame, dict[str, Any]]:
     """Validation metrics, greedy outputs and monitors of a policy (in memory, not yet published).
 
     Monitors compare with policy-0's outputs (drift) and with `previous`, the policy made just before (alarm);
     policy-0 itself has no previous and is its own drift base.
     """
     cfg = run.config
-    if previous is not None and run.metrics(previous)["valid"] is None:  # not validated (eval.every): the last one that was
+    if (
+        previous is not None and run.metrics(previous)["valid"] is None
+    ):  # not validated (eval.every): the last one that was
         made = run.assessed_policies()
         previous = made[-1] if made else None
     valid_df = load_split(cfg.data.valid, "data.valid")
     valid, outputs = evaluate(engines.engine_on(policy, cfg), valid_df, cfg)
     base = outputs if previous is None else pd.read_parquet(run.dir("policy-0") / VALID_OUTPUTS)
     sources, references = valid_df["source"].tolist(), valid_df["reference"].tolist()
-    shuffled = [sources[j] for j in np.random.default_rng(derive_seed(cfg.seed, "input-probe")).permutation(len(sources))]
+    shuffled = [
+        sources[j] for j in np.random.default_rng(derive_seed(cfg.seed, "input-probe")).permutation(len(sources))
+    ]
     nlls = (target_nll(policy, sources, references, cfg.model), target_nll(policy, shuffled, references, cfg.model))
     monitors = policy_monitors(
-        outputs["output"].tolist(), base["output"].tolist(), sources, references,
-        cfg.reward, valid, (previous, run.metrics(previous)["valid"]) if previous else None,
-        seed=derive_seed(cfg.seed, "probes"), nlls=nlls, device=cfg.device,
+        outputs["output"].tolist(),
+        base["output"].tolist(),
+        sources,
+        references,
+        cfg.reward,
+        valid,
+        (previous, run.metrics(previous)["valid"]) if previous else None,
+        seed=derive_seed(cfg.seed, "probes"),
+        nlls=nlls,
+        device=cfg.device,
     )
     if monitors["input"]["ignores_input"]:
         log.warning("MONITOR: " + input_use_line(name, monitors["input"]))
@@ -141,8 +173,14 @@ def assess(run: Run, name: str, policy: Policy, previous: str | None) -> tuple[d
 
 
 def publish_policy(
-    run: Run, name: str, policy: Policy, outputs: pd.DataFrame, metrics: dict[str, Any], parents: list[str],
-    cfg_slice: dict[str, Any], extra: dict[str, Any],
+    run: Run,
+    name: str,
+    policy: Policy,
+    outputs: pd.DataFrame,
+    metrics: dict[str, Any],
+    parents: list[str],
+    cfg_slice: dict[str, Any],
+    extra: dict[str, Any],
 ) -> dict[str, Any]:
     """Write policy artifact `name`: the policy (save_pretrained), metrics.json and valid_outputs.parquet, in a
     hidden staging directory renamed into place whole; the manifest that makes it an artifact comes last."""

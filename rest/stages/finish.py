@@ -1,5 +1,4 @@
-"""The end of a run: the best policy by validation reward, and the test metrics of it and policy-0.
-"""
+"""The end of a run: the best policy by validation reward, and the test metrics of it and policy-0."""
 
 from __future__ import annotations
 
@@ -17,7 +16,8 @@ from rest.grow import engines
 
 
 def finish_run(run_dir: Path) -> dict[str, Any]:
-    """Name the best policy by validation reward (earliest on ties) in run.json, with test metrics of it and policy-0."""
+    """Name the best policy by validation reward (earliest on ties) in run.json, with test metrics of it and
+    policy-0."""
     run = Run.open(run_dir)
     names = run.assessed_policies()
     if not names:

@@ -1,5 +1,5 @@
-"""Grow step g: the plan (sources, shards, the sampling policy), each shard sampled and scored, and the step's manifest.
-"""
+"""Grow step g: the plan (sources, shards, the sampling policy), each shard sampled and scored, and the step's
+manifest."""
 
 from __future__ import annotations
 
@@ -42,10 +42,9 @@ from rest.rewards.components import (
     score_config,
     token_columns,
 )
-from rest.stages.common import GROW_KEYS, config_slice, derive_seed
+from rest.stages.common import GROW_KEYS, config_slice, derive_seed, progress_bar
 
 log = logging.getLogger("rest")
-from rest.stages.common import progress_bar
 
 # ---------------------------------------------------------------------------------------------------------------
 # Grow
@@ -184,7 +183,10 @@ def grow_shard(run_dir: Path, g: int, index: int) -> dict[str, Any]:
         "samples_per_s": round(len(src) / sampled, 1),
     }
     write_json_atomic(_shard_record_path(grow_dir, index), record)  # after the shard: the record marks it done
-    log.info(f"grow-{g}: {shard_name(index)} {len(src)} samples in {seconds:.1f}s, mean reward {np.mean(rewards['reward']):.3f}")
+    log.info(
+        f"grow-{g}: {shard_name(index)} {len(src)} samples in {seconds:.1f}s, mean reward "
+        f"{np.mean(rewards['reward']):.3f}"
+    )
     return record
 
 
@@ -234,5 +236,8 @@ def finish_grow(run_dir: Path, g: int) -> str:
     stats["samples_per_s"] = round(sum(r["rows"] for r in records) / max(1e-9, sum(r["seconds"] for r in records)), 1)
     extra = {"policy": plan.policy, "grow_step": g, "shards": records, "stats": stats}
     publish(grow_dir, manifests.GROW, plan.parents, plan.cfg_slice, extra)
-    log.info(f"{grow_dir.name}: {stats['rows']} samples, mean reward {stats['reward_mean']:.3f}, kept at tau: {stats['kept_fraction']}")
+    log.info(
+        f"{grow_dir.name}: {stats['rows']} samples, mean reward {stats['reward_mean']:.3f}, kept at tau: "
+        f"{stats['kept_fraction']}"
+    )
     return grow_dir.name

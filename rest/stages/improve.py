@@ -1,5 +1,4 @@
-"""Improve step i after Grow g: fine-tune on the Grow rows that clear tau_i, mixed with data.train.
-"""
+"""Improve step i after Grow g: fine-tune on the Grow rows that clear tau_i, mixed with data.train."""
 
 from __future__ import annotations
 
@@ -41,11 +40,12 @@ from rest.stages.common import (
     derive_seed,
     dropout_seed,
     fit,
+    publish_policy,
+    train_stats,
 )
 from rest.training import distributed
 
 log = logging.getLogger("rest")
-from rest.stages.common import publish_policy, train_stats
 
 # ---------------------------------------------------------------------------------------------------------------
 # Improve
@@ -79,11 +79,18 @@ def improve(run_dir: Path, g: int, i: int) -> str:
     make_batches = _pair_batches if objective.data == "pairs" else _row_batches
     batches, selection = make_batches(run, grow_name, grow_summary, tau, ic, train_df, rng)
     if objective.data == "pairs" and not selection["pairs"]:
-        log.warning(f"{name}: no pair of Grow samples qualifies (tau={tau}, margin={ic.preference.margin}); this "
-                    "step trains on data.train only")
-    elif objective.data != "pairs" and (sparse := sparse_selection(
-            tau, selection["kept_fraction"] if selection["kept_unique"] else 0.0, selection["grow_rows"],
-            grow_summary.get("reward_quantiles", {}))):
+        log.warning(
+            f"{name}: no pair of Grow samples qualifies (tau={tau}, margin={ic.preference.margin}); this "
+            "step trains on data.train only"
+        )
+    elif objective.data != "pairs" and (
+        sparse := sparse_selection(
+            tau,
+            selection["kept_fraction"] if selection["kept_unique"] else 0.0,
+            selection["grow_rows"],
+            grow_summary.get("reward_quantiles", {}),
+        )
+    ):
         log.warning(f"{name}: {sparse}")
         selection["warning"] = sparse
     device = distributed.rank_device(cfg.device)
@@ -91,7 +98,9 @@ def improve(run_dir: Path, g: int, i: int) -> str:
     reference = None
     if objective.needs_reference:
         # KL prior: policy-0; a preference loss: the policy that sampled the Grow step, or policy-0
-        ref_name = run.grow_policy(g) if objective.data == "pairs" and ic.preference.reference == "grower" else "policy-0"
+        ref_name = (
+            run.grow_policy(g) if objective.data == "pairs" and ic.preference.reference == "grower" else "policy-0"
+        )
         run.verified(ref_name)
         # The reference is the start with LoRA: the policy with its adapter switched off, no second copy.
         reference = policy if ic.lora and init == ref_name else load_policy(run.dir(ref_name), device=device)
@@ -103,10 +112,19 @@ def improve(run_dir: Path, g: int, i: int) -> str:
     else:
         valid, outputs, monitors = None, None, None
     metrics = {"valid": valid, "improve": selection, "train": train_stats(stats), "monitors": monitors}
-    publish_policy(run, name, policy, outputs, metrics, parents, cfg_slice, {"init": init, "grow": grow_name, "timing": stats})
-    learnt = (f"{selection['pairs']} pairs of {selection['pair_sources']} sources" if "pairs" in selection
-              else f"{selection['kept_unique']} unique samples of {selection['kept_sources']} sources")
-    checked = f"valid exact match {valid['exact_match']:.1f}, chrF {valid['chrf']:.1f}" if valid else f"not validated (eval.every={cfg.eval.every})"
+    publish_policy(
+        run, name, policy, outputs, metrics, parents, cfg_slice, {"init": init, "grow": grow_name, "timing": stats}
+    )
+    learnt = (
+        f"{selection['pairs']} pairs of {selection['pair_sources']} sources"
+        if "pairs" in selection
+        else f"{selection['kept_unique']} unique samples of {selection['kept_sources']} sources"
+    )
+    checked = (
+        f"valid exact match {valid['exact_match']:.1f}, chrF {valid['chrf']:.1f}"
+        if valid
+        else f"not validated (eval.every={cfg.eval.every})"
+    )
     log.info(f"{name}: tau={tau} learnt from {learnt}, {checked}")
     return name
 
@@ -116,8 +134,15 @@ def validated(cfg: RunConfig, g: int) -> bool:
     return g % cfg.eval.every == 0 or g >= cfg.grow.steps
 
 
-def _row_batches(run: Run, grow_name: str, grow_summary: dict[str, Any], tau: float, ic: ImproveConfig,
-                 train_df: pd.DataFrame, rng: np.random.Generator) -> tuple[list[Batch], dict[str, Any]]:
+def _row_batches(
+    run: Run,
+    grow_name: str,
+    grow_summary: dict[str, Any],
+    tau: float,
+    ic: ImproveConfig,
+    train_df: pd.DataFrame,
+    rng: np.random.Generator,
+) -> tuple[list[Batch], dict[str, Any]]:
     """Improve's rows: the Grow samples selection keeps at tau, mixed with data.train (improve.train_mix)."""
     # Read what selection needs, filtered while reading: memory follows the kept rows, not the Grow step's size
     # (percentile selection compares each source's N rewards, so it reads every row of those columns). The Grow
@@ -164,8 +189,15 @@ def _row_batches(run: Run, grow_name: str, grow_summary: dict[str, Any], tau: fl
     return batches, selection
 
 
-def _pair_batches(run: Run, grow_name: str, grow_summary: dict[str, Any], tau: float, ic: ImproveConfig,
-                  train_df: pd.DataFrame, rng: np.random.Generator) -> tuple[list[PairBatch], dict[str, Any]]:
+def _pair_batches(
+    run: Run,
+    grow_name: str,
+    grow_summary: dict[str, Any],
+    tau: float,
+    ic: ImproveConfig,
+    train_df: pd.DataFrame,
+    rng: np.random.Generator,
+) -> tuple[list[PairBatch], dict[str, Any]]:
     """A preference loss's data: pairs of the Grow step's samples (filtering.preference_pairs; every row is read:
     the rejected ones are below tau), mixed with data.train rows learnt with NLL (improve.train_mix of a batch)."""
     pc = ic.preference
@@ -179,8 +211,13 @@ def _pair_batches(run: Run, grow_name: str, grow_summary: dict[str, Any], tau: f
         lengths = (text_lengths(p_src, [c + r for c, r in zip(p_c, p_r)]), text_lengths(t_src, t_tgt))
     plan = mix_batches(len(pairs), len(train_df), ic.train_mix, ic.batch_size, ic.steps, rng, lengths)
     batches = [
-        PairBatch([p_src[j] for j in ki], [p_c[j] for j in ki], [p_r[j] for j in ki],
-                  [t_src[j] for j in ti], [t_tgt[j] for j in ti])
+        PairBatch(
+            [p_src[j] for j in ki],
+            [p_c[j] for j in ki],
+            [p_r[j] for j in ki],
+            [t_src[j] for j in ti],
+            [t_tgt[j] for j in ti],
+        )
         for ki, ti in plan
     ]
 

@@ -1,5 +1,4 @@
-"""policy-0: behaviour cloning on data.train, the start of every run.
-"""
+"""policy-0: behaviour cloning on data.train, the start of every run."""
 
 from __future__ import annotations
 
@@ -26,11 +25,12 @@ from rest.stages.common import (
     derive_seed,
     dropout_seed,
     fit,
+    publish_policy,
+    train_stats,
 )
 from rest.training import distributed
 
 log = logging.getLogger("rest")
-from rest.stages.common import publish_policy, train_stats
 
 # ---------------------------------------------------------------------------------------------------------------
 # policy-0
@@ -54,15 +54,31 @@ def make_policy0(run_dir: Path) -> str:
     rng = np.random.default_rng(derive_seed(cfg.seed, "bc"))
     batches = [
         Batch([sources[j] for j in idx], [targets[j] for j in idx])
-        for idx in epoch_batches(len(train_df), cfg.bc.batch_size, cfg.bc.steps, rng,
-                                 text_lengths(sources, targets) if cfg.bc.group_by_length else None)
+        for idx in epoch_batches(
+            len(train_df),
+            cfg.bc.batch_size,
+            cfg.bc.steps,
+            rng,
+            text_lengths(sources, targets) if cfg.bc.group_by_length else None,
+        )
     ]
     stats = fit(policy, batches, cfg.bc, cfg, dropout_seed(cfg.seed, "bc"), "policy-0", objective_for(cfg.bc))
     if distributed.world()[0] != 0:
         return "policy-0"  # rank 0 validates and publishes
     valid, outputs, monitors = assess(run, "policy-0", policy, previous=None)
     metrics = {"valid": valid, "train": train_stats(stats), "monitors": monitors}
-    publish_policy(run, "policy-0", policy, outputs, metrics, [], cfg_slice,
-                   {"parameters": count_parameters(policy.model), "timing": stats})
-    log.info(f"policy-0: BC {stats['steps']} steps ({stats['examples_per_s']:.0f} ex/s), valid exact match {valid['exact_match']:.1f}, chrF {valid['chrf']:.1f}")
+    publish_policy(
+        run,
+        "policy-0",
+        policy,
+        outputs,
+        metrics,
+        [],
+        cfg_slice,
+        {"parameters": count_parameters(policy.model), "timing": stats},
+    )
+    log.info(
+        f"policy-0: BC {stats['steps']} steps ({stats['examples_per_s']:.0f} ex/s), valid exact match "
+        f"{valid['exact_match']:.1f}, chrF {valid['chrf']:.1f}"
+    )
     return "policy-0"

@@ -39,7 +39,9 @@ log = logging.getLogger("rest")
 
 
 def check_run_inputs(cfg: RunConfig) -> None:
-    splits = {key: load_split(getattr(cfg.data, key.split(".")[1]), key) for key in ("data.train", "data.valid", "data.test")}
+    splits = {
+        key: load_split(getattr(cfg.data, key.split(".")[1]), key) for key in ("data.train", "data.valid", "data.test")
+    }
     if cfg.grow.steps > 0:
         splits["grow sources"] = grow_sources(cfg.data, need_reference=needs_reference(cfg.reward))
     if cfg.model.pretrained:
@@ -85,11 +87,17 @@ def text_fit_warnings(cfg: RunConfig, splits: dict[str, pd.DataFrame]) -> list[s
             if unk is not None and unk in seq:
                 unknown.append((key, row, sid, df["source"].iloc[row]))
     targets = tok(train["reference"].tolist(), add_special_tokens=False)["input_ids"]
-    long_targets = [(row, sid, len(t) + 1) for row, (sid, t) in enumerate(zip(train["source_id"], targets))
-                    if len(t) + 1 > cfg.model.max_target_tokens]  # + EOS, as training appends it
+    long_targets = [
+        (row, sid, len(t) + 1)
+        for row, (sid, t) in enumerate(zip(train["source_id"], targets))
+        if len(t) + 1 > cfg.model.max_target_tokens
+    ]  # + EOS, as training appends it
     if unk is not None:
-        unknown += [("data.train", row, sid, train["reference"].iloc[row]) for row, (sid, t)
-                    in enumerate(zip(train["source_id"], targets)) if unk in t]
+        unknown += [
+            ("data.train", row, sid, train["reference"].iloc[row])
+            for row, (sid, t) in enumerate(zip(train["source_id"], targets))
+            if unk in t
+        ]
     lines = []
     if long_sources:
         key, row, sid, n = long_sources[0]
@@ -111,12 +119,16 @@ def text_fit_warnings(cfg: RunConfig, splits: dict[str, pd.DataFrame]) -> list[s
         key, row, sid, text = unknown[0]
         chars = [c for c in dict.fromkeys(text) if unk in tok(c, add_special_tokens=False)["input_ids"]]
         shown = " ".join(repr(c) for c in chars[:5]) or "(a sequence of characters)"
-        fix = ("the tokenizer learns its characters from data.train: put text with them there, use a pretrained "
-               "model whose tokenizer has them (model.pretrained), or clean them from the data"
-               if not cfg.model.pretrained else
-               "use a model whose tokenizer has them (byte-level BPE has every character), or clean them from the data")
+        fix = (
+            "the tokenizer learns its characters from data.train: put text with them there, use a pretrained "
+            "model whose tokenizer has them (model.pretrained), or clean them from the data"
+            if not cfg.model.pretrained
+            else "use a model whose tokenizer has them (byte-level BPE has every character), or clean them from the "
+            "data"
+        )
         lines.append(
-            f"{len(unknown)} {'text holds' if len(unknown) == 1 else 'texts hold'} characters the tokenizer cannot represent, which it turns into "
+            f"{len(unknown)} {'text holds' if len(unknown) == 1 else 'texts hold'} characters the tokenizer cannot "
+            "represent, which it turns into "
             f"{tok.unk_token} (first: {key} row {row}, {sid}: {shown}): {fix}"
         )
     return lines

@@ -1,2 +1,1 @@
-"""The one training loop (loop) and its processes under torchrun (distributed).
-"""
+"""The one training loop (loop) and its processes under torchrun (distributed)."""

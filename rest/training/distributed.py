@@ -65,8 +65,18 @@ def rank_device(device: str) -> str:
 def launch(stage: str, run_dir: Path, *args: object, processes: int, key: str) -> None:
     """Run `stage` ("policy-0" or "improve") of run_dir on `processes` ranks under torchrun; returns when they are
     done, or raises RestError when one failed (its output is above, in this process's stderr)."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}",
-           "-m", "rest.stages.rank", stage, str(run_dir), *map(str, args)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={processes}",
+        "-m",
+        "rest.stages.rank",
+        stage,
+        str(run_dir),
+        *map(str, args),
+    ]
     log.info(f"{stage}: training on {processes} processes ({key}: {processes}): {' '.join(cmd[1:])}")
     env = dict(os.environ)
     # torchrun would set 1 thread per rank (and print a banner saying so): share this machine's cores instead
@@ -83,8 +93,10 @@ def launch(stage: str, run_dir: Path, *args: object, processes: int, key: str) -
                 proc.kill()
                 proc.wait()
     if code != 0:
-        raise RestError(f"{stage} of {run_dir}: the {processes}-process training ({key}) failed (torchrun exit code "
-                        f"{code}; the ranks' output is above); nothing was published: run the same command again")
+        raise RestError(
+            f"{stage} of {run_dir}: the {processes}-process training ({key}) failed (torchrun exit code "
+            f"{code}; the ranks' output is above); nothing was published: run the same command again"
+        )
 
 
 def shard(model: torch.nn.Module) -> None:

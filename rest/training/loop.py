@@ -26,8 +26,13 @@ def with_lora(model, lora):
     from peft import LoraConfig, TaskType, get_peft_model
 
     task = TaskType.SEQ_2_SEQ_LM if model.config.is_encoder_decoder else TaskType.CAUSAL_LM
-    config = LoraConfig(task_type=task, r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                        target_modules=lora.target_modules if lora.target_modules == "all-linear" else list(lora.target_modules))
+    config = LoraConfig(
+        task_type=task,
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=lora.target_modules if lora.target_modules == "all-linear" else list(lora.target_modules),
+    )
     try:
         return get_peft_model(model, config)
     except ValueError as exc:  # e.g. a target module the model does not have
@@ -123,8 +128,10 @@ def _train(policy, batches, optim, model_cfg, seed, objective, reference, on_pro
     if precision == "fp16" and device.type == "cpu":
         raise RestError("precision: fp16 trains on a GPU; on a CPU use bf16 (or fp32)")
     if precision != "fp32" and any(p.dtype != torch.float32 for p in model.parameters() if p.requires_grad):
-        raise RestError(f"precision: {precision} autocasts float32 weights; these are {next(model.parameters()).dtype}: "
-                        "load the policy in float32 to train it")
+        raise RestError(
+            f"precision: {precision} autocasts float32 weights; these are {next(model.parameters()).dtype}: "
+            "load the policy in float32 to train it"
+        )
     autocast = torch.autocast(device.type, dtype=AUTOCAST[precision], enabled=precision != "fp32")
     # fp16's narrow range underflows small gradients: scale the loss up, and the gradients back before clipping.
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
@@ -201,7 +208,7 @@ def _train(policy, batches, optim, model_cfg, seed, objective, reference, on_pro
         "loss_first": losses[0] if losses else None,
         "loss_last": sum(tail) / len(tail) if tail else None,
         # kl_last, pref_accuracy_last, ...: each stat's mean over the last tenth of its steps
-        **{f"{k}_last": sum(v[-len(tail):]) / len(v[-len(tail):]) for k, v in curves.items()},
+        **{f"{k}_last": sum(v[-len(tail) :]) / len(v[-len(tail) :]) for k, v in curves.items()},
         "losses": losses,  # the loss curve, one per optimiser step (in the artifact's manifest)
         "seconds": round(seconds, 2),
         "examples_per_s": round(examples / seconds, 1) if seconds > 0 else 0.0,
