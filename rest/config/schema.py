@@ -173,7 +173,8 @@ class PolicyOptimFields(OptimFields):
         ge=1,
         description="data-parallel training processes (torchrun; one per GPU, or CPU processes with gloo): each "
         "computes its share of every batch, one all-reduce per step makes the gradient the whole batch's (the "
-        "same step as one process with micro-batches); only the first validates and publishes (rest/distributed.py)",
+        "same step as one process with micro-batches); only the first validates and publishes "
+        "(rest/training/distributed.py)",
     )
     strategy: Literal["ddp", "fsdp"] = Field(
         "ddp",
@@ -229,7 +230,7 @@ class BCConfig(PolicyOptimFields):
 
 
 class VllmConfig(Section):
-    """How `grow.engine: vllm` runs: vLLM in a process of its own (rest/vllm_worker.py), started once per policy
+    """How `grow.engine: vllm` runs: vLLM in a process of its own (rest/grow/vllm_worker.py), started once per policy
     and kept for every shard and evaluation of that policy in the process. None of it changes a sample: it is in no
     artifact's key."""
 
@@ -286,7 +287,7 @@ class GrowConfig(Section):
     engine: Literal["torch", "vllm"] = Field(
         "torch",
         description="what samples: torch (our batched decoding loop on the transformers model) or vllm "
-        "(decoder-only policies; `grow.vllm` says how it runs); rest/engines.py. Part of the Grow step's key, so "
+        "(decoder-only policies; `grow.vllm` says how it runs); rest/grow/engines.py. Part of the Grow step's key, so "
         "shards of two engines never mix. Sampling a policy-0 or a published policy for `rest eval` and best-of-N "
         "uses it too; a policy just trained is validated with torch",
     )
@@ -387,7 +388,8 @@ class RewardConfig(Section):
 
 class PreferenceConfig(Section):
     """How a preference loss (`improve.loss: dpo | ipo`) learns from a Grow step: pairs (chosen, rejected) of one
-    source's samples, the chosen one clearing the step's tau. rest/objectives.py has the losses with worked values."""
+    source's samples, the chosen one clearing the step's tau. rest/improve/objectives.py has the losses with worked
+    values."""
 
     pairs: Literal["best_worst", "margin"] = Field(
         "best_worst",

@@ -9,7 +9,7 @@ from rest.models.sampling import generate
 
 
 class TorchEngine:
-    """Our own batched decoding loop on the policy's transformers model, with the KV cache (rest/sampling.py)."""
+    """Our own batched decoding loop on the policy's transformers model, with the KV cache (rest/models/sampling.py)."""
 
     name = "torch"
 

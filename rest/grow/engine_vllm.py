@@ -57,7 +57,7 @@ def check_vllm(cfg: RunConfig, is_encoder_decoder: bool | None = None) -> None:
 
 
 class VllmEngine:
-    """vLLM sampling a published decoder-only policy, in a process of its own (rest/vllm_worker.py), which may run
+    """vLLM sampling a published decoder-only policy, in a process of its own (rest/grow/vllm_worker.py), which may run
     another Python (grow.vllm.python). Tokenizing and decoding stay here, with the policy's own tokenizer, so prompts
     and completions are the torch engine's to the character; the worker sees token ids only. Each source's request
     carries its own seed (request_seed), so a shard is the same whatever else vLLM batches with it."""

@@ -10,10 +10,10 @@ numbers to log (`stats`: floats; `kl` is averaged into metrics.json's train.kl_l
 whether it reads the frozen reference policy (policy-0): the step then loads it once.
 
 Adding an objective: a class with `needs_reference` and `__call__` here, an entry in OBJECTIVES, and the name in
-the Literal of `improve.loss` in rest/config.py (with its own config fields there, if it has any). An objective
+the Literal of `improve.loss` in rest/config/schema.py (with its own config fields there, if it has any). An objective
 that learns from pairs (`Preference`: DPO, IPO) declares `data = "pairs"` and is handed a `PairBatch` of pairs of
 one source's samples (chosen, rejected) and labelled rows instead: stages.improve mines them
-(filtering.preference_pairs). An objective that declares `dropout = False` trains with dropout off.
+(improve.selection.preference_pairs). An objective that declares `dropout = False` trains with dropout off.
 """
 
 from __future__ import annotations

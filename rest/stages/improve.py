@@ -198,8 +198,9 @@ def _pair_batches(
     train_df: pd.DataFrame,
     rng: np.random.Generator,
 ) -> tuple[list[PairBatch], dict[str, Any]]:
-    """A preference loss's data: pairs of the Grow step's samples (filtering.preference_pairs; every row is read:
-    the rejected ones are below tau), mixed with data.train rows learnt with NLL (improve.train_mix of a batch)."""
+    """A preference loss's data: pairs of the Grow step's samples (improve.selection.preference_pairs; every row is
+    read: the rejected ones are below tau), mixed with data.train rows learnt with NLL (improve.train_mix of a
+    batch)."""
     pc = ic.preference
     rows = read_grow(run.dir(grow_name), ["source_id", "source", "sample_index", "completion", "reward"])
     pairs = preference_pairs(rows, tau, pc.pairs, pc.margin)

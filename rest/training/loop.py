@@ -2,7 +2,7 @@
 
     stats = train(policy, batches, cfg.improve, cfg.model, seed=1, objective=objective_for(cfg.improve))
 
-It only trains: evaluation and publishing are separate phases (rest/stages.py), so the loop can run where the
+It only trains: evaluation and publishing are separate phases (rest/stages/), so the loop can run where the
 training runs and the rest where the artifact is written.
 """
 
