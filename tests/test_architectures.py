@@ -26,7 +26,8 @@ from rest.artifacts.run import Run
 from rest.config import RewardModelConfig, load_config
 from rest.improve.selection import select
 from rest.models.policy import load_policy, target_counts, target_ids
-from rest.rewards.reward_model import load_reward_model, train_reward_model
+from rest.rewards.reward_model import load_reward_model
+from rest.rewards.reward_training import train_reward_model
 from rest.rewards.seq2seq_rm import divergence_scores
 from tests.helpers import build_checkpoint
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -15,15 +16,14 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from rest.config import RewardModelConfig
 from rest.errors import RestError
 from rest.improve.selection import select
-from rest.rewards.reward_model import (
-    bradley_terry_loss,
-    held_out,
-    pairs_of,
-    pairwise_accuracy,
-)
+from rest.rewards.reward_model import build_reward_model
+from rest.rewards.reward_objectives import RM_OBJECTIVES, SourceBatch, bradley_terry_loss, pairs_of
+from rest.rewards.reward_training import held_out, pairwise_accuracy
 from rest.rewards.seq2seq_rm import divergence_scores
+from rest.training.loop import train
 from tests.conftest import CONFIG, rest
 
 
@@ -267,3 +267,46 @@ def test_reward_model_grow_without_references_and_best_of_n(clean_run, tmp_path)
     assert result["best_of_n"] == 4 and result["n"] == 40 and "exact_match" in result["greedy"]
     # the best of 4 by chrF is at least as good by chrF as the mean candidate, and strictly when candidates differ
     assert result["chosen_reward"] > result["candidate_reward"] > 0
+
+
+def _source_batches(steps: int) -> list[SourceBatch]:
+    rng = np.random.default_rng(0)
+    words = ["eins", "zwei", "drei", "vier", "fünf", "sechs"]
+    out = []
+    for _ in range(steps):
+        sizes = [3, 1, 4, 2]  # whole sources of different sizes: micro-batches of 3 rows cut between them
+        rows = sum(sizes)
+        out.append(
+            SourceBatch(
+                [str(s) for s, n in enumerate(sizes) for _ in range(n)],
+                [str(rng.choice(words)) for _ in range(rows)],
+                rng.random(rows).round(2).tolist(),
+                sizes,
+            )
+        )
+    return out
+
+
+@pytest.mark.parametrize("objective", ["regression", "bradley_terry"])
+def test_reward_model_objectives_train_on_the_one_loop_and_micro_batches_add_up(objective, tmp_path):
+    """The reward-model losses are objectives of training/loop.py: micro-batches of whole sources take the step's
+    totals, so 3 steps in pieces of at most 3 rows give the losses of 3 steps in one piece (up to float sums).
+    Dropout off: a piece draws its own dropout masks."""
+    arch = json.loads(Path("configs/models/reward-bert.json").read_text()) | {"hidden_dropout_prob": 0.0}
+    (tmp_path / "bert.json").write_text(json.dumps(arch))
+    cfg = RewardModelConfig(
+        objective=objective,
+        model={"architecture": str(tmp_path / "bert.json")},
+        train={"steps": 3, "lr": 1e-2, "warmup_steps": 0},
+    )
+    pieces = cfg.model_copy(update={"train": cfg.train.model_copy(update={"micro_batch_size": 3})})
+    batches = _source_batches(3)
+    assert [len(p) for p in batches[0].split(3)] == [3, 1, 4, 2]  # a source is never cut: 4 rows alone
+    texts = [t for b in batches for t in b.sources + b.completions]
+    losses = {}
+    for name, c in (("whole", cfg), ("pieces", pieces)):
+        rm = build_reward_model(c, texts)
+        stats = train(rm, batches, c.train, None, seed=0, objective=RM_OBJECTIVES[objective](c))
+        losses[name] = stats["losses"]
+    assert losses["whole"][0] != losses["whole"][-1]  # it trains
+    np.testing.assert_allclose(losses["pieces"], losses["whole"], rtol=1e-5)

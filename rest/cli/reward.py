@@ -9,7 +9,7 @@ from rest.cli.tables import format_table
 
 def cmd_reward(args: argparse.Namespace) -> None:
     from rest.config import RewardModelConfig, load_config
-    from rest.rewards.reward_model import train_reward_model
+    from rest.rewards.reward_training import train_reward_model
 
     cfg = load_config(args.config, args.overrides, model=RewardModelConfig)
     if args.out:

@@ -69,6 +69,16 @@ class RMTrainConfig(OptimFields):
     batch_size: int = Field(32, ge=1, description="sources per step; all their distinct completions go in the batch")
     lr: float = Field(1e-3, gt=0)
     warmup_steps: int = Field(50, ge=0)
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32", description="fp32; bf16 or fp16: the forward and backward pass under autocast (weights stay float32)"
+    )
+    micro_batch_size: int | None = Field(
+        None,
+        ge=1,
+        description="rows per forward/backward pass, in whole sources; the pieces' gradients add up to the step's. "
+        "null: the whole batch at once",
+    )
+    gradient_checkpointing: bool = Field(False, description="recompute activations in the backward pass: less memory")
 
 
 class RewardModelConfig(Section):

@@ -78,9 +78,8 @@ class ModelConfig(Section):
     pretrained: str | None = Field(None, description="from_pretrained path or hub id; overrides architecture")
     architecture: str = Field(
         "configs/models/mbart-2.6m.json",
-        description="transformers config JSON (needs model_type) for a model trained from scratch; the default is a "
-        "pre-LN encoder-decoder (mbart), which learns on data it was not tuned for where the post-LN Bart "
-        "(configs/models/bart-2.6m.json) may not",
+        description="transformers config JSON (needs model_type) for a model trained from scratch; default: a "
+        "2.6M-parameter pre-LN encoder-decoder (mbart)",
     )
     vocab_size: int = Field(128, ge=16, description="BPE vocabulary of the tokenizer trained from scratch")
     prompt_template: str = Field(
@@ -204,21 +203,14 @@ class PolicyOptimFields(OptimFields):
     )
     group_by_length: bool = Field(
         False,
-        description="batches of rows of similar length (source + target characters), regrouped within runs of at "
-        "most 50 batches and one epoch (transformers' group_by_length): ~15% more examples/s on the embedded task "
-        "(far less padding), but a higher held-out loss after as many steps (docs/benchmarks.md); false: batches "
-        "as drawn",
+        description="batches of rows of similar length (source + target characters; transformers' group_by_length): "
+        "less padding, so more examples/s, but a higher held-out loss after as many steps; false: batches as drawn",
     )
 
 
 class BCConfig(PolicyOptimFields):
-    """policy-0: behaviour cloning (token-level NLL) on `data.train`.
-
-    The from-scratch recipe (a pre-LN model, lr 1e-3, warm-up over the first 10% of `steps`) learns on the embedded
-    numbers task and, unchanged, on English grapheme-to-phoneme (configs/g2p.yaml), where the earlier post-LN Bart
-    with 20 warm-up steps learned nothing (docs/results.md). A policy that ignores its input anyway is caught by the
-    `input` monitor.
-    """
+    """policy-0: behaviour cloning (token-level NLL) on `data.train`. The defaults (a pre-LN model, lr 1e-3, warm-up
+    over the first 10% of `steps`) are the from-scratch recipe; docs/results.md has what they were chosen on."""
 
     warmup_fraction: float | None = Field(
         0.1,
@@ -255,8 +247,7 @@ class VllmConfig(Section):
     )
     enforce_eager: bool = Field(
         False,
-        description="no CUDA graphs / compiled kernels: starts faster (~20 s instead of ~35 s on CPU), "
-        "samples slower; for tests and tiny models",
+        description="no CUDA graphs / compiled kernels: starts faster, samples slower; for tests and tiny models",
     )
 
 

@@ -196,10 +196,15 @@ class Seq2SeqRewardModel:
 
     # -- training ------------------------------------------------------------------------------------------------
 
-    def nll(self, sources: list[str], completions: list[str], targets: list[str]) -> torch.Tensor:
-        """Mean token negative log-likelihood of writing each target given (source, completion): sequence MLE."""
+    def nll(
+        self, sources: list[str], completions: list[str], targets: list[str], reduction: str = "mean"
+    ) -> torch.Tensor:
+        """Token negative log-likelihood of writing each target given (source, completion), the mean over the
+        batch's target tokens (or their sum): sequence MLE."""
         logits, labels = self._logits(sources, completions, self.target_ids(targets))
-        return torch.nn.functional.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100)
+        return torch.nn.functional.cross_entropy(
+            logits.flatten(0, 1), labels.flatten(), ignore_index=-100, reduction=reduction
+        )
 
     # -- the reward ----------------------------------------------------------------------------------------------
 

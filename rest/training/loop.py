@@ -1,4 +1,5 @@
-"""The training loop: an objective on batches, AdamW, warm-up then cosine decay. BC and Improve share it.
+"""The training loop: an objective on batches, AdamW, warm-up then cosine decay. BC, Improve and the reward models
+share it.
 
     stats = train(policy, batches, cfg.improve, cfg.model, seed=1, objective=objective_for(cfg.improve))
 
@@ -11,12 +12,13 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 
-from rest.config import ModelConfig, PolicyOptimFields
+from rest.config import ModelConfig, PolicyOptimFields, RMTrainConfig
 from rest.errors import RestError
-from rest.improve.objectives import NLL, Batch, Objective
+from rest.improve.objectives import NLL, Objective
 from rest.models.policy import Policy
 from rest.training import distributed
 
@@ -80,16 +82,20 @@ def lr_factor(step: int, warmup: int, total: int) -> float:
 
 
 def train(
-    policy: Policy,
-    batches: Sequence[Batch],
-    optim: PolicyOptimFields,
-    model_cfg: ModelConfig,
+    policy: Policy | Any,
+    batches: Sequence[Any],
+    optim: PolicyOptimFields | RMTrainConfig,
+    model_cfg: ModelConfig | None,
     seed: int,
     objective: Objective | None = None,
     reference: Policy | None = None,
     on_progress: Callable[[int, float], None] | None = None,
 ) -> dict[str, float]:
     """Fine-tune `policy` in place on the given batches, one optimiser step each; returns training stats.
+
+    `policy` is a Policy, or anything with a `.model` an objective trains (a reward model: its objectives are in
+    rest/rewards/reward_objectives.py); `batches` are what the objective reads (Batch, PairBatch, SourceBatch), each
+    with `split` (micro-batches) and `share` (a process's part).
 
     `objective` defaults to token-mean NLL (BC). `reference` (frozen here) is the policy an objective with
     `needs_reference` compares with; with `optim.lora` it may be `policy` itself, meaning the policy as it was before
@@ -99,7 +105,7 @@ def train(
     objective = objective or NLL()
     if objective.needs_reference and reference is None:
         raise ValueError("this objective (kl_beta > 0) needs the reference policy")
-    lora = optim.lora
+    lora = getattr(optim, "lora", None)  # a reward model's train section has none
     if lora is not None:
         start = policy.model
         policy.model = with_lora(start, lora)
@@ -138,7 +144,7 @@ def _train(policy, batches, optim, model_cfg, seed, objective, reference, on_pro
     if checkpointing:
         model.activation_checkpointing_enable({"use_reentrant": False})
     rank, world = distributed.world()
-    fsdp = world > 1 and optim.strategy == "fsdp"
+    fsdp = world > 1 and getattr(optim, "strategy", "ddp") == "fsdp"
     if world > 1:
         distributed.broadcast_parameters(model)
     if fsdp:
