@@ -16,6 +16,7 @@ import torch
 from transformers import AutoModelForSeq2SeqLM
 
 from rest import stages
+from rest.artifacts.run import Run
 from rest.config import load_config
 
 # Dropout off: with it, each rank draws its own masks, so the curves would differ by the noise of dropout only.
@@ -85,7 +86,7 @@ def test_two_processes_take_the_steps_of_one_with_accumulation(tmp_path):
     stages.make_policy0(bc)
     a, b = _losses(one, "policy-0"), _losses(bc, "policy-0")
     assert len(a) == len(b) == 30 and max(abs(x - y) for x, y in zip(a, b)) < 1e-4, (a, b)
-    assert stages.Run.open(bc).artifact_id("policy-0")  # published (by rank 0) and verified
+    assert Run.open(bc).artifact_id("policy-0")  # published (by rank 0) and verified
 
 
 def _rank_processes(rank: int) -> list[psutil.Process]:

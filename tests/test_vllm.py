@@ -23,6 +23,7 @@ import pytest
 import torch
 
 from rest import stages
+from rest.artifacts.run import Run
 from rest.config import load_config
 from rest.data.splits import load_split
 from rest.errors import RestError
@@ -155,9 +156,7 @@ def test_vllm_shards_have_the_torch_engines_schema_and_rewards(vllm_run, tmp_pat
         assert df["reward"].between(0, 1).all() and df["num_tokens"].between(0, MAX_NEW).all()
         assert df["logprob"].lt(0).all()
     # the same policy (BC's key has no grow.engine), another Grow plan: shards of two engines never mix
-    assert stages.Run.open(torch_run).artifact_id("policy-0") == stages.Run.open(vllm_run["run"]).artifact_id(
-        "policy-0"
-    )
+    assert Run.open(torch_run).artifact_id("policy-0") == Run.open(vllm_run["run"]).artifact_id("policy-0")
     assert stages.grow_plan(torch_run, 1).key != stages.grow_plan(vllm_run["run"], 1).key
 
 
@@ -234,4 +233,4 @@ def test_a_vllm_failure_is_one_error_and_leaves_no_process(tmp_path):
     with pytest.raises(RestError, match="grow.engine: vllm failed to sample"):
         engine.sample(["12"], num_samples=2, temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=4, seed=0)
     assert engine.proc.poll() is not None  # ended, not hanging
-    assert engine not in engines._CACHE.values()  # forgotten: the next engine_for starts a new one
+    assert engine.failed and engine not in engines.cached_engines()  # forgotten: the next engine_for starts anew

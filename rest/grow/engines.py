@@ -96,6 +96,14 @@ def _clear() -> None:
     _CACHE.clear()
 
 
+def cached_engines() -> list[Engine]:
+    """The engines this process holds (a failed one has ended and is dropped: the next engine_for starts anew)."""
+    with _LOCK:
+        for key in [k for k, e in _CACHE.items() if getattr(e, "failed", False)]:
+            del _CACHE[key]
+        return list(_CACHE.values())
+
+
 def release() -> None:
     """Drop the cached engine (its model, its vLLM process): before training, so two models are not held at once."""
     with _LOCK:
