@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("rest",)
 # The rooms of rest/, from the bottom up: a module may import from its own room and the rooms below it, never above.
@@ -180,3 +182,57 @@ def test_the_environment_is_set_before_torch_in_every_process():
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
     ).stdout.split()
     assert out == ["AUTO", "1", "false"]
+
+
+def _code_words(path: Path) -> set[str]:
+    """Identifiers, attribute names and string constants of a module, docstrings left out."""
+    tree = ast.parse(path.read_text())
+    docs = {
+        id(n.body[0].value)
+        for n in ast.walk(tree)
+        if isinstance(n, (ast.Module, ast.FunctionDef, ast.ClassDef, ast.AsyncFunctionDef))
+        and n.body
+        and isinstance(n.body[0], ast.Expr)
+        and isinstance(n.body[0].value, ast.Constant)
+    }
+    words: set[str] = set()
+    for n in ast.walk(tree):
+        if isinstance(n, ast.Name):
+            words.add(n.id)
+        elif isinstance(n, ast.Attribute):
+            words.add(n.attr)
+        elif isinstance(n, ast.Constant) and isinstance(n.value, str) and id(n) not in docs:
+            words.add(n.value)
+    return words
+
+
+def test_only_the_engines_own_room_names_an_engine():
+    """Preflight, the stages and the run find an engine through its spec and the config's IN_NO_KEY marks: no code
+    outside rest/grow/, the config's Literal and the environment's telemetry switches says `vllm`."""
+    offenders = [
+        str(p.relative_to(REPO))
+        for m, p in _modules().items()
+        if _room(m) not in ("grow", "config", "base") and any("vllm" in w.lower() for w in _code_words(p))
+    ]
+    assert not offenders, offenders
+
+
+def test_an_engine_is_found_by_its_module_name():
+    from rest.errors import RestError
+    from rest.grow.engine_vllm import check_vllm
+    from rest.grow.engines import engine_spec
+
+    assert engine_spec("torch").name == "torch"
+    assert engine_spec("vllm").check is check_vllm
+    with pytest.raises(RestError, match="rest/grow/engine_sglang.py"):
+        engine_spec("sglang")
+
+
+def test_a_config_validates_its_rewards_without_importing_torch():
+    code = (
+        "import sys; from rest.config import load_config; "
+        "load_config('configs/numbers.yaml', ['reward.components={chrf: 1.0, learned: 1.0}', 'reward.learned=rm']); "
+        "print('torch' in sys.modules, 'rest.rewards.components' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["False", "False"]
