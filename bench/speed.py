@@ -13,7 +13,7 @@ speed. Sections:
   improve our training loop vs transformers `Trainer` on the same batches (as drawn, and grouped by length as
           `group_by_length: true` does) and, for the decoder-only policy, TRL's `SFTTrainer` on the same pairs:
           examples/s, and the token NLL each trained model reaches on the valid split.
-  score   rows/s of the reward step (rest.rewards.score_config) vs sacrebleu's sentence chrF in a plain loop.
+  score   rows/s of the reward step (rest.rewards.components.score_config) vs sacrebleu's sentence chrF in a plain loop.
   memory  peak RSS of one Grow step and one Improve step (in a child process each) at 2k, 16k and 64k pool sources.
   run     seconds per stage of the default pipeline, run in-process, and the whole `rest run` (Prefect included).
 The policies are policy-0 of the default config (and of its decoder-only variant), trained once into runs/bench/.
@@ -243,8 +243,8 @@ def bench_improve(policy_dir: Path, label: str, steps: int, with_sft: bool, repe
     warmup = ic.warmup(steps)
     rows = []
 
-    # "The loss reached": token-mean NLL of the trained model on the valid split (rest.evaluation.target_nll), the
-    # same measure for every trainer; a training loss averaged over the last steps would depend on those steps'
+    # "The loss reached": token-mean NLL of the trained model on the valid split (evaluation.policy.target_nll),
+    # the same measure for every trainer; a training loss averaged over the last steps would depend on those steps'
     # batches, and grouped batches are ordered otherwise than drawn ones.
     valid = pd.read_parquet(ROOT / cfg.data.valid)
     tokenizer = load_policy(policy_dir).tokenizer
@@ -534,8 +534,7 @@ import json, sys, time
 from pathlib import Path
 from rest import stages
 from rest.config import load_config
-from rest.report import write_report
-from rest.run import Run
+from rest.reporting.report import write_report
 run, config, overrides = Path(sys.argv[1]), sys.argv[2], sys.argv[3:]
 cfg = load_config(config, overrides)
 seconds = {}

@@ -138,10 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         where = exc.filename or getattr(args, "run", "")
         print(f"error: {where}: {exc.strerror}; {OS_ERROR_FIXES[exc.errno]}", file=sys.stderr)
         return 2
-    except BaseException:
-        if (
-            stopping.signum is not None
-        ):  # interrupted: the line is printed; exit without a traceback or waiting for threads
-            stopping.exit_now()
+    except BaseException as exc:
+        stopping.exit_if_stopped(exc)  # interrupted: one line; exit without a traceback or waiting for threads
         raise
     return 0

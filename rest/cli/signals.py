@@ -4,8 +4,8 @@ all (manifest last), so the same command resumes.
 
     stopping = Stopping()          # main() makes one and installs it for SIGINT and SIGTERM
     stopping.install()
-    ...
-    if stopping.signum is not None: stopping.exit_now()
+    try: ...
+    except BaseException as exc: stopping.exit_if_stopped(exc); raise
 """
 
 from __future__ import annotations
@@ -59,11 +59,12 @@ class Stopping:
             sys.stderr.flush()
             os._exit(128 + (signum or self.signum or 0))
 
-    def on_signal(self, signum: int, frame: Any) -> None:
-        if self.signum is not None:  # a second signal: now
-            self.exit_now(signum)
+    def announce(self, signum: int) -> None:
+        """The one line, once; Prefect's crash reports and tracebacks are silenced from here on."""
+        if self.signum is not None:
+            return
         self.signum = signum
-        logging.disable(logging.CRITICAL)  # Prefect's crash reports and tracebacks: the line below says it all
+        logging.disable(logging.CRITICAL)
         print(
             f"[rest] stopped by {signal.Signals(signum).name}: published artifacts and finished Grow shards are kept; "
             "run the same command again to resume",
@@ -73,4 +74,31 @@ class Stopping:
         timer = threading.Timer(self.grace_s, self.exit_now, (signum,))
         timer.daemon = True
         timer.start()
+
+    def exit_if_stopped(self, exc: BaseException) -> None:
+        """What main() does with any exception: a stop (ours, or Prefect's TerminationSignal behind `exc`) exits with
+        128 + the signal, one line and no traceback; anything else returns, for the caller to raise."""
+        signum = self.signum or signal_in(exc)
+        if signum is not None:
+            self.announce(signum)
+            self.exit_now(signum)
+
+    def on_signal(self, signum: int, frame: Any) -> None:
+        if self.signum is not None:  # a second signal: now
+            self.exit_now(signum)
+        self.announce(signum)
         raise KeyboardInterrupt  # unwinds the flow (which reports its end to the server), then main() exits
+
+
+def signal_in(exc: BaseException) -> int | None:
+    """The signal behind `exc`, if a stop caused it. While a flow runs, Prefect swaps its own SIGTERM handler in for
+    ours: it raises TerminationSignal, reports the crash to the server and only then re-sends the signal to our
+    handler. When that report fails (SIGTERM to the whole group also stops the temporary server), the error that
+    reaches main() is the server's, with the TerminationSignal in its context: still a stop, not a failure."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if type(exc).__name__ == "TerminationSignal" and isinstance(getattr(exc, "signal", None), int):
+            return exc.signal  # prefect.exceptions.TerminationSignal (not imported: `rest inspect` runs without it)
+        exc = exc.__cause__ or exc.__context__
+    return None

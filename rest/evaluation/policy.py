@@ -1,6 +1,6 @@
 """Evaluation: greedy decoding on a split; corpus chrF and BLEU (sacrebleu), exact match, mean reward.
 
-    metrics, outputs = evaluate(engine, df, cfg)      # engine: rest.engines (engine_for / engine_on)
+    metrics, outputs = evaluate(engine, df, cfg)      # engine: rest.grow.engines (engine_for / engine_on)
     metrics == {"exact_match": 88.4, "chrf": 97.1, "bleu": 88.4, "reward": 0.971, "completion_tokens": 11.2, "n": 500}
 
 exact_match, chrf and bleu are on sacrebleu's 0-100 scale ("points"); reward is the configured reward's mean, in

@@ -17,7 +17,7 @@ however it ends).
 
 `logprob` is the sum over the completion's tokens, EOS included when it ended there, of log pi(token) under the
 model's raw distribution (vLLM's `logprobs_mode="raw_logprobs"`: before temperature, top-p and top-k), which is what
-`rest.sampling` records for the torch engine. Any failure is answered as {"ok": False, "error": traceback} and the
+rest.models.sampling records for the torch engine. Any failure is answered as {"ok": False, "error": traceback} and the
 script goes on (a bad request does not cost the loaded engine).
 """
 

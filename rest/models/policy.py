@@ -33,7 +33,7 @@ from rest.models.tokenizer import pad, train_tokenizer
 class Policy:
     model: PreTrainedModel
     tokenizer: PreTrainedTokenizerBase
-    # (kind, text) -> token ids while training (rest.training.train turns it on): each distinct text is tokenized
+    # (kind, text) -> token ids while training (rest.training.loop.train turns it on): each distinct text is tokenized
     # once, not once per batch it appears in (BC walks its data many times; Improve mixes the labelled pairs into
     # every batch). Off (None) otherwise, so that sampling a large pool keeps no tokens around.
     token_cache: dict[tuple[str, str], list[int]] | None = field(default=None, repr=False)

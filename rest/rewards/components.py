@@ -79,7 +79,7 @@ def scoring_processes() -> int:
 
 
 def _in_parallel(name: str) -> Reward:
-    """Sentence metric `name` (rest.metrics.SENTENCE_METRICS), scored over contiguous chunks by this process and
+    """Sentence metric `name` (rest.rewards.metrics.SENTENCE_METRICS), scored over contiguous chunks by this process and
     `scoring_processes() - 1` helper processes (`python -c`, so nothing of the caller's main module is re-run,
     unlike multiprocessing's spawn) when the rows are large enough to pay for it. The same numbers either way."""
     metric = SENTENCE_METRICS[name]

@@ -16,7 +16,7 @@ Four objectives (`objective:` in the config):
   reports held-out accuracy at 0.5.
 - seq2seq: sequence MLE of a model (encoder-decoder or decoder-only) that reads (source, completion) and writes the
   source's best
-  completion in the shards (rest.seq2seq_rm): its reward is the share of the completion's tokens before the first
+  completion in the shards (rewards.seq2seq_rm): its reward is the share of the completion's tokens before the first
   place its correction departs from it, with the per-token scores alongside.
 
 All report held-out pairwise accuracy: on sources held out by a hash of their id, the fraction of pairs of

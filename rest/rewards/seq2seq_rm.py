@@ -232,7 +232,7 @@ class Seq2SeqRewardModel:
         return self.score_tokens(sources, completions, batch_size)[0]
 
     def raw(self, sources: list[str], completions: list[str]) -> torch.Tensor:
-        """The reward as a tensor: what held-out pairwise accuracy ranks (rest.reward_model's evaluation)."""
+        """The reward as a tensor: what held-out pairwise accuracy ranks (rest.rewards.reward_model's evaluation)."""
         return torch.as_tensor(self.score(sources, completions), dtype=torch.float32)
 
     def transform(self, raw) -> np.ndarray:
@@ -279,8 +279,8 @@ class Seq2SeqRewardModel:
 
 def build_seq2seq_reward_model(model_cfg, texts: list[str], seed: int) -> Seq2SeqRewardModel:
     """A fresh model from `model.architecture` (with a tokenizer trained on `texts`), or `model.pretrained`: built
-    as a policy is (rest.models.build_policy), after checking that it writes text (an encoder-decoder or a causal LM,
-    not an encoder such as BERT)."""
+    as a policy is (rest.models.policy.build_policy), after checking that it writes text (an encoder-decoder or a
+    causal LM, not an encoder such as BERT)."""
     key = "model.pretrained" if model_cfg.pretrained else "model.architecture"
     try:
         config = model_config(model_cfg)

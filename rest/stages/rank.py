@@ -1,6 +1,7 @@
-"""A rank of a multi-process BC or Improve step: `python -m rest.rank policy-0 RUN` or `... improve RUN G I`, started
-by rest.distributed.launch under torchrun. It joins the process group (nccl on GPUs, gloo on CPU) and runs the same
-stage function as one process would; rest/training/loop.py and rest/stages/ do the rest (its share, rank 0 publishes).
+"""A rank of a multi-process BC or Improve step: `python -m rest.stages.rank policy-0 RUN` or `... improve RUN G I`,
+started by rest.training.distributed.launch under torchrun. It joins the process group (nccl on GPUs, gloo on CPU) and
+runs the same stage function as one process would; rest/training/loop.py and rest/stages/ do the rest (its share, rank 0
+publishes).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """BC and Improve on several processes (`bc.processes` / `improve.processes`): data parallel, under torchrun.
 
     stages.improve(run, g, i)        # improve.processes: 2 -> launch("improve", run, g, i, processes=2)
-      torchrun --standalone --nproc-per-node 2 -m rest.rank improve RUN g i
+      torchrun --standalone --nproc-per-node 2 -m rest.stages.rank improve RUN g i
         every rank: stages.improve(run, g, i) -> the same batches, its own share of each -> train()
         rank 0 only: validation, monitors, publish
 
@@ -10,8 +10,8 @@ waits; a rank that fails (or is killed) makes torchrun stop the others and exit 
 publishes, and only after the last optimiser step, nothing is published (the artifact appears whole or not at all).
 
 Each optimiser step's batch is cut into `processes` contiguous shares; a rank computes its share (in micro-batches
-if `micro_batch_size` says so) normalised by the whole batch's totals (rest.objectives), and one all-reduce (sum) of
-the flattened gradients makes every rank's gradient the whole batch's: the same gradient as one process with
+if `micro_batch_size` says so) normalised by the whole batch's totals (rest.improve.objectives), and one all-reduce
+(sum) of the flattened gradients makes every rank's gradient the whole batch's: the same gradient as one process with
 gradient accumulation, so the same clipping and the same update on every rank. Not DDP's wrapper: the objectives
 call the model through `Policy` (DDP's module hides `config`), and with accumulation DDP also syncs once per step.
 With `strategy: fsdp` the model is sharded instead (`shard`: torch's fully_shard, one unit per transformer block),
