@@ -68,6 +68,11 @@ def test_the_report_page_is_self_contained_with_every_image(clean_run):
     for words in ("Did each Grow step help?", "Monitors", "Reward probes", "Lineage", "Samples of grow-1"):
         assert words in text
     assert "grow-1</td><td>policy-0 -&gt; improve-1-" in text  # the verdict row of Grow 1
+    # each reward's scale, as the Grow manifest has it (the smoke config: chrF and exact match)
+    components = json.loads((clean_run / "grow-1" / "_manifest.json").read_text())["stats"]["components"]
+    assert set(components) == {"chrf", "exact_match"} and components["chrf"]["applies"] == 1.0
+    assert components["chrf"]["p10"] <= components["chrf"]["p50"] <= components["chrf"]["p90"]
+    assert f"<td>grow-1</td><td>chrf</td><td>1.0</td><td>{components['chrf']['mean']}</td>" in text
 
 
 def test_rest_report_json(clean_run):

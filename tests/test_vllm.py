@@ -9,6 +9,7 @@ policy or an interpreter without vllm is refused before a run writes anything.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import sys
@@ -31,6 +32,7 @@ from rest.evaluation.policy import evaluate
 from rest.grow import engines
 from rest.models.policy import load_policy, prompt_ids
 from tests.conftest import NETGUARD
+from tests.fixtures.rewards import short
 from tests.helpers import build_checkpoint
 
 VLLM_PYTHON = os.environ.get("REST_VLLM_PYTHON")
@@ -56,6 +58,7 @@ def _config(checkpoint: Path, engine: str, *overrides: str):
             f"grow.engine={engine}",
             "grow.vllm.enforce_eager=true",
             "grow.vllm.max_model_len=128",
+            "reward.components={chrf: 3.0, exact_match: 1.0, tests/fixtures/rewards.py:short: 1.0}",
             *overrides,
         ],
     )
@@ -155,6 +158,10 @@ def test_vllm_shards_have_the_torch_engines_schema_and_rewards(vllm_run, tmp_pat
     for df in (a, b):
         assert df["reward"].between(0, 1).all() and df["num_tokens"].between(0, MAX_NEW).all()
         assert df["logprob"].lt(0).all()
+        # a user's (async) reward function scores in the Grow process, whichever engine sampled
+        want = asyncio.run(short(df["source"].tolist(), df["completion"].tolist(), [], df["source_id"].tolist()))
+        assert df["reward_short"].isna().tolist() == [w is None for w in want] and any(w is None for w in want)
+        assert df["reward_short"].dropna().tolist() == [w for w in want if w is not None]
     # the same policy (BC's key has no grow.engine), another Grow plan: shards of two engines never mix
     assert Run.open(torch_run).artifact_id("policy-0") == Run.open(vllm_run["run"]).artifact_id("policy-0")
     assert stages.grow_plan(torch_run, 1).key != stages.grow_plan(vllm_run["run"], 1).key

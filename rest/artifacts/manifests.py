@@ -105,14 +105,17 @@ def publish(
     config: dict[str, Any],
     extra: dict[str, Any] | None = None,
     record: bool = True,
+    id_extra: Any = None,
 ) -> dict[str, Any]:
     """Write the manifest of a finished artifact directory, last and atomically, and record it in run.json
-    (`record=False`: an artifact of its own, such as a reward model, outside any run directory)."""
+    (`record=False`: an artifact of its own, such as a reward model, outside any run directory). `id_extra`: what
+    else the id depends on besides the files (a Grow step: the code of the user's reward functions)."""
     files = _file_entries(artifact)
     # Content hash of the data files (not of times, paths, or `_`-prefixed bookkeeping such as the per-shard
     # records with their host, pid and timings), so the same inputs give the same id on a rerun.
     content = {k: v["sha256"] for k, v in files.items() if not Path(k).name.startswith("_")}
-    artifact_id = sha256_json({"kind": kind, "files": content})[:16]
+    identity = {"kind": kind, "files": content, **({"also": id_extra} if id_extra is not None else {})}
+    artifact_id = sha256_json(identity)[:16]
     manifest = {
         "kind": kind,
         "name": artifact.name,

@@ -28,14 +28,18 @@ BASE_COLUMNS = [
 TAIL_COLUMNS = [("policy", pa.string()), ("grow_step", pa.int32())]
 
 
-def shard_schema(reward_names: list[str], token_columns: Sequence[str] = ()) -> pa.Schema:
-    """The shard columns; one `reward_<name>` float64 column per reward component, after `reward`, then the
-    per-token scores of a component that has them (`reward_tokens_<name>`, a list of float32 per row)."""
+def shard_schema(
+    reward_names: list[str], token_columns: Sequence[str] = (), extra: pa.Schema | None = None
+) -> pa.Schema:
+    """The shard columns; one `reward_<name>` float64 column per reward component, after `reward` (null where a
+    component does not apply to the row), then the per-token scores of a component that has them
+    (`reward_tokens_<name>`, a list of float32 per row), then the Grow sources' other columns (`extra`) as they are."""
     return pa.schema(
         BASE_COLUMNS
         + [(f"reward_{n}", pa.float64()) for n in reward_names]
         + [(c, pa.list_(pa.float32())) for c in token_columns]
         + TAIL_COLUMNS
+        + (list(extra) if extra is not None else [])
     )
 
 
@@ -44,10 +48,19 @@ def shard_name(index: int) -> str:
 
 
 def write_shard(
-    path: Path, columns: dict[str, list], reward_names: list[str], token_columns: Sequence[str] = ()
+    path: Path,
+    columns: dict[str, list],
+    reward_names: list[str],
+    token_columns: Sequence[str] = (),
+    extra: pa.Schema | None = None,
 ) -> None:
-    """Write one shard in the schema, so that it appears whole or not at all (temp file + rename)."""
-    table = pa.table(columns, schema=shard_schema(reward_names, token_columns))
+    """Write one shard in the schema, so that it appears whole or not at all (temp file + rename). A reward that
+    does not apply to a row (NaN) is stored as null."""
+    for name in reward_names:
+        values = columns[f"reward_{name}"]
+        if any(v != v for v in values):  # NaN
+            columns = {**columns, f"reward_{name}": [None if v != v else v for v in values]}
+    table = pa.table(columns, schema=shard_schema(reward_names, token_columns, extra))
     buf = io.BytesIO()
     pq.write_table(table, buf, compression="zstd")
     write_atomic(path, buf.getvalue())

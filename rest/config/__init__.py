@@ -2,7 +2,14 @@
 (reward_model). Everything is importable from here: `from rest.config import RunConfig, load_config`.
 """
 
-from rest.config.components import REWARD_COMPONENTS, ComponentSpec, check_reward_names
+from rest.config.components import (
+    REWARD_COMPONENTS,
+    ComponentSpec,
+    check_reward_names,
+    column_of,
+    is_function_reference,
+    spec_of,
+)
 from rest.config.loading import (
     ConfigOverrides,
     apply_overrides,
@@ -46,6 +53,9 @@ __all__ = [
     "REWARD_COMPONENTS",
     "ComponentSpec",
     "check_reward_names",
+    "column_of",
+    "is_function_reference",
+    "spec_of",
     "Section",
     "DataConfig",
     "DEVICE_PATTERN",

@@ -6,12 +6,15 @@ name an artifact it reads (checked before a run starts; their manifest ids are p
 and where its builder is: `"module:function"`, imported the first time the component is used, called as
 `build(name, reward_config, device)` and returning the scorer `(sources, completions, references) -> scores in [0, 1]`.
 
-Adding a component: its builder (any module) and an entry here.
+Adding a component: its builder (any module) and an entry here. A user's own function needs no entry: a component
+named `module:function` or `path/to/file.py:function` is one (rest/rewards/functions.py); its column is
+`reward_<function>`.
 """
 
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -35,10 +38,48 @@ REWARD_COMPONENTS: dict[str, ComponentSpec] = {
 }
 
 
+_FUNCTION = ComponentSpec("function", False, "rest.rewards.functions:function_scorer")
+_REFERENCE = re.compile(r"^(?P<target>[^:]+\.py|[A-Za-z_][\w.]*):(?P<function>[A-Za-z_]\w*)$")
+
+
+def is_function_reference(name: str) -> bool:
+    """`module:function` or `path/to/file.py:function`: a user's reward function, not a registered component."""
+    return ":" in name
+
+
+def spec_of(name: str) -> ComponentSpec:
+    """The spec of a registered component, or of a function reference (it reads references only if it wants)."""
+    if is_function_reference(name):
+        return ComponentSpec(name, _FUNCTION.needs_reference, _FUNCTION.build)
+    return REWARD_COMPONENTS[name]
+
+
+def column_of(name: str) -> str:
+    """The name in its `reward_<name>` column: the function's name for a reference (`my.py:short` -> `short`)."""
+    return name.rpartition(":")[2] if is_function_reference(name) else name
+
+
 def check_reward_names(names: Iterable[str]) -> None:
-    """ValueError with a "did you mean" for a name that is not in REWARD_COMPONENTS."""
+    """ValueError with a "did you mean" for a name that is neither in REWARD_COMPONENTS nor a function reference,
+    or for two components that would write the same `reward_<name>` column."""
+    columns: dict[str, str] = {}
     for name in names:
-        if name not in REWARD_COMPONENTS:
+        if is_function_reference(name):
+            if not _REFERENCE.match(name):
+                raise ValueError(
+                    f"{name!r} is not a function reference: write `package.module:function` or "
+                    "`path/to/file.py:function`"
+                )
+        elif name not in REWARD_COMPONENTS:
             close = difflib.get_close_matches(name, REWARD_COMPONENTS, n=1)
             hint = f" did you mean `{close[0]}`?" if close else ""
-            raise ValueError(f"unknown reward {name!r}.{hint} Known rewards: {', '.join(REWARD_COMPONENTS)}")
+            raise ValueError(
+                f"unknown reward {name!r}.{hint} Known rewards: {', '.join(REWARD_COMPONENTS)}, or a function of "
+                "your own as `path/to/file.py:function` or `package.module:function`"
+            )
+        column = column_of(name)
+        if column in columns:
+            raise ValueError(
+                f"{columns[column]!r} and {name!r} would both write reward_{column}; rename one of the functions"
+            )
+        columns[column] = name

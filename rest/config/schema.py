@@ -317,8 +317,10 @@ class RuleConfig(Section):
 class RewardConfig(Section):
     """The reward: a weighted mean of named components, each in [0, 1].
 
-    Components: chrf, bleu, ter (inverted: 1 - TER/100, floored at 0), exact_match, and `learned` (a reward model,
-    `reward.learned`). Weights are normalised, so the total stays in [0, 1]: `{chrf: 3, exact_match: 1}` is
+    Components: chrf, bleu, ter (inverted: 1 - TER/100, floored at 0), exact_match, `learned` (a reward model,
+    `reward.learned`), and a function of your own, `path/to/file.py:function` or `package.module:function`
+    (`fn(sources, completions, references, **columns)` -> one value in [0, 1] or None per row; its column is
+    `reward_<function>`). Weights are normalised, so the total stays in [0, 1]: `{chrf: 3, exact_match: 1}` is
     0.75 chrF + 0.25 exact match. Sparrow's composite: `rules` add 1 - P(violation) each with its own weight to
     the same weighted mean, then the length penalty is subtracted and the format check multiplies.
     """
@@ -346,6 +348,13 @@ class RewardConfig(Section):
     )
     format_regex: str | None = Field(
         None, description="an output that does not fully match this regex gets reward 0 (e.g. '[a-zäöüß]+'); null: off"
+    )
+    timeout_s: float | None = Field(
+        600.0,
+        gt=0,
+        description="the longest one call of a reward function may take (seconds; a batch is a shard's distinct "
+        "rows); past it the shard fails with an error and nothing is published. null: no limit",
+        json_schema_extra=IN_NO_KEY,
     )
     rules: dict[Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$")], RuleConfig] = Field(
         default_factory=dict,

@@ -1,4 +1,5 @@
-"""Datasets: every split is a table of `source_id`, `source`, `reference`, read from a file or the hub.
+"""Datasets: every split is a table of `source_id`, `source`, `reference` (and whatever other columns the file
+has, kept as they are), read from a file or the hub.
 
     df = load_split("data/numbers/train.parquet", key="data.train")
 
@@ -162,7 +163,26 @@ def load_split(spec: str, key: str, need_reference: bool = True) -> pd.DataFrame
             "reference": df["reference"].map(lambda r: None if pd.isna(r) else str(r)),
         }
     )
+    # Every other column is kept as it is: a reward function of the user's reads them, and Grow's shards keep them.
+    extra = [str(c) for c in df.columns if c not in ("source_id", "source", "reference")]
+    for column in extra:
+        out[column] = df[column]
     return out.reset_index(drop=True)
+
+
+def as_python(values: pd.Series) -> list:
+    """A column as Python values, a missing one (NaN, NA, NaT) as None: what a user's reward function is given."""
+    return values.astype(object).where(values.notna(), None).tolist()
+
+
+def row_columns(df: pd.DataFrame) -> dict[str, list]:
+    """Every column but source and reference (source_id and the extra ones), as Python values."""
+    return {c: as_python(df[c]) for c in df.columns if c not in ("source", "reference")}
+
+
+def extra_columns(df: pd.DataFrame) -> list[str]:
+    """The columns of a split beyond source_id, source and reference (what load_split keeps of the file)."""
+    return [c for c in df.columns if c not in ("source_id", "source", "reference")]
 
 
 def _is_text(value: object) -> bool:

@@ -33,7 +33,7 @@ from sacrebleu.metrics import CHRF
 from rest.config import RewardConfig
 from rest.rewards.components import component, score_config
 
-Reward = Callable[[Sequence[str], Sequence[str], Sequence[str]], np.ndarray]
+Reward = Callable[..., np.ndarray]  # (sources, completions, references[, columns]) -> scores
 
 
 def drift_chrf(outputs: Sequence[str], base_outputs: Sequence[str]) -> float:
@@ -103,24 +103,44 @@ PROBES: dict[str, Callable[[str, np.random.Generator], str]] = {
 }
 
 
-def probe_reward(reward: Reward, sources: Sequence[str], references: Sequence[str], seed: int = 0) -> dict[str, Any]:
+def probe_reward(
+    reward: Reward,
+    sources: Sequence[str],
+    references: Sequence[str],
+    seed: int = 0,
+    columns: Mapping[str, Sequence] | None = None,
+) -> dict[str, Any]:
     """Score each probe of PROBES against the untouched references, on the rows the probe actually changes.
 
     Returns {probe: {"rows", "score", "reference", "flagged"}}: `score` is the mean reward of the perturbed
     references, `reference` the mean reward of the same references untouched (on the same rows). A probe that
     changes no row (shuffling the words of one-word references) has rows 0 and is never flagged.
+
+    With `columns` (the rows' other columns), `reward` is called as reward(s, c, r, columns) on the probed rows'.
+    Rows a reward does not apply to (NaN) are left out of both means.
     """
     rng = np.random.default_rng(seed)
     out: dict[str, Any] = {}
     for name, perturb in PROBES.items():
-        pairs = [(s, r, perturb(r, rng)) for s, r in zip(sources, references)]
-        pairs = [p for p in pairs if p[2] != p[1]]
+        changed = [(i, s, r, p) for i, (s, r) in enumerate(zip(sources, references)) if (p := perturb(r, rng)) != r]
+        rows = [i for i, *_ in changed]
+        pairs = [(s, r, p) for _, s, r, p in changed]
         if not pairs:
             out[name] = {"rows": 0, "score": None, "reference": None, "flagged": False}
             continue
         src, ref, probed = (list(x) for x in zip(*pairs))
-        probe_score = float(np.mean(reward(src, probed, ref)))
-        ref_score = float(np.mean(reward(src, ref, ref)))
+        if columns is None:
+            probe_values, ref_values = reward(src, probed, ref), reward(src, ref, ref)
+        else:
+            cols = {k: [v[i] for i in rows] for k, v in columns.items()}
+            probe_values, ref_values = reward(src, probed, ref, cols), reward(src, ref, ref, cols)
+        probe_values, ref_values = np.asarray(probe_values, dtype=np.float64), np.asarray(ref_values, dtype=np.float64)
+        applies = ~(np.isnan(probe_values) | np.isnan(ref_values))
+        if not applies.any():
+            out[name] = {"rows": 0, "score": None, "reference": None, "flagged": False}
+            continue
+        probe_score = float(np.mean(probe_values[applies]))
+        ref_score = float(np.mean(ref_values[applies]))
         out[name] = {
             "rows": len(pairs),
             "score": round(probe_score, 4),
@@ -131,18 +151,28 @@ def probe_reward(reward: Reward, sources: Sequence[str], references: Sequence[st
 
 
 def probe_rewards(
-    reward_cfg, sources: Sequence[str], references: Sequence[str], seed: int = 0, device: str = "cpu"
+    reward_cfg,
+    sources: Sequence[str],
+    references: Sequence[str],
+    seed: int = 0,
+    device: str = "cpu",
+    columns: Mapping[str, Sequence] | None = None,
 ) -> dict[str, Any]:
     """probe_reward for every configured component and for the total (`reward`) of a RewardConfig
-    (or a plain {component: weight} mapping)."""
+    (or a plain {component: weight} mapping). `columns`: the rows' other columns, for a user's function."""
     if isinstance(reward_cfg, Mapping):
         reward_cfg = RewardConfig(components=dict(reward_cfg))
-    probes = {
-        name: probe_reward(component(name, reward_cfg, device), sources, references, seed)
-        for name in reward_cfg.components
-    }
+    cols = dict(columns or {})
+
+    def scorer(name: str) -> Reward:
+        fn = component(name, reward_cfg, device)
+        if getattr(fn, "takes_columns", False):
+            return lambda s, c, r, k: fn(s, c, r, columns=k)
+        return lambda s, c, r, k: fn(s, c, r)
+
+    probes = {name: probe_reward(scorer(name), sources, references, seed, cols) for name in reward_cfg.components}
     probes["reward"] = probe_reward(
-        lambda s, c, r: score_config(reward_cfg, s, c, r, device)["reward"], sources, references, seed
+        lambda s, c, r, k: score_config(reward_cfg, s, c, r, device, k)["reward"], sources, references, seed, cols
     )
     return probes
 
@@ -240,10 +270,11 @@ def policy_monitors(
     seed: int = 0,
     nlls: tuple[float, float] | None = None,
     device: str = "cpu",
+    columns: Mapping[str, Sequence] | None = None,
 ) -> dict[str, Any]:
     """Every monitor of one policy, as stored under `monitors` in its metrics.json. `nlls`: the references' NLL
     with their own sources and with shuffled sources (the `input` monitor)."""
-    probes = probe_rewards(components, sources, references, seed, device)
+    probes = probe_rewards(components, sources, references, seed, device, columns)
     fired = alarm(previous[1] if previous else None, valid)
     fired["previous"] = previous[0] if previous else None
     out = {

@@ -14,6 +14,7 @@ import pandas as pd
 import torch
 
 from rest.config import ModelConfig, RunConfig
+from rest.data.splits import row_columns
 from rest.grow.base import Engine
 from rest.improve.objectives import sequence_nll
 from rest.models.policy import Policy, encode_pairs, forward_logits
@@ -26,7 +27,8 @@ def evaluate(engine: Engine, df: pd.DataFrame, cfg: RunConfig) -> tuple[dict[str
     sources = df["source"].tolist()
     references = df["reference"].tolist()
     out = engine.greedy(sources, max_new_tokens=cfg.eval.max_new_tokens)
-    rewards = score_config(cfg.reward, sources, out.completions, references, engine.device)["reward"]
+    columns = row_columns(df)  # for a user's reward function
+    rewards = score_config(cfg.reward, sources, out.completions, references, engine.device, columns)["reward"]
     metrics = corpus_metrics(out.completions, references)
     metrics["reward"] = round(float(np.mean(rewards)), 4)
     metrics["completion_tokens"] = round(float(np.mean(out.num_tokens)), 2)

@@ -367,6 +367,18 @@ def render(data: dict[str, Any]) -> str:
     else:
         sections.append("<p>No Grow step with an Improve step yet.</p>")
 
+    scales = [
+        [grow, name, c["applies"], c["mean"], *(c[f"p{k}"] for k in (10, 25, 50, 75, 90))]
+        for grow in _summarised(data["grows"], "Grow steps", limit=4)[0]
+        for name, c in data["manifests"][grow]["stats"].get("components", {}).items()
+    ]
+    if scales:
+        sections.append(
+            "<h2>Reward scales</h2><p>Each reward of the Grow samples, over the rows it applies to: the scale "
+            "<code>improve.thresholds</code> are chosen on.</p>"
+            + _table(["Grow step", "reward", "applies", "mean", "p10", "p25", "p50", "p75", "p90"], scales)
+        )
+
     sections.append(
         "<h2>Monitors</h2><ul>"
         + "".join(f'<li class="{lvl}">{_esc(t)}</li>' for lvl, t in monitor_lines(data))

@@ -33,11 +33,13 @@ from typing import Any
 import numpy as np
 
 from rest.artifacts import manifests
-from rest.config import REWARD_COMPONENTS, RewardConfig, check_reward_names
+from rest.config import RewardConfig, check_reward_names, column_of, is_function_reference, spec_of
 from rest.errors import RestError
 from rest.rewards.metrics import SENTENCE_METRICS, format_valid, length_deviation
 
-Reward = Callable[[Sequence[str], Sequence[str], Sequence[str | None]], np.ndarray]
+# A scorer: (sources, completions, references) -> one score in [0, 1] per row (NaN: does not apply). One with
+# `takes_columns` (a user's function) is also given the rows' other columns: `columns={name: values}`.
+Reward = Callable[..., np.ndarray]
 
 TRAIN_A_REWARD_MODEL = manifests.HOW_TO_MAKE[manifests.REWARD_MODEL]
 
@@ -148,11 +150,11 @@ def learned_scorer(name: str, rc: RewardConfig, device: str) -> Reward:
 
 def _artifacts(name: str, rc: RewardConfig) -> list[tuple[str, str | None]]:
     """(config key, artifact directory) of every artifact component `name` reads."""
-    return [(f"reward.{f}", getattr(rc, f)) for f in REWARD_COMPONENTS[name].artifact_fields]
+    return [(f"reward.{f}", getattr(rc, f)) for f in spec_of(name).artifact_fields]
 
 
 def _builder(name: str) -> Callable[[str, RewardConfig, str], Reward]:
-    module, _, function = REWARD_COMPONENTS[name].build.partition(":")
+    module, _, function = spec_of(name).build.partition(":")
     return getattr(importlib.import_module(module), function)
 
 
@@ -194,7 +196,7 @@ def rule(name: str, rc: RewardConfig, device: str = "cpu") -> Reward:
 
 def needs_reference(rc: RewardConfig) -> bool:
     """False when every component reads only (source, completion): Grow sources may then lack references."""
-    return any(REWARD_COMPONENTS[name].needs_reference for name in rc.components) or bool(rc.length_penalty)
+    return any(spec_of(name).needs_reference for name in rc.components) or bool(rc.length_penalty)
 
 
 def _dependencies(name: str, rc: RewardConfig) -> list[dict[str, Any]]:
@@ -226,6 +228,10 @@ def component(name: str, rc: RewardConfig, device: str = "cpu") -> Reward:
     `device` (a `device` setting: auto, cpu, cuda, cuda:N, mps)."""
     check_reward_names([name])
     key = (name, *(m["id"] for m in _dependencies(name, rc)), device if _artifacts(name, rc) else None)
+    if is_function_reference(name):  # an edited file is a new scorer; the time limit is the config's
+        from rest.rewards.functions import code_identity
+
+        key = (name, code_identity(name)["sha256"], rc.timeout_s)
     if key not in _BUILT:
         _BUILT[key] = _builder(name)(name, rc, device)
     return _BUILT[key]
@@ -251,14 +257,26 @@ def token_columns(rewards: Mapping[str, Any]) -> list[str]:
 
 
 def reward_names(rc: RewardConfig) -> list[str]:
-    """The `reward_<name>` columns a reward config writes: its components, `rule_<name>` per rule, then `length`
-    and `format` if set."""
+    """The `reward_<name>` columns a reward config writes: its components (a function by its name), `rule_<name>`
+    per rule, then `length` and `format` if set."""
     return (
-        list(rc.components)
+        [column_of(name) for name in rc.components]
         + [f"rule_{name}" for name in rc.rules]
         + (["length"] if rc.length_penalty else [])
         + (["format"] if rc.format_regex else [])
     )
+
+
+def code_identities(rc: RewardConfig) -> list[dict[str, str]]:
+    """The reference, file and file sha256 of every function component: part of a Grow step's key."""
+    from rest.rewards.functions import code_identity
+
+    return [code_identity(name) for name in rc.components if is_function_reference(name)]
+
+
+def takes_columns(rc: RewardConfig) -> bool:
+    """Whether a component of `rc` reads the rows' other columns (a function of the user's)."""
+    return any(is_function_reference(name) for name in rc.components)
 
 
 def score_config(
@@ -267,50 +285,83 @@ def score_config(
     completions: Sequence[str],
     references: Sequence[str | None],
     device: str = "cpu",
+    columns: Mapping[str, Sequence] | None = None,
 ) -> dict[str, np.ndarray]:
     """Every component and the total: clip(weighted mean - length_penalty x reward_length, 0, 1) x reward_format,
     the weighted mean over the components and the rules (`reward_rule_<name>` = 1 - P(violation)): Sparrow's
     composite of a preference reward, rule models, a length penalty and a format check. A component that also
     scores each token (a seq2seq reward model) adds `reward_tokens_<name>`: per row, an array of its token scores.
 
+    `columns` (`source_id` and the data's extra columns, one value per row) go to the components that take them
+    (a user's function). A component may not apply to a row (NaN, a function's None): the weighted mean is then
+    over the components that do apply, and a row none applies to gets 0.
+
     Each distinct (source, completion, reference) is scored once and its scores copied to its repeats: a policy
     that has learned its task samples the same completion many times out of N (on the embedded task most of the
-    8), and every component is a function of those three.
+    8), and every component is a function of those three (and of the row's columns, when one takes them).
 
     Weights are normalised, so the total stays in [0, 1]: {chrf: 3, exact_match: 1} is 0.75 chrF + 0.25 exact
     match. A learned reward scores on `device`. `reward_length` is length_deviation (0 = as long as the
     reference), `reward_format` is format_valid: an
     output that does not match `format_regex` gets reward 0 whatever its components say.
     """
-    keys = list(zip(sources, completions, references))
+    columns = {k: list(v) for k, v in (columns or {}).items()} if takes_columns(rc) else {}
+    if columns:
+        keyed = [tuple(repr(v) for v in row) for row in zip(*columns.values())]
+        keys = [(*k, c) for k, c in zip(zip(sources, completions, references), keyed)]
+    else:
+        keys = list(zip(sources, completions, references))
     first: dict[tuple, int] = {}
-    inverse = np.fromiter((first.setdefault(k, len(first)) for k in keys), dtype=np.int64, count=len(keys))
+    rows: list[int] = []  # the first row of each distinct key
+    inverse = np.empty(len(keys), dtype=np.int64)
+    for i, k in enumerate(keys):
+        j = first.setdefault(k, len(first))
+        if j == len(rows):
+            rows.append(i)
+        inverse[i] = j
     if len(first) < len(keys):
-        d_src, d_comp, d_ref = (list(col) for col in zip(*first)) if first else ([], [], [])
-        return {name: values[inverse] for name, values in _score_rows(rc, d_src, d_comp, d_ref, device).items()}
-    return _score_rows(rc, sources, completions, references, device)
+        d_src, d_comp, d_ref = ([seq[i] for i in rows] for seq in (sources, completions, references))
+        d_cols = {k: [v[i] for i in rows] for k, v in columns.items()}
+        scored = _score_rows(rc, d_src, d_comp, d_ref, device, d_cols)
+        return {name: values[inverse] for name, values in scored.items()}
+    return _score_rows(rc, sources, completions, references, device, columns)
 
 
 def _score_rows(
-    rc: RewardConfig, sources: Sequence[str], completions: Sequence[str], references: Sequence[str | None], device: str
+    rc: RewardConfig,
+    sources: Sequence[str],
+    completions: Sequence[str],
+    references: Sequence[str | None],
+    device: str,
+    columns: Mapping[str, Sequence] | None = None,
 ) -> dict[str, np.ndarray]:
     total_weight = float(sum(rc.components.values()) + sum(r.weight for r in rc.rules.values()))
     out: dict[str, np.ndarray] = {}
     total = np.zeros(len(completions), dtype=np.float64)
+    missing = np.zeros(len(completions), dtype=np.float64)  # per row: the weight of components that do not apply
     for name, weight in rc.components.items():
         scorer = component(name, rc, device)
         if hasattr(scorer, "with_tokens"):
             values, tokens = scorer.with_tokens(sources, completions, references)
             out[f"reward_tokens_{name}"] = np.empty(len(tokens), dtype=object)
             out[f"reward_tokens_{name}"][:] = [t.astype(np.float32) for t in tokens]
+        elif getattr(scorer, "takes_columns", False):
+            values = scorer(sources, completions, references, columns=columns)
         else:
             values = scorer(sources, completions, references)
-        out[f"reward_{name}"] = values
+        out[f"reward_{column_of(name)}"] = values
+        absent = np.isnan(values)
+        if absent.any():
+            missing += np.where(absent, weight, 0.0)
+            values = np.where(absent, 0.0, values)
         total += (weight / total_weight) * values
     for name, spec in rc.rules.items():
         values = np.asarray(rule(name, rc, device)(sources, completions, references), dtype=np.float64)
         out[f"reward_rule_{name}"] = values
         total += (spec.weight / total_weight) * values
+    if missing.any():  # the weighted mean over the components that apply; 0 where none does
+        applied = total_weight - missing
+        total = np.where(applied > 0, total * total_weight / np.where(applied > 0, applied, 1.0), 0.0)
     if rc.length_penalty:
         out["reward_length"] = length_deviation(completions, references)
         total = np.clip(total - rc.length_penalty * out["reward_length"], 0.0, 1.0)

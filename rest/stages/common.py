@@ -28,10 +28,11 @@ from rest.config import (
     GrowConfig,
     ImproveConfig,
     PolicyOptimFields,
+    RewardConfig,
     RunConfig,
     in_key,
 )
-from rest.data.splits import load_split
+from rest.data.splits import load_split, row_columns
 from rest.evaluation.monitors import input_use_line, policy_monitors
 from rest.evaluation.policy import evaluate, target_nll
 from rest.grow import engines
@@ -89,7 +90,14 @@ def section_keys(section: str, model: type[BaseModel], leave_out: tuple[str, ...
 
 
 # What every policy depends on besides its own training settings (validation metrics use data.valid and reward).
-POLICY_KEYS = ["seed", "data.train", "data.valid", "model", "reward", "eval.max_new_tokens"]
+POLICY_KEYS = [
+    "seed",
+    "data.train",
+    "data.valid",
+    "model",
+    *section_keys("reward", RewardConfig),
+    "eval.max_new_tokens",
+]
 # Grow: fields marked IN_NO_KEY (workers, the engine's own settings, the number of steps) change no step's rows.
 GROW_KEYS = [
     "seed",
@@ -99,7 +107,7 @@ GROW_KEYS = [
     "model.prompt_template",
     "model.max_source_tokens",
     *section_keys("grow", GrowConfig),
-    "reward",
+    *section_keys("reward", RewardConfig),
 ]
 # How a training step is computed (micro-batches, processes: IN_NO_KEY) is in no artifact's key.
 BC_KEYS = [*POLICY_KEYS, *section_keys("bc", BCConfig)]
@@ -166,6 +174,7 @@ def assess(
         seed=derive_seed(cfg.seed, "probes"),
         nlls=nlls,
         device=cfg.device,
+        columns=row_columns(valid_df),
     )
     if monitors["input"]["ignores_input"]:
         log.warning("MONITOR: " + input_use_line(name, monitors["input"]))

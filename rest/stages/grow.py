@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from rest.artifacts import manifests
 from rest.artifacts.manifests import (
@@ -24,6 +25,9 @@ from rest.artifacts.manifests import (
 )
 from rest.artifacts.run import Run
 from rest.artifacts.shards import (
+    BASE_COLUMNS,
+    TAIL_COLUMNS,
+    grow_columns,
     shard_name,
     shard_paths,
     write_shard,
@@ -31,12 +35,13 @@ from rest.artifacts.shards import (
 from rest.config import (
     RunConfig,
 )
-from rest.data.splits import grow_sources, superbatch
+from rest.data.splits import as_python, extra_columns, grow_sources, superbatch
 from rest.errors import RestError
 from rest.evaluation.monitors import meteor_within
 from rest.grow import engines
 from rest.rewards.components import (
     artifact_dependencies,
+    code_identities,
     needs_reference,
     reward_names,
     score_config,
@@ -61,6 +66,8 @@ class GrowPlan:
     sources: pd.DataFrame
     directory: Path
     key: str
+    reward_code: list[dict[str, str]]  # the file and sha256 of each reward function of the user's
+    extra: pa.Schema  # the sources' other columns, as every shard stores them
 
     @property
     def cfg(self) -> RunConfig:
@@ -81,8 +88,37 @@ def grow_plan(run_dir: Path, g: int) -> GrowPlan:
     sources = grow_sources(cfg.data, need_reference=needs_reference(cfg.reward))
     if cfg.grow.sources_per_step is not None:
         sources = superbatch(sources, g, cfg.grow.sources_per_step, derive_seed(cfg.seed, "superbatch"))
+    reward_code = code_identities(cfg.reward)
+    if reward_code:  # an edited reward function is another step: its manifest's config says which code scored it
+        cfg_slice = {**cfg_slice, "reward_code": [{k: c[k] for k in ("function", "sha256")} for c in reward_code]}
+    sources, extra = _extra_columns(sources)
     key = manifests.sha256_json({"config": cfg_slice, "parents": parents, "sources": len(sources)})
-    return GrowPlan(run, cfg_slice, parents, policy, sources, run.dir(f"grow-{g}"), key)
+    return GrowPlan(run, cfg_slice, parents, policy, sources, run.dir(f"grow-{g}"), key, reward_code, extra)
+
+
+SHARD_COLUMNS = {name for name, _ in BASE_COLUMNS + TAIL_COLUMNS}
+
+
+def _extra_columns(sources: pd.DataFrame) -> tuple[pd.DataFrame, pa.Schema]:
+    """The sources' other columns that the shards keep, and their Arrow types (the same in every shard). A column
+    whose name a shard already uses is left out, with one warning that says how to keep it."""
+    extra = extra_columns(sources)
+    clash = [c for c in extra if c in SHARD_COLUMNS or c.startswith("reward")]
+    if clash:
+        log.warning(
+            f"the Grow sources' column(s) {', '.join(clash)} have names the shards use; they are left out of the "
+            "shards and of reward functions' columns: rename them in the data to keep them"
+        )
+        sources = sources.drop(columns=clash)
+        extra = [c for c in extra if c not in clash]
+    try:
+        schema = pa.Schema.from_pandas(sources[extra], preserve_index=False) if extra else pa.schema([])
+    except (pa.ArrowException, ValueError) as exc:
+        raise RestError(
+            f"data: a column of the Grow sources cannot be stored in Parquet ({exc}); give each of "
+            f"{', '.join(extra)} one type (text, numbers, or lists of one type)"
+        ) from None
+    return sources, schema.remove_metadata()
 
 
 def _shard_record_path(grow_dir: Path, index: int) -> Path:
@@ -150,10 +186,13 @@ def grow_shard(run_dir: Path, g: int, index: int) -> dict[str, Any]:
     sampled = time.perf_counter() - started
 
     def repeat(col: str) -> list:  # one row per sample: each source value N times
-        return [v for v in part[col].tolist() for _ in range(n)]
+        return [v for v in as_python(part[col]) for _ in range(n)]
 
     src, refs = repeat("source"), repeat("reference")
-    rewards = score_config(cfg.reward, src, out.completions, refs, engine.device)
+    extra = {name: repeat(name) for name in plan.extra.names}
+    rewards = score_config(
+        cfg.reward, src, out.completions, refs, engine.device, {"source_id": repeat("source_id"), **extra}
+    )
     names, per_token = reward_names(cfg.reward), token_columns(rewards)
     columns = {
         "source_id": repeat("source_id"),
@@ -168,9 +207,10 @@ def grow_shard(run_dir: Path, g: int, index: int) -> dict[str, Any]:
         **{col: list(rewards[col]) for col in per_token},
         "policy": [plan.parents[0]] * len(src),
         "grow_step": [g] * len(src),
+        **extra,
     }
     path = grow_dir / shard_name(index)
-    write_shard(path, columns, names, per_token)
+    write_shard(path, columns, names, per_token, plan.extra)
     seconds = time.perf_counter() - started
     record = {
         "shard": shard_name(index),
@@ -194,13 +234,29 @@ def grow_shard(run_dir: Path, g: int, index: int) -> dict[str, Any]:
 METEOR_SOURCES = 1000
 
 
+QUANTILES = (10, 25, 50, 75, 90)
+
+
+def _quantiles(values: np.ndarray) -> dict[str, float | None]:
+    if not len(values):
+        return {f"p{k}": None for k in QUANTILES}
+    return {f"p{k}": round(float(v), 4) for k, v in zip(QUANTILES, np.quantile(values, [k / 100 for k in QUANTILES]))}
+
+
 def grow_stats(grow_dir: Path, thresholds: list[float]) -> dict[str, Any]:
     """Summary of a Grow step, read shard by shard (a source's N samples are in one shard), so that memory does
-    not grow with the pool: only the rewards (8 bytes a row) are held for the quantiles."""
+    not grow with the pool: only the rewards (8 bytes a row and component) are held for the quantiles.
+
+    `components`: each `reward_<name>` column's mean and quantiles over the rows it applies to (and the share of
+    rows it applies to): the scale of each reward, to choose thresholds by."""
+    names = [c for c in grow_columns(grow_dir) if c.startswith("reward_") and not c.startswith("reward_tokens_")]
     rewards, tokens, distinct, sources, within = [], 0, 0, 0, []
+    parts: dict[str, list[np.ndarray]] = {c: [] for c in names}
     for path in shard_paths(grow_dir):
-        df = pd.read_parquet(path, columns=["source_id", "completion", "num_tokens", "reward"])
+        df = pd.read_parquet(path, columns=["source_id", "completion", "num_tokens", "reward", *names])
         rewards.append(df["reward"].to_numpy())
+        for c in names:
+            parts[c].append(df[c].to_numpy(dtype=np.float64, na_value=np.nan))
         tokens += int(df["num_tokens"].sum())
         per_source = df.groupby("source_id")["completion"]
         distinct += int(per_source.nunique().sum())
@@ -208,13 +264,22 @@ def grow_stats(grow_dir: Path, thresholds: list[float]) -> dict[str, Any]:
         if len(within) < METEOR_SOURCES:
             within.extend(meteor_within(c.tolist()) for _, c in per_source)
     reward = np.concatenate(rewards) if rewards else np.zeros(0)
-    q = np.quantile(reward, [0.1, 0.25, 0.5, 0.75, 0.9])
+    components = {}
+    for c in names:
+        values = np.concatenate(parts[c]) if parts[c] else np.zeros(0)
+        applies = values[~np.isnan(values)]
+        components[c.removeprefix("reward_")] = {
+            "mean": round(float(applies.mean()), 4) if len(applies) else None,
+            **_quantiles(applies),
+            "applies": round(len(applies) / max(1, len(values)), 4),
+        }
     return {
         "rows": len(reward),
         "sources": sources,
         "reward_mean": round(float(reward.mean()), 4),
-        "reward_quantiles": {f"p{k}": round(float(v), 4) for k, v in zip((10, 25, 50, 75, 90), q)},
+        "reward_quantiles": _quantiles(reward),
         "kept_fraction": {str(t): round(float((reward >= t).mean()), 4) for t in thresholds},
+        "components": components,
         "completion_tokens": round(tokens / max(1, len(reward)), 2),
         "distinct_per_source": round(distinct / max(1, sources), 2),
         # SuperHF's mode-collapse measure on the first METEOR_SOURCES sources: 1 - 0.5 / n^3 for n-word copies
@@ -235,7 +300,11 @@ def finish_grow(run_dir: Path, g: int) -> str:
     stats = grow_stats(grow_dir, plan.cfg.improve.thresholds)
     stats["samples_per_s"] = round(sum(r["rows"] for r in records) / max(1e-9, sum(r["seconds"] for r in records)), 1)
     extra = {"policy": plan.policy, "grow_step": g, "shards": records, "stats": stats}
-    publish(grow_dir, manifests.GROW, plan.parents, plan.cfg_slice, extra)
+    if plan.reward_code:
+        extra["reward_code"] = plan.reward_code
+    # The step's id follows the code that scored it, not only the rows it wrote
+    code = [{k: c[k] for k in ("function", "sha256")} for c in plan.reward_code] or None
+    publish(grow_dir, manifests.GROW, plan.parents, plan.cfg_slice, extra, id_extra=code)
     log.info(
         f"{grow_dir.name}: {stats['rows']} samples, mean reward {stats['reward_mean']:.3f}, kept at tau: "
         f"{stats['kept_fraction']}"

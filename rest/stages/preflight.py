@@ -16,7 +16,7 @@ import logging
 
 import pandas as pd
 
-from rest.config import RunConfig
+from rest.config import RunConfig, is_function_reference
 from rest.data.splits import grow_sources, load_split
 from rest.grow.engines import engine_spec
 from rest.models.checkpoints import (
@@ -51,6 +51,7 @@ def check_run_inputs(cfg: RunConfig) -> None:
     for line in text_fit_warnings(cfg, splits):
         log.warning(line)
     artifact_dependencies(cfg.reward)
+    check_reward_functions(cfg, splits)
     if cfg.improve.token_weights is not None:
         check_token_scores(cfg.improve.token_weights, cfg.reward, "improve.token_weights")
     check_tracking(cfg.tracking.comet)
@@ -62,6 +63,23 @@ def check_run_inputs(cfg: RunConfig) -> None:
             names = names or module_names(cfg.model)
             check_lora_targets(names, list(lora.target_modules), f"{section}.lora.target_modules")
     engine_spec(cfg.grow.engine).check(cfg)
+
+
+def check_reward_functions(cfg: RunConfig, splits: dict[str, pd.DataFrame]) -> None:
+    """Each reward function of the user's imports, and finds the columns it requires in every split it scores
+    (validation, test, the Grow sources)."""
+    functions = [name for name in cfg.reward.components if is_function_reference(name)]
+    if not functions:
+        return
+    from rest.rewards.functions import check_function_columns
+
+    for name in functions:
+        for key, df in splits.items():
+            if key == "data.train":
+                continue  # trained on, never scored
+            where = key if key == "grow sources" else f"{key} ({getattr(cfg.data, key.split('.')[1])})"
+            available = [c for c in df.columns if c not in ("source", "reference")]
+            check_function_columns(name, available, where)
 
 
 def text_fit_warnings(cfg: RunConfig, splits: dict[str, pd.DataFrame]) -> list[str]:
