@@ -25,6 +25,8 @@ class ComponentSpec:
     needs_reference: bool
     build: str  # "module:function"
     artifact_fields: tuple[str, ...] = ()  # RewardConfig fields holding artifact directories the scorer reads
+    columns: tuple[str, ...] = ()  # data columns the scorer reads (given as `columns=`), beyond source/reference
+    settings: tuple[str, ...] = ()  # RewardConfig fields its builder reads: a scorer is built again when they change
 
 
 _METRIC = "rest.rewards.components:metric_scorer"
@@ -35,10 +37,13 @@ REWARD_COMPONENTS: dict[str, ComponentSpec] = {
     "ter": ComponentSpec("ter", True, _METRIC),
     "exact_match": ComponentSpec("exact_match", True, _METRIC),
     "learned": ComponentSpec("learned", False, "rest.rewards.components:learned_scorer", artifact_fields=("learned",)),
+    # verifiable rewards (rest/rewards/verifiers.py): the final answer checked symbolically, a program run on tests
+    "math": ComponentSpec("math", True, "rest.rewards.verifiers:math_scorer"),
+    "code": ComponentSpec("code", False, "rest.rewards.verifiers:code_scorer", columns=("tests",), settings=("code",)),
 }
 
 
-_FUNCTION = ComponentSpec("function", False, "rest.rewards.functions:function_scorer")
+_FUNCTION = ComponentSpec("function", False, "rest.rewards.functions:function_scorer", settings=("timeout_s",))
 _REFERENCE = re.compile(r"^(?P<target>[^:]+\.py|[A-Za-z_][\w.]*):(?P<function>[A-Za-z_]\w*)$")
 
 
@@ -50,7 +55,7 @@ def is_function_reference(name: str) -> bool:
 def spec_of(name: str) -> ComponentSpec:
     """The spec of a registered component, or of a function reference (it reads references only if it wants)."""
     if is_function_reference(name):
-        return ComponentSpec(name, _FUNCTION.needs_reference, _FUNCTION.build)
+        return ComponentSpec(name, _FUNCTION.needs_reference, _FUNCTION.build, settings=_FUNCTION.settings)
     return REWARD_COMPONENTS[name]
 
 

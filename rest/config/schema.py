@@ -314,11 +314,26 @@ class RuleConfig(Section):
         return self
 
 
+class CodeConfig(Section):
+    """The `code` reward: each completion runs against its row's `tests` in a sandbox (rest/rewards/sandbox.py)."""
+
+    partial: bool = Field(False, description="score the share of the row's tests that pass; false: 1 only if all do")
+    wall_s: float = Field(10.0, gt=0, description="seconds one completion's tests may take in all, then killed")
+    cpu_s: int = Field(5, gt=0, description="CPU seconds per process (each test is one)")
+    memory_mb: int = Field(512, gt=16, description="address space per process, MB")
+    processes: int = Field(32, gt=1, description="processes the sandbox may have at once (a fork bomb stops here)")
+    file_size_mb: int = Field(10, gt=0, description="the largest file a test may write, MB")
+    workers: int | None = Field(
+        None, ge=1, description="sandboxes at once; null: the cores (at most 8)", json_schema_extra=IN_NO_KEY
+    )
+
+
 class RewardConfig(Section):
     """The reward: a weighted mean of named components, each in [0, 1].
 
     Components: chrf, bleu, ter (inverted: 1 - TER/100, floored at 0), exact_match, `learned` (a reward model,
-    `reward.learned`), and a function of your own, `path/to/file.py:function` or `package.module:function`
+    `reward.learned`), `math` (the final answer equals the reference's, symbolically), `code` (the completion passes
+    its row's `tests` in a sandbox), and a function of your own, `path/to/file.py:function` or `package.module:function`
     (`fn(sources, completions, references, **columns)` -> one value in [0, 1] or None per row; its column is
     `reward_<function>`). Weights are normalised, so the total stays in [0, 1]: `{chrf: 3, exact_match: 1}` is
     0.75 chrF + 0.25 exact match. Sparrow's composite: `rules` add 1 - P(violation) each with its own weight to
@@ -349,6 +364,7 @@ class RewardConfig(Section):
     format_regex: str | None = Field(
         None, description="an output that does not fully match this regex gets reward 0 (e.g. '[a-zäöüß]+'); null: off"
     )
+    code: CodeConfig = Field(default_factory=CodeConfig)
     timeout_s: float | None = Field(
         600.0,
         gt=0,

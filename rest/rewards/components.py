@@ -228,10 +228,11 @@ def component(name: str, rc: RewardConfig, device: str = "cpu") -> Reward:
     `device` (a `device` setting: auto, cpu, cuda, cuda:N, mps)."""
     check_reward_names([name])
     key = (name, *(m["id"] for m in _dependencies(name, rc)), device if _artifacts(name, rc) else None)
-    if is_function_reference(name):  # an edited file is a new scorer; the time limit is the config's
+    key += tuple(json.dumps(rc.model_dump(mode="json")[f], sort_keys=True) for f in spec_of(name).settings)
+    if is_function_reference(name):  # an edited file is a new scorer
         from rest.rewards.functions import code_identity
 
-        key = (name, code_identity(name)["sha256"], rc.timeout_s)
+        key += (code_identity(name)["sha256"],)
     if key not in _BUILT:
         _BUILT[key] = _builder(name)(name, rc, device)
     return _BUILT[key]
@@ -275,8 +276,8 @@ def code_identities(rc: RewardConfig) -> list[dict[str, str]]:
 
 
 def takes_columns(rc: RewardConfig) -> bool:
-    """Whether a component of `rc` reads the rows' other columns (a function of the user's)."""
-    return any(is_function_reference(name) for name in rc.components)
+    """Whether a component of `rc` reads the rows' other columns (a function of the user's, `code`'s tests)."""
+    return any(is_function_reference(name) or spec_of(name).columns for name in rc.components)
 
 
 def score_config(

@@ -16,8 +16,9 @@ import logging
 
 import pandas as pd
 
-from rest.config import RunConfig, is_function_reference
+from rest.config import RunConfig, is_function_reference, spec_of
 from rest.data.splits import grow_sources, load_split
+from rest.errors import RestError
 from rest.grow.engines import engine_spec
 from rest.models.checkpoints import (
     check_architecture,
@@ -66,20 +67,30 @@ def check_run_inputs(cfg: RunConfig) -> None:
 
 
 def check_reward_functions(cfg: RunConfig, splits: dict[str, pd.DataFrame]) -> None:
-    """Each reward function of the user's imports, and finds the columns it requires in every split it scores
-    (validation, test, the Grow sources)."""
-    functions = [name for name in cfg.reward.components if is_function_reference(name)]
-    if not functions:
-        return
-    from rest.rewards.functions import check_function_columns
-
-    for name in functions:
+    """Each reward function of the user's imports and finds the columns it requires in every split it scores
+    (validation, test, the Grow sources); so does `code` (its `tests`), whose sandbox must work here."""
+    for name in cfg.reward.components:
+        needs = spec_of(name).columns
+        if not (needs or is_function_reference(name)):
+            continue
+        if is_function_reference(name):
+            from rest.rewards.functions import check_function_columns
         for key, df in splits.items():
             if key == "data.train":
                 continue  # trained on, never scored
             where = key if key == "grow sources" else f"{key} ({getattr(cfg.data, key.split('.')[1])})"
             available = [c for c in df.columns if c not in ("source", "reference")]
-            check_function_columns(name, available, where)
+            if is_function_reference(name):
+                check_function_columns(name, available, where)
+            elif missing := [c for c in needs if c not in available]:
+                raise RestError(
+                    f"reward.components: `{name}` reads column(s) {', '.join(missing)}, which {where} lacks (its "
+                    f"columns: {', '.join(available)}); add them to that split, or choose another reward"
+                )
+        if name == "code":
+            from rest.rewards.sandbox import check_sandbox
+
+            check_sandbox()
 
 
 def text_fit_warnings(cfg: RunConfig, splits: dict[str, pd.DataFrame]) -> list[str]:
