@@ -100,6 +100,7 @@ def secret():
     path.unlink()
 
 
+@pytest.mark.integration  # seconds each: wall-clock kills
 @pytest.mark.parametrize("case", list(HOSTILE))
 def test_hostile_code_scores_zero_within_its_limits_and_leaves_nothing(case, tmp_path, secret):
     outside = tmp_path / "written-outside"

@@ -86,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
                 "--temperature", type=float, help="sampling temperature (default: grow.temperature of the run)"
             )
             p.add_argument("--seed", type=int, help="sampling seed (default: derived from the run's seed and K)")
-    p = sub.add_parser("reward", help="learned reward models: `rest reward train --config FILE`")
+    p = sub.add_parser("reward", help="reward models and servers: `rest reward train|serve --config FILE`")
     rsub = p.add_subparsers(dest="reward_command", required=True)
     p = rsub.add_parser(
         "train", help="train a reward model on Grow shards; writes an artifact (default: the config's `out`)"
@@ -96,6 +96,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "overrides", nargs="*", metavar="key.sub=value", help="config overrides, e.g. objective=bradley_terry"
     )
+    p = rsub.add_parser("serve", help="serve a run config's reward over HTTP (the protocol of reward.servers)")
+    p.add_argument("--config", required=True, help="YAML run config whose `reward` is served")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
+    p.add_argument("--port", type=int, default=8000, help="port (0: any free one; the line it prints says which)")
+    p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides, e.g. device=cuda")
     p = sub.add_parser("inspect", help="one table row per artifact of a run")
     p.add_argument("run", help="run directory")
     p.add_argument("--json", action="store_true", help="print the rows as JSON (every row)")

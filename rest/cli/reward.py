@@ -1,4 +1,5 @@
-"""`rest reward train --config FILE`: a learned reward model."""
+"""`rest reward train --config FILE`: a learned reward model. `rest reward serve --config FILE`: a run config's
+reward over HTTP (rest/rewards/remote.py has the protocol)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ from rest.cli.tables import format_table
 
 
 def cmd_reward(args: argparse.Namespace) -> None:
+    if args.reward_command == "serve":
+        return cmd_serve(args)
     from rest.config import RewardModelConfig, load_config
     from rest.rewards.reward_training import train_reward_model
 
@@ -51,3 +54,21 @@ def cmd_reward(args: argparse.Namespace) -> None:
         )
     )
     print(f"Use it: reward.components={{learned: 1.0}} reward.learned={cfg.out}")
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    from rest.config import load_config
+    from rest.models.policy import resolve_device
+    from rest.rewards.remote import make_server
+
+    cfg = load_config(args.config, args.overrides)
+    server = make_server(cfg.reward, args.host, args.port, str(resolve_device(cfg.device, "device")))
+    host, port = server.server_address[:2]
+    print(
+        f"[rest] serving reward {dict(cfg.reward.components)} on http://{host}:{port}/ (POST batches; Ctrl-C stops)",
+        flush=True,
+    )
+    try:
+        server.serve_forever(poll_interval=0.2)
+    finally:
+        server.server_close()

@@ -52,8 +52,14 @@ def is_function_reference(name: str) -> bool:
     return ":" in name
 
 
-def spec_of(name: str) -> ComponentSpec:
-    """The spec of a registered component, or of a function reference (it reads references only if it wants)."""
+_SERVER = ComponentSpec("server", False, "rest.rewards.remote:server_scorer", settings=("servers",))
+
+
+def spec_of(name: str, servers: Iterable[str] = ()) -> ComponentSpec:
+    """The spec of a registered component, of a function reference (it reads references only if it wants), or of a
+    reward server named in `reward.servers` (`servers`: those names)."""
+    if name in servers:
+        return ComponentSpec(name, _SERVER.needs_reference, _SERVER.build, settings=_SERVER.settings)
     if is_function_reference(name):
         return ComponentSpec(name, _FUNCTION.needs_reference, _FUNCTION.build, settings=_FUNCTION.settings)
     return REWARD_COMPONENTS[name]
@@ -64,12 +70,15 @@ def column_of(name: str) -> str:
     return name.rpartition(":")[2] if is_function_reference(name) else name
 
 
-def check_reward_names(names: Iterable[str]) -> None:
-    """ValueError with a "did you mean" for a name that is neither in REWARD_COMPONENTS nor a function reference,
-    or for two components that would write the same `reward_<name>` column."""
+def check_reward_names(names: Iterable[str], servers: Iterable[str] = ()) -> None:
+    """ValueError with a "did you mean" for a name that is neither in REWARD_COMPONENTS, nor a function reference,
+    nor a reward server's name (`servers`), or for two components that would write the same `reward_<name>`."""
     columns: dict[str, str] = {}
+    servers = set(servers)
     for name in names:
-        if is_function_reference(name):
+        if name in servers:
+            pass
+        elif is_function_reference(name):
             if not _REFERENCE.match(name):
                 raise ValueError(
                     f"{name!r} is not a function reference: write `package.module:function` or "
@@ -79,8 +88,9 @@ def check_reward_names(names: Iterable[str]) -> None:
             close = difflib.get_close_matches(name, REWARD_COMPONENTS, n=1)
             hint = f" did you mean `{close[0]}`?" if close else ""
             raise ValueError(
-                f"unknown reward {name!r}.{hint} Known rewards: {', '.join(REWARD_COMPONENTS)}, or a function of "
-                "your own as `path/to/file.py:function` or `package.module:function`"
+                f"unknown reward {name!r}.{hint} Known rewards: {', '.join(REWARD_COMPONENTS)}, a function of "
+                "your own as `path/to/file.py:function` or `package.module:function`, or a server named in "
+                "reward.servers"
             )
         column = column_of(name)
         if column in columns:

@@ -13,6 +13,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -328,6 +329,29 @@ class CodeConfig(Section):
     )
 
 
+class ServerConfig(Section):
+    """A reward server: batches POSTed as JSON, one value per row back (rest/rewards/remote.py has the protocol)."""
+
+    url: str = Field(description="http(s)://host:port/path the batches are POSTed to, e.g. http://127.0.0.1:8000/score")
+    timeout_s: float = Field(
+        60.0, gt=0, description="seconds one request may take before it is retried", json_schema_extra=IN_NO_KEY
+    )
+    retries: int = Field(
+        3,
+        ge=0,
+        description="tries after the first (back-off 1, 2, 4 ... s); then the shard fails",
+        json_schema_extra=IN_NO_KEY,
+    )
+    batch_size: int = Field(256, ge=1, description="rows per request", json_schema_extra=IN_NO_KEY)
+
+    @field_validator("url")
+    @classmethod
+    def _is_http(cls, v: str) -> str:
+        if not v.startswith(("http://", "https://")):
+            raise ValueError(f"a reward server's url starts with http:// or https://, got {v!r}")
+        return v
+
+
 class RewardConfig(Section):
     """The reward: a weighted mean of named components, each in [0, 1].
 
@@ -349,6 +373,11 @@ class RewardConfig(Section):
             )
         return self
 
+    servers: dict[Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$")], ServerConfig] = Field(
+        default_factory=dict,
+        description="reward servers by name: {name: {url: ...}}; a component of that name (with its weight) is "
+        "scored by POSTing batches to the url; `rest reward serve` serves any configured reward",
+    )
     components: dict[str, float] = Field(default_factory=lambda: {"chrf": 1.0})
     learned: str | None = Field(
         None,
@@ -390,10 +419,10 @@ class RewardConfig(Section):
 
     @field_validator("components")
     @classmethod
-    def _valid_components(cls, v: dict[str, float]) -> dict[str, float]:
+    def _valid_components(cls, v: dict[str, float], info: ValidationInfo) -> dict[str, float]:
         if not v:
             raise ValueError("needs at least one component, e.g. {chrf: 1.0}")
-        check_reward_names(v)
+        check_reward_names(v, info.data.get("servers") or {})
         for name, weight in v.items():
             if weight < 0:
                 raise ValueError(f"weight of {name!r} must be >= 0, got {weight}")

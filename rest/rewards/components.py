@@ -150,11 +150,11 @@ def learned_scorer(name: str, rc: RewardConfig, device: str) -> Reward:
 
 def _artifacts(name: str, rc: RewardConfig) -> list[tuple[str, str | None]]:
     """(config key, artifact directory) of every artifact component `name` reads."""
-    return [(f"reward.{f}", getattr(rc, f)) for f in spec_of(name).artifact_fields]
+    return [(f"reward.{f}", getattr(rc, f)) for f in spec_of(name, rc.servers).artifact_fields]
 
 
-def _builder(name: str) -> Callable[[str, RewardConfig, str], Reward]:
-    module, _, function = spec_of(name).build.partition(":")
+def _builder(name: str, rc: RewardConfig) -> Callable[[str, RewardConfig, str], Reward]:
+    module, _, function = spec_of(name, rc.servers).build.partition(":")
     return getattr(importlib.import_module(module), function)
 
 
@@ -196,7 +196,7 @@ def rule(name: str, rc: RewardConfig, device: str = "cpu") -> Reward:
 
 def needs_reference(rc: RewardConfig) -> bool:
     """False when every component reads only (source, completion): Grow sources may then lack references."""
-    return any(spec_of(name).needs_reference for name in rc.components) or bool(rc.length_penalty)
+    return any(spec_of(name, rc.servers).needs_reference for name in rc.components) or bool(rc.length_penalty)
 
 
 def _dependencies(name: str, rc: RewardConfig) -> list[dict[str, Any]]:
@@ -226,15 +226,15 @@ def component(name: str, rc: RewardConfig, device: str = "cpu") -> Reward:
     """The scorer of component `name` as configured by `rc`, built once per process (per artifact id and device for
     a component that reads an artifact, so a retrained reward model is picked up). A learned reward loads on
     `device` (a `device` setting: auto, cpu, cuda, cuda:N, mps)."""
-    check_reward_names([name])
+    check_reward_names([name], rc.servers)
     key = (name, *(m["id"] for m in _dependencies(name, rc)), device if _artifacts(name, rc) else None)
-    key += tuple(json.dumps(rc.model_dump(mode="json")[f], sort_keys=True) for f in spec_of(name).settings)
+    key += tuple(json.dumps(rc.model_dump(mode="json")[f], sort_keys=True) for f in spec_of(name, rc.servers).settings)
     if is_function_reference(name):  # an edited file is a new scorer
         from rest.rewards.functions import code_identity
 
         key += (code_identity(name)["sha256"],)
     if key not in _BUILT:
-        _BUILT[key] = _builder(name)(name, rc, device)
+        _BUILT[key] = _builder(name, rc)(name, rc, device)
     return _BUILT[key]
 
 
@@ -277,7 +277,9 @@ def code_identities(rc: RewardConfig) -> list[dict[str, str]]:
 
 def takes_columns(rc: RewardConfig) -> bool:
     """Whether a component of `rc` reads the rows' other columns (a function of the user's, `code`'s tests)."""
-    return any(is_function_reference(name) or spec_of(name).columns for name in rc.components)
+    return any(
+        is_function_reference(name) or name in rc.servers or spec_of(name, rc.servers).columns for name in rc.components
+    )
 
 
 def score_config(

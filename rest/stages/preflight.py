@@ -70,7 +70,7 @@ def check_reward_functions(cfg: RunConfig, splits: dict[str, pd.DataFrame]) -> N
     """Each reward function of the user's imports and finds the columns it requires in every split it scores
     (validation, test, the Grow sources); so does `code` (its `tests`), whose sandbox must work here."""
     for name in cfg.reward.components:
-        needs = spec_of(name).columns
+        needs = spec_of(name, cfg.reward.servers).columns
         if not (needs or is_function_reference(name)):
             continue
         if is_function_reference(name):
