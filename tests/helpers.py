@@ -204,3 +204,62 @@ def build_checkpoint(kind: str, path: Path, sizes: dict[str, int] = SIZES) -> Pa
     model.save_pretrained(path)
     tok.save_pretrained(path)
     return path
+
+
+CHAT_TEMPLATE = "{% for m in messages %}<s>{{ m['role'] }}\n{{ m['content'] }}</s>\n{% endfor %}"
+
+
+def build_reward_checkpoint(kind: str, path: Path, chat_template: str | None = None) -> Path:
+    """A tiny random sequence classifier with one output (an RLHF reward model's shape) and its tokenizer: `bert`
+    (WordPiece, [CLS] a [SEP] b [SEP]) or `llama` (the last token's score; optionally a chat template)."""
+    from transformers import AutoModelForSequenceClassification
+
+    h, heads = SIZES["hidden"], SIZES["heads"]
+    if kind == "bert":
+        wp = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+        wp.normalizer = normalizers.BertNormalizer(lowercase=True)
+        wp.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        wp.decoder = decoders.WordPiece()
+        specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+        wp.train_from_iterator(TRAIN_TEXTS, trainers.WordPieceTrainer(vocab_size=200, special_tokens=specials))
+        wp.post_processor = processors.TemplateProcessing(
+            single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", 2), ("[SEP]", 3)]
+        )
+        tok = PreTrainedTokenizerFast(
+            tokenizer_object=wp, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]", sep_token="[SEP]"
+        )
+        config = AutoConfig.for_model(
+            "bert",
+            hidden_size=h,
+            num_hidden_layers=1,
+            num_attention_heads=heads,
+            intermediate_size=SIZES["ffn"],
+            max_position_embeddings=128,
+            vocab_size=len(tok),
+            num_labels=1,
+            pad_token_id=0,
+        )
+    elif kind == "llama":
+        tok = _llama()
+        config = AutoConfig.for_model(
+            "llama",
+            hidden_size=h,
+            intermediate_size=SIZES["ffn"],
+            num_hidden_layers=1,
+            num_attention_heads=heads,
+            num_key_value_heads=heads,
+            max_position_embeddings=128,
+            vocab_size=len(tok),
+            bos_token_id=1,
+            eos_token_id=2,
+            num_labels=1,
+        )  # no pad token: the loader pads with EOS, as users' Llama reward models need
+    else:
+        raise ValueError(kind)
+    if chat_template:
+        tok.chat_template = chat_template
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_config(config)
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return path

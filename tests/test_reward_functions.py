@@ -1,5 +1,6 @@
 """A reward function by reference (rest/rewards/functions.py): called on batches with the rows' columns, None for
-"does not apply", async allowed, and every mistake one line that names the function."""
+"does not apply", async allowed, and every mistake one line that names the function. End to end, `rest run` with a
+function outside the repository and a pretrained reward model (rest/rewards/pretrained.py) side by side."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from rest.errors import RestError
 from rest.rewards.components import score_config
 from rest.rewards.functions import check_function_columns, code_identity
 from tests.conftest import CONFIG, rest
+from tests.helpers import build_reward_checkpoint
 
 SOURCES = ["1", "2", "3", "4"]
 COMPLETIONS = ["eins", "zwei", "drei", "vierr"]
@@ -196,6 +198,7 @@ def test_rest_run_with_a_function_of_the_users_fails_one_line_then_resumes_and_i
     fn.write_text(FUNCTION.format(fail="if 'pool-00012' in source_id: raise ValueError('no parity for 12')"))
     pool = _with_parity("tests/fixtures/pool-small.parquet", home / "pool.parquet")
     valid = _with_parity("tests/fixtures/valid-small.parquet", home / "valid.parquet")
+    rm = build_reward_checkpoint("bert", home / "reward-model")  # a pretrained sequence classifier, one output
     run = tmp_path / "run"
     args = [
         "run",
@@ -206,7 +209,8 @@ def test_rest_run_with_a_function_of_the_users_fails_one_line_then_resumes_and_i
         f"data.pool={pool}",
         f"data.valid={valid}",
         f"data.test={valid}",
-        f"reward.components={{chrf: 1.0, {fn}:parity: 1.0}}",
+        f"reward.components={{chrf: 1.0, {fn}:parity: 1.0, judge: 1.0}}",
+        f"reward.models={{judge: {{model: {rm}, scale: 50.0}}}}",
         "improve.thresholds=[0.3]",
         "improve.steps=2",
         "bc.steps=20",
@@ -232,11 +236,18 @@ def test_rest_run_with_a_function_of_the_users_fails_one_line_then_resumes_and_i
     want = module.parity(df["source"], df["completion"], df["reference"], parity, df["source_id"])
     got = df["reward_parity"].tolist()
     assert all((w is None and np.isnan(g)) or w == g for w, g in zip(want, got))
+    rows = df.drop_duplicates("completion")
+    direct = RewardConfig(models={"judge": {"model": str(rm), "scale": 50.0}}, components={"judge": 1.0})
+    judged = score_config(direct, rows["source"].tolist(), rows["completion"].tolist(), [None] * len(rows))
+    assert rows["reward_judge"].tolist() == pytest.approx(judged["reward_judge"].tolist(), abs=1e-6)
+    assert df["reward_judge"].nunique() > 10  # the model tells completions apart
     applies = df["reward_parity"].notna()
-    total = np.where(applies, (df["reward_chrf"] + df["reward_parity"].fillna(0)) / 2, df["reward_chrf"])
+    both = (df["reward_chrf"] + df["reward_parity"].fillna(0) + df["reward_judge"]) / 3
+    total = np.where(applies, both, (df["reward_chrf"] + df["reward_judge"]) / 2)
     assert np.allclose(df["reward"], total)
     manifest = json.loads((run / "grow-1" / "_manifest.json").read_text())
     assert manifest["reward_code"][0]["function"] == f"{fn}:parity"
+    assert manifest["config"]["reward_models"][0]["sha256"]  # the weights are in the step's key
     assert manifest["stats"]["components"]["parity"]["applies"] == pytest.approx(0.8)
 
     # The same rows scored by edited code (a comment: the same values) are another Grow step, with another id

@@ -53,13 +53,17 @@ def is_function_reference(name: str) -> bool:
 
 
 _SERVER = ComponentSpec("server", False, "rest.rewards.remote:server_scorer", settings=("servers",))
+_MODEL = ComponentSpec("model", False, "rest.rewards.pretrained:pretrained_scorer", settings=("models",))
 
 
-def spec_of(name: str, servers: Iterable[str] = ()) -> ComponentSpec:
-    """The spec of a registered component, of a function reference (it reads references only if it wants), or of a
-    reward server named in `reward.servers` (`servers`: those names)."""
+def spec_of(name: str, servers: Iterable[str] = (), models: Iterable[str] = ()) -> ComponentSpec:
+    """The spec of a registered component, of a function reference (it reads references only if it wants), of a
+    reward server named in `reward.servers` or of a pretrained reward model named in `reward.models` (`servers`,
+    `models`: those names)."""
     if name in servers:
         return ComponentSpec(name, _SERVER.needs_reference, _SERVER.build, settings=_SERVER.settings)
+    if name in models:
+        return ComponentSpec(name, _MODEL.needs_reference, _MODEL.build, settings=_MODEL.settings)
     if is_function_reference(name):
         return ComponentSpec(name, _FUNCTION.needs_reference, _FUNCTION.build, settings=_FUNCTION.settings)
     return REWARD_COMPONENTS[name]
@@ -70,13 +74,13 @@ def column_of(name: str) -> str:
     return name.rpartition(":")[2] if is_function_reference(name) else name
 
 
-def check_reward_names(names: Iterable[str], servers: Iterable[str] = ()) -> None:
+def check_reward_names(names: Iterable[str], servers: Iterable[str] = (), models: Iterable[str] = ()) -> None:
     """ValueError with a "did you mean" for a name that is neither in REWARD_COMPONENTS, nor a function reference,
     nor a reward server's name (`servers`), or for two components that would write the same `reward_<name>`."""
     columns: dict[str, str] = {}
-    servers = set(servers)
+    named = set(servers) | set(models)
     for name in names:
-        if name in servers:
+        if name in named:
             pass
         elif is_function_reference(name):
             if not _REFERENCE.match(name):
@@ -89,8 +93,8 @@ def check_reward_names(names: Iterable[str], servers: Iterable[str] = ()) -> Non
             hint = f" did you mean `{close[0]}`?" if close else ""
             raise ValueError(
                 f"unknown reward {name!r}.{hint} Known rewards: {', '.join(REWARD_COMPONENTS)}, a function of "
-                "your own as `path/to/file.py:function` or `package.module:function`, or a server named in "
-                "reward.servers"
+                "your own as `path/to/file.py:function` or `package.module:function`, a server named in "
+                "reward.servers, or a reward model named in reward.models"
             )
         column = column_of(name)
         if column in columns:

@@ -352,6 +352,25 @@ class ServerConfig(Section):
         return v
 
 
+class PretrainedRMConfig(Section):
+    """A pretrained reward model: any transformers sequence classifier with one output (rest/rewards/pretrained.py)."""
+
+    model: str = Field(description="a local checkpoint directory or a hub id (the hub needs the network unless cached)")
+    revision: str | None = Field(None, description="the hub revision (a commit, branch or tag); null: the default")
+    output: Literal["sigmoid", "affine"] = Field(
+        "sigmoid",
+        description="how the raw score x becomes a reward in [0, 1]: sigmoid(scale x + shift), or affine: "
+        "clip(scale x + shift, 0, 1)",
+    )
+    scale: float = Field(1.0, description="the map's scale")
+    shift: float = Field(0.0, description="the map's shift")
+    dtype: Literal["float32", "bfloat16", "float16"] | None = Field(
+        None, description="weights' dtype; null: the checkpoint's own"
+    )
+    max_tokens: int = Field(1024, ge=8, description="longest input in tokens (longer ones are cut at the end)")
+    batch_size: int = Field(16, ge=1, description="rows per forward pass", json_schema_extra=IN_NO_KEY)
+
+
 class RewardConfig(Section):
     """The reward: a weighted mean of named components, each in [0, 1].
 
@@ -377,6 +396,11 @@ class RewardConfig(Section):
         default_factory=dict,
         description="reward servers by name: {name: {url: ...}}; a component of that name (with its weight) is "
         "scored by POSTing batches to the url; `rest reward serve` serves any configured reward",
+    )
+    models: dict[Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$")], PretrainedRMConfig] = Field(
+        default_factory=dict,
+        description="pretrained reward models by name: {name: {model: PATH_OR_HUB_ID}}; a component of that name "
+        "scores (prompt, completion) with it, through its chat template when it has one",
     )
     components: dict[str, float] = Field(default_factory=lambda: {"chrf": 1.0})
     learned: str | None = Field(
@@ -422,7 +446,7 @@ class RewardConfig(Section):
     def _valid_components(cls, v: dict[str, float], info: ValidationInfo) -> dict[str, float]:
         if not v:
             raise ValueError("needs at least one component, e.g. {chrf: 1.0}")
-        check_reward_names(v, info.data.get("servers") or {})
+        check_reward_names(v, info.data.get("servers") or {}, info.data.get("models") or {})
         for name, weight in v.items():
             if weight < 0:
                 raise ValueError(f"weight of {name!r} must be >= 0, got {weight}")

@@ -150,11 +150,11 @@ def learned_scorer(name: str, rc: RewardConfig, device: str) -> Reward:
 
 def _artifacts(name: str, rc: RewardConfig) -> list[tuple[str, str | None]]:
     """(config key, artifact directory) of every artifact component `name` reads."""
-    return [(f"reward.{f}", getattr(rc, f)) for f in spec_of(name, rc.servers).artifact_fields]
+    return [(f"reward.{f}", getattr(rc, f)) for f in spec_of(name, rc.servers, rc.models).artifact_fields]
 
 
 def _builder(name: str, rc: RewardConfig) -> Callable[[str, RewardConfig, str], Reward]:
-    module, _, function = spec_of(name, rc.servers).build.partition(":")
+    module, _, function = spec_of(name, rc.servers, rc.models).build.partition(":")
     return getattr(importlib.import_module(module), function)
 
 
@@ -196,7 +196,9 @@ def rule(name: str, rc: RewardConfig, device: str = "cpu") -> Reward:
 
 def needs_reference(rc: RewardConfig) -> bool:
     """False when every component reads only (source, completion): Grow sources may then lack references."""
-    return any(spec_of(name, rc.servers).needs_reference for name in rc.components) or bool(rc.length_penalty)
+    return any(spec_of(name, rc.servers, rc.models).needs_reference for name in rc.components) or bool(
+        rc.length_penalty
+    )
 
 
 def _dependencies(name: str, rc: RewardConfig) -> list[dict[str, Any]]:
@@ -226,13 +228,19 @@ def component(name: str, rc: RewardConfig, device: str = "cpu") -> Reward:
     """The scorer of component `name` as configured by `rc`, built once per process (per artifact id and device for
     a component that reads an artifact, so a retrained reward model is picked up). A learned reward loads on
     `device` (a `device` setting: auto, cpu, cuda, cuda:N, mps)."""
-    check_reward_names([name], rc.servers)
+    check_reward_names([name], rc.servers, rc.models)
     key = (name, *(m["id"] for m in _dependencies(name, rc)), device if _artifacts(name, rc) else None)
-    key += tuple(json.dumps(rc.model_dump(mode="json")[f], sort_keys=True) for f in spec_of(name, rc.servers).settings)
+    key += tuple(
+        json.dumps(rc.model_dump(mode="json")[f], sort_keys=True) for f in spec_of(name, rc.servers, rc.models).settings
+    )
     if is_function_reference(name):  # an edited file is a new scorer
         from rest.rewards.functions import code_identity
 
         key += (code_identity(name)["sha256"],)
+    elif name in rc.models:  # so is a checkpoint written again in the same directory
+        from rest.rewards.pretrained import model_identity
+
+        key += (model_identity(name, rc.models[name])["sha256"], device)
     if key not in _BUILT:
         _BUILT[key] = _builder(name, rc)(name, rc, device)
     return _BUILT[key]
@@ -275,10 +283,20 @@ def code_identities(rc: RewardConfig) -> list[dict[str, str]]:
     return [code_identity(name) for name in rc.components if is_function_reference(name)]
 
 
+def model_identities(rc: RewardConfig) -> list[dict[str, Any]]:
+    """The path or hub id, revision and weights' sha256 of every pretrained reward model the components use."""
+    if not any(name in rc.models for name in rc.components):
+        return []
+    from rest.rewards.pretrained import model_identity
+
+    return [model_identity(name, rc.models[name]) for name in rc.components if name in rc.models]
+
+
 def takes_columns(rc: RewardConfig) -> bool:
     """Whether a component of `rc` reads the rows' other columns (a function of the user's, `code`'s tests)."""
     return any(
-        is_function_reference(name) or name in rc.servers or spec_of(name, rc.servers).columns for name in rc.components
+        is_function_reference(name) or name in rc.servers or spec_of(name, rc.servers, rc.models).columns
+        for name in rc.components
     )
 
 

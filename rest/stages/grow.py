@@ -42,6 +42,7 @@ from rest.grow import engines
 from rest.rewards.components import (
     artifact_dependencies,
     code_identities,
+    model_identities,
     needs_reference,
     reward_names,
     score_config,
@@ -91,6 +92,9 @@ def grow_plan(run_dir: Path, g: int) -> GrowPlan:
     reward_code = code_identities(cfg.reward)
     if reward_code:  # an edited reward function is another step: its manifest's config says which code scored it
         cfg_slice = {**cfg_slice, "reward_code": [{k: c[k] for k in ("function", "sha256")} for c in reward_code]}
+    reward_models = model_identities(cfg.reward)
+    if reward_models:  # so is a pretrained reward model whose weights changed
+        cfg_slice = {**cfg_slice, "reward_models": reward_models}
     sources, extra = _extra_columns(sources)
     key = manifests.sha256_json({"config": cfg_slice, "parents": parents, "sources": len(sources)})
     return GrowPlan(run, cfg_slice, parents, policy, sources, run.dir(f"grow-{g}"), key, reward_code, extra)
@@ -302,9 +306,9 @@ def finish_grow(run_dir: Path, g: int) -> str:
     extra = {"policy": plan.policy, "grow_step": g, "shards": records, "stats": stats}
     if plan.reward_code:
         extra["reward_code"] = plan.reward_code
-    # The step's id follows the code that scored it, not only the rows it wrote
-    code = [{k: c[k] for k in ("function", "sha256")} for c in plan.reward_code] or None
-    publish(grow_dir, manifests.GROW, plan.parents, plan.cfg_slice, extra, id_extra=code)
+    # The step's id follows the code and the models that scored it, not only the rows it wrote
+    scored_by = {k: plan.cfg_slice[k] for k in ("reward_code", "reward_models") if k in plan.cfg_slice}
+    publish(grow_dir, manifests.GROW, plan.parents, plan.cfg_slice, extra, id_extra=scored_by or None)
     log.info(
         f"{grow_dir.name}: {stats['rows']} samples, mean reward {stats['reward_mean']:.3f}, kept at tau: "
         f"{stats['kept_fraction']}"

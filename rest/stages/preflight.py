@@ -70,8 +70,8 @@ def check_reward_functions(cfg: RunConfig, splits: dict[str, pd.DataFrame]) -> N
     """Each reward function of the user's imports and finds the columns it requires in every split it scores
     (validation, test, the Grow sources); so does `code` (its `tests`), whose sandbox must work here."""
     for name in cfg.reward.components:
-        needs = spec_of(name, cfg.reward.servers).columns
-        if not (needs or is_function_reference(name)):
+        needs = spec_of(name, cfg.reward.servers, cfg.reward.models).columns
+        if not (needs or is_function_reference(name) or name in cfg.reward.models):
             continue
         if is_function_reference(name):
             from rest.rewards.functions import check_function_columns
@@ -87,6 +87,10 @@ def check_reward_functions(cfg: RunConfig, splits: dict[str, pd.DataFrame]) -> N
                     f"reward.components: `{name}` reads column(s) {', '.join(missing)}, which {where} lacks (its "
                     f"columns: {', '.join(available)}); add them to that split, or choose another reward"
                 )
+        if name in cfg.reward.models:
+            from rest.rewards.pretrained import check_pretrained_rm
+
+            check_pretrained_rm(name, cfg.reward.models[name])
         if name == "code":
             from rest.rewards.sandbox import check_sandbox
 
