@@ -20,7 +20,7 @@ from rest.errors import RestError
 from rest.rewards.components import score_config
 from rest.rewards.functions import check_function_columns, code_identity
 from tests.conftest import CONFIG, rest
-from tests.helpers import build_reward_checkpoint
+from tests.helpers import Server, build_reward_checkpoint
 
 SOURCES = ["1", "2", "3", "4"]
 COMPLETIONS = ["eins", "zwei", "drei", "vierr"]
@@ -191,7 +191,7 @@ def _with_parity(src: str, dst: Path) -> Path:
 
 
 @pytest.mark.integration
-def test_rest_run_with_a_function_of_the_users_fails_one_line_then_resumes_and_its_code_is_in_the_id(tmp_path):
+def test_rest_run_with_a_users_function_model_and_server_fails_one_line_resumes_and_tracks_the_code(tmp_path):
     home = tmp_path / "elsewhere"  # outside the repository
     home.mkdir()
     fn = home / "my_rewards.py"
@@ -199,6 +199,18 @@ def test_rest_run_with_a_function_of_the_users_fails_one_line_then_resumes_and_i
     pool = _with_parity("tests/fixtures/pool-small.parquet", home / "pool.parquet")
     valid = _with_parity("tests/fixtures/valid-small.parquet", home / "valid.parquet")
     rm = build_reward_checkpoint("bert", home / "reward-model")  # a pretrained sequence classifier, one output
+    # a reward server on 127.0.0.1: exact match of the completion's length parity, from the `parity` column
+    server = Server(
+        lambda req: (
+            200,
+            {
+                "rewards": [
+                    None if p is None else float(len(c) % 2 != p)
+                    for c, p in zip(req["completions"], req["columns"]["parity"])
+                ]
+            },
+        )
+    )
     run = tmp_path / "run"
     args = [
         "run",
@@ -209,8 +221,9 @@ def test_rest_run_with_a_function_of_the_users_fails_one_line_then_resumes_and_i
         f"data.pool={pool}",
         f"data.valid={valid}",
         f"data.test={valid}",
-        f"reward.components={{chrf: 1.0, {fn}:parity: 1.0, judge: 1.0}}",
+        f"reward.components={{chrf: 1.0, {fn}:parity: 1.0, judge: 1.0, remote: 1.0}}",
         f"reward.models={{judge: {{model: {rm}, scale: 50.0}}}}",
+        f"reward.servers={{remote: {{url: '{server.url}'}}}}",
         "improve.thresholds=[0.3]",
         "improve.steps=2",
         "bc.steps=20",
@@ -241,9 +254,13 @@ def test_rest_run_with_a_function_of_the_users_fails_one_line_then_resumes_and_i
     judged = score_config(direct, rows["source"].tolist(), rows["completion"].tolist(), [None] * len(rows))
     assert rows["reward_judge"].tolist() == pytest.approx(judged["reward_judge"].tolist(), abs=1e-6)
     assert df["reward_judge"].nunique() > 10  # the model tells completions apart
+    # the server's answers: the opposite of the function's where it applies, null where it does not
+    assert (df["reward_remote"].isna() == df["reward_parity"].isna()).all()
+    assert np.allclose(df["reward_remote"].dropna(), 1 - df["reward_parity"].dropna())
+    assert server.requests and all("parity" in r["columns"] for r in server.requests)
     applies = df["reward_parity"].notna()
-    both = (df["reward_chrf"] + df["reward_parity"].fillna(0) + df["reward_judge"]) / 3
-    total = np.where(applies, both, (df["reward_chrf"] + df["reward_judge"]) / 2)
+    four = (df["reward_chrf"] + df["reward_parity"].fillna(0) + df["reward_judge"] + df["reward_remote"].fillna(0)) / 4
+    total = np.where(applies, four, (df["reward_chrf"] + df["reward_judge"]) / 2)
     assert np.allclose(df["reward"], total)
     manifest = json.loads((run / "grow-1" / "_manifest.json").read_text())
     assert manifest["reward_code"][0]["function"] == f"{fn}:parity"
@@ -264,3 +281,4 @@ def test_rest_run_with_a_function_of_the_users_fails_one_line_then_resumes_and_i
     edited = json.loads((again / "grow-1" / "_manifest.json").read_text())
     assert pd.read_parquet(again / "grow-1").equals(df)
     assert edited["id"] != manifest["id"]
+    server.stop()

@@ -7,9 +7,7 @@ import json
 import shutil
 import subprocess
 import sys
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pandas as pd
@@ -21,44 +19,11 @@ from rest.errors import RestError
 from rest.rewards.components import score_config
 from rest.rewards.metrics import chrf
 from tests.conftest import CONFIG
+from tests.helpers import Server
 
 SOURCES = ["1", "2", "3", "4"]
 COMPLETIONS = ["eins", "zwo", "drei", "fier"]
 REFERENCES = ["eins", "zwei", "drei", "vier"]
-
-
-class Server:
-    """A scoring server in this process: `answer(request) -> (status, body)`, every request counted."""
-
-    def __init__(self, answer, port: int = 0):
-        self.requests: list[dict] = []
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):
-                req = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                outer.requests.append(req)
-                status, body = answer(req)
-                data = body if isinstance(body, bytes) else json.dumps(body).encode()
-                try:
-                    self.send_response(status)
-                    self.send_header("Content-Length", str(len(data)))
-                    self.end_headers()
-                    self.wfile.write(data)
-                except OSError:
-                    pass  # the client gave up
-
-            def log_message(self, *args):
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", port), Handler)
-        self.httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/score"
-        threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-
-    def stop(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
 
 
 def _chrf(req):
