@@ -561,6 +561,8 @@ def bench_run(quick: bool) -> list[dict]:
     base = WORK
     config = "configs/smoke.yaml" if quick else CONFIG
     overrides = ["tracking.comet=off"]
+    if quick:  # the smoke test of this section: fewer steps, one Improve step (its numbers mean nothing anyway)
+        overrides += ["bc.steps=20", "improve.thresholds=[0.3]", "improve.steps=4"]
     rows = []
     direct = base / "stages"
     shutil.rmtree(direct, ignore_errors=True)
