@@ -62,8 +62,10 @@ reward: setup  ## train the learned reward of RM_CONFIG (default: chrF predicted
 
 # Tests run in TEST_WORKERS processes (pytest-xdist), each taking whole test files and cores / workers threads
 # (tests/conftest.py): alone, the suite keeps ~1.1 of 2 cores busy (subprocess start-ups, imports, servers); two
-# workers on 2 cores took 10m23s where one took 14m15s (2026-11-26). TEST_WORKERS=0: one process.
-TEST_WORKERS ?= 2
+# workers on 2 cores took 10m23s where one took 14m15s (2026-11-26); with the reward servers, sandboxes and verifiers
+# the suite waits more (CPU 1.46 of 2 cores with two workers): three took 14m03s of tests where two took 14m44s
+# (fresh clones, 2026-12-03). TEST_WORKERS=0: one process.
+TEST_WORKERS ?= 3
 
 lint: setup  ## ruff (lint + format check, line length 120) and ty (types) on the whole repository; CI runs it first
 	$(BIN)/ruff check rest tests bench data

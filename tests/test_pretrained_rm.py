@@ -14,6 +14,8 @@ from rest.errors import RestError
 from rest.rewards.components import model_identities, score_config
 from tests.helpers import CHAT_TEMPLATE, build_reward_checkpoint
 
+pytestmark = pytest.mark.integration  # real (tiny) checkpoints built and loaded: seconds each
+
 SOURCES = ["12", "5", "6947"]
 COMPLETIONS = ["zwölf", "fünf", "sechstausend"]
 

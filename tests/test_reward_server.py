@@ -39,6 +39,7 @@ def _score(rc: RewardConfig):
     return score_config(rc, SOURCES, COMPLETIONS, REFERENCES, "cpu", columns)
 
 
+@pytest.mark.integration  # the CLI in a subprocess
 def test_rest_reward_serve_answers_what_the_reward_scores_here(tmp_path):
     proc = subprocess.Popen(
         [sys.executable, "-m", "rest.cli", "reward", "serve", "--config", CONFIG, "--port", "0"],

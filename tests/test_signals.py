@@ -7,6 +7,7 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
 from prefect.exceptions import TerminationSignal
 
 from rest.cli.signals import signal_in
@@ -36,6 +37,7 @@ def test_signal_in_is_none_for_a_plain_failure_even_with_a_cycle():
     assert signal_in(exc) is None
 
 
+@pytest.mark.integration  # a subprocess that imports Prefect
 def test_sigterm_under_prefects_handler_with_a_failing_crash_report_exits_143_with_one_line():
     # The race of `kill -TERM -<pgid>`: Prefect's bridge turns SIGTERM into TerminationSignal, and reporting the
     # crash fails because the server got the signal too. The command must still stop as a stop.

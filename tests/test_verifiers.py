@@ -63,6 +63,7 @@ def _code(completions: list[str], tests: list, **code) -> np.ndarray:
     return score_config(rc, ["q"] * n, completions, [None] * n, columns=columns)["reward_code"]
 
 
+@pytest.mark.integration  # a sandbox per row
 def test_code_runs_the_tests_of_each_row_in_their_formats():
     good = "```python\ndef add(a, b):\n    return a + b\n```\nThat is all."
     half = "def add(a, b):\n    return 3"
