@@ -134,6 +134,23 @@ def _llama() -> PreTrainedTokenizerFast:
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
 
 
+def _llama_config(tok: PreTrainedTokenizerFast, sizes: dict[str, int], **extra):
+    """A Llama config of `sizes` for `tok` (<s> = 1, </s> = 2), as both checkpoint builders make it."""
+    return AutoConfig.for_model(
+        "llama",
+        hidden_size=sizes["hidden"],
+        intermediate_size=sizes["ffn"],
+        num_hidden_layers=sizes["layers"],
+        num_attention_heads=sizes["heads"],
+        num_key_value_heads=sizes["heads"],
+        max_position_embeddings=128,
+        vocab_size=len(tok),
+        bos_token_id=1,
+        eos_token_id=2,
+        **extra,
+    )
+
+
 def build_checkpoint(kind: str, path: Path, sizes: dict[str, int] = SIZES) -> Path:
     """A tiny random `kind` model and its tokenizer, saved as a user's checkpoint would be."""
     h, n, heads, ffn = sizes["hidden"], sizes["layers"], sizes["heads"], sizes["ffn"]
@@ -183,18 +200,7 @@ def build_checkpoint(kind: str, path: Path, sizes: dict[str, int] = SIZES) -> Pa
         )
     elif kind == "llama":
         tok = _llama()
-        config = AutoConfig.for_model(
-            "llama",
-            hidden_size=h,
-            intermediate_size=ffn,
-            num_hidden_layers=n,
-            num_attention_heads=heads,
-            num_key_value_heads=heads,
-            max_position_embeddings=128,
-            vocab_size=len(tok),
-            bos_token_id=1,
-            eos_token_id=2,
-        )
+        config = _llama_config(tok, sizes)
     else:
         raise ValueError(kind)
     torch.manual_seed(0)
@@ -241,19 +247,8 @@ def build_reward_checkpoint(kind: str, path: Path, chat_template: str | None = N
         )
     elif kind == "llama":
         tok = _llama()
-        config = AutoConfig.for_model(
-            "llama",
-            hidden_size=h,
-            intermediate_size=SIZES["ffn"],
-            num_hidden_layers=1,
-            num_attention_heads=heads,
-            num_key_value_heads=heads,
-            max_position_embeddings=128,
-            vocab_size=len(tok),
-            bos_token_id=1,
-            eos_token_id=2,
-            num_labels=1,
-        )  # no pad token: the loader pads with EOS, as users' Llama reward models need
+        # no pad token: the loader pads with EOS, as users' Llama reward models need
+        config = _llama_config(tok, {**SIZES, "layers": 1}, num_labels=1)
     else:
         raise ValueError(kind)
     if chat_template:

@@ -143,10 +143,10 @@ def _missing_columns(fn: Callable, available: Sequence[str]) -> list[str]:
     return [p for p in required if p not in available]
 
 
-def check_function_columns(name: str, available: Sequence[str], where: str) -> None:
-    """RestError unless every column function `name` requires is one of `available` (the columns of `where`, a
-    split it will score): said before a run writes anything."""
-    missing = _missing_columns(load_function(name), available)
+def check_function_columns(name: str, available: Sequence[str], where: str, fn: Callable | None = None) -> None:
+    """RestError unless every column function `name` (`fn`, when it is loaded already) requires is one of
+    `available` (the columns of `where`, a split it will score): said before a run writes anything."""
+    missing = _missing_columns(fn if fn is not None else load_function(name), available)
     if missing:
         raise RestError(
             f"reward function `{name}` reads column(s) {', '.join(missing)}, which {where} lacks (its columns: "
@@ -162,7 +162,7 @@ def _wanted_columns(name: str, fn: Callable, columns: Mapping[str, Sequence]) ->
         params = inspect.signature(fn).parameters
     except (TypeError, ValueError):  # a builtin or C callable: give it everything
         return dict(columns)
-    check_function_columns(name, list(columns), "these rows")
+    check_function_columns(name, list(columns), "these rows", fn)  # fn is loaded: no second import or hash
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
         wanted = dict(columns)
     else:
