@@ -151,8 +151,8 @@ def _llama_config(tok: PreTrainedTokenizerFast, sizes: dict[str, int], **extra):
     )
 
 
-def build_checkpoint(kind: str, path: Path, sizes: dict[str, int] = SIZES) -> Path:
-    """A tiny random `kind` model and its tokenizer, saved as a user's checkpoint would be."""
+def build_checkpoint(kind: str, path: Path, sizes: dict[str, int] = SIZES, chat_template: str | None = None) -> Path:
+    """A tiny random `kind` model and its tokenizer (with `chat_template`), saved as a user's checkpoint would be."""
     h, n, heads, ffn = sizes["hidden"], sizes["layers"], sizes["heads"], sizes["ffn"]
     if kind == "t5":
         tok = _unigram_t5()
@@ -207,10 +207,23 @@ def build_checkpoint(kind: str, path: Path, sizes: dict[str, int] = SIZES) -> Pa
     auto = AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM
     model = auto.from_config(config)
     model.generation_config.pad_token_id = tok.pad_token_id
+    if chat_template:
+        tok.chat_template = chat_template
     model.save_pretrained(path)
     tok.save_pretrained(path)
     return path
 
+
+# ChatML, as Qwen2 instruct checkpoints have it (<|im_end|> is the qwen2 builder's EOS)
+CHATML = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+# for the llama builder's tokenizer, whose alphabet is the numbers data's: turns in <s> ... </s> (its EOS)
+LLAMA_CHAT = (
+    "{% for m in messages %}<s>{{ m['role'] }} {{ m['content'] }}</s>{% endfor %}"
+    "{% if add_generation_prompt %}<s>assistant {% endif %}"
+)
 
 CHAT_TEMPLATE = "{% for m in messages %}<s>{{ m['role'] }}\n{{ m['content'] }}</s>\n{% endfor %}"
 
@@ -297,3 +310,15 @@ class Server:
     def stop(self):
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+def write_conversations(parquet: str, path: Path, rows: int | None = None, system: str | None = None) -> Path:
+    """A split of ours as a chat dataset of another shape: JSONL rows {uid, conversation: [{role, content}, ...],
+    difficulty}, the reference as the last assistant turn."""
+    df = pd.read_parquet(parquet)
+    with open(path, "w", encoding="utf-8") as f:
+        for i, r in enumerate(df.head(rows).itertuples()):
+            turns = [{"role": "system", "content": system}] if system else []
+            turns += [{"role": "user", "content": r.source}, {"role": "assistant", "content": r.reference}]
+            f.write(json.dumps({"uid": f"{path.stem}-{i}", "conversation": turns, "difficulty": len(r.source)}) + "\n")
+    return path

@@ -31,7 +31,10 @@ def bad_files(tmp_path):
 @pytest.mark.parametrize(
     "override, message",
     [
-        ("data.train={d}/nosource.parquet", r"data.train \(.*nosource.parquet\): no `source` column .*rename"),
+        (
+            "data.train={d}/nosource.parquet",
+            r"data.train \(.*nosource.parquet\): no `source` column .*data.columns: {source: <column>}",
+        ),
         ("data.valid={d}/noref.parquet", r"data.valid \(.*noref.parquet\): no `reference` column"),
         ("data.pool={d}/empty.parquet", r"data.pool \(.*empty.parquet\): `source` is empty in 1 rows \(first: row 1\)"),
         ("data.test={d}/missing.parquet", r"data.test: .*missing.parquet does not exist"),

@@ -3,13 +3,15 @@ test` builds it and names it in $REST_VLLM_PYTHON), the pipeline in .venv, as re
 
 One run is made once (BC, a Grow step sampled by vLLM, vLLM's greedy outputs) and each test checks one promise:
 the same seed gives the same shard from a fresh vLLM process; a shard has the torch engine's schema and rewards;
-`logprob` is log pi(y|x) at temperature 1 (a teacher-forced torch pass agrees within 1e-3); an encoder-decoder
+`logprob` is log pi(y|x) at temperature 1 (a teacher-forced torch pass agrees within 1e-3); its prompts are a chat
+dataset's conversations rendered by the checkpoint's template, exactly the torch engine's ids; an encoder-decoder
 policy or an interpreter without vllm is refused before a run writes anything.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import sys
@@ -22,18 +24,19 @@ import psutil
 import pyarrow.parquet as pq
 import pytest
 import torch
+from transformers import AutoTokenizer
 
 from rest import stages
 from rest.artifacts.run import Run
 from rest.config import load_config
-from rest.data.splits import load_split
+from rest.data.splits import data_split
 from rest.errors import RestError
 from rest.evaluation.policy import evaluate
 from rest.grow import engines
-from rest.models.policy import load_policy, prompt_ids
+from rest.models.policy import encode_prompts, load_policy, prompt_ids
 from tests.conftest import NETGUARD
 from tests.fixtures.rewards import short
-from tests.helpers import build_checkpoint
+from tests.helpers import LLAMA_CHAT, build_checkpoint, write_conversations
 
 VLLM_PYTHON = os.environ.get("REST_VLLM_PYTHON")
 needs_vllm = pytest.mark.skipif(
@@ -44,10 +47,21 @@ SIZES = {"hidden": 64, "layers": 2, "heads": 2, "ffn": 128}
 MAX_NEW = 8
 
 
-def _config(checkpoint: Path, engine: str, *overrides: str):
+def _config(checkpoint: Path, engine: str, *overrides: str, data: Path | None = None):
+    # a chat dataset of other column names, rendered by the checkpoint's chat template (both engines' prompts)
+    chat = (
+        [
+            *(f"data.{split}={data / (split + '.jsonl')}" for split in ("train", "pool", "valid", "test")),
+            "data.columns={messages: conversation, source_id: uid}",
+            "model.chat_template=tokenizer",
+        ]
+        if data
+        else []
+    )
     return load_config(
         "configs/smoke.yaml",
         [
+            *chat,
             f"model.pretrained={checkpoint}",
             "bc.steps=40",
             "bc.batch_size=16",
@@ -82,12 +96,19 @@ def vllm_run(tmp_path_factory):
     """A run on a tiny Llama whose Grow step vLLM sampled, the bytes of its shards, the greedy outputs of vLLM and
     torch on valid, and the netguard log of the vLLM processes."""
     root = tmp_path_factory.mktemp("vllm")
-    checkpoint = build_checkpoint("llama", root / "llama", SIZES)
+    checkpoint = build_checkpoint("llama", root / "llama", SIZES, chat_template=LLAMA_CHAT)
+    for split, parquet in (
+        ("train", "data/numbers/train.parquet"),
+        ("pool", "tests/fixtures/pool-small.parquet"),
+        ("valid", "tests/fixtures/valid-small.parquet"),
+        ("test", "tests/fixtures/valid-small.parquet"),
+    ):
+        write_conversations(parquet, root / f"{split}.jsonl")
     log = root / "netguard.log"
     old = {k: os.environ.get(k) for k in ("PYTHONPATH", "REST_NETGUARD_LOG")}
     os.environ.update(PYTHONPATH=str(NETGUARD), REST_NETGUARD_LOG=str(log))  # the vLLM processes inherit it
     try:
-        cfg = _config(checkpoint, "vllm")
+        cfg = _config(checkpoint, "vllm", data=root)
         run = root / "run"
         stages.start_run(run, cfg)
         stages.make_policy0(run)
@@ -96,9 +117,16 @@ def vllm_run(tmp_path_factory):
         grow.start()
         grow.join()
         shards = {p.name: p.read_bytes() for p in sorted((run / "grow-1").glob("shard-*.parquet"))}
-        valid = load_split(cfg.data.valid, "data.valid")
+        valid = data_split(cfg.data, "valid")
         engine = engines.engine_for(cfg, run / "policy-0", "policy-0")
         assert engine.name == "vllm"
+        # what vLLM is sent is exactly what the checkpoint's chat template gives, as the torch engine's prompts
+        tok = AutoTokenizer.from_pretrained(checkpoint)
+        turns = [json.loads(s) for s in valid["source"]]
+        sent = encode_prompts(engine.tokenizer, False, valid["source"].tolist(), cfg.model)
+        torch_policy = load_policy(run / "policy-0")
+        assert sent == prompt_ids(torch_policy, valid["source"].tolist(), cfg.model)
+        assert sent == [tok.apply_chat_template(t, add_generation_prompt=True, return_dict=False) for t in turns]
         greedy_vllm, out_vllm = evaluate(engine, valid, cfg)
         sources = valid["source"].tolist()[:20]
         samples = [
@@ -147,7 +175,7 @@ def test_same_seed_gives_the_same_shards_from_a_fresh_vllm_process(vllm_run):
 @pytest.mark.integration
 def test_vllm_shards_have_the_torch_engines_schema_and_rewards(vllm_run, tmp_path):
     torch_run = tmp_path / "torch"
-    stages.start_run(torch_run, _config(vllm_run["checkpoint"], "torch"))
+    stages.start_run(torch_run, _config(vllm_run["checkpoint"], "torch", data=vllm_run["run"].parent))
     stages.make_policy0(torch_run)
     _grow(torch_run)
     v = pq.read_schema(next((vllm_run["run"] / "grow-1").glob("shard-*.parquet")))
@@ -156,6 +184,9 @@ def test_vllm_shards_have_the_torch_engines_schema_and_rewards(vllm_run, tmp_pat
     a, b = pd.read_parquet(vllm_run["run"] / "grow-1"), pd.read_parquet(torch_run / "grow-1")
     assert len(a) == len(b) == 160 and a["source_id"].tolist() == b["source_id"].tolist()
     for df in (a, b):
+        # the chat file's extra column rides along; the source is the conversation, the completion the reply alone
+        assert df["difficulty"].tolist() == [len(json.loads(s)[0]["content"]) for s in df["source"]]
+        assert not df["completion"].str.contains("assistant").any()
         assert df["reward"].between(0, 1).all() and df["num_tokens"].between(0, MAX_NEW).all()
         assert df["logprob"].lt(0).all()
         # a user's (async) reward function scores in the Grow process, whichever engine sampled

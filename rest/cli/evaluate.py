@@ -38,6 +38,13 @@ def _best_of_n(args: argparse.Namespace, cfg, name: str, df):
     return best_of_n(_engine(Path(args.run), cfg, name), df, cfg, args.best_of_n, reward, seed, args.temperature)
 
 
+def _eval_seed(cfg, data: str) -> int:
+    """The sampled evaluation's seed: the run's for its test split (the numbers `rest run` printed), else per file."""
+    from rest.stages import derive_seed
+
+    return derive_seed(cfg.seed, "eval", "test" if data == cfg.data.test else data)
+
+
 def cmd_eval(args: argparse.Namespace) -> None:
     import numpy as np
 
@@ -49,10 +56,11 @@ def cmd_eval(args: argparse.Namespace) -> None:
     cfg = config_for(args)
     name = _policy_name(run_dir, args.policy)
     data = args.data or cfg.data.test
-    df = load_split(data, "--data")
+    # the run's column mapping: the test split's for a file of the user's too (its shared entries and test's)
+    df = load_split(data, "--data", columns=cfg.data.columns_for("test"))
     if args.best_of_n:
         table = _best_of_n(args, cfg, name, df)
-        greedy, _ = evaluate(_engine(run_dir, cfg, name), df, cfg)
+        greedy, _ = evaluate(_engine(run_dir, cfg, name), df, cfg, _eval_seed(cfg, data))
         metrics = {
             "best_of_n": args.best_of_n,
             "reward_name": args.reward,
@@ -63,7 +71,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
             "greedy": greedy,
         }
     else:
-        metrics, _ = evaluate(_engine(run_dir, cfg, name), df, cfg)
+        metrics, _ = evaluate(_engine(run_dir, cfg, name), df, cfg, _eval_seed(cfg, data))
     print(json.dumps({"policy": name, "data": data, **metrics}, indent=2))
 
 
@@ -74,7 +82,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
     run_dir = Path(args.run)
     cfg = config_for(args)
     name = _policy_name(run_dir, args.policy)
-    df = load_split(args.data, "--data", need_reference=False)
+    df = load_split(args.data, "--data", need_reference=False, columns=cfg.data.columns_for("test"))
     table = _best_of_n(args, cfg, name, df)
     write_best_of_n(Path(args.out), table)
     print(

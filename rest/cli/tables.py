@@ -8,6 +8,7 @@ from typing import Any
 from rest.artifacts.run import Run, shown
 from rest.errors import RestError
 from rest.evaluation.monitors import input_use_line
+from rest.evaluation.policy import sampled_keys, selected_by
 
 
 def format_table(header: list[str], rows: list[list[Any]]) -> str:
@@ -32,13 +33,22 @@ def print_summary(run_dir: Path) -> None:
     record = run.record
     names = run.assessed_policies()
     keep = {names.index(record["best_policy"])} if record.get("best_policy") in names else set()
-    rows = []
-    for k in shown(len(names), keep):
-        v = run.metrics(names[k])["valid"]
-        rows.append([names[k], v["exact_match"], v["chrf"], v["bleu"], v["reward"], v["completion_tokens"]])
+    header = ["policy", "exact_match", "chrF", "BLEU", "reward", "tokens"]
+    picked = [names[k] for k in shown(len(names), keep)]
+    extra = sampled_keys(run.metrics(picked[0])["valid"]) if picked else []
+
+    def cells(m: dict[str, Any]) -> list[Any]:
+        return [m["exact_match"], m["chrf"], m["bleu"], m["reward"], m["completion_tokens"]] + [m.get(k) for k in extra]
+
+    rows = [[n, *cells(run.metrics(n)["valid"])] for n in picked]
     left_out = len(run.policies()) - len(rows)
+    sampled = (
+        f"; {'/'.join(extra)} of {run.config.eval.samples} samples at temperature {run.config.eval.temperature}"
+        if extra
+        else ""
+    )
     print(
-        f"\nValidation ({run.config.data.valid}), greedy decoding"
+        f"\nValidation ({run.config.data.valid}), greedy decoding{sampled}"
         + (
             f"; {left_out} of {len(run.policies())} policies not shown (not validated, eval.every, or summarised: "
             f"rest inspect {run_dir} --all):"
@@ -46,19 +56,11 @@ def print_summary(run_dir: Path) -> None:
             else ":"
         )
     )
-    print(format_table(["policy", "exact_match", "chrF", "BLEU", "reward", "tokens"], rows))
+    print(format_table(header + extra, rows))
     test = record.get("test", {})
     if test:
-        print(f"\nTest ({run.config.data.test}); best policy by validation reward: {record['best_policy']}")
-        print(
-            format_table(
-                ["policy", "exact_match", "chrF", "BLEU", "reward", "tokens"],
-                [
-                    [n, m["exact_match"], m["chrf"], m["bleu"], m["reward"], m["completion_tokens"]]
-                    for n, m in test.items()
-                ],
-            )
-        )
+        print(f"\nTest ({run.config.data.test}); best policy by {selected_by(run.config)}: {record['best_policy']}")
+        print(format_table(header + extra, [[n, *cells(m)] for n, m in test.items()]))
     print(f"\nRun directory: {run_dir}  (rest inspect {run_dir}; pandas.read_parquet('{run_dir}/grow-1'))")
     report = run_dir / "report" / "index.html"
     if report.is_file():

@@ -47,12 +47,51 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class DataConfig(Section):
-    """Where each split lives: a Parquet or JSONL file, or a `datasets` hub id (`name` or `name:split`).
+SPLITS = ("train", "pool", "valid", "test")
+OUR_COLUMNS = ("source", "reference", "source_id", "messages")
 
-    Columns: `source` (the model input), `reference` (the wanted output; may be missing in `pool` when the
-    reward needs no reference), optional `source_id` (stable row id; made from the row number when absent).
+
+class DataConfig(Section):
+    """Where each split lives: a Parquet, JSONL, JSON or CSV file, a directory of Parquet files, or a `datasets`
+    hub id (`name`, `name:split` or `name:config:split`).
+
+    Columns: `source` (the model input) or `messages` (a conversation: a list of {role, content}; a last assistant
+    turn is the reference), `reference` (the wanted output; may be missing in `pool` when the reward needs no
+    reference), optional `source_id` (stable row id; made from the row number when absent). `columns` maps these
+    names to the file's; every other column is kept (rewards read them, Grow's shards carry them).
     """
+
+    columns: dict[str, Any] = Field(
+        {},
+        description="our column names -> the file's, for every split ({source: question, reference: answer}) "
+        "and/or per split ({test: {source: problem}}); ours are source, reference, source_id, messages",
+    )
+
+    @field_validator("columns")
+    @classmethod
+    def _known_columns(cls, v: dict[str, Any]) -> dict[str, Any]:
+        def check(mapping: dict, where: str) -> None:
+            for ours, theirs in mapping.items():
+                if ours in SPLITS and where == "data.columns":
+                    if not isinstance(theirs, dict):
+                        raise ValueError(f"data.columns.{ours} is a split: give it a mapping such as {{source: q}}")
+                    check(theirs, f"data.columns.{ours}")
+                    continue
+                if ours not in OUR_COLUMNS:
+                    raise ValueError(
+                        f"{where}: {ours!r} is not one of our columns ({', '.join(OUR_COLUMNS)}) nor a split "
+                        f"({', '.join(SPLITS)}); map ours to yours: {{source: question}}"
+                    )
+                if not isinstance(theirs, str) or not theirs:
+                    raise ValueError(f"{where}.{ours}: the file's column name, a string (got {theirs!r})")
+
+        check(v, "data.columns")
+        return v
+
+    def columns_for(self, split: str) -> dict[str, str]:
+        """The mapping (ours -> the file's) of one split: the shared entries, overridden by the split's own."""
+        shared = {k: v for k, v in self.columns.items() if k not in SPLITS}
+        return {**shared, **self.columns.get(split, {})}
 
     train: str = Field("data/numbers/train.parquet", description="labelled pairs D for BC and for mixing into Improve")
     pool: str | None = Field(
@@ -87,6 +126,17 @@ class ModelConfig(Section):
         "{source} =",
         description="decoder-only only: the prompt the completion follows; must contain {source}",
     )
+    chat_template: str | None = Field(
+        None,
+        description="decoder-only: prompts rendered by a chat template (the source as the user turn, or the "
+        "`messages` conversation; add_generation_prompt), the completion the assistant's reply. `tokenizer`: the "
+        "tokenizer's own; a path to a Jinja file: that template (also saved with every policy); `none`: plain "
+        "prompt_template; null (unset): prompt_template, with a warning when the tokenizer has a template",
+    )
+    system_prompt: str | None = Field(None, description="with a chat template: a system turn before each prompt")
+    chat_template_kwargs: dict[str, Any] = Field(
+        {}, description="extra variables the chat template reads, e.g. {enable_thinking: false}"
+    )
     max_source_tokens: int = Field(32, ge=1, description="sources are truncated to this many tokens")
     max_target_tokens: int = Field(48, ge=1, description="training targets are truncated to this many tokens")
     dtype: Literal["float32", "bfloat16", "float16"] = Field(
@@ -101,6 +151,20 @@ class ModelConfig(Section):
         if "{source}" not in v:
             raise ValueError(f"must contain '{{source}}', got {v!r}")
         return v
+
+    @property
+    def chat(self) -> bool:
+        """Whether prompts are rendered by a chat template."""
+        return self.chat_template not in (None, "none")
+
+    @model_validator(mode="after")
+    def _chat_settings(self) -> ModelConfig:
+        if not self.chat and (self.system_prompt is not None or self.chat_template_kwargs):
+            raise ValueError(
+                "model.system_prompt and model.chat_template_kwargs need a chat template: set model.chat_template "
+                "(tokenizer, or a .jinja file)"
+            )
+        return self
 
 
 class OptimFields(Section):
@@ -593,10 +657,45 @@ class ImproveConfig(PolicyOptimFields):
 
 
 class EvalConfig(Section):
-    """Evaluation: greedy decoding; corpus chrF and BLEU (sacrebleu), exact match, mean reward."""
+    """Evaluation: greedy decoding; corpus chrF and BLEU (sacrebleu), exact match, mean reward. With `samples: k`
+    also k sampled outputs per source: pass@1 and an unbiased pass@k (Chen et al. 2021; a sample is correct when its
+    reward is at least `correct_at`) and maj@k (the majority final answer's correctness)."""
 
     batch_size: int = Field(250, ge=1, description="sources decoded together")
     max_new_tokens: int = Field(48, ge=1)
+    samples: int = Field(
+        0, ge=0, description="sampled outputs per source for pass@k and maj@k, beside greedy; 0: greedy only"
+    )
+    temperature: float = Field(1.0, gt=0, description="the sampled evaluation's temperature (not Grow's)")
+    top_p: float = Field(1.0, gt=0, le=1, description="the sampled evaluation's nucleus mass (not Grow's)")
+    pass_at: list[int] | None = Field(
+        None, description="the k of pass@k, each at most `samples`; null: 1 and `samples`"
+    )
+    correct_at: float = Field(
+        1.0, ge=0, le=1, description="a sampled output is correct when its reward is at least this (1.0: verified)"
+    )
+    select_by: Literal["reward", "pass@1", "maj"] = Field(
+        "reward",
+        description="the best policy: the highest validation reward of greedy outputs (reward), sampled pass@1, or "
+        "maj@k (maj and pass@1 need samples >= 1)",
+    )
+
+    @model_validator(mode="after")
+    def _sampled(self) -> EvalConfig:
+        if self.select_by != "reward" and self.samples == 0:
+            raise ValueError(f"eval.select_by: {self.select_by} needs sampled evaluation: set eval.samples (e.g. 8)")
+        if self.pass_at is not None and any(not 1 <= k <= max(self.samples, 1) for k in self.pass_at):
+            raise ValueError(
+                f"eval.pass_at: each k must be from 1 to eval.samples ({self.samples}), got {self.pass_at}"
+            )
+        return self
+
+    def ks(self) -> list[int]:
+        """The k of pass@k reported."""
+        if self.samples == 0:
+            return []
+        return sorted(set(self.pass_at if self.pass_at is not None else [1, self.samples]))
+
     every: int = Field(
         1,
         ge=1,
@@ -680,6 +779,11 @@ class RunConfig(Section):
             raise ValueError(
                 f"grow.max_new_tokens ({self.grow.max_new_tokens}) is far above model.max_target_tokens "
                 f"({self.model.max_target_tokens}): samples that long would be truncated when trained on"
+            )
+        if self.model.chat and self.model.prompt_template != "{source} =":
+            raise ValueError(
+                "model.prompt_template and model.chat_template are both set: a chat template renders the prompt; "
+                "put instructions in model.system_prompt, or drop chat_template"
             )
         if self.improve.token_weights is not None and self.improve.token_weights not in self.reward.components:
             raise ValueError(

@@ -2,10 +2,13 @@
 has, kept as they are), read from a file or the hub.
 
     df = load_split("data/numbers/train.parquet", key="data.train")
+    df = data_split(cfg.data, "valid")            # the config's path and its data.columns mapping
 
-A split is named in the config by a path (`.parquet`, a directory of Parquet files, `.jsonl`/`.json`) or by a
-`datasets` hub id (`name` or `name:split`, which needs the network unless cached). Problems are `RestError`s that
-name the config key, the file, the column or row, and the fix.
+A split is named in the config by a path (`.parquet`, a directory of Parquet files, `.jsonl`/`.json`, `.csv`) or
+by a `datasets` hub id (`name`, `name:split` or `name:config:split`, which needs the network unless cached).
+`data.columns` maps our names (source, reference, source_id, messages) to the file's. A `messages` column (a
+conversation) becomes the source as the conversation's JSON text (rest.data.conversations), its last assistant
+turn the reference. Problems are `RestError`s that name the config key, the file, the column or row, and the fix.
 """
 
 from __future__ import annotations
@@ -18,9 +21,10 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from rest.data.conversations import as_source, split_messages
 from rest.errors import RestError
 
-LOCAL_SUFFIXES = (".parquet", ".jsonl", ".json")
+LOCAL_SUFFIXES = (".parquet", ".jsonl", ".json", ".csv")
 
 
 def _read(spec: str, key: str) -> pd.DataFrame:
@@ -37,17 +41,32 @@ def _read(spec: str, key: str) -> pd.DataFrame:
                 return pd.read_json(path, dtype=False)
             except ValueError as exc:
                 raise RestError(f"{key}: {path} is not valid JSON: {exc}") from None
-        raise RestError(f"{key}: {path} is a {path.suffix or 'suffix-less'} file; use .parquet, .jsonl or .json")
+        if path.suffix == ".csv":
+            try:  # text as text: "007" stays "007"; an empty cell is missing
+                return pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
+            except (ValueError, pd.errors.ParserError) as exc:
+                raise RestError(f"{key}: {path} is not readable CSV: {_brief(exc)}") from None
+        raise RestError(f"{key}: {path} is a {path.suffix or 'suffix-less'} file; use .parquet, .jsonl, .json or .csv")
     if path.suffix in LOCAL_SUFFIXES or spec.startswith((".", "/")) or "\\" in spec:
         raise RestError(f"{key}: {spec} does not exist; fix the path (relative paths start at the current directory)")
-    # Not a local path: a `datasets` hub id, optionally `name:split`.
+    # Not a local path: a `datasets` hub id, `name`, `name:split` or `name:config:split`.
     import datasets
 
-    name, _, split = spec.partition(":")
+    name, config, split = hub_parts(spec)
     try:
-        return datasets.load_dataset(name, split=split or "train").to_pandas()
+        return datasets.load_dataset(name, config, split=split).to_pandas()
     except Exception as exc:  # the hub raises many types; all mean "could not load this id"
         raise RestError(f"{key}: {spec} is neither a local file nor a loadable dataset id ({exc})") from None
+
+
+def hub_parts(spec: str) -> tuple[str, str | None, str]:
+    """(name, config or None, split) of a hub id: `name`, `name:split` or `name:config:split`."""
+    parts = spec.split(":")
+    if len(parts) > 3:
+        raise RestError(f"{spec}: a hub id is name, name:split or name:config:split")
+    if len(parts) == 3:
+        return parts[0], parts[1] or None, parts[2] or "train"
+    return parts[0], None, parts[1] if len(parts) == 2 and parts[1] else "train"
 
 
 def _read_parquet(path: Path, key: str) -> pd.DataFrame:
@@ -119,14 +138,60 @@ def _read_jsonl(path: Path, key: str) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def load_split(spec: str, key: str, need_reference: bool = True) -> pd.DataFrame:
-    """Read one split and check it: `source` present and non-empty, `reference` present when needed."""
+def _mapped(df: pd.DataFrame, columns: dict[str, str], where: str) -> pd.DataFrame:
+    """The file's columns renamed to ours as data.columns says; a mapped column the file lacks is named."""
+    for ours, theirs in columns.items():
+        if theirs not in df.columns:
+            raise RestError(
+                f"{where}: data.columns maps {ours} to `{theirs}`, which the file lacks (its columns: "
+                f"{', '.join(map(str, df.columns))}); fix the name in data.columns"
+            )
+    renamed = {theirs: ours for ours, theirs in columns.items() if theirs != ours}
+    clash = [ours for theirs, ours in renamed.items() if ours in df.columns and ours not in renamed]
+    if clash:
+        raise RestError(
+            f"{where}: data.columns maps {clash[0]} to `{columns[clash[0]]}`, but the file also has a `{clash[0]}` "
+            f"column; map {clash[0]} to that one, or rename it in the file"
+        )
+    out = df.rename(columns=renamed)
+    for ours, theirs in columns.items():  # one file column mapped to two of ours (source_id and source): a copy
+        if ours not in out.columns:
+            out[ours] = df[theirs]
+    return out
+
+
+def _from_messages(df: pd.DataFrame, where: str) -> pd.DataFrame:
+    """`messages` (conversations) as the source (the prompt turns' JSON) and, from a last assistant turn, the
+    reference unless the file maps one."""
+    sources, replies = [], []
+    for row, value in enumerate(df["messages"]):
+        got = split_messages(value)
+        if isinstance(got, str):
+            raise RestError(
+                f"{where}: `messages` row {row} is {got}; each value is a list of {{role, content}} turns "
+                "(system, user, assistant)"
+            )
+        sources.append(as_source(got[0]))
+        replies.append(got[1])
+    out = df.drop(columns=["messages"]).assign(source=sources)
+    if "reference" not in out.columns and any(r is not None for r in replies):
+        out["reference"] = replies
+    return out
+
+
+def load_split(spec: str, key: str, need_reference: bool = True, columns: dict[str, str] | None = None) -> pd.DataFrame:
+    """Read one split and check it: `source` present and non-empty, `reference` present when needed. `columns`:
+    data.columns for this split (ours -> the file's)."""
     df = _read(spec, key)
     where = f"{key} ({spec})"
+    if columns:
+        df = _mapped(df, columns, where)
+    if "source" not in df.columns and "messages" in df.columns:
+        df = _from_messages(df, where)
     if "source" not in df.columns:
         raise RestError(
-            f"{where}: no `source` column (columns: {', '.join(map(str, df.columns))}); rename the input column to "
-            "`source`"
+            f"{where}: no `source` column (columns: {', '.join(map(str, df.columns))}); name the input column in "
+            "data.columns (data.columns: {source: <column>}, or {messages: <column>} for conversations)"
         )
     if len(df) == 0:
         raise RestError(f"{where}: has no rows")
@@ -134,7 +199,7 @@ def load_split(spec: str, key: str, need_reference: bool = True) -> pd.DataFrame
         if need_reference:
             raise RestError(
                 f"{where}: no `reference` column (columns: {', '.join(map(str, df.columns))}); "
-                "this split needs the wanted output in `reference`"
+                "this split needs the wanted output: name its column in data.columns ({reference: <column>})"
             )
         df = df.assign(reference=None)
     blank = df["source"].isna() | (df["source"].astype(str).str.strip() == "")
@@ -208,13 +273,18 @@ def _check_text(df: pd.DataFrame, column: str, where: str) -> None:
         )
 
 
+def data_split(data_cfg, split: str, need_reference: bool = True) -> pd.DataFrame:
+    """Split `split` (train, pool, valid, test) of the config's data section, with its column mapping."""
+    return load_split(getattr(data_cfg, split), f"data.{split}", need_reference, data_cfg.columns_for(split))
+
+
 def grow_sources(data_cfg, need_reference: bool) -> pd.DataFrame:
     """The sources Grow samples for, as named by `data.grow_on`."""
     parts = []
     if data_cfg.grow_on in ("train", "train+pool"):
-        parts.append(load_split(data_cfg.train, "data.train"))
+        parts.append(data_split(data_cfg, "train"))
     if data_cfg.grow_on in ("pool", "train+pool"):
-        parts.append(load_split(data_cfg.pool, "data.pool", need_reference=need_reference))
+        parts.append(data_split(data_cfg, "pool", need_reference=need_reference))
     df = pd.concat(parts, ignore_index=True)
     if df["source_id"].duplicated().any():
         raise RestError(f"data.grow_on={data_cfg.grow_on}: train and pool share source_id values; make them unique")

@@ -29,6 +29,7 @@ from rest.artifacts.manifests import CONFIG_FILE, run_lock
 from rest.artifacts.run import Run
 from rest.config import ConfigOverrides, load_config
 from rest.errors import OS_ERROR_FIXES, RestError
+from rest.evaluation.policy import sampled_keys, selected_by
 from rest.reporting.report import write_report
 from rest.reporting.tracking import log_run
 
@@ -141,13 +142,15 @@ def publish_run_report(run_dir: str, summary: dict, report: str) -> None:
         "",
         f"Report with plots and monitors: [{report}](file://{Path(report).resolve()})",
         "",
-        f"Best policy by validation reward: **{summary['best_policy']}**",
+        f"Best policy by {selected_by(Run.open(root).config)}: **{summary['best_policy']}**",
         "",
-        "| policy | valid exact match | valid chrF | valid reward |",
-        "|---|---:|---:|---:|",
     ]
+    sampled = sampled_keys(next(iter(summary["valid"].values()), {}))
+    lines.append("| policy | valid exact match | valid chrF | valid reward |" + "".join(f" {k} |" for k in sampled))
+    lines.append("|---|---:|---:|---:|" + "---:|" * len(sampled))
     for name, v in summary["valid"].items():
-        lines.append(f"| {name} | {v['exact_match']} | {v['chrf']} | {v['reward']} |")
+        cells = "".join(f" {v.get(k)} |" for k in sampled)
+        lines.append(f"| {name} | {v['exact_match']} | {v['chrf']} | {v['reward']} |{cells}")
     lines += ["", "| test | exact match | chrF | reward |", "|---|---:|---:|---:|"]
     for name, m in summary["test"].items():
         lines.append(f"| {name} | {m['exact_match']} | {m['chrf']} | {m['reward']} |")

@@ -10,6 +10,7 @@ so a user's pretrained model goes through exactly the code our from-scratch mode
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from transformers import (
 )
 
 from rest.config import ModelConfig
+from rest.data.conversations import chat_turns
 from rest.errors import RestError
 from rest.models.checkpoints import quiet, read_architecture, save
 from rest.models.tokenizer import pad, train_tokenizer
@@ -77,8 +79,10 @@ def build_policy(model_cfg: ModelConfig, train_texts: list[str], seed: int, devi
     """policy-0 before BC: the pretrained model, or a fresh one built from `model.architecture`, on `device`
     (float32 weights: training's)."""
     if model_cfg.pretrained:
-        return load_policy(model_cfg.pretrained, key="model.pretrained", device=device)
-    tokenizer = train_tokenizer(train_texts, model_cfg.vocab_size)
+        policy = load_policy(model_cfg.pretrained, key="model.pretrained", device=device)
+        apply_template_file(policy.tokenizer, model_cfg)
+        return policy
+    tokenizer = scratch_tokenizer(train_texts, model_cfg)
     arch = read_architecture(model_cfg.architecture, "model.architecture")
     model_type = arch.pop("model_type")
     ids = {"pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2}
@@ -96,6 +100,50 @@ def build_policy(model_cfg: ModelConfig, train_texts: list[str], seed: int, devi
     gen.decoder_start_token_id = config.decoder_start_token_id if config.is_encoder_decoder else None
     gen.forced_eos_token_id = gen.forced_bos_token_id = None
     return Policy(model.to(resolve_device(device)), tokenizer)
+
+
+def template_file_text(model_cfg: ModelConfig) -> str | None:
+    """The Jinja text of model.chat_template when it names a file (None for tokenizer, none or unset)."""
+    spec = model_cfg.chat_template
+    if spec in (None, "none", "tokenizer"):
+        return None
+    path = Path(spec)
+    if not path.is_file():
+        raise RestError(
+            f"model.chat_template: {spec} is not a file; give a Jinja template file, `tokenizer` (the tokenizer's "
+            "own) or `none`"
+        )
+    return path.read_text(encoding="utf-8")
+
+
+def apply_template_file(tokenizer: PreTrainedTokenizerBase, model_cfg: ModelConfig) -> None:
+    """A template file becomes the tokenizer's chat template: policy-0 saves it, every later policy has it."""
+    text = template_file_text(model_cfg)
+    if text is not None:
+        tokenizer.chat_template = text
+
+
+# the special tokens a template file names (<|im_start|>, <|eot_id|>): one token each in a tokenizer from scratch
+_TEMPLATE_TOKEN = re.compile(r"<\|[A-Za-z0-9_]+\|>")
+
+
+def scratch_tokenizer(train_texts: list[str], model_cfg: ModelConfig) -> PreTrainedTokenizerBase:
+    """The BPE tokenizer of a model from scratch, with the special tokens and chat template of a template file."""
+    text = template_file_text(model_cfg)
+    if text is None:
+        return train_tokenizer(train_texts, model_cfg.vocab_size)
+    special = list(dict.fromkeys(_TEMPLATE_TOKEN.findall(text)))
+    # the template's own characters (role names, newlines) join the alphabet: render a conversation of every role
+    # with a first tokenizer, then train the real one
+    probe = train_tokenizer(train_texts, model_cfg.vocab_size, special)
+    probe.chat_template = text
+    turns = [{"role": r, "content": ""} for r in ("system", "user", "assistant")]
+    rendered = probe.apply_chat_template(turns, tokenize=False, add_generation_prompt=False)
+    for token in [*special, probe.bos_token, probe.eos_token]:
+        rendered = rendered.replace(token, "")
+    tokenizer = train_tokenizer(train_texts, model_cfg.vocab_size, special, characters=rendered)
+    tokenizer.chat_template = text
+    return tokenizer
 
 
 def load_policy(path: str | Path, key: str = "policy", device: str = "cpu", dtype: str = "float32") -> Policy:
@@ -148,7 +196,8 @@ def _cached(policy: Policy, kind: str, texts: list[str], encode) -> list[list[in
 
 def prompt_ids(policy: Policy, sources: list[str], model_cfg: ModelConfig) -> list[list[int]]:
     """Token ids of the model input for each source: the encoder input, or the decoder-only prompt."""
-    key = f"prompt:{model_cfg.prompt_template}:{model_cfg.max_source_tokens}"
+    chat = (model_cfg.chat_template, model_cfg.system_prompt, sorted(model_cfg.chat_template_kwargs.items()))
+    key = f"prompt:{model_cfg.prompt_template}:{chat}:{model_cfg.max_source_tokens}"
     return _cached(
         policy,
         key,
@@ -160,9 +209,26 @@ def prompt_ids(policy: Policy, sources: list[str], model_cfg: ModelConfig) -> li
 def encode_prompts(
     tok: PreTrainedTokenizerBase, is_encoder_decoder: bool, sources: list[str], model_cfg: ModelConfig
 ) -> list[list[int]]:
-    """prompt_ids without a policy: what an engine that holds no transformers model (vLLM) sends."""
+    """prompt_ids without a policy: what an engine that holds no transformers model (vLLM) sends.
+
+    With model.chat_template, a decoder-only prompt is the tokenizer's chat template over the source's turns (a
+    conversation, or the source as the user turn; model.system_prompt first) with the generation prompt: exactly
+    `tok.apply_chat_template(turns, add_generation_prompt=True, **model.chat_template_kwargs)`'s ids."""
     if is_encoder_decoder:
         ids = tok(sources, add_special_tokens=True)["input_ids"]
+    elif model_cfg.chat:
+        texts = [
+            tok.apply_chat_template(
+                chat_turns(s, model_cfg.system_prompt),
+                tokenize=False,
+                add_generation_prompt=True,
+                **model_cfg.chat_template_kwargs,
+            )
+            for s in sources
+        ]
+        # the rendered text holds the template's special tokens (BOS among them): nothing added, as
+        # apply_chat_template(tokenize=True) does
+        ids = tok(texts, add_special_tokens=False)["input_ids"]
     else:
         prompts = [model_cfg.prompt_template.format(source=s) for s in sources]
         bos = [tok.bos_token_id] if tok.bos_token_id is not None else []

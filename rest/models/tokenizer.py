@@ -30,14 +30,18 @@ def pad(seqs: list[list[int]], pad_id: int, left: bool = False) -> tuple[torch.T
     return ids, mask
 
 
-def train_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFast:
+def train_tokenizer(
+    texts: list[str], vocab_size: int, special: list[str] | None = None, characters: str = ""
+) -> PreTrainedTokenizerFast:
     """A byte-free BPE tokenizer: digits one token each, words split by Metaspace, `</s>` appended.
 
     Digits are kept apart because each digit carries its own meaning in a number; merging "69" into one token
     would hide the structure the model has to learn from 200 examples. Tokens are capped at 8 characters:
     uncapped, BPE on a few hundred long compound words learns cross-morpheme tokens ("undvierzigtausend")
     that the model cannot recombine; capped, it learns the morphemes ("vierund", "zig", "tausend").
-    No "▁" is prepended to the first word, so a word has one token form wherever it stands.
+    No "▁" is prepended to the first word, so a word has one token form wherever it stands. `special`: more
+    special tokens (a chat template's), ids 4 on, each one token wherever it stands; `characters`: more of the
+    alphabet (the template's own text: role names, newlines).
     """
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Sequence(
@@ -47,19 +51,22 @@ def train_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFas
         ]
     )
     tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="never")
-    alphabet = sorted(set("".join(texts)) | set("0123456789"))
+    alphabet = sorted(set("".join(texts)) | set("0123456789") | set(characters))
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=SPECIAL_TOKENS,
+        special_tokens=SPECIAL_TOKENS + list(special or []),
         initial_alphabet=alphabet,
         show_progress=False,
         max_token_length=8,
     )
     tok.train_from_iterator(texts, trainer)
     tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 2)])
-    return PreTrainedTokenizerFast(
+    out = PreTrainedTokenizerFast(
         tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>"
     )
+    if special:
+        out.add_special_tokens({"additional_special_tokens": list(special)})
+    return out
 
 
 def made_by_train_tokenizer(tokenizer) -> bool:

@@ -26,6 +26,7 @@ from rest.artifacts.run import SUMMARY_ROWS, Run, shown  # noqa: E402
 from rest.artifacts.shards import read_grow  # noqa: E402
 from rest.errors import RestError  # noqa: E402
 from rest.evaluation.monitors import input_use_line  # noqa: E402
+from rest.evaluation.policy import sampled_keys, selected_by  # noqa: E402
 
 REPORT_DIR = "report"
 EXAMPLES = 5  # sources shown with all their samples, per Grow step
@@ -327,7 +328,7 @@ def render(data: dict[str, Any]) -> str:
     sections = [
         f"<h1>ReST run <code>{_esc(run.resolve().name)}</code></h1>",
         f"<p>Run directory: <code>{_esc(run.resolve())}</code>; created {_esc(record.get('created'))}; "
-        f"best policy by validation reward: <b>{_esc(record.get('best_policy'))}</b>.</p>",
+        f"best policy by {_esc(selected_by(data['cfg']))}: <b>{_esc(record.get('best_policy'))}</b>.</p>",
     ]
 
     sections.append("<h2>Did each Grow step help?</h2>")
@@ -449,17 +450,21 @@ def render(data: dict[str, Any]) -> str:
     )
 
     sections.append("<h2>Validation metrics</h2>")
+    picked = _summarised(names, "policies", best=record.get("best_policy"))[0]
+    sampled = sampled_keys(data["metrics"][picked[0]]["valid"]) if picked else []
+    if sampled:
+        e = data["cfg"].eval
+        sections.append(
+            f"<p>Greedy decoding, and {e.samples} samples per source at temperature {e.temperature} (top-p "
+            f"{e.top_p}): pass@k is the unbiased estimate of the chance that one of k samples is correct (reward "
+            f"at least {e.correct_at}), maj@{e.samples} how often the answer most samples give is a correct one "
+            "(points).</p>"
+        )
+    keys = ["exact_match", "chrf", "bleu", "reward", "completion_tokens", *sampled]
     sections.append(
         _table(
-            ["policy", "exact match", "chrF", "BLEU", "reward", "tokens"],
-            [
-                [n]
-                + [
-                    data["metrics"][n]["valid"][k]
-                    for k in ("exact_match", "chrf", "bleu", "reward", "completion_tokens")
-                ]
-                for n in _summarised(names, "policies", best=record.get("best_policy"))[0]
-            ],
+            ["policy", "exact match", "chrF", "BLEU", "reward", "tokens", *sampled],
+            [[n] + [data["metrics"][n]["valid"].get(k) for k in keys] for n in picked],
         )
     )
     sections.append(_summarised(names, "policies", best=record.get("best_policy"))[1])
@@ -467,8 +472,11 @@ def render(data: dict[str, Any]) -> str:
         sections.append(
             "<h3>Test</h3>"
             + _table(
-                ["policy", "exact match", "chrF", "BLEU", "reward"],
-                [[n] + [m[k] for k in ("exact_match", "chrf", "bleu", "reward")] for n, m in record["test"].items()],
+                ["policy", "exact match", "chrF", "BLEU", "reward", *sampled],
+                [
+                    [n] + [m.get(k) for k in ("exact_match", "chrf", "bleu", "reward", *sampled)]
+                    for n, m in record["test"].items()
+                ],
             )
         )
 

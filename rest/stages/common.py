@@ -32,7 +32,7 @@ from rest.config import (
     RunConfig,
     in_key,
 )
-from rest.data.splits import load_split, row_columns
+from rest.data.splits import data_split, row_columns
 from rest.evaluation.monitors import input_use_line, policy_monitors
 from rest.evaluation.policy import evaluate, target_nll
 from rest.grow import engines
@@ -94,6 +94,7 @@ POLICY_KEYS = [
     "seed",
     "data.train",
     "data.valid",
+    "data.columns",
     "model",
     *section_keys("reward", RewardConfig),
     "eval.max_new_tokens",
@@ -104,7 +105,11 @@ GROW_KEYS = [
     "data.grow_on",
     "data.train",
     "data.pool",
+    "data.columns",
     "model.prompt_template",
+    "model.chat_template",
+    "model.system_prompt",
+    "model.chat_template_kwargs",
     "model.max_source_tokens",
     *section_keys("grow", GrowConfig),
     *section_keys("reward", RewardConfig),
@@ -155,8 +160,8 @@ def assess(
     ):  # not validated (eval.every): the last one that was
         made = run.assessed_policies()
         previous = made[-1] if made else None
-    valid_df = load_split(cfg.data.valid, "data.valid")
-    valid, outputs = evaluate(engines.engine_on(policy, cfg), valid_df, cfg)
+    valid_df = data_split(cfg.data, "valid")
+    valid, outputs = evaluate(engines.engine_on(policy, cfg), valid_df, cfg, derive_seed(cfg.seed, "eval", "valid"))
     base = outputs if previous is None else pd.read_parquet(run.dir("policy-0") / VALID_OUTPUTS)
     sources, references = valid_df["source"].tolist(), valid_df["reference"].tolist()
     shuffled = [

@@ -22,7 +22,7 @@ from rest.config import (
     RunConfig,
 )
 from rest.data.batching import mix_batches, text_lengths
-from rest.data.splits import load_split
+from rest.data.splits import data_split
 from rest.errors import RestError
 from rest.grow import engines
 from rest.improve.objectives import (
@@ -73,7 +73,7 @@ def improve(run_dir: Path, g: int, i: int) -> str:
         run.verified(name)
         return name
     grow_summary = run.verified(grow_name)["stats"]
-    train_df = load_split(cfg.data.train, "data.train")
+    train_df = data_split(cfg.data, "train")
     rng = np.random.default_rng(derive_seed(cfg.seed, "improve", g, i))
     objective = objective_for(ic)
     make_batches = _pair_batches if objective.data == "pairs" else _row_batches

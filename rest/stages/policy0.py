@@ -12,7 +12,8 @@ from rest.artifacts.manifests import (
 )
 from rest.artifacts.run import Run
 from rest.data.batching import epoch_batches, text_lengths
-from rest.data.splits import load_split
+from rest.data.conversations import turn_texts
+from rest.data.splits import data_split
 from rest.improve.objectives import (
     Batch,
     objective_for,
@@ -48,9 +49,11 @@ def make_policy0(run_dir: Path) -> str:
         distributed.launch("policy-0", run_dir, processes=cfg.bc.processes, key="bc.processes")
         run.verified("policy-0")
         return "policy-0"
-    train_df = load_split(cfg.data.train, "data.train")
+    train_df = data_split(cfg.data, "train")
     sources, targets = train_df["source"].tolist(), train_df["reference"].tolist()
-    policy = build_policy(cfg.model, sources + targets, seed=cfg.seed, device=distributed.rank_device(cfg.device))
+    policy = build_policy(
+        cfg.model, turn_texts(sources) + targets, seed=cfg.seed, device=distributed.rank_device(cfg.device)
+    )
     rng = np.random.default_rng(derive_seed(cfg.seed, "bc"))
     batches = [
         Batch([sources[j] for j in idx], [targets[j] for j in idx])

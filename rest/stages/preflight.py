@@ -17,7 +17,8 @@ import logging
 import pandas as pd
 
 from rest.config import RunConfig, is_function_reference, spec_of
-from rest.data.splits import grow_sources, load_split
+from rest.data.conversations import conversation, turn_texts
+from rest.data.splits import data_split, grow_sources
 from rest.errors import RestError
 from rest.grow.engines import engine_spec
 from rest.models.checkpoints import (
@@ -27,8 +28,7 @@ from rest.models.checkpoints import (
     model_config,
     module_names,
 )
-from rest.models.policy import encode_prompts, load_tokenizer, resolve_device
-from rest.models.tokenizer import train_tokenizer
+from rest.models.policy import apply_template_file, encode_prompts, load_tokenizer, resolve_device, scratch_tokenizer
 from rest.reporting.tracking import check_tracking
 from rest.rewards.components import (
     artifact_dependencies,
@@ -40,9 +40,7 @@ log = logging.getLogger("rest")
 
 
 def check_run_inputs(cfg: RunConfig) -> None:
-    splits = {
-        key: load_split(getattr(cfg.data, key.split(".")[1]), key) for key in ("data.train", "data.valid", "data.test")
-    }
+    splits = {f"data.{split}": data_split(cfg.data, split) for split in ("train", "valid", "test")}
     if cfg.grow.steps > 0:
         splits["grow sources"] = grow_sources(cfg.data, need_reference=needs_reference(cfg.reward))
     if cfg.model.pretrained:
@@ -97,6 +95,51 @@ def check_reward_functions(cfg: RunConfig, splits: dict[str, pd.DataFrame]) -> N
             check_sandbox()
 
 
+def chat_lines(cfg: RunConfig, tok, is_encoder_decoder: bool, splits: dict[str, pd.DataFrame]) -> list[str]:
+    """The prompt format against the model: a chat template asked for that cannot work (or a conversation without
+    one) is a RestError; a tokenizer whose template the config leaves unused, a warning line (an instruct model fed
+    plain text samples off its training distribution, and nothing else would say so)."""
+    m = cfg.model
+    where = f"model.pretrained ({m.pretrained})" if m.pretrained else "the tokenizer trained from scratch"
+    if m.chat and is_encoder_decoder:
+        raise RestError(
+            "model.chat_template: an encoder-decoder model reads its source as text, with no chat template; "
+            "drop model.chat_template (and map data.columns.source to a text column), or use a decoder-only model"
+        )
+    if m.chat_template == "tokenizer" and not tok.chat_template:
+        fix = "a template file (model.chat_template: path/to/template.jinja)" if not m.pretrained else "a file"
+        raise RestError(
+            f"model.chat_template: tokenizer, but {where} has no chat template; give {fix}, or set it to none"
+        )
+    if not m.chat:
+        for key, df in splits.items():
+            talks = df["source"].map(lambda s: conversation(s) is not None)
+            if talks.any():
+                row = int(talks.to_numpy().nonzero()[0][0])
+                raise RestError(
+                    f"{key}: row {row} is a conversation (a messages column), which only a chat template renders: "
+                    "set model.chat_template (tokenizer, or a .jinja file)"
+                )
+    lines = []
+    if m.chat_template is None and tok.chat_template and not is_encoder_decoder:
+        lines.append(
+            f"{where} has a chat template, but prompts are plain model.prompt_template text ({m.prompt_template!r}): "
+            "an instruct model sampled off its template writes off-distribution; set model.chat_template: "
+            "tokenizer (or none to keep plain prompts and silence this)"
+        )
+    if m.chat:
+        turns = [{"role": "user", "content": "1"}, {"role": "assistant", "content": "2"}]
+        rendered = tok.apply_chat_template(turns, tokenize=False, **m.chat_template_kwargs)
+        after = rendered.split("2")[-1]
+        if tok.eos_token and tok.eos_token not in after:
+            lines.append(
+                f"the chat template does not end an assistant turn with the tokenizer's EOS ({tok.eos_token!r}; "
+                f"the turn ends {after.strip()!r}): sampling stops at EOS, so completions may run on to "
+                "max_new_tokens; use a tokenizer whose eos_token ends the turn (instruct checkpoints do)"
+            )
+    return lines
+
+
 def text_fit_warnings(cfg: RunConfig, splits: dict[str, pd.DataFrame]) -> list[str]:
     """What the tokenizer does to the data without a word, said before training: sources longer than
     model.max_source_tokens (cut), training targets longer than model.max_target_tokens (cut), and characters the
@@ -104,9 +147,11 @@ def text_fit_warnings(cfg: RunConfig, splits: dict[str, pd.DataFrame]) -> list[s
     train = splits["data.train"]
     if cfg.model.pretrained:
         tok = load_tokenizer(cfg.model.pretrained, "model.pretrained")
+        apply_template_file(tok, cfg.model)
     else:  # the tokenizer policy-0 gets: trained on the train split's texts (its alphabet is theirs)
-        tok = train_tokenizer(train["source"].tolist() + train["reference"].tolist(), cfg.model.vocab_size)
+        tok = scratch_tokenizer(turn_texts(train["source"].tolist()) + train["reference"].tolist(), cfg.model)
     is_encoder_decoder = bool(model_config(cfg.model).is_encoder_decoder)
+    lines = chat_lines(cfg, tok, is_encoder_decoder, splits)
     whole = cfg.model.model_copy(update={"max_source_tokens": 1 << 30})  # lengths before the cut
     unk = tok.unk_token_id
     long_sources, unknown = [], []  # (split, row, source_id, length or text)
@@ -131,7 +176,6 @@ def text_fit_warnings(cfg: RunConfig, splits: dict[str, pd.DataFrame]) -> list[s
             for row, (sid, t) in enumerate(zip(train["source_id"], targets))
             if unk in t
         ]
-    lines = []
     if long_sources:
         key, row, sid, n = long_sources[0]
         longest = max(n for *_, n in long_sources)
