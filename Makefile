@@ -88,8 +88,9 @@ bench: setup vllm  ## speed side by side (Grow incl. vLLM, Improve, scoring, mem
 methods: setup  ## every method on both embedded tasks, 2 seeds (hours on 2 cores; ARGS="--tasks g2p --seeds 0"): docs/methods.md
 	$(BIN)/python bench/methods.py $(ARGS)
 
-data: setup  ## rebuild data/numbers/*.parquet (deterministic; the result is committed)
+data: setup  ## rebuild data/numbers/*.parquet and data/arith/*.parquet (deterministic; the result is committed)
 	$(BIN)/python data/build_numbers.py
+	$(BIN)/python data/build_arith.py
 
 server: setup  ## a Prefect server on 127.0.0.1 in the background (state in .prefect/); returns once it answers
 	@mkdir -p $(STATE)

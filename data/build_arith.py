@@ -2,13 +2,13 @@
 
 Run: .venv/bin/python data/build_arith.py   (writes data/arith/{train,pool,valid,test}.parquet)
 
-A problem is a start quantity and one to three events ("She buys 7 more.", "She gets 3 bags with 4 pens each.",
+A problem is a start quantity and one or two events ("She buys 7 more.", "She gets 3 bags with 4 pens each.",
 "She gives away 5."); the solution is one line per arithmetic step, ending in GSM8K's answer line:
 
     source:    Dora has 12 pens. She gets 3 bags with 4 pens each. She gives away 5. How many pens does she have now?
     reference: 3 * 4 = 12. 12 + 12 = 24. 24 - 5 = 19. #### 19
 
-So outputs are a chain of steps of varying length (1 to 6 lines), and a reward checks only the final answer (the
+So outputs are a chain of steps of varying length (1 to 4 lines), and a reward checks only the final answer (the
 `math` verifier: what follows ####), never the text of the solution: ReST-EM's setting. Columns: source_id, source,
 reference (the worked solution), answer (the final number, as text), steps (arithmetic lines). Deterministic: the
 same seed gives byte-identical files, which are committed (`make run` needs no download); the four splits hold
@@ -24,7 +24,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-SPLITS = {"train": 1000, "pool": 2000, "valid": 300, "test": 500}
+SPLITS = {"train": 1000, "pool": 1000, "valid": 300, "test": 500}
 NAMES = [("Anna", "She", "she"), ("Ben", "He", "he"), ("Dora", "She", "she"), ("Emil", "He", "he")]
 ITEMS = ["apples", "pens", "cards", "coins", "books", "shells"]
 SCHEMA = pa.schema(
@@ -45,7 +45,7 @@ def problem(rng: random.Random) -> tuple[str, str, int, int]:
     have = rng.randint(2, 20)
     text = [f"{name} has {have} {item}."]
     lines = []
-    for _ in range(rng.randint(1, 3)):
+    for _ in range(rng.randint(1, 2)):
         kind = rng.choice(["buy", "bags", "give", "double"])
         if kind == "give" and have < 2:
             kind = "buy"

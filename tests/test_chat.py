@@ -8,14 +8,21 @@ from math import comb
 
 import pandas as pd
 import pytest
-from transformers import AutoTokenizer
+from transformers import AutoConfig, AutoTokenizer
 
 from rest.config import DataConfig, load_config
 from rest.data.conversations import as_source, conversation
 from rest.data.splits import hub_parts, load_split
 from rest.errors import RestError
 from rest.evaluation.policy import final_answer, majority_correct, pass_at_k
-from rest.models.policy import encode_pairs, encode_prompts, load_policy, prompt_ids, scratch_tokenizer
+from rest.models.policy import (
+    encode_pairs,
+    encode_prompts,
+    load_policy,
+    load_tokenizer,
+    prompt_ids,
+    scratch_tokenizer,
+)
 from rest.stages.preflight import chat_lines
 from tests.conftest import CONFIG, rest
 from tests.helpers import CHATML, build_checkpoint, write_conversations
@@ -93,7 +100,7 @@ def test_majority_vote_over_final_answers():
 # chat templates
 
 
-def test_a_template_file_gives_a_tokenizer_from_scratch_its_special_tokens():
+def test_a_template_file_gives_a_tokenizer_from_scratch_its_special_tokens(tmp_path):
     template = "configs/templates/chatml.jinja"
     cfg = load_config(CONFIG, ["model.architecture=configs/models/llama-2.6m.json", f"model.chat_template={template}"])
     train = pd.read_parquet("data/numbers/train.parquet")
@@ -105,6 +112,12 @@ def test_a_template_file_gives_a_tokenizer_from_scratch_its_special_tokens():
     assert tok.convert_tokens_to_ids("<|im_start|>") in ids and tok.unk_token_id not in ids
     assert tok.decode(ids) == "<|im_start|>user\n6947</s>\n<|im_start|>assistant\n"
     assert chat_lines(cfg, tok, False, {}) == []  # each turn ends with the tokenizer's EOS
+    # saved beside a qwen2 config, it loads as itself (AutoTokenizer alone would build Qwen2Tokenizer's
+    # pre-tokenizer instead of the saved one, changing every id)
+    tok.save_pretrained(tmp_path)
+    AutoConfig.for_model("qwen2").save_pretrained(tmp_path)
+    again = load_tokenizer(tmp_path)
+    assert encode_prompts(again, False, [as_source(turns)], cfg.model)[0] == ids and again.chat_template
 
 
 def test_the_prompt_format_is_checked_against_the_tokenizer(tmp_path):

@@ -155,3 +155,22 @@ def test_truncated_and_unknown_token_rows_are_said_before_training(tmp_path):
     assert "data.train row 7" in lines[1] and "model.max_target_tokens" in lines[1]
     assert lines[2].startswith("1 text holds characters the tokenizer cannot represent") and "'☃' '中'" in lines[2]
     assert "data.valid row 2" in lines[2]
+
+
+def test_the_shipped_word_problems_have_worked_solutions_that_add_up():
+    """data/arith: every line of a solution is true arithmetic, the last line gives the answer, the answer after
+    #### is the `answer` column; the splits are disjoint."""
+    import re
+
+    seen = set()
+    for split in ("train", "pool", "valid", "test"):
+        df = pd.read_parquet(f"data/arith/{split}.parquet")
+        assert not seen & set(df["source"]) and df["source"].is_unique
+        seen |= set(df["source"])
+        for row in df.itertuples():
+            *lines, answer = row.reference.split(". ")
+            assert answer == f"#### {row.answer}" and len(lines) == row.steps
+            for line in lines:
+                a, op, b, _, c = re.fullmatch(r"(\d+) ([+*-]) (\d+) (=) (\d+)\.?", line).groups()
+                assert {"+": int(a) + int(b), "-": int(a) - int(b), "*": int(a) * int(b)}[op] == int(c), line
+            assert int(re.findall(r"\d+", lines[-1])[-1]) == int(row.answer)

@@ -105,6 +105,8 @@ def test_the_comet_archive_holds_the_config_and_every_prefix(clean_run):
     metrics = json.loads((clean_run / "improve-1-2" / "metrics.json").read_text())
     assert values[("eval/exact_match", 2)] == metrics["valid"]["exact_match"]
     assert values[("eval/drift_chrf", 2)] == metrics["monitors"]["drift_chrf"]
+    test = json.loads((clean_run / "run.json").read_text())["test"]
+    assert values[("test/exact_match", 0)] == test["policy-0"]["exact_match"]  # the test split, at its policy's step
     assert "grow-1-sample.csv" in content["assets"] and "report.html" in content["assets"]
 
 

@@ -60,10 +60,9 @@ def _read(spec: str, key: str) -> pd.DataFrame:
 
 
 def hub_parts(spec: str) -> tuple[str, str | None, str]:
-    """(name, config or None, split) of a hub id: `name`, `name:split` or `name:config:split`."""
-    parts = spec.split(":")
-    if len(parts) > 3:
-        raise RestError(f"{spec}: a hub id is name, name:split or name:config:split")
+    """(name, config or None, split) of a hub id: `name`, `name:split` or `name:config:split`; the split may be a
+    `datasets` slice (train[:500], train[90%:]) in the three-part form."""
+    parts = spec.split(":", 2)
     if len(parts) == 3:
         return parts[0], parts[1] or None, parts[2] or "train"
     return parts[0], None, parts[1] if len(parts) == 2 and parts[1] else "train"

@@ -10,6 +10,7 @@ so a user's pretrained model goes through exactly the code our from-scratch mode
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,7 @@ from transformers import (
     AutoTokenizer,
     PreTrainedModel,
     PreTrainedTokenizerBase,
+    PreTrainedTokenizerFast,
 )
 
 from rest.config import ModelConfig
@@ -138,10 +140,11 @@ def scratch_tokenizer(train_texts: list[str], model_cfg: ModelConfig) -> PreTrai
     probe = train_tokenizer(train_texts, model_cfg.vocab_size, special)
     probe.chat_template = text
     turns = [{"role": r, "content": ""} for r in ("system", "user", "assistant")]
-    rendered = probe.apply_chat_template(turns, tokenize=False, add_generation_prompt=False)
+    rendered = str(probe.apply_chat_template(turns, tokenize=False, add_generation_prompt=False))
     for token in [*special, probe.bos_token, probe.eos_token]:
         rendered = rendered.replace(token, "")
-    tokenizer = train_tokenizer(train_texts, model_cfg.vocab_size, special, characters=rendered)
+    # the rendering is also a text to learn from: its role names become tokens, not letters
+    tokenizer = train_tokenizer([*train_texts, rendered], model_cfg.vocab_size, special, characters=rendered)
     tokenizer.chat_template = text
     return tokenizer
 
@@ -165,13 +168,31 @@ def load_tokenizer(path: str | Path, key: str = "policy") -> PreTrainedTokenizer
     """The tokenizer of a `save_pretrained` directory or hub id, with a pad token (what every engine decodes with)."""
     try:
         with quiet():
-            tokenizer = AutoTokenizer.from_pretrained(str(path))
+            tokenizer = tokenizer_class(path).from_pretrained(str(path))
     except (OSError, ValueError) as exc:
         raise RestError(f"{key}: cannot load a tokenizer from {path}: {exc}") from None
     if tokenizer.pad_token_id is None:
         # Decoder-only checkpoints often ship without a pad token; EOS is the usual stand-in (masked anyway).
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
+
+
+def tokenizer_class(path: str | Path):
+    """AutoTokenizer, except for a tokenizer saved as the generic tokenizers backend (ours from scratch): AutoTokenizer
+    would pick the model type's class (Qwen2Tokenizer for a qwen2 config), which replaces the saved pre-tokenizer
+    with its own and so changes every token id."""
+    config = Path(path) / "tokenizer_config.json"
+    if config.is_file():
+        try:
+            generic = json.loads(config.read_text()).get("tokenizer_class") in (
+                "TokenizersBackend",
+                "PreTrainedTokenizerFast",
+            )
+        except (OSError, ValueError):
+            generic = False
+        if generic:
+            return PreTrainedTokenizerFast
+    return AutoTokenizer
 
 
 def count_parameters(model: PreTrainedModel) -> int:

@@ -8,7 +8,8 @@ rebuilt whole (written to a staging directory, then swapped in). What it holds:
 
 - parameters: the resolved config, flattened (`grow.num_samples`, ...);
 - metrics by prefix, with step = the policy's index in the run (policy-0 = 0, improve-1-1 = 1, ...):
-  `eval/...` (validation metrics and monitors of every policy), `bc/...` (policy-0's training),
+  `eval/...` (validation metrics and monitors of every policy, pass@k and maj@k with eval.samples), `test/...`
+  (the test metrics of policy-0 and the best policy), `bc/...` (policy-0's training),
   `improve/...` (each Improve step's selection and training), `grow/...` (each Grow step, at the step of the
   policy that sampled it);
 - a table asset per Grow step (`grow-<g>-sample.csv`, tracking.sample_rows rows) and the report page.
@@ -81,6 +82,8 @@ def run_metrics(run_dir: Path) -> list[tuple[str, int, dict[str, float]]]:
         values.update({f"{prefix}/{k}": v for k, v in m["train"].items()})
         values.update({f"improve/{k}": v for k, v in m.get("improve", {}).items() if k != "train_mix"})
         rows.append((name, index[name], values))
+    for name, test in (run.record.get("test") or {}).items():  # policy-0 and the best: greedy and sampled
+        rows.append((name, index.get(name, 0), {f"test/{k}": v for k, v in test.items() if k != "n"}))
     for grow in run.published("grow-"):
         manifest = run.verified(grow)
         st = manifest["stats"]

@@ -5,8 +5,8 @@
       models: {helpful: {model: /models/skywork-rm-8b, dtype: bfloat16, output: sigmoid}}
       components: {helpful: 1.0}                        # writes reward_helpful
 
-The input is the model's own chat template when its tokenizer has one (the source as the user turn, the
-completion as the assistant turn), else the pair (source, completion) as the tokenizer joins two texts (BERT's
+The input is the model's own chat template when its tokenizer has one (the source as the user turn, or a
+conversation source's own turns; the completion as the assistant turn), else the pair (source, completion) as the tokenizer joins two texts (BERT's
 [CLS] a [SEP] b [SEP]). The raw score x (logit 0) becomes a reward by the declared map: sigmoid(scale x + shift),
 or affine: clip(scale x + shift, 0, 1). It loads on the device of the policy it scores, in `dtype`.
 
@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from rest.data.conversations import chat_turns
 from rest.errors import RestError
 
 _HASHES: dict[tuple, str] = {}
@@ -107,7 +108,7 @@ class PretrainedRewardModel:
             if self.chat:
                 texts = [
                     self.tok.apply_chat_template(
-                        [{"role": "user", "content": s}, {"role": "assistant", "content": c}], tokenize=False
+                        [*chat_turns(s, None), {"role": "assistant", "content": c}], tokenize=False
                     )
                     for s, c in zip(src, comp)
                 ]

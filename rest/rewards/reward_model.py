@@ -46,7 +46,7 @@ from rest.artifacts import manifests
 from rest.config import RewardModelConfig
 from rest.errors import RestError
 from rest.models.checkpoints import quiet, read_architecture
-from rest.models.policy import resolve_device
+from rest.models.policy import resolve_device, tokenizer_class
 from rest.models.tokenizer import made_by_train_tokenizer, train_tokenizer
 from rest.models.tokenizer import pad as pad_ids
 from rest.rewards.reward_objectives import OUTPUTS
@@ -185,7 +185,7 @@ def _load(path: str, manifest_id: str, device: str) -> RewardModel | Seq2SeqRewa
         return load_seq2seq_reward_model(path, info["max_tokens"], device)
     with quiet():
         model = AutoModelForSequenceClassification.from_pretrained(path, dtype=torch.float32).to(resolve_device(device))
-        tokenizer = AutoTokenizer.from_pretrained(path)
+        tokenizer = tokenizer_class(path).from_pretrained(path)
     model.eval()
     return RewardModel(model, tokenizer, info["objective"], info["max_tokens"], path)
 
