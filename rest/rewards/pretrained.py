@@ -6,9 +6,10 @@
       components: {helpful: 1.0}                        # writes reward_helpful
 
 The input is the model's own chat template when its tokenizer has one (the source as the user turn, or a
-conversation source's own turns; the completion as the assistant turn), else the pair (source, completion) as the tokenizer joins two texts (BERT's
-[CLS] a [SEP] b [SEP]). The raw score x (logit 0) becomes a reward by the declared map: sigmoid(scale x + shift),
-or affine: clip(scale x + shift, 0, 1). It loads on the device of the policy it scores, in `dtype`.
+conversation source's own turns; the completion as the assistant turn), else the pair (source, completion) as
+the tokenizer joins two texts (BERT's [CLS] a [SEP] b [SEP]). The raw score x (logit 0) becomes a reward by the
+declared map: sigmoid(scale x + shift), or affine: clip(scale x + shift, 0, 1). It loads on the device of the
+policy it scores, in `dtype`.
 
 Lineage: the model's path or hub id, its revision and, for a local directory, the sha256 of its files are part of
 the Grow step's key and id: a retrained checkpoint in the same directory is a new Grow step.
