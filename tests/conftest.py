@@ -100,11 +100,35 @@ def netguard_env(log: Path) -> dict[str, str]:
     return {"PYTHONPATH": str(NETGUARD), "REST_NETGUARD_LOG": str(log)}
 
 
+def _build_clean_run(run: Path) -> None:
+    proc = rest("run", "--config", CONFIG, "--run", str(run), env=netguard_env(run.with_suffix(".netguard.log")))
+    (run / "stdout.txt").write_text(proc.stdout)
+
+
 @pytest.fixture(scope="session")
 def clean_run(tmp_path_factory) -> Path:
     """configs/smoke.yaml run once, uninterrupted, in ephemeral mode with the threads runner, comet offline (the
-    default), with the network guard on: `RUN.netguard.log` lists every non-loopback attempt of every process."""
+    default), with the network guard on: `RUN.netguard.log` lists every non-loopback attempt of every process.
+
+    Under pytest-xdist the run is made once for all workers (under a file lock, in the directory their temp dirs
+    share) and each worker gets a copy of its own: a test may run commands on it. The copy's stdout.txt names the
+    copy's directory, as the run's own output would."""
     run = tmp_path_factory.mktemp("runs") / "smoke"
-    proc = rest("run", "--config", CONFIG, "--run", str(run), env=netguard_env(run.with_suffix(".netguard.log")))
-    (run / "stdout.txt").write_text(proc.stdout)
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        _build_clean_run(run)
+        return run
+    import shutil
+
+    from filelock import FileLock
+
+    shared = tmp_path_factory.getbasetemp().parent / "clean-run" / "smoke"
+    with FileLock(str(shared.parent) + ".lock"):
+        if not (shared / "stdout.txt").is_file():
+            shutil.rmtree(shared.parent, ignore_errors=True)
+            shared.parent.mkdir(parents=True)
+            _build_clean_run(shared)
+    shutil.copytree(shared, run, ignore=shutil.ignore_patterns(".lock"))
+    if shared.with_suffix(".netguard.log").exists():
+        shutil.copy(shared.with_suffix(".netguard.log"), run.with_suffix(".netguard.log"))
+    (run / "stdout.txt").write_text((shared / "stdout.txt").read_text().replace(str(shared), str(run)))
     return run
