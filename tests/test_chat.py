@@ -184,7 +184,7 @@ def test_a_chat_run_over_a_messages_file_of_other_column_names(tmp_path):
     ).stdout
     assert "pass@1  pass@2  pass@4  maj@4" in out and "best policy by validation pass@1" in out
 
-    tok = AutoTokenizer.from_pretrained(ckpt)
+    tok = load_tokenizer(ckpt)  # the checkpoint's tokenizer as saved (AutoTokenizer would rebuild a Qwen2Tokenizer)
     cfg = load_config(str(run / "config.yaml"))
     policy = load_policy(run / "policy-0")
     valid = load_split(str(files["valid"]), "data.valid", columns=cfg.data.columns_for("valid"))
