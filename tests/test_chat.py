@@ -175,9 +175,9 @@ def test_a_chat_run_over_a_messages_file_of_other_column_names(tmp_path):
         f"data.test={files['valid']}",
         "data.columns={messages: conversation, source_id: uid}",
         "bc.steps=30",
-        "grow.num_samples=4",
+        "grow.num_samples=2",
         "improve.thresholds=[0.3]",
-        "improve.steps=5",
+        "improve.steps=2",
         "eval.samples=4",
         "eval.pass_at=[1, 2, 4]",
         "eval.select_by=pass@1",
@@ -203,7 +203,7 @@ def test_a_chat_run_over_a_messages_file_of_other_column_names(tmp_path):
         assert batch["input_ids"][row].tolist()[: len(prompt)] == prompt
 
     rows = pd.read_parquet(run / "grow-1")
-    assert len(rows) == 160 and rows["source_id"].str.startswith("pool-").all()
+    assert len(rows) == 80 and rows["source_id"].str.startswith("pool-").all()
     assert rows["difficulty"].tolist() == [len(json.loads(s)[0]["content"]) for s in rows["source"]]
     assert not rows["completion"].str.contains("assistant|im_start|Write the number").any()
     valid_metrics = json.loads((run / "policy-0" / "metrics.json").read_text())["valid"]
