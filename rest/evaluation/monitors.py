@@ -23,6 +23,9 @@ gets these on the validation split, stored under `monitors` in its metrics.json:
 
 from __future__ import annotations
 
+import copy
+import hashlib
+import json
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -150,6 +153,9 @@ def probe_reward(
     return out
 
 
+PROBED: dict[str, dict[str, Any]] = {}  # probe_rewards' results in this process, by a hash of their inputs
+
+
 def probe_rewards(
     reward_cfg,
     sources: Sequence[str],
@@ -159,11 +165,37 @@ def probe_rewards(
     columns: Mapping[str, Sequence] | None = None,
 ) -> dict[str, Any]:
     """probe_reward for every configured component and for the total (`reward`) of a RewardConfig
-    (or a plain {component: weight} mapping). `columns`: the rows' other columns, for a user's function."""
+    (or a plain {component: weight} mapping). `columns`: the rows' other columns, for a user's function.
+
+    The probes score the reward, not a policy: every policy of a run validated on the same rows gets the same
+    numbers, so they are computed once per process and inputs (PROBED) and copied after (SuperHF validates 50
+    policies)."""
     if isinstance(reward_cfg, Mapping):
         reward_cfg = RewardConfig(components=dict(reward_cfg))
     cols = dict(columns or {})
+    key = hashlib.sha256(
+        json.dumps(
+            [reward_cfg.model_dump(mode="json"), list(sources), list(references), seed, device, sorted(cols)],
+            default=str,
+        ).encode()
+    ).hexdigest()
+    for values in cols.values():
+        key = hashlib.sha256((key + json.dumps(list(values), default=str)).encode()).hexdigest()
+    if key not in PROBED:
+        if len(PROBED) >= 8:
+            PROBED.clear()
+        PROBED[key] = _probe_rewards(reward_cfg, sources, references, seed, device, cols)
+    return copy.deepcopy(PROBED[key])
 
+
+def _probe_rewards(
+    reward_cfg: RewardConfig,
+    sources: Sequence[str],
+    references: Sequence[str],
+    seed: int,
+    device: str,
+    cols: dict[str, Sequence],
+) -> dict[str, Any]:
     def scorer(name: str) -> Reward:
         fn = component(name, reward_cfg, device)
         if getattr(fn, "takes_columns", False):

@@ -1,6 +1,6 @@
 """The ReST DAG as Prefect flows.
 
-    rest_flow("runs/numbers")     # policy-0, then G x (grow_flow, improve_flow), then finish_flow
+    rest_flow("runs/numbers")     # policy-0, then G x (Grow step, Improve steps), then finish: tasks of one flow
     finish_flow("runs/numbers")   # test of the best policy, RUN/report/index.html, the comet-ml experiment
     grow_flow("runs/numbers")     # one more Grow step: one task per shard, on the configured task runner
     improve_flow("runs/numbers")  # the Improve steps of the latest Grow step
@@ -187,6 +187,23 @@ def _with_runner(f, run_dir: str):
     return f.with_options(task_runner=DaskTaskRunner(cluster_kwargs=cluster))
 
 
+def in_this_thread(cfg) -> bool:
+    """Whether a Grow step's shards run one after another in the calling thread instead of on a task runner:
+    with threads and grow.workers 1. Also the faster way: torch's OpenMP workers spin between parallel regions only
+    for the thread that started them first (the main thread), so a small model's many small ops ran 2x slower on a
+    task-runner thread (a numbers shard: 0.6 s in the main thread, 1.3 s on a pool thread; docs/design.md)."""
+    return cfg.orchestration.task_runner == "threads" and cfg.grow.workers == 1
+
+
+def grow_step(run: str, step: int) -> str:
+    """Grow step `step` as tasks of the flow that calls it: the shards one by one in this thread, then the step."""
+    for index in plan_grow_task(run, step):
+        grow_shard_task(run, step, index)  # raises if the shard failed; the finished ones stay for the rerun
+    name = finish_grow_task(run, step)
+    publish_grow_artifact(run, step)
+    return name
+
+
 @flow(name="grow-step")
 def grow_step_flow(run: str, step: int) -> str:
     """Grow step `step`: sample every shard (on the configured task runner), then publish the step."""
@@ -202,33 +219,43 @@ def grow_step_flow(run: str, step: int) -> str:
 def grow_flow(run: str, step: int | None = None) -> str:
     """One more Grow step on an existing run (default: the next one)."""
     with run_lock(Path(run)):
-        g = step or Run.open(run).next_grow_step()
+        run_ = Run.open(run)
+        g = step or run_.next_grow_step()
+        if in_this_thread(run_.config):
+            return grow_step(run, g)
         return _with_runner(grow_step_flow, run)(run, g)
+
+
+def improve_steps(run: str, g: int) -> list[str]:
+    """Every Improve step (one per threshold) after Grow step g, as tasks of the flow that calls it."""
+    names = []
+    for i in range(1, len(Run.open(run).config.improve.thresholds) + 1):
+        names.append(improve_task(run, g, i))
+        publish_improve_artifact(run, names[-1])
+    return names
 
 
 @flow(name="improve")
 def improve_flow(run: str, step: int | None = None) -> list[str]:
     """Every Improve step (one per threshold) after Grow step `step` (default: the latest)."""
     with run_lock(Path(run)):
-        run_ = Run.open(run)
-        g = step or run_.latest_grow_step()
-        thresholds = run_.config.improve.thresholds
-        names = []
-        for i in range(1, len(thresholds) + 1):
-            names.append(improve_task(run, g, i))
-            publish_improve_artifact(run, names[-1])
-        return names
+        return improve_steps(run, step or Run.open(run).latest_grow_step())
 
 
-@flow(name="finish")
-def finish_flow(run: str) -> dict:
-    """Name the best policy and test it, write the report page, log the run to comet-ml."""
+def finish(run: str) -> dict:
+    """Name the best policy and test it, write the report page, log the run to comet-ml (tasks of the caller)."""
     summary = finish_run_task(run)
     report = report_task(run)
     summary["report"] = report
     summary["comet_archive"] = track_task(run, report)
     publish_run_report(run, summary, report)
     return summary
+
+
+@flow(name="finish")
+def finish_flow(run: str) -> dict:
+    """Name the best policy and test it, write the report page, log the run to comet-ml."""
+    return finish(run)
 
 
 @flow(name="rest")
@@ -248,7 +275,11 @@ def rest_flow(run: str, config: str | None = None, overrides: ConfigOverrides | 
         stages.start_run(Path(run), cfg)  # what `rest run` calls too: every input checked, then the directory
     with run_lock(Path(run)):  # one writer per run directory, whether it came from `rest` or a deployment
         policy0_task(run)
-        for g in range(1, Run.open(run).config.grow.steps + 1):
-            grow_flow(run, g)
-            improve_flow(run, g)
-        return finish_flow(run)
+        cfg = Run.open(run).config
+        for g in range(1, cfg.grow.steps + 1):
+            # An iteration's tasks belong to this flow: a subflow costs ~0.6 s of Prefect's own (its heartbeat
+            # thread is joined on exit and sleeps in 1 s steps), which SuperHF's 50 iterations would pay 150 times.
+            # Grow shards on Dask or on several threads keep their subflow, which carries the task runner.
+            grow_step(run, g) if in_this_thread(cfg) else _with_runner(grow_step_flow, run)(run, g)
+            improve_steps(run, g)
+        return finish(run)

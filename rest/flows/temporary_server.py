@@ -37,8 +37,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def start() -> tuple[subprocess.Popen, str]:
-    """Start the server and wait until it answers. Returns (process, API URL)."""
+def launch() -> tuple[subprocess.Popen, str]:
+    """Start the server and return at once (it answers seconds later: `wait_until_up`). Returns (process, API URL)."""
     port = _free_port()
     env = {**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"}
     env.pop("PREFECT_API_URL", None)
@@ -67,13 +67,17 @@ def start() -> tuple[subprocess.Popen, str]:
         start_new_session=True,
         preexec_fn=die_with_parent,
     )
-    url = f"http://127.0.0.1:{port}/api"
+    return proc, f"http://127.0.0.1:{port}/api"
+
+
+def wait_until_up(proc: subprocess.Popen, url: str) -> None:
+    """Return once the server answers; stop it and raise if it ends or does not answer in STARTUP_TIMEOUT_S."""
     deadline = time.monotonic() + STARTUP_TIMEOUT_S
     while True:
         try:
             with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
                 if response.status == 200:
-                    return proc, url
+                    return
         except OSError:
             pass
         if proc.poll() is not None or time.monotonic() > deadline:
@@ -83,7 +87,14 @@ def start() -> tuple[subprocess.Popen, str]:
                 + (f" (exit code {proc.returncode})" if proc.returncode is not None else "")
                 + "; start one with `make server` and run again"
             )
-        time.sleep(0.2)
+        time.sleep(0.1)
+
+
+def start() -> tuple[subprocess.Popen, str]:
+    """Start the server and wait until it answers. Returns (process, API URL)."""
+    proc, url = launch()
+    wait_until_up(proc, url)
+    return proc, url
 
 
 def stop(proc: subprocess.Popen) -> None:
@@ -101,21 +112,40 @@ def configured() -> bool:
     return bool(PREFECT_API_URL.value())
 
 
+class Server:
+    """The server of a `temporary_server` block: `ready()` returns once it answers (at once for a configured one)."""
+
+    def __init__(self, proc: subprocess.Popen | None, url: str | None):
+        self.proc, self.url = proc, url
+        self.up = proc is None
+
+    def ready(self) -> None:
+        if not self.up and self.proc is not None and self.url is not None:
+            wait_until_up(self.proc, self.url)
+            self.up = True
+
+
 @contextlib.contextmanager
-def temporary_server():
-    """Inside: PREFECT_API_URL names a server (the configured one, or a temporary one started here)."""
+def temporary_server(wait: bool = True):
+    """Inside: PREFECT_API_URL names a server (the configured one, or a temporary one started here). `wait=False`:
+    enter at once, the server still starting (~4 s; ~11 s when PREFECT_HOME has no database yet), and call
+    `ready()` on what it yields before the first flow: `rest run` imports torch and checks its inputs meanwhile."""
     if configured():
-        yield None
+        yield Server(None, None)
         return
-    proc, url = start()
+    proc, url = launch()
+    server = Server(proc, url)
     os.environ["PREFECT_API_URL"] = url  # for processes started inside (Dask workers)
     try:
+        if wait:
+            server.ready()
         with temporary_settings(updates={PREFECT_API_URL: url}):
-            yield proc
+            yield server
     finally:
-        # Send the log lines and events still queued for the server before it goes (else: "Error logging to API").
-        for worker in (APILogWorker, EventsWorker):
-            with contextlib.suppress(Exception):
-                worker.drain_all(timeout=5)
+        if server.up:
+            # Send the log lines and events still queued for the server before it goes (else: "Error logging to API").
+            for worker in (APILogWorker, EventsWorker):
+                with contextlib.suppress(Exception):
+                    worker.drain_all(timeout=5)
         os.environ.pop("PREFECT_API_URL", None)
         stop(proc)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from rest.config import RunConfig
 from rest.grow.base import EngineSpec
-from rest.models.policy import Policy, load_policy
+from rest.models import resident
+from rest.models.policy import Policy
 from rest.models.sampling import generate
 
 
@@ -49,6 +50,8 @@ class TorchEngine:
         pass  # the model goes with the engine
 
 
+# The policy an Improve step just published is still in memory (rest/models/resident.py): no reload.
 ENGINE = EngineSpec(
-    "torch", lambda policy_dir, cfg: TorchEngine(load_policy(policy_dir, device=cfg.device, dtype=cfg.model.dtype), cfg)
+    "torch",
+    lambda policy_dir, cfg: TorchEngine(resident.get(policy_dir, device=cfg.device, dtype=cfg.model.dtype), cfg),
 )

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import atexit
+import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -56,11 +58,32 @@ def check_vllm(cfg: RunConfig, is_encoder_decoder: bool | None = None) -> None:
         )
 
 
+# What a policy directory holds besides weights; two policies whose files here agree differ by their weights only.
+SHAPE_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
+
+
+def architecture_identity(policy_dir: Path) -> str:
+    """The architecture and tokenizer of a policy directory, as a hash: config.json but for the fields that name
+    where and with what it was saved, and the tokenizer's files. Equal: new weights can go into a running engine."""
+    config = json.loads((Path(policy_dir) / "config.json").read_text())
+    for name in ("_name_or_path", "transformers_version"):
+        config.pop(name, None)
+    digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode())
+    for name in SHAPE_FILES:
+        path = Path(policy_dir) / name
+        digest.update(name.encode() + (path.read_bytes() if path.is_file() else b"-"))
+    return digest.hexdigest()
+
+
 class VllmEngine:
     """vLLM sampling a published decoder-only policy, in a process of its own (rest/grow/vllm_worker.py), which may run
     another Python (grow.vllm.python). Tokenizing and decoding stay here, with the policy's own tokenizer, so prompts
     and completions are the torch engine's to the character; the worker sees token ids only. Each source's request
-    carries its own seed (request_seed), so a shard is the same whatever else vLLM batches with it."""
+    carries its own seed (request_seed), so a shard is the same whatever else vLLM batches with it.
+
+    The process outlives its policy: the next policy of the same architecture and tokenizer (the next Improve step's)
+    is loaded into it in place (`load_policy`: vLLM's reload_weights, ~1 s for a small model where a new process
+    takes 20-50 s on a CPU). On a GPU it sleeps while the pipeline trains (`suspend`: weights and KV cache freed)."""
 
     name = "vllm"
 
@@ -72,6 +95,12 @@ class VllmEngine:
         self.model_cfg = cfg.model
         self.failed = False
         self.device = cfg.device
+        self.warm = cfg.grow.vllm.warm
+        self.policy_dir = Path(policy_dir).resolve()
+        self.identity = architecture_identity(policy_dir)
+        # vLLM's sleep mode exists on GPUs only (its CPU worker ignores it with a warning)
+        self.sleep_mode = cfg.device.startswith("cuda") or (cfg.device == "auto" and _cuda())
+        self.asleep = False
         self.lock = threading.Lock()  # one request at a time on the pipe (shards may run on threads)
         env = dict(os.environ)
         env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
@@ -101,10 +130,34 @@ class VllmEngine:
                 "gpu_memory_utilization": vc.gpu_memory_utilization,
                 "max_model_len": vc.max_model_len,
                 "enforce_eager": vc.enforce_eager,
+                "sleep_mode": self.sleep_mode,
             },
             "start",
         )
         atexit.register(self.close)
+
+    def load_policy(self, policy_dir: Path) -> bool:
+        """Take the weights of the policy at `policy_dir` into the running engine, if its architecture and tokenizer
+        are this engine's (True); else False, and the caller starts a new engine."""
+        if architecture_identity(policy_dir) != self.identity:
+            return False
+        if self.asleep:
+            self._call({"op": "wake"}, "wake up")
+            self.asleep = False
+        self._call({"op": "reload", "model": str(Path(policy_dir).resolve())}, "load new weights")
+        self.policy_dir = Path(policy_dir).resolve()
+        return True
+
+    def suspend(self) -> None:
+        """Free the GPU for training: weights and KV cache dropped (vLLM's sleep level 2); the next sample or
+        load_policy brings them back. Nothing to do on a CPU."""
+        if self.sleep_mode and not self.asleep:
+            self._call({"op": "sleep"}, "sleep")
+            self.asleep = True
+
+    def _awake(self) -> None:
+        if self.asleep:
+            self.load_policy(self.policy_dir)  # the weights were dropped: the same policy's, again
 
     def _call(self, request: dict, what: str) -> dict:
         with self.lock:
@@ -136,6 +189,7 @@ class VllmEngine:
         top_k: int,
         max_new_tokens: int,
     ) -> Generation:
+        self._awake()
         eos = self.tokenizer.eos_token_id
         prompts = encode_prompts(self.tokenizer, False, sources, self.model_cfg)
         answer = self._call(
@@ -191,6 +245,12 @@ class VllmEngine:
             except OSError:
                 pass
         atexit.unregister(self.close)
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def _kill_tree(proc: subprocess.Popen) -> None:

@@ -68,19 +68,24 @@ def engine_for(cfg: RunConfig, policy_dir: Path, policy_id: str) -> Engine:
     device = worker_device(cfg.device, _this_worker(), gpus) if gpus > 1 else cfg.device
     if device != cfg.device:
         cfg = cfg.model_copy(update={"device": device})
-    key = (
-        cfg.grow.engine,
-        str(Path(policy_dir).resolve()),
-        policy_id,
-        cfg.model.model_dump_json(),
-        cfg.device,
-        cfg.grow.batch_size,
-        cfg.eval.batch_size,
-    )
+    settings = (cfg.grow.engine, cfg.model.model_dump_json(), cfg.device, cfg.grow.batch_size, cfg.eval.batch_size)
+    key = (*settings, str(Path(policy_dir).resolve()), policy_id)
     with _LOCK:
-        if key not in _CACHE or getattr(_CACHE[key], "failed", False):  # a failed engine has ended: start anew
-            _clear()
-            _CACHE[key] = engine_spec(cfg.grow.engine).load(Path(policy_dir), cfg)
+        for old in [k for k, e in _CACHE.items() if getattr(e, "failed", False)]:
+            del _CACHE[old]  # a failed engine has ended: start anew
+        if key in _CACHE:
+            return _CACHE[key]
+        # Another policy: an engine with the same settings that can take new weights in place keeps running
+        # (vLLM: reload_weights into the warm process, unless grow.vllm.warm is off or the architecture changed).
+        warm = [k for k in _CACHE if k[: len(settings)] == settings]
+        if warm and getattr(_CACHE[warm[0]], "warm", False):
+            engine = _CACHE.pop(warm[0])
+            if engine.load_policy(Path(policy_dir)):  # type: ignore[attr-defined]
+                _CACHE[key] = engine
+                return engine
+            engine.close()
+        _clear()
+        _CACHE[key] = engine_spec(cfg.grow.engine).load(Path(policy_dir), cfg)
         return _CACHE[key]
 
 
@@ -105,6 +110,18 @@ def cached_engines() -> list[Engine]:
 
 
 def release() -> None:
-    """Drop the cached engine (its model, its vLLM process): before training, so two models are not held at once."""
+    """Drop the cached engine (its model, its vLLM process)."""
     with _LOCK:
         _clear()
+
+
+def suspend() -> None:
+    """Before training: a warm engine (vLLM with grow.vllm.warm) stays, asleep on a GPU (its weights and KV cache
+    freed), for the next policy; any other engine is dropped, so two models are not held at once."""
+    with _LOCK:
+        for key, engine in list(_CACHE.items()):
+            if getattr(engine, "warm", False) and not getattr(engine, "failed", False):
+                engine.suspend()
+            else:
+                engine.close()
+                del _CACHE[key]

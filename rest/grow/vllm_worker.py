@@ -8,11 +8,16 @@ Everything that knows about text (the prompt template, tokenizing, decoding) sta
 token ids only (`skip_tokenizer_init`). It ends when its stdin closes (the pipeline closing the engine, or ending
 however it ends).
 
-    -> {"model": DIR, "dtype": "float32", "seed": 0, "gpu_memory_utilization": 0.5, "max_model_len": 512}
+    -> {"model": DIR, "dtype": "float32", "seed": 0, "gpu_memory_utilization": 0.5, "max_model_len": 512,
+        "sleep_mode": False}
     <- {"ok": True, "vllm": "0.32.0"}
     -> {"prompts": [[ids], ...], "seeds": [s, ...], "n": 8, "temperature": 1.0, "top_p": 1.0, "top_k": 0,
         "max_tokens": 48, "eos": 2}
     <- {"ok": True, "outputs": [[(token_ids, logprob), ... n], ... per prompt]}
+    -> {"op": "reload", "model": DIR}     new weights of the same architecture into the running engine
+    <- {"ok": True, "seconds": 0.4}
+    -> {"op": "sleep"} / {"op": "wake"}   (GPU, with sleep_mode) free the weights and the KV cache while the
+    <- {"ok": True}                        pipeline trains; wake before the next reload
     (stdin closed: the script exits)
 
 `logprob` is the sum over the completion's tokens, EOS included when it ended there, of log pi(token) under the
@@ -77,6 +82,17 @@ def sample(llm, request):
     return outputs
 
 
+def reload(llm, request):
+    """New weights in place (vLLM's `reload_weights` on every worker: the CPU worker inherits the GPU worker's),
+    then the prefix cache emptied: its KV blocks were computed by the old weights."""
+    import time
+
+    started = time.perf_counter()
+    llm.collective_rpc("reload_weights", kwargs={"weights_path": request["model"], "is_checkpoint_format": True})
+    llm.reset_prefix_cache()
+    return time.perf_counter() - started
+
+
 def main() -> None:
     # SIGTERM (rest stopping, a scheduler) exits through Python, so vLLM's shutdown ends its engine process too.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
@@ -96,6 +112,8 @@ def main() -> None:
             options["max_model_len"] = init["max_model_len"]
         if init.get("enforce_eager"):
             options["enforce_eager"] = True
+        if init.get("sleep_mode"):
+            options["enable_sleep_mode"] = True
         llm = LLM(
             model=init["model"],
             skip_tokenizer_init=True,
@@ -111,7 +129,17 @@ def main() -> None:
         return
     while (request := read(inp)) is not None:
         try:
-            write(out, {"ok": True, "outputs": sample(llm, request)})
+            op = request.get("op", "sample")
+            if op == "reload":
+                write(out, {"ok": True, "seconds": reload(llm, request)})
+            elif op == "sleep":  # level 2: weights and KV cache dropped; the next reload brings the weights
+                llm.sleep(level=2)
+                write(out, {"ok": True})
+            elif op == "wake":
+                llm.wake_up()
+                write(out, {"ok": True})
+            else:
+                write(out, {"ok": True, "outputs": sample(llm, request)})
         except Exception:
             write(out, {"ok": False, "error": traceback.format_exc()})
 

@@ -40,6 +40,7 @@ from rest.improve.objectives import (
     Batch,
     Objective,
 )
+from rest.models import resident
 from rest.models.policy import Policy
 from rest.stages.preflight import check_run_inputs
 from rest.training import distributed
@@ -206,7 +207,9 @@ def publish_policy(
         outputs[["source_id", "source", "reference", "output", "reward"]].to_parquet(stage / VALID_OUTPUTS, index=False)
     write_json_atomic(stage / METRICS_FILE, metrics)
     os.replace(stage, art)
-    return publish(art, manifests.POLICY, parents, cfg_slice, extra)
+    manifest = publish(art, manifests.POLICY, parents, cfg_slice, extra)
+    resident.keep(art, policy, manifest["id"])  # the next stage of this process samples or trains it: no reload
+    return manifest
 
 
 def train_stats(stats: dict[str, Any]) -> dict[str, Any]:

@@ -32,7 +32,7 @@ from rest.improve.objectives import (
     token_weights,
 )
 from rest.improve.selection import preference_pairs, select, sparse_selection
-from rest.models.policy import load_policy
+from rest.models import resident
 from rest.stages.common import (
     IMPROVE_KEYS,
     assess,
@@ -67,7 +67,7 @@ def improve(run_dir: Path, g: int, i: int) -> str:
     if existing(run.dir(name), cfg_slice, parents):
         log.info(f"{name}: published, skipping")
         return name
-    engines.release()  # the Grow engine's policy is not needed while training (here or in the ranks launched)
+    engines.suspend()  # the Grow engine is not needed while training (here or in the ranks launched): asleep or gone
     if ic.processes > 1 and not distributed.launched():
         distributed.launch("improve", run_dir, g, i, processes=ic.processes, key="improve.processes")
         run.verified(name)
@@ -94,7 +94,7 @@ def improve(run_dir: Path, g: int, i: int) -> str:
         log.warning(f"{name}: {sparse}")
         selection["warning"] = sparse
     device = distributed.rank_device(cfg.device)
-    policy = load_policy(run.dir(init), device=device)
+    policy = resident.take(run.dir(init), device=device)  # the policy just published stays in memory
     reference = None
     if objective.needs_reference:
         # KL prior: policy-0; a preference loss: the policy that sampled the Grow step, or policy-0
@@ -103,7 +103,7 @@ def improve(run_dir: Path, g: int, i: int) -> str:
         )
         run.verified(ref_name)
         # The reference is the start with LoRA: the policy with its adapter switched off, no second copy.
-        reference = policy if ic.lora and init == ref_name else load_policy(run.dir(ref_name), device=device)
+        reference = policy if ic.lora and init == ref_name else resident.get(run.dir(ref_name), device=device)
     stats = fit(policy, batches, ic, cfg, dropout_seed(cfg.seed, "improve", g, i), name, objective, reference)
     if distributed.world()[0] != 0:
         return name  # rank 0 validates and publishes
