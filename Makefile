@@ -21,7 +21,7 @@ POOL ?= rest
 # $(call HEALTHY,SECONDS): wait until the server's health endpoint answers (curl is not on every machine).
 HEALTHY = $(BIN)/python -m rest.flows.wait_for_server $(PREFECT_URL) $(1)
 
-.PHONY: setup lint test-durations vllm run grow improve eval inspect report reward test test-unit bench methods data clean server worker deploy stop
+.PHONY: setup setup-gpu bench-gpu lint test-durations vllm run grow improve eval inspect report reward test test-unit bench methods data clean server worker deploy stop
 
 setup: $(VENV)/.installed
 
@@ -84,6 +84,21 @@ test-durations:  ## every test, then tests/durations.json (each file's seconds: 
 
 bench: setup vllm  ## speed side by side (Grow incl. vLLM, Improve, scoring, memory, make run's stages): writes docs/benchmarks.md
 	REST_VLLM_PYTHON=$(CURDIR)/$(VLLM_VENV)/bin/python $(BIN)/python bench/speed.py $(ARGS)
+
+bench-gpu: setup vllm  ## on a GPU machine (after `make setup-gpu`): a Qwen2.5-0.5B-shaped model, Grow/Improve/one iteration (<8 min on one H200): docs/benchmarks.md
+	REST_VLLM_PYTHON=$(CURDIR)/$(VLLM_VENV)/bin/python $(BIN)/python bench/gpu.py $(ARGS)
+
+# A GPU machine: the same venvs with CUDA builds. torch 2.13.0 from PyPI is its CUDA 12.8 build on x86-64 Linux (the
+# local CPU wheel is what pip takes on our CPU machines); vllm 0.32.0 is built against exactly torch 2.13.0.
+setup-gpu:  ## CUDA torch in .venv and CUDA vLLM in .venv-vllm (needs the package registry: ~5 GB)
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --progress-bar off -c constraints.txt -e '.[dev]'
+	touch $(VENV)/.installed
+	test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install --quiet --progress-bar off -c constraints-gpu.txt vllm==0.32.0
+	$(VLLM_VENV)/bin/python -c "import torch; assert torch.cuda.is_available(), 'vllm venv: torch sees no GPU'"
+	$(BIN)/python -c "import torch; assert torch.cuda.is_available(), 'torch sees no GPU'; print('GPU:', torch.cuda.get_device_name(0))"
+	touch $(VLLM_VENV)/.installed
 
 methods: setup  ## every method on both embedded tasks, 2 seeds (hours on 2 cores; ARGS="--tasks g2p --seeds 0"): docs/methods.md
 	$(BIN)/python bench/methods.py $(ARGS)

@@ -76,6 +76,7 @@ CONFIG = "configs/numbers.yaml"
 DECODER_ONLY = "configs/models/llama-2.6m.json"
 SECTIONS = ("grow", "engine", "improve", "iterations", "score", "memory", "run")
 WORK = ROOT / "runs/bench"  # where the bench's runs go (--work)
+GPU_BEGIN, GPU_END = "<!-- bench-gpu -->", "<!-- /bench-gpu -->"  # bench/gpu.py's section of the same page
 
 
 def median_time(fn: Callable[[], object], repeats: int) -> float:
@@ -875,7 +876,11 @@ def main(argv: list[str] | None = None) -> int:
             + "\n"
         )
     parts.append(f"Whole bench: {time.perf_counter() - started:.0f} s.\n")
-    Path(args.out).write_text("\n".join(parts))
+    out = Path(args.out)
+    old = out.read_text() if out.is_file() else ""
+    if GPU_BEGIN in old and GPU_END in old:  # bench/gpu.py's section (from a GPU machine) stays as it was
+        parts.append(GPU_BEGIN + old.split(GPU_BEGIN, 1)[1].split(GPU_END, 1)[0] + GPU_END + "\n")
+    out.write_text("\n".join(parts))
     print(f"[bench] wrote {args.out}")
     return 0
 

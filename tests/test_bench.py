@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -72,3 +73,32 @@ def test_the_methods_tables_are_made_from_the_ledger(tmp_path, monkeypatch):
     assert cells[1:5] == ["0, 1", "40.0 / 42.0", "61.0", "58.0"]
     assert cells[9] == "100 / shared s" and cells[10] == "improve-2-1 / improve-2-2"  # seed 1 shared the machine
     assert "| bc-control | not run yet |" in text
+
+
+@pytest.mark.integration
+def test_the_gpu_bench_runs_at_a_tiny_size_and_keeps_its_section(tmp_path):
+    """bench/gpu.py --tiny: every section on the CPU (the vLLM engine's rows with $REST_VLLM_PYTHON), its table
+    written between its markers, the page's other text kept; `make bench` keeps that section when it rewrites."""
+    out = tmp_path / "benchmarks.md"
+    out.write_text(
+        "# Benchmarks\n\nthe CPU bench's tables\n\n<!-- bench-gpu -->\nan old GPU table\n<!-- /bench-gpu -->\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "bench/gpu.py", "--tiny", "--out", str(out), "--work", str(tmp_path / "work")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    text = out.read_text()
+    assert text.startswith("# Benchmarks\n\nthe CPU bench's tables") and text.count("<!-- bench-gpu -->") == 1
+    assert "an old GPU table" not in text
+    section = text.split("<!-- bench-gpu -->")[1].split("<!-- /bench-gpu -->")[0]
+    engines = ("torch", "vllm") if os.environ.get("REST_VLLM_PYTHON") else ("torch",)
+    for engine in engines:
+        for n in (8, 32):
+            line = next(line for line in section.splitlines() if line.startswith(f"| {engine} | {n} |"))
+            assert float(line.split("|")[3].replace(",", "")) > 0, line
+    for row in ("| full fine-tuning |", "| LoRA r=16", "| policy-0 (BC + validation) |", "| grow-2 |"):
+        assert row in section, row
