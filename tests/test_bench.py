@@ -24,7 +24,7 @@ def test_bench_script_runs_every_section_and_writes_its_tables(tmp_path):
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     text = out.read_text()
-    for heading in ("## Grow", "## Improve", "## Scoring", "## Memory", "## `make run`"):
+    for heading in ("## Grow", "## Iterations", "## Improve", "## Scoring", "## Memory", "## `make run`"):
         assert heading in text
     # each comparison has its row, with a number in it
     for row in (
@@ -36,6 +36,7 @@ def test_bench_script_runs_every_section_and_writes_its_tables(tmp_path):
         "sacrebleu sentence chrF",
         "REST_SCORE_PROCESSES=1",
         "Prefect (rest run minus",
+        "eval.valid_rows: 128",
     ):
         line = next(line for line in text.splitlines() if row in line)
         assert any(ch.isdigit() for ch in line.split("|")[-2]), line

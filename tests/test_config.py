@@ -134,3 +134,19 @@ def test_token_weights_name_a_reward_component_of_an_nll_loss():
         load_config("configs/numbers-seq2seq.yaml", ["improve.unlikelihood=0.5"])
     cfg = load_config("configs/numbers-seq2seq.yaml", ["improve.token_weights=learned", "improve.unlikelihood=0.5"])
     assert objective_for(cfg.improve).unlikelihood == 0.5
+
+
+def test_validation_on_a_seeded_subset_of_valid_is_the_same_rows_for_every_policy():
+    from rest.stages.common import policy_slice, valid_split
+
+    cfg = load_config("configs/smoke.yaml", ["eval.valid_rows=12"])
+    rows = valid_split(cfg)
+    whole = valid_split(load_config("configs/smoke.yaml"))
+    assert len(rows) == 12 and len(whole) == 40
+    assert rows.equals(valid_split(cfg))  # the same rows each time (the run's seed), in the file's order
+    assert rows["source_id"].tolist() == [s for s in whole["source_id"] if s in set(rows["source_id"])]
+    assert rows["source_id"].tolist() != whole["source_id"].tolist()[:12]  # drawn, not the first 12
+    assert not valid_split(load_config("configs/smoke.yaml", ["eval.valid_rows=12", "seed=1"])).equals(rows)
+    # in a policy's key only when set: policies of runs made before the setting still match their manifests
+    assert policy_slice(cfg, "eval.max_new_tokens")["eval"] == {"max_new_tokens": 24, "valid_rows": 12}
+    assert policy_slice(load_config("configs/smoke.yaml"), "eval.max_new_tokens")["eval"] == {"max_new_tokens": 24}

@@ -7,8 +7,7 @@ from typing import Any
 
 from rest.artifacts.run import Run, shown
 from rest.errors import RestError
-from rest.evaluation.monitors import input_use_line
-from rest.evaluation.policy import sampled_keys, selected_by
+from rest.evaluation.names import input_use_line, sampled_keys, selected_by
 
 
 def format_table(header: list[str], rows: list[list[Any]]) -> str:

@@ -278,19 +278,6 @@ def input_use(
     }
 
 
-def input_use_line(name: str, m: Mapping[str, Any]) -> str:
-    """The plain-words line for a policy whose `input` monitor fired."""
-    return (
-        f"{name} ignores its input: {100 * m['top_output_fraction']:.0f}% of validation outputs are "
-        f"{m['top_output']!r}, "
-        "and pairing each reference with another row's source raises its NLL by only "
-        f"{100 * m['input_sensitivity']:.1f}% "
-        f"({m['nll']:.3f} -> {m['nll_shuffled_sources']:.3f}). It did not learn the task: nothing later can fix that. "
-        "From scratch, try a lower bc.lr (5e-4), a longer warm-up (bc.warmup_fraction=0.2), more bc.steps or more "
-        "labelled pairs; with model.architecture, keep a pre-LN model (configs/models/mbart-2.6m.json)"
-    )
-
-
 def policy_monitors(
     outputs: Sequence[str],
     base_outputs: Sequence[str],

@@ -144,20 +144,3 @@ def target_nll(
         total += float(sums.sum())
         count += int(counts.sum())
     return total / max(1, count)
-
-
-SAMPLED = ("pass@", "maj@")  # the sampled evaluation's metrics (eval.samples), points
-
-
-def sampled_keys(metrics: dict) -> list[str]:
-    """The pass@k and maj@k keys of a policy's metrics, pass@ first, by k."""
-    keys = [k for k in metrics if k.startswith(SAMPLED)]
-    return sorted(keys, key=lambda k: (not k.startswith("pass@"), int(k.split("@")[1])))
-
-
-def selected_by(cfg: RunConfig) -> str:
-    """How a run picks its best policy, in words."""
-    how = cfg.eval.select_by
-    if how == "reward":
-        return "validation reward"
-    return f"validation {how}" + (f"@{cfg.eval.samples}" if how == "maj" else "")

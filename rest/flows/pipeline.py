@@ -29,7 +29,7 @@ from rest.artifacts.manifests import CONFIG_FILE, run_lock
 from rest.artifacts.run import Run
 from rest.config import ConfigOverrides, load_config
 from rest.errors import OS_ERROR_FIXES, RestError
-from rest.evaluation.policy import sampled_keys, selected_by
+from rest.evaluation.names import sampled_keys, selected_by
 from rest.reporting.report import write_report
 from rest.reporting.tracking import log_run
 

@@ -25,8 +25,7 @@ from rest.artifacts import manifests  # noqa: E402
 from rest.artifacts.run import SUMMARY_ROWS, Run, shown  # noqa: E402
 from rest.artifacts.shards import read_grow  # noqa: E402
 from rest.errors import RestError  # noqa: E402
-from rest.evaluation.monitors import input_use_line  # noqa: E402
-from rest.evaluation.policy import sampled_keys, selected_by  # noqa: E402
+from rest.evaluation.names import input_use_line, sampled_keys, selected_by  # noqa: E402
 
 REPORT_DIR = "report"
 EXAMPLES = 5  # sources shown with all their samples, per Grow step

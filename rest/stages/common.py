@@ -33,7 +33,8 @@ from rest.config import (
     in_key,
 )
 from rest.data.splits import data_split, row_columns
-from rest.evaluation.monitors import input_use_line, policy_monitors
+from rest.evaluation.monitors import policy_monitors
+from rest.evaluation.names import input_use_line
 from rest.evaluation.policy import evaluate, target_nll
 from rest.grow import engines
 from rest.improve.objectives import (
@@ -79,6 +80,26 @@ def config_slice(cfg: RunConfig, *keys: str) -> dict[str, Any]:
             dst = dst.setdefault(part, {})
         dst[parts[-1]] = src[parts[-1]]
     return out
+
+
+def policy_slice(cfg: RunConfig, *keys: str) -> dict[str, Any]:
+    """config_slice of a policy artifact: with eval.valid_rows only when it is set, so that the policies of runs made
+    before the setting existed still match their manifests."""
+    out = config_slice(cfg, *keys)
+    if cfg.eval.valid_rows is not None:
+        out["eval"]["valid_rows"] = cfg.eval.valid_rows
+    return out
+
+
+def valid_split(cfg: RunConfig) -> pd.DataFrame:
+    """The rows policies are validated on: data.valid, or eval.valid_rows of them drawn with the run's seed (the
+    same rows for every policy of the run, in the file's order)."""
+    df = data_split(cfg.data, "valid")
+    n = cfg.eval.valid_rows
+    if n is None or n >= len(df):
+        return df
+    rows = np.random.default_rng(derive_seed(cfg.seed, "valid-rows")).choice(len(df), size=n, replace=False)
+    return df.iloc[np.sort(rows)].reset_index(drop=True)
 
 
 def section_keys(section: str, model: type[BaseModel], leave_out: tuple[str, ...] = ()) -> list[str]:
@@ -161,7 +182,7 @@ def assess(
     ):  # not validated (eval.every): the last one that was
         made = run.assessed_policies()
         previous = made[-1] if made else None
-    valid_df = data_split(cfg.data, "valid")
+    valid_df = valid_split(cfg)
     valid, outputs = evaluate(engines.engine_on(policy, cfg), valid_df, cfg, derive_seed(cfg.seed, "eval", "valid"))
     base = outputs if previous is None else pd.read_parquet(run.dir("policy-0") / VALID_OUTPUTS)
     sources, references = valid_df["source"].tolist(), valid_df["reference"].tolist()

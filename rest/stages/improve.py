@@ -36,10 +36,10 @@ from rest.models import resident
 from rest.stages.common import (
     IMPROVE_KEYS,
     assess,
-    config_slice,
     derive_seed,
     dropout_seed,
     fit,
+    policy_slice,
     publish_policy,
     train_stats,
 )
@@ -62,7 +62,7 @@ def improve(run_dir: Path, g: int, i: int) -> str:
     name = f"improve-{g}-{i}"
     init, grow_name = run.improve_init(g, i), f"grow-{g}"
     parents = [run.artifact_id(init), run.artifact_id(grow_name)]  # verified: a damaged input is refused here
-    cfg_slice = config_slice(cfg, *IMPROVE_KEYS)
+    cfg_slice = policy_slice(cfg, *IMPROVE_KEYS)
     cfg_slice["improve"]["tau"] = tau
     if existing(run.dir(name), cfg_slice, parents):
         log.info(f"{name}: published, skipping")

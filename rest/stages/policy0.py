@@ -22,10 +22,10 @@ from rest.models.policy import build_policy, count_parameters
 from rest.stages.common import (
     BC_KEYS,
     assess,
-    config_slice,
     derive_seed,
     dropout_seed,
     fit,
+    policy_slice,
     publish_policy,
     train_stats,
 )
@@ -41,7 +41,7 @@ def make_policy0(run_dir: Path) -> str:
     """policy-0 = BC(D): a fresh (or pretrained) model trained with token-level NLL on data.train."""
     run = Run.open(run_dir)
     cfg = run.config
-    cfg_slice = config_slice(cfg, *BC_KEYS)
+    cfg_slice = policy_slice(cfg, *BC_KEYS)
     if existing(run.dir("policy-0"), cfg_slice, []):
         log.info("policy-0: published, skipping")
         return "policy-0"
