@@ -18,6 +18,7 @@ from rest.config import RunConfig
 from rest.errors import RestError
 from rest.grow import vllm_worker
 from rest.grow.base import EngineSpec, request_seed
+from rest.models import resident
 from rest.models.checkpoints import model_config, quiet
 from rest.models.policy import encode_prompts, load_tokenizer
 from rest.models.sampling import Generation
@@ -101,6 +102,8 @@ class VllmEngine:
         # vLLM's sleep mode exists on GPUs only (its CPU worker ignores it with a warning)
         self.sleep_mode = cfg.device.startswith("cuda") or (cfg.device == "auto" and _cuda())
         self.asleep = False
+        if self.sleep_mode:  # vLLM holds the weights it samples: the pipeline's copies would only take GPU memory
+            resident.release()
         self.lock = threading.Lock()  # one request at a time on the pipe (shards may run on threads)
         env = dict(os.environ)
         env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
@@ -144,6 +147,8 @@ class VllmEngine:
         if self.asleep:
             self._call({"op": "wake"}, "wake up")
             self.asleep = False
+        if self.sleep_mode:
+            resident.release()
         self._call({"op": "reload", "model": str(Path(policy_dir).resolve())}, "load new weights")
         self.policy_dir = Path(policy_dir).resolve()
         return True
