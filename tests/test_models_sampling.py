@@ -173,7 +173,9 @@ def test_a_policy_trained_and_kept_in_memory_is_the_one_on_disk(tmp_path):
     from rest.training.loop import train
 
     resident.release()
-    policy, cfg = tiny_policy(tmp_path, "bart")
+    built, cfg = tiny_policy(tmp_path, "bart")
+    built.save(tmp_path / "base")
+    policy = load_policy(tmp_path / "base")  # as the pipeline keeps them: loaded from an artifact, then trained
     optim = PolicyOptimFields(steps=5, batch_size=2, lr=3e-3, warmup_steps=1, lora={"r": 4})
     train(policy, [Batch(["12", "6947"], ["zwölf", "sechs"])] * 5, optim, cfg, seed=0)  # LoRA merged: frozen
     dirs = [tmp_path / f"p{k}" for k in range(3)]
@@ -187,6 +189,13 @@ def test_a_policy_trained_and_kept_in_memory_is_the_one_on_disk(tmp_path):
     batch = encode_pairs(policy, ["12", "6947", "3"], ["zwölf", "sechs", "drei"], cfg)
     with torch.no_grad():
         assert torch.equal(forward_logits(policy, batch), forward_logits(loaded, batch))
+    # and it saves the bytes the loaded one saves (an Improve step publishes what it trained: same id either way)
+    policy.save(tmp_path / "again-kept")
+    loaded.save(tmp_path / "again-loaded")
+    files = sorted(f.name for f in (tmp_path / "again-loaded").iterdir())
+    assert files == sorted(f.name for f in (tmp_path / "again-kept").iterdir())
+    for name in files:
+        assert (tmp_path / "again-kept" / name).read_bytes() == (tmp_path / "again-loaded" / name).read_bytes(), name
     assert resident.take(dirs[0]) is policy  # to train in place: no longer held
     assert resident.get(dirs[0]) is not policy  # loaded again (and held)
     # another id at the same path (a rerun published anew) is another policy

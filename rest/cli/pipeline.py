@@ -27,15 +27,14 @@ def cmd_pipeline(args: argparse.Namespace) -> None:
     cfg = config_for(args)  # first: a config error is one line in a second, before Prefect and torch are imported
     run_dir = Path(args.run)
 
-    from rest.flows.temporary_server import temporary_server
+    from rest.flows.temporary_server import check_task_runner, temporary_server
 
+    check_task_runner(cfg.orchestration.task_runner)  # before anything is written, and before a temporary server
     # The temporary server boots (4-11 s) while torch loads and every input is checked; bad input stops it unused.
     with temporary_server(wait=False) as server:
         from rest import stages
         from rest.artifacts.manifests import run_lock
-        from rest.flows.pipeline import check_task_runner
 
-        check_task_runner(cfg.orchestration.task_runner)  # before anything is written
         if args.command != "run":
             Run.open(run_dir).check_published()  # they build on earlier steps: a damaged one is refused, not used
         stages.start_run(run_dir, cfg)  # every input checked first: bad input writes nothing

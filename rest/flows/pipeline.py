@@ -21,7 +21,6 @@ from pathlib import Path
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
-from prefect.settings import PREFECT_API_URL
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from rest import stages
@@ -30,6 +29,7 @@ from rest.artifacts.run import Run
 from rest.config import ConfigOverrides, load_config
 from rest.errors import OS_ERROR_FIXES, RestError
 from rest.evaluation.names import sampled_keys, selected_by
+from rest.flows.temporary_server import check_task_runner
 from rest.reporting.report import write_report
 from rest.reporting.tracking import log_run
 
@@ -160,16 +160,6 @@ def publish_run_report(run_dir: str, summary: dict, report: str) -> None:
     create_markdown_artifact(
         key=artifact_key(run_dir, "report"), markdown="\n".join(lines), description=f"ReST run {root}"
     )
-
-
-def check_task_runner(task_runner: str) -> None:
-    """Dask needs a real server: PREFECT_API_URL from the environment or the active profile (`make server` sets it)."""
-    if task_runner == "dask" and not PREFECT_API_URL.value():
-        raise RestError(
-            "orchestration.task_runner=dask needs a real Prefect server: run `make server` (it sets PREFECT_API_URL "
-            "in your Prefect profile) or set PREFECT_API_URL; in ephemeral mode every Dask worker would start a "
-            "temporary server of its own (~45 s each)"
-        )
 
 
 def _with_runner(f, run_dir: str):

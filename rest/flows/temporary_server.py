@@ -27,6 +27,7 @@ from prefect.logging.handlers import APILogWorker
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from rest.environment import die_with_parent
+from rest.errors import RestError
 
 STARTUP_TIMEOUT_S = 90  # ~5 s when the machine is idle; far longer under load (a busy CI runner)
 
@@ -105,6 +106,16 @@ def stop(proc: subprocess.Popen) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def check_task_runner(task_runner: str) -> None:
+    """Dask needs a real server: PREFECT_API_URL from the environment or the active profile (`make server` sets it)."""
+    if task_runner == "dask" and not PREFECT_API_URL.value():
+        raise RestError(
+            "orchestration.task_runner=dask needs a real Prefect server: run `make server` (it sets PREFECT_API_URL "
+            "in your Prefect profile) or set PREFECT_API_URL; in ephemeral mode every Dask worker would start a "
+            "temporary server of its own (~45 s each)"
+        )
 
 
 def configured() -> bool:

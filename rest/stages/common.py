@@ -217,9 +217,17 @@ def publish_policy(
     parents: list[str],
     cfg_slice: dict[str, Any],
     extra: dict[str, Any],
+    keep: bool = True,
 ) -> dict[str, Any]:
     """Write policy artifact `name`: the policy (save_pretrained), metrics.json and valid_outputs.parquet, in a
-    hidden staging directory renamed into place whole; the manifest that makes it an artifact comes last."""
+    hidden staging directory renamed into place whole; the manifest that makes it an artifact comes last.
+
+    `keep`: hold the policy in memory for the next stage (models/resident.py). Only a policy that was itself loaded
+    from an artifact (and trained) may be kept: a model built by BC from scratch or from a user's checkpoint saves
+    a config.json and tokenizer_config.json of other bytes than the same policy loaded back (transformers moves
+    generation settings out of the config on loading and records where a tokenizer came from), so an Improve step
+    trained from it in memory would publish another id than one trained from the loaded policy-0, e.g. after a
+    resume. policy-0 is loaded once by the first Grow step and kept from there."""
     art = run.dir(name)
     stage = staging(art)
     manifests.clear(art)  # a partial directory or staging copy left by a crash
@@ -229,7 +237,8 @@ def publish_policy(
     write_json_atomic(stage / METRICS_FILE, metrics)
     os.replace(stage, art)
     manifest = publish(art, manifests.POLICY, parents, cfg_slice, extra)
-    resident.keep(art, policy, manifest["id"])  # the next stage of this process samples or trains it: no reload
+    if keep:
+        resident.keep(art, policy, manifest["id"])  # the next stage of this process samples or trains it: no reload
     return manifest
 
 

@@ -79,6 +79,7 @@ def make_policy0(run_dir: Path) -> str:
         [],
         cfg_slice,
         {"parameters": count_parameters(policy.model), "timing": stats},
+        keep=False,  # built, not loaded: its config and tokenizer save other bytes than a loaded one's (below)
     )
     log.info(
         f"policy-0: BC {stats['steps']} steps ({stats['examples_per_s']:.0f} ex/s), valid exact match "
