@@ -5,12 +5,13 @@ has just trained.
     policy = resident.get(run.dir("improve-1-2"), "cpu")            # Grow samples it, a KL prior reads it
     policy = resident.take(run.dir("improve-1-2"), "cpu")           # Improve trains it in place: no longer held
 
-A held policy is the published artifact's, as loading it would give (eval mode, every weight trainable, float32
-or the dtype asked for): the weights are the bytes the policy directory holds, and it was itself loaded from an
+A held policy is the published artifact's, as loading it would give (eval mode, every weight trainable, float32 or
+the dtype asked for): the weights are the bytes the policy directory holds, and it was itself loaded from an
 artifact before it was trained (publish_policy does not keep policy-0 as BC built it: a built model saves other
-config bytes than a loaded one), so samples, losses and artifact ids are the same with or without it. It is found
-by the artifact's id in its manifest: a directory published anew (a rerun, another config) is loaded again. At most HELD policies are kept (the latest published one and the KL
-reference), oldest first out; anything else is loaded as before.
+config bytes than a loaded one), so samples, losses and artifact ids are the same with or without it. It is found by
+the artifact's id in its manifest: a directory published anew (a rerun, another config) is loaded again. At most
+HELD policies are kept (the latest published one and the KL reference), oldest first out; anything else is loaded as
+before.
 """
 
 from __future__ import annotations
