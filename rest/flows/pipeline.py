@@ -21,6 +21,7 @@ from pathlib import Path
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.exceptions import TerminationSignal
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from rest import stages
@@ -34,13 +35,25 @@ from rest.reporting.report import write_report
 from rest.reporting.tracking import log_run
 
 
+def _stopped(exc: BaseException | None) -> bool:
+    """Whether `exc` is, or arose while handling, a stop (SIGTERM's TerminationSignal, Ctrl-C's KeyboardInterrupt)."""
+    seen = 0
+    while exc is not None and seen < 20:
+        if isinstance(exc, (TerminationSignal, KeyboardInterrupt)):
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
+
+
 class _UserErrorsWithoutTraceback(logging.Filter):
     """A task or flow that fails on bad input (a RestError, a full disk) is logged in one line: the traceback
-    says nothing the message does not, and `rest` prints the message with the fix at the end."""
+    says nothing the message does not, and `rest` prints the message with the fix at the end. So is one that a
+    stop ended: a SIGTERM that lands while Prefect is creating a task run makes its crash handler raise ValueError
+    ("Task run is not set") over the TerminationSignal, and `rest` says in one line that it stopped."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
-        if isinstance(exc, RestError) or (isinstance(exc, OSError) and exc.errno in OS_ERROR_FIXES):
+        if isinstance(exc, RestError) or (isinstance(exc, OSError) and exc.errno in OS_ERROR_FIXES) or _stopped(exc):
             record.exc_info, record.exc_text = None, None
         return True
 
