@@ -32,6 +32,7 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
+from speed import GPU_BEGIN, GPU_END, table  # noqa: E402  (bench/speed.py: one table format, one pair of markers)
 
 import rest  # noqa: E402,F401  (the environment: offline, bit-exact floats)
 from rest import stages  # noqa: E402
@@ -42,7 +43,6 @@ from rest.improve.objectives import Batch  # noqa: E402
 from rest.models.policy import load_policy  # noqa: E402
 from rest.training.loop import train  # noqa: E402
 
-MARK_BEGIN, MARK_END = "<!-- bench-gpu -->", "<!-- /bench-gpu -->"
 ARCHITECTURE = ROOT / "configs/models/qwen2.5-0.5b.json"
 TINY = {
     "hidden_size": 64,
@@ -258,23 +258,13 @@ def bench_iteration(policy: Path, data: Path, kind: dict, engine: str, warm_mode
     return out
 
 
-def table(rows: list[dict], columns: list[tuple[str, str, str]]) -> str:
-    head = "| " + " | ".join(title for _, title, _ in columns) + " |"
-    rule = "|" + "|".join("---" if fmt == "" else "---:" for _, _, fmt in columns) + "|"
-    body = []
-    for r in rows:
-        cells = [("-" if r[k] is None else format(r[k], fmt)) if fmt else str(r[k]) for k, _, fmt in columns]
-        body.append("| " + " | ".join(cells) + " |")
-    return "\n".join([head, rule, *body])
-
-
 def write_section(out: Path, section: str) -> None:
     """Replace the text between the bench-gpu markers of `out` (or append it): `make bench` rewrites the rest."""
     text = out.read_text() if out.is_file() else "# Benchmarks\n"
-    block = f"{MARK_BEGIN}\n{section.strip()}\n{MARK_END}"
-    if MARK_BEGIN in text and MARK_END in text:
-        head, rest_ = text.split(MARK_BEGIN, 1)
-        text = head + block + rest_.split(MARK_END, 1)[1]
+    block = f"{GPU_BEGIN}\n{section.strip()}\n{GPU_END}"
+    if GPU_BEGIN in text and GPU_END in text:
+        head, rest_ = text.split(GPU_BEGIN, 1)
+        text = head + block + rest_.split(GPU_END, 1)[1]
     else:
         text = text.rstrip() + "\n\n" + block + "\n"
     out.write_text(text)

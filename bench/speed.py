@@ -708,11 +708,13 @@ def bench_run(quick: bool) -> list[dict]:
 
 
 def table(rows: list[dict], columns: list[tuple[str, str, str]]) -> str:
+    """A Markdown table: (key, title, format) per column; "" formats as text (left-aligned), None prints "-"."""
     head = "| " + " | ".join(title for _, title, _ in columns) + " |"
     rule = "|" + "|".join("---" if fmt == "" else "---:" for _, _, fmt in columns) + "|"
-    body = [
-        "| " + " | ".join(format(r[key], fmt) if fmt else str(r[key]) for key, _, fmt in columns) + " |" for r in rows
-    ]
+    body = []
+    for r in rows:
+        cells = [("-" if r[k] is None else format(r[k], fmt)) if fmt else str(r[k]) for k, _, fmt in columns]
+        body.append("| " + " | ".join(cells) + " |")
     return "\n".join([head, rule, *body])
 
 

@@ -91,13 +91,6 @@ def wait_until_up(proc: subprocess.Popen, url: str) -> None:
         time.sleep(0.1)
 
 
-def start() -> tuple[subprocess.Popen, str]:
-    """Start the server and wait until it answers. Returns (process, API URL)."""
-    proc, url = launch()
-    wait_until_up(proc, url)
-    return proc, url
-
-
 def stop(proc: subprocess.Popen) -> None:
     if proc.poll() is None:
         proc.terminate()
