@@ -299,6 +299,8 @@ def run_record_problem(path: Path) -> str | None:
 
 def _publication_order(name: str) -> tuple[int, ...]:
     """policy-0, then grow-g and its improve-g-i: the order a run publishes its artifacts in."""
+    if name == "control":  # the BC control comes after the run's own steps
+        return (2**31, 0)
     parts = name.split("-")[1:]
     return (int(parts[0]), int(parts[1]) if len(parts) > 1 else 0) if name != "policy-0" else (0, 0)
 
@@ -310,7 +312,11 @@ def rebuild_run(run_dir: Path) -> dict[str, Any]:
     run_dir = Path(run_dir)
     manifests = []
     for art in run_dir.iterdir():
-        if art.is_dir() and not art.name.startswith(".") and art.name.split("-")[0] in ("policy", "grow", "improve"):
+        if (
+            art.is_dir()
+            and not art.name.startswith(".")
+            and art.name.split("-")[0] in ("policy", "grow", "improve", "control")
+        ):
             manifest = read_manifest(art)
             if manifest and not manifest.get("_unreadable") and manifest.get("name") == art.name:
                 manifests.append(manifest)

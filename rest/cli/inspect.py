@@ -7,7 +7,8 @@ import json
 from pathlib import Path
 
 from rest.artifacts.run import Run
-from rest.cli.tables import format_table, inspect_rows, summarise_rows
+from rest.cli.tables import control_table, format_table, inspect_rows, summarise_rows
+from rest.evaluation.control import not_helping, verdict_line
 
 
 def cmd_inspect(args: argparse.Namespace) -> None:
@@ -38,3 +39,11 @@ def cmd_inspect(args: argparse.Namespace) -> None:
             print(f"DAMAGED: {r['problem']}")
     if best:
         print(f"best policy: {best}")
+    run = Run.open(Path(args.run))
+    table = control_table(run)
+    if table is not None:
+        print("\nagainst the BC control at equal optimiser steps (validation):")
+        print(table)
+        for line in (verdict_line(run.record), (not_helping(run) or {}).get("line")):
+            if line:
+                print(line)

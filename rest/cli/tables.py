@@ -7,6 +7,7 @@ from typing import Any
 
 from rest.artifacts.run import Run, shown
 from rest.errors import RestError
+from rest.evaluation.control import control_metric, has_control, not_helping, step_rows, verdict_line
 from rest.evaluation.names import input_use_line, sampled_keys, selected_by
 
 
@@ -60,6 +61,7 @@ def print_summary(run_dir: Path) -> None:
     if test:
         print(f"\nTest ({run.config.data.test}); best policy by {selected_by(run.config)}: {record['best_policy']}")
         print(format_table(header + extra, [[n, *cells(m)] for n, m in test.items()]))
+    print_control(run)
     print(f"\nRun directory: {run_dir}  (rest inspect {run_dir}; pandas.read_parquet('{run_dir}/grow-1'))")
     report = run_dir / "report" / "index.html"
     if report.is_file():
@@ -68,10 +70,49 @@ def print_summary(run_dir: Path) -> None:
         print(f"MONITOR: {line}")
 
 
+def control_table(run: Run) -> str | None:
+    """ReST's validated policies against the BC control at the same optimiser steps (eval.control), or None."""
+    if not has_control(run):
+        return None
+    rows = step_rows(run)
+    header = ["policy", "steps", "ReST", "BC", "lead", "noise", "gain", "BC gain"]
+    return format_table(
+        header,
+        [
+            [
+                r["policy"],
+                r["steps"],
+                r["rest"],
+                r["bc"],
+                f"{r['lead']:+.1f}",
+                r["noise"],
+                r.get("gain"),
+                r.get("bc_gain"),
+            ]
+            for r in rows
+        ],
+    )
+
+
+def print_control(run: Run) -> None:
+    table = control_table(run)
+    if table is None:
+        return
+    _, words = control_metric(run.config)
+    print(f"\nReST against its BC control at equal optimiser steps (validation {words}; noise: 2 paired SE):")
+    print(table)
+    verdict = verdict_line(run.record)
+    if verdict:
+        print(verdict)
+
+
 def monitor_alarms(run_dir: Path) -> list[str]:
     run = Run.open(run_dir)
     names = run.assessed_policies()
     out = []
+    helping = not_helping(run)
+    if helping and helping["fired"]:
+        out.append(helping["line"])
     for name in names:
         monitors = run.metrics(name).get("monitors") or {}
         if monitors.get("input", {}).get("ignores_input"):

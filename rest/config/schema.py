@@ -702,6 +702,13 @@ class EvalConfig(Section):
             return []
         return sorted(set(self.pass_at if self.pass_at is not None else [1, self.samples]))
 
+    control: bool = Field(
+        False,
+        description="also train the BC control: behaviour cloning alone for as many optimiser steps as the run's "
+        "policies took in all, validated at each policy's step count; the end of the run compares ReST with it "
+        "(a verdict on test, a monitor on validation). Costs about one BC run; changes no artifact of the run",
+        json_schema_extra=IN_NO_KEY,
+    )
     valid_rows: int | None = Field(
         None,
         ge=1,

@@ -88,6 +88,11 @@ def improve_task(run_dir: str, g: int, i: int) -> str:
     return stages.improve(Path(run_dir), g, i)
 
 
+@task(name="control", cache_policy=NO_CACHE)
+def control_task(run_dir: str) -> str | None:
+    return stages.make_control(Path(run_dir))
+
+
 @task(name="finish-run", cache_policy=NO_CACHE)
 def finish_run_task(run_dir: str) -> dict:
     return stages.finish_run(Path(run_dir))
@@ -246,7 +251,9 @@ def improve_flow(run: str, step: int | None = None) -> list[str]:
 
 
 def finish(run: str) -> dict:
-    """Name the best policy and test it, write the report page, log the run to comet-ml (tasks of the caller)."""
+    """The BC control (eval.control), then name the best policy and test it (against the control), write the report
+    page, log the run to comet-ml (tasks of the caller)."""
+    control_task(run)
     summary = finish_run_task(run)
     report = report_task(run)
     summary["report"] = report

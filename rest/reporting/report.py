@@ -25,6 +25,7 @@ from rest.artifacts import manifests  # noqa: E402
 from rest.artifacts.run import SUMMARY_ROWS, Run, shown  # noqa: E402
 from rest.artifacts.shards import read_grow  # noqa: E402
 from rest.errors import RestError  # noqa: E402
+from rest.evaluation.control import control_metric, control_summary, grow_coverage  # noqa: E402
 from rest.evaluation.names import input_use_line, sampled_keys, selected_by  # noqa: E402
 
 REPORT_DIR = "report"
@@ -75,6 +76,8 @@ def collect(run_dir: Path) -> dict[str, Any]:
         "manifests": manifests,
         "grows": grows,
         "rows": {g: read_grow(run.dir(g)) for g in grows},
+        "control": control_summary(run),
+        "control_words": control_metric(run.config)[1],
     }
 
 
@@ -120,6 +123,13 @@ def grow_verdicts(data: dict[str, Any]) -> list[dict[str, Any]]:
 def monitor_lines(data: dict[str, Any]) -> list[tuple[str, str]]:
     """(level, sentence) pairs: `alarm` for a fired monitor, `ok` otherwise."""
     lines: list[tuple[str, str]] = []
+    helping = (data.get("control") or {}).get("monitor")
+    if helping:
+        lines.append(
+            ("alarm", helping["line"])
+            if helping["fired"]
+            else ("ok", "ReST beats its BC control at equal steps on validation beyond noise.")
+        )
     for name in data["policies"]:
         mon = data["metrics"][name].get("monitors", {})
         if mon.get("input", {}).get("ignores_input"):
@@ -321,6 +331,76 @@ def _summarised(items: list, what: str, best: str | None = None, limit: int = SU
     )
 
 
+def control_section(data: dict[str, Any]) -> list[str]:
+    """ReST against its BC control at equal optimiser steps: the verdict on test, the steps on validation."""
+    out = ["<h2>ReST against plain behaviour cloning</h2>"]
+    control = data.get("control")
+    if control is None:
+        return out + [
+            "<p>No BC control in this run: <code>eval.control: true</code> trains one (behaviour cloning alone for "
+            "as many optimiser steps as the run's policies took); on a finished run, <code>rest run --run RUN "
+            "eval.control=true</code> adds it.</p>"
+        ]
+    if control["verdict"]:
+        out.append(f"<p><b>{_esc(control['verdict'])}</b></p>")
+    steps = control["monitor"]["steps"] if control["monitor"] else []
+    rows = [
+        [r["policy"], r["steps"], r["rest"], r["bc"], f"{r['lead']:+.2f}", r["noise"], r.get("gain"), r.get("bc_gain")]
+        for r in steps
+    ]
+    words = data["control_words"]
+    out.append(
+        _table(
+            [
+                "policy",
+                "optimiser steps",
+                f"ReST valid {words}",
+                f"BC valid {words}",
+                "lead",
+                "noise (2 SE)",
+                "gain of the step",
+                "BC gain, same steps",
+            ],
+            rows,
+        )
+    )
+    if control["monitor"] and control["monitor"]["fired"]:
+        out.append(f'<p class="alarm">{_esc(control["monitor"]["line"])}</p>')
+    return out
+
+
+def coverage_section(data: dict[str, Any]) -> list[str]:
+    """Per Grow step: pass@N of its sources against the greedy accuracy of the policy it sampled, and what it kept
+    by source difficulty."""
+    grows = _summarised(data["grows"], "Grow steps", limit=4)[0]
+    if not grows:
+        return []
+    run = Run.open(data["run"])
+    cover = [grow_coverage(run, int(g.split("-")[1]), data["rows"][g]) for g in grows]
+    out = [
+        "<h2>What Grow found that the policy did not yet say</h2><p>A sample counts when its reward clears the "
+        "last threshold; greedy is how often the policy Grow sampled from clears it on validation. pass@N above "
+        "greedy is what Improve can teach; sources by difficulty (the share of their samples that clear it) say "
+        "whether the kept samples come from sources the policy already gets right.</p>",
+        _table(
+            ["Grow step", "policy", "tau", "greedy (valid)", "pass@1 (pool)", "pass@N (pool)", "N"],
+            [
+                [c["grow"], c["policy"], c["tau"], c["greedy_valid"], c["pass@1"], c["pass@N"], c["samples_per_source"]]
+                for c in cover
+            ],
+        ),
+        _table(
+            ["Grow step", "difficulty", "sources", "samples clearing tau", "distinct"],
+            [
+                [c["grow"], d["difficulty"], d["sources"], d["samples"], d["distinct"]]
+                for c in cover
+                for d in c["difficulty"]
+            ],
+        ),
+    ]
+    return out
+
+
 def render(data: dict[str, Any]) -> str:
     run, record, names = data["run"], data["record"], data["policies"]
     verdicts = grow_verdicts(data)
@@ -366,6 +446,9 @@ def render(data: dict[str, Any]) -> str:
         )
     else:
         sections.append("<p>No Grow step with an Improve step yet.</p>")
+
+    sections += control_section(data)
+    sections += coverage_section(data)
 
     scales = [
         [grow, name, c["applies"], c["mean"], *(c[f"p{k}"] for k in (10, 25, 50, 75, 90))]
@@ -520,4 +603,8 @@ def write_report(run_dir: Path) -> Path:
 def report_summary(run_dir: Path) -> dict[str, Any]:
     """The verdicts and monitor lines as JSON-able data (for `rest report --json` and tests)."""
     data = collect(run_dir)
-    return {"grow": grow_verdicts(data), "monitors": [{"level": lvl, "text": t} for lvl, t in monitor_lines(data)]}
+    return {
+        "grow": grow_verdicts(data),
+        "monitors": [{"level": lvl, "text": t} for lvl, t in monitor_lines(data)],
+        "control": data["control"],
+    }

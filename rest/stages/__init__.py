@@ -32,6 +32,7 @@ from rest.stages.common import (
     start_run,
     train_stats,
 )
+from rest.stages.control import make_control
 from rest.stages.finish import finish_run
 from rest.stages.grow import (
     METEOR_SOURCES,
@@ -55,6 +56,7 @@ __all__ = [
     "GROW_KEYS",
     "BC_KEYS",
     "IMPROVE_KEYS",
+    "make_control",
     "fit",
     "assess",
     "publish_policy",

@@ -7,6 +7,7 @@ import hashlib
 import logging
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -155,13 +156,17 @@ def fit(
     desc: str,
     objective: Objective | None = None,
     reference: Policy | None = None,
+    on_step: Callable[[int, float], None] | None = None,
 ) -> dict[str, Any]:
-    """Train `policy` in place on `batches` (one optimiser step each). Returns the training stats."""
+    """Train `policy` in place on `batches` (one optimiser step each). Returns the training stats. `on_step(step,
+    loss)` is called after each step (the BC control validates at some)."""
     with progress_bar(len(batches), desc) as bar:
 
         def progress(step: int, loss: float) -> None:
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.3f}")
+            if on_step is not None:
+                on_step(step, loss)
 
         return train(
             policy, batches, optim, cfg.model, seed=seed, objective=objective, reference=reference, on_progress=progress
@@ -218,6 +223,7 @@ def publish_policy(
     cfg_slice: dict[str, Any],
     extra: dict[str, Any],
     keep: bool = True,
+    files: dict[str, pd.DataFrame] | None = None,
 ) -> dict[str, Any]:
     """Write policy artifact `name`: the policy (save_pretrained), metrics.json and valid_outputs.parquet, in a
     hidden staging directory renamed into place whole; the manifest that makes it an artifact comes last.
@@ -234,6 +240,8 @@ def publish_policy(
     policy.save(stage)
     if outputs is not None:  # None: not validated (eval.every)
         outputs[["source_id", "source", "reference", "output", "reward"]].to_parquet(stage / VALID_OUTPUTS, index=False)
+    for file, df in (files or {}).items():  # more tables of the artifact (the BC control's curve)
+        df.to_parquet(stage / file, index=False)
     write_json_atomic(stage / METRICS_FILE, metrics)
     os.replace(stage, art)
     manifest = publish(art, manifests.POLICY, parents, cfg_slice, extra)

@@ -11,6 +11,7 @@ from rest.artifacts.manifests import (
     existing,
 )
 from rest.artifacts.run import Run
+from rest.config import RunConfig
 from rest.data.batching import epoch_batches, text_lengths
 from rest.data.conversations import turn_texts
 from rest.data.splits import data_split
@@ -18,7 +19,7 @@ from rest.improve.objectives import (
     Batch,
     objective_for,
 )
-from rest.models.policy import build_policy, count_parameters
+from rest.models.policy import Policy, build_policy, count_parameters
 from rest.stages.common import (
     BC_KEYS,
     assess,
@@ -37,6 +38,28 @@ log = logging.getLogger("rest")
 # policy-0
 
 
+def bc_start(cfg: RunConfig, steps: int) -> tuple[Policy, list[Batch]]:
+    """The policy BC starts from (built, or the pretrained one) and its `steps` batches of data.train (bc.*): what
+    policy-0 and the BC control (stages/control.py) train, the same for both up to their number of steps."""
+    train_df = data_split(cfg.data, "train")
+    sources, targets = train_df["source"].tolist(), train_df["reference"].tolist()
+    policy = build_policy(
+        cfg.model, turn_texts(sources) + targets, seed=cfg.seed, device=distributed.rank_device(cfg.device)
+    )
+    rng = np.random.default_rng(derive_seed(cfg.seed, "bc"))
+    batches = [
+        Batch([sources[j] for j in idx], [targets[j] for j in idx])
+        for idx in epoch_batches(
+            len(train_df),
+            cfg.bc.batch_size,
+            steps,
+            rng,
+            text_lengths(sources, targets) if cfg.bc.group_by_length else None,
+        )
+    ]
+    return policy, batches
+
+
 def make_policy0(run_dir: Path) -> str:
     """policy-0 = BC(D): a fresh (or pretrained) model trained with token-level NLL on data.train."""
     run = Run.open(run_dir)
@@ -49,22 +72,7 @@ def make_policy0(run_dir: Path) -> str:
         distributed.launch("policy-0", run_dir, processes=cfg.bc.processes, key="bc.processes")
         run.verified("policy-0")
         return "policy-0"
-    train_df = data_split(cfg.data, "train")
-    sources, targets = train_df["source"].tolist(), train_df["reference"].tolist()
-    policy = build_policy(
-        cfg.model, turn_texts(sources) + targets, seed=cfg.seed, device=distributed.rank_device(cfg.device)
-    )
-    rng = np.random.default_rng(derive_seed(cfg.seed, "bc"))
-    batches = [
-        Batch([sources[j] for j in idx], [targets[j] for j in idx])
-        for idx in epoch_batches(
-            len(train_df),
-            cfg.bc.batch_size,
-            cfg.bc.steps,
-            rng,
-            text_lengths(sources, targets) if cfg.bc.group_by_length else None,
-        )
-    ]
+    policy, batches = bc_start(cfg, cfg.bc.steps)
     stats = fit(policy, batches, cfg.bc, cfg, dropout_seed(cfg.seed, "bc"), "policy-0", objective_for(cfg.bc))
     if distributed.world()[0] != 0:
         return "policy-0"  # rank 0 validates and publishes

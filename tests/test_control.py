@@ -1,0 +1,135 @@
+"""ReST against its BC control (eval.control): the control is plain BC of the run's total optimiser steps, added to
+a finished run without changing any of its ids; the verdict on test; the "ReST is not helping" monitor, fired by a
+run built to gain nothing; what Grow found (pass@N against greedy)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from rest.artifacts.run import Run
+from rest.evaluation.control import (
+    control_metric,
+    grow_coverage,
+    not_helping,
+    paired,
+    policy_steps,
+    row_scores,
+    step_rows,
+    verdict_line,
+)
+from tests.conftest import CONFIG, rest
+
+
+def sha(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_paired_difference_and_its_standard_error():
+    a, b = np.array([1, 1, 1, 0, 1, 0, 1, 1.0]), np.array([1, 0, 1, 0, 0, 0, 1, 1.0])
+    lead, se = paired(a, b)
+    d = a - b
+    assert lead == pytest.approx(25.0)
+    assert se == pytest.approx(100 * d.std(ddof=1) / np.sqrt(8), abs=0.01)
+    assert paired(a, a) == (0.0, 0.0)
+    with pytest.raises(ValueError, match="equal"):
+        paired(a, b[:3])
+
+
+def test_verdict_line_says_beat_only_beyond_noise():
+    entry = {"words": "exact match", "steps": 1000, "control_steps": 1000, "policy": "improve-2-2", "n": 500}
+    won = verdict_line({"control": {**entry, "rest": 98.8, "bc": 88.6, "lead": 10.2, "noise": 3.1}})
+    assert won.startswith("ReST +10.2 test exact match over BC at 1000 steps (improve-2-2 98.8 vs the BC control 88.6")
+    close = verdict_line({"control": {**entry, "rest": 40.0, "bc": 39.0, "lead": 1.0, "noise": 3.0}})
+    assert close.startswith("ReST did not beat BC: +1.0 test exact match at 1000 steps (noise 3.0)")
+    assert verdict_line({"control": None}) is None and verdict_line({}) is None
+
+
+def test_verifier_rewards_are_compared_by_accuracy():
+    outputs = pd.DataFrame({"output": ["#### 4", "4"], "reference": ["2+2 #### 4", "4 "], "reward": [1.0, 0.0]})
+    from rest.config import load_config
+
+    math = load_config("configs/arith.yaml")
+    assert control_metric(math)[0] == "reward" and list(row_scores(outputs, "reward")) == [1.0, 0.0]
+    assert control_metric(load_config(CONFIG))[0] == "exact_match"
+    assert list(row_scores(outputs, "exact_match")) == [0.0, 1.0]  # outer whitespace stripped, as exact_match
+
+
+@pytest.mark.integration
+def test_control_added_to_a_finished_run_is_plain_bc_and_changes_no_id(clean_run, tmp_path):
+    run_dir = tmp_path / "smoke"
+    shutil.copytree(clean_run, run_dir)
+    before = {a["name"]: a["id"] for a in json.loads((run_dir / "run.json").read_text())["artifacts"]}
+    proc = rest("run", "--run", str(run_dir), "eval.control=true")
+    record = json.loads((run_dir / "run.json").read_text())
+    after = {a["name"]: a["id"] for a in record["artifacts"]}
+    assert {k: v for k, v in after.items() if k != "control"} == before  # nothing of the run was redone
+    run = Run.open(run_dir)
+    steps = policy_steps(run)
+    assert steps == {"policy-0": 60, "improve-1-1": 70, "improve-1-2": 80}  # configs/smoke.yaml: 60 + 2 x 10
+    metrics = run.metrics("control")
+    assert metrics["total_steps"] == 80 and [c["steps"] for c in metrics["curve"]] == [60, 70, 80]
+    curve = pd.read_parquet(run_dir / "control" / "curve.parquet")
+    assert sorted(curve["steps"].unique()) == [60, 70, 80] and len(curve) == 3 * 40
+    # The control is BC alone for the same 80 steps, whatever its validations in between: the same weights as a run
+    # of BC only with bc.steps 80 (when its last checkpoint is the one validation picks).
+    bc = tmp_path / "bc"
+    rest("run", "--config", CONFIG, "--run", str(bc), "grow.steps=0", "bc.steps=80")
+    if metrics["selected_steps"] == 80:
+        assert sha(run_dir / "control" / "model.safetensors") == sha(bc / "policy-0" / "model.safetensors")
+    bc_valid = pd.read_parquet(bc / "policy-0" / "valid_outputs.parquet")
+    last = curve[curve["steps"] == 80].reset_index(drop=True)
+    assert last["output"].tolist() == bc_valid["output"].tolist()
+    # The verdict: the best policy against the control on test, row by row.
+    entry = record["control"]
+    assert entry["steps"] == 80 and entry["policy"] == record["best_policy"] and entry["n"] == 40
+    assert entry["lead"] == pytest.approx(entry["rest"] - entry["bc"], abs=0.01)
+    assert entry["bc"] == pytest.approx(entry["test"]["exact_match"], abs=0.01)
+    assert verdict_line(record) in proc.stdout
+    rows = step_rows(run)
+    assert [r["policy"] for r in rows] == ["policy-0", "improve-1-1", "improve-1-2"]
+    assert "ReST against its BC control at equal optimiser steps" in proc.stdout
+    inspect = rest("inspect", str(run_dir)).stdout
+    assert "against the BC control" in inspect and verdict_line(record) in inspect
+    page = (run_dir / "report" / "index.html").read_text()
+    assert "ReST against plain behaviour cloning" in page and "What Grow found that the policy did not yet say" in page
+
+
+@pytest.mark.integration
+def test_a_run_that_gains_nothing_fires_the_not_helping_monitor(tmp_path):
+    """Improve at a learning rate of 1e-9 changes nothing: every Improve step gains 0 where BC goes on learning."""
+    run_dir = tmp_path / "flat"
+    proc = rest(
+        "run", "--config", CONFIG, "--run", str(run_dir), "bc.steps=250", "improve.lr=1e-9", "eval.control=true"
+    )
+    run = Run.open(run_dir)
+    assert run.metrics("policy-0")["valid"]["exact_match"] >= 30  # the comparison is not between two zeros
+    helping = not_helping(run)
+    assert helping["fired"]
+    rows = {r["policy"]: r for r in helping["steps"]}
+    assert rows["improve-1-1"]["gain"] == 0 and rows["improve-1-2"]["gain"] == 0
+    assert rows["improve-1-2"]["no_gain"]
+    assert "MONITOR: ReST is not helping" in proc.stdout and "Try:" in proc.stdout
+    assert "ReST did not beat BC" in proc.stdout
+    assert "ReST is not helping" in (run_dir / "report" / "index.html").read_text()
+
+
+@pytest.mark.integration
+def test_grow_coverage_counts_what_grow_found(clean_run):
+    run = Run.open(clean_run)
+    cover = grow_coverage(run, 1)
+    rows = pd.read_parquet(clean_run / "grow-1")
+    tau = max(run.config.improve.thresholds)
+    hits = rows.assign(hit=rows["reward"] >= tau).groupby("source_id")["hit"]
+    assert cover["pass@N"] == pytest.approx(100 * hits.any().mean(), abs=0.01)
+    assert cover["pass@1"] == pytest.approx(100 * hits.mean().mean(), abs=0.01)
+    assert cover["pass@1"] <= cover["pass@N"] and cover["samples_per_source"] == 8
+    assert sum(d["sources"] for d in cover["difficulty"]) == rows["source_id"].nunique()
+    assert sum(d["samples"] for d in cover["difficulty"]) == int((rows["reward"] >= tau).sum())
+    valid = pd.read_parquet(clean_run / "policy-0" / "valid_outputs.parquet")
+    assert cover["greedy_valid"] == pytest.approx(100 * (valid["reward"] >= tau).mean(), abs=0.01)
