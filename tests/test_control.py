@@ -133,3 +133,30 @@ def test_grow_coverage_counts_what_grow_found(clean_run):
     assert sum(d["samples"] for d in cover["difficulty"]) == int((rows["reward"] >= tau).sum())
     valid = pd.read_parquet(clean_run / "policy-0" / "valid_outputs.parquet")
     assert cover["greedy_valid"] == pytest.approx(100 * (valid["reward"] >= tau).mean(), abs=0.01)
+
+
+@pytest.mark.integration
+def test_bc_early_stopping_keeps_the_best_checkpoint_and_counts_the_steps_taken(tmp_path):
+    run_dir = tmp_path / "es"
+    rest(
+        "run",
+        "--config",
+        CONFIG,
+        "--run",
+        str(run_dir),
+        "grow.steps=0",
+        "bc.steps=600",
+        "bc.valid_every=25",
+        "bc.patience=2",
+    )
+    metrics = json.loads((run_dir / "policy-0" / "metrics.json").read_text())
+    curve, taken = metrics["early_stopping"]["curve"], metrics["train"]["steps"]
+    scores = [c["score"] for c in curve]
+    assert [c["steps"] for c in curve] == list(range(25, taken + 1, 25))
+    assert taken < 600  # the smoke task's validation reward flattens well before (~0.87 by step 300)
+    best = scores.index(max(scores))  # the earliest best
+    assert metrics["early_stopping"]["best_steps"] == curve[best]["steps"]
+    assert all(s <= scores[best] for s in scores[-2:]) and len(scores) - 1 - best == 2  # stopped by patience
+    assert metrics["valid"]["reward"] == pytest.approx(scores[best], abs=1e-4)  # policy-0 is that checkpoint
+    manifest = json.loads((run_dir / "policy-0" / "_manifest.json").read_text())
+    assert manifest["config"]["bc"]["valid_every"] == 25  # in policy-0's key when set

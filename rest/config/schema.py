@@ -284,6 +284,20 @@ class BCConfig(PolicyOptimFields):
         description="warm-up as a fraction of `steps` (the first 10% by default), so the warm-up follows when you "
         "change steps; null uses warmup_steps instead",
     )
+    valid_every: int | None = Field(
+        None,
+        ge=1,
+        description="early stopping: validate every this-many steps and stop when `patience` validations in a row "
+        "did not raise the validation score (eval.select_by); policy-0 is the best checkpoint, and `steps` is "
+        "the most BC may take. null: train all `steps`",
+    )
+    patience: int = Field(2, ge=1, description="early stopping: validations without a better score before BC stops")
+
+    @model_validator(mode="after")
+    def _early_stopping_in_one_process(self) -> BCConfig:
+        if self.valid_every is not None and self.processes > 1:
+            raise ValueError("bc.valid_every (early stopping) validates in one process: set bc.processes to 1")
+        return self
 
 
 class VllmConfig(Section):

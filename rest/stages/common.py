@@ -84,11 +84,15 @@ def config_slice(cfg: RunConfig, *keys: str) -> dict[str, Any]:
 
 
 def policy_slice(cfg: RunConfig, *keys: str) -> dict[str, Any]:
-    """config_slice of a policy artifact: with eval.valid_rows only when it is set, so that the policies of runs made
-    before the setting existed still match their manifests."""
+    """config_slice of a policy artifact: with eval.valid_rows, and BC's early stopping (bc.valid_every,
+    bc.patience), only when they are set, so that the policies of runs made before the settings existed still match
+    their manifests."""
     out = config_slice(cfg, *keys)
     if cfg.eval.valid_rows is not None:
         out["eval"]["valid_rows"] = cfg.eval.valid_rows
+    if "bc" in out and cfg.bc.valid_every is None:
+        out["bc"].pop("valid_every", None)
+        out["bc"].pop("patience", None)
     return out
 
 
@@ -156,21 +160,67 @@ def fit(
     desc: str,
     objective: Objective | None = None,
     reference: Policy | None = None,
-    on_step: Callable[[int, float], None] | None = None,
+    on_step: Callable[[int, float], bool | None] | None = None,
 ) -> dict[str, Any]:
     """Train `policy` in place on `batches` (one optimiser step each). Returns the training stats. `on_step(step,
-    loss)` is called after each step (the BC control validates at some)."""
+    loss)` is called after each step (early stopping and the BC control validate at some); True stops training."""
     with progress_bar(len(batches), desc) as bar:
 
-        def progress(step: int, loss: float) -> None:
+        def progress(step: int, loss: float) -> bool | None:
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.3f}")
-            if on_step is not None:
-                on_step(step, loss)
+            return on_step(step, loss) if on_step is not None else None
 
         return train(
             policy, batches, optim, cfg.model, seed=seed, objective=objective, reference=reference, on_progress=progress
         )
+
+
+def validate_in_training(policy: Policy, cfg: RunConfig, valid_df: pd.DataFrame) -> tuple[dict[str, Any], pd.DataFrame]:
+    """Validation metrics and greedy outputs of a policy in the middle of its training (early stopping, the BC
+    control's curve). Its random stream (dropout's) and its train mode go on as if nothing happened, so the
+    weights are those of training without it."""
+    import torch
+
+    training = policy.model.training
+    with torch.random.fork_rng(devices=[]):
+        out = evaluate(engines.engine_on(policy, cfg), valid_df, cfg, derive_seed(cfg.seed, "eval", "valid"))
+    policy.model.train(training)
+    return out
+
+
+class EarlyStopping:
+    """bc.valid_every / bc.patience as fit's on_step: validates every `every` steps, keeps the best checkpoint by
+    eval.select_by (earliest on ties), and stops after `patience` validations in a row without a better one."""
+
+    def __init__(self, policy: Policy, cfg: RunConfig, every: int, patience: int):
+        from rest.evaluation.policy import selection_score
+
+        self.policy, self.cfg, self.every, self.patience = policy, cfg, every, patience
+        self.valid_df, self.score = valid_split(cfg), selection_score
+        self.best: dict[str, Any] = {}
+        self.bad, self.curve = 0, []
+
+    def __call__(self, step: int, loss: float) -> bool:
+        if step % self.every:
+            return False
+        valid, _ = validate_in_training(self.policy, self.cfg, self.valid_df)
+        score = self.score(valid, self.cfg)
+        self.curve.append({"steps": step, "score": score, "exact_match": valid["exact_match"]})
+        if not self.best or score > self.best["score"]:
+            import copy
+
+            self.best = {"score": score, "steps": step, "state": copy.deepcopy(self.policy.model.state_dict())}
+            self.bad = 0
+        else:
+            self.bad += 1
+        log.info(f"policy-0: step {step} validation {score:.4f} (best at {self.best['steps']})")
+        return self.bad >= self.patience
+
+    def restore_best(self, steps_taken: int) -> None:
+        """Load the best checkpoint unless training ended there (or nothing was validated)."""
+        if self.best and self.best["steps"] != steps_taken:
+            self.policy.model.load_state_dict(self.best["state"])
 
 
 def assess(

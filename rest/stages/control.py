@@ -14,25 +14,23 @@ import logging
 from pathlib import Path
 
 import pandas as pd
-import torch
 
 from rest.artifacts import manifests
 from rest.artifacts.manifests import read_manifest
 from rest.artifacts.run import Run
 from rest.evaluation.control import CONTROL, CURVE_FILE, control_marks
-from rest.evaluation.policy import evaluate, selection_score
-from rest.grow import engines
+from rest.evaluation.policy import selection_score
 from rest.improve.objectives import objective_for
 from rest.models.policy import count_parameters
 from rest.stages.common import (
     BC_KEYS,
-    derive_seed,
     dropout_seed,
     fit,
     policy_slice,
     publish_policy,
     train_stats,
     valid_split,
+    validate_in_training,
 )
 from rest.stages.policy0 import bc_start
 
@@ -50,7 +48,8 @@ def make_control(run_dir: Path) -> str | None:
     if not marks:
         return None
     total = marks[-1]
-    ccfg = cfg.model_copy(update={"bc": cfg.bc.model_copy(update={"steps": total})})
+    # all `total` steps, no early stopping: the control picks among its step counts by validation instead
+    ccfg = cfg.model_copy(update={"bc": cfg.bc.model_copy(update={"steps": total, "valid_every": None})})
     cfg_slice = {**policy_slice(ccfg, *BC_KEYS), "control": {"marks": marks}}
     art = run.dir(CONTROL)
     manifest = read_manifest(art)
@@ -62,7 +61,6 @@ def make_control(run_dir: Path) -> str | None:
     manifests.clear(art)
     policy, batches = bc_start(ccfg, total)
     valid_df = valid_split(cfg)
-    seed = derive_seed(cfg.seed, "eval", "valid")
     curve: list[dict] = []
     outputs: dict[int, pd.DataFrame] = {}
     best: dict = {}
@@ -70,10 +68,7 @@ def make_control(run_dir: Path) -> str | None:
     def at_mark(step: int, loss: float) -> None:
         if step not in marks:
             return
-        training = policy.model.training
-        with torch.random.fork_rng(devices=[]):  # dropout's random stream goes on as if nothing happened
-            valid, out = evaluate(engines.engine_on(policy, cfg), valid_df, cfg, seed)
-        policy.model.train(training)
+        valid, out = validate_in_training(policy, cfg, valid_df)
         curve.append({"steps": step, **valid})
         outputs[step] = out.assign(steps=step)
         if not best or selection_score(valid, cfg) > best["score"]:  # earliest on ties, as finish_run

@@ -22,6 +22,7 @@ from rest.improve.objectives import (
 from rest.models.policy import Policy, build_policy, count_parameters
 from rest.stages.common import (
     BC_KEYS,
+    EarlyStopping,
     assess,
     derive_seed,
     dropout_seed,
@@ -73,11 +74,18 @@ def make_policy0(run_dir: Path) -> str:
         run.verified("policy-0")
         return "policy-0"
     policy, batches = bc_start(cfg, cfg.bc.steps)
-    stats = fit(policy, batches, cfg.bc, cfg, dropout_seed(cfg.seed, "bc"), "policy-0", objective_for(cfg.bc))
+    stop = EarlyStopping(policy, cfg, cfg.bc.valid_every, cfg.bc.patience) if cfg.bc.valid_every else None
+    stats = fit(
+        policy, batches, cfg.bc, cfg, dropout_seed(cfg.seed, "bc"), "policy-0", objective_for(cfg.bc), None, stop
+    )
+    if stop is not None:
+        stop.restore_best(stats["steps"])
     if distributed.world()[0] != 0:
         return "policy-0"  # rank 0 validates and publishes
     valid, outputs, monitors = assess(run, "policy-0", policy, previous=None)
     metrics = {"valid": valid, "train": train_stats(stats), "monitors": monitors}
+    if stop is not None:  # BC's early stopping: its validations and the checkpoint it kept
+        metrics["early_stopping"] = {"curve": stop.curve, "best_steps": stop.best.get("steps")}
     publish_policy(
         run,
         "policy-0",

@@ -89,7 +89,7 @@ def train(
     seed: int,
     objective: Objective | None = None,
     reference: Policy | None = None,
-    on_progress: Callable[[int, float], None] | None = None,
+    on_progress: Callable[[int, float], bool | None] | None = None,
 ) -> dict[str, float]:
     """Fine-tune `policy` in place on the given batches, one optimiser step each; returns training stats.
 
@@ -193,8 +193,8 @@ def _train(policy, batches, optim, model_cfg, seed, objective, reference, on_pro
             sched.step()
             losses.append(step_loss)
             examples += len(batch)
-            if on_progress is not None:
-                on_progress(step + 1, losses[-1])
+            if on_progress is not None and on_progress(step + 1, losses[-1]):
+                break  # the caller stops here (BC's early stopping)
     finally:
         policy.token_cache = None  # also when a step fails: the policy may be used after, for sampling
         if checkpointing:
@@ -203,12 +203,12 @@ def _train(policy, batches, optim, model_cfg, seed, objective, reference, on_pro
         model = distributed.unshard(model)  # on rank 0, which validates and publishes; None on the others
         policy.model = model
         if model is None:
-            return {"steps": len(batches)}
+            return {"steps": len(losses)}
     model.eval()
     seconds = time.perf_counter() - started
     tail = losses[-max(1, len(losses) // 10) :]
     return {
-        "steps": len(batches),
+        "steps": len(losses),  # the steps taken: all of them unless the caller stopped early
         "examples": examples,
         # None, not NaN, with no steps (bc.steps: 0 on a pretrained model): metrics.json stays valid JSON.
         "loss_first": losses[0] if losses else None,

@@ -1,0 +1,196 @@
+"""The recipe study of docs/methods.md ("A default recipe that beats its control"): candidate recipes, each one
+set of overrides on configs/numbers.yaml, run on every text task with only the data paths changed, 2 seeds, at
+equal optimiser steps with the BC control of the same total.
+
+    .venv/bin/python bench/recipes.py --tasks g2p --seeds 0 --rows default,mix50   # runs what is missing
+    .venv/bin/python bench/recipes.py --table                                      # the table from the ledger
+
+Runs go to runs/recipes/<task>-<row>-s<seed> (with a log); every finished run is a line of bench/recipes.jsonl
+(test exact match of the best policy by validation, of policy-0, the command, the commit), the table is made from
+that file, so it survives the run directories.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT = Path("runs/recipes")
+LEDGER = ROOT / "bench/recipes.jsonl"
+BASE = "configs/numbers.yaml"
+
+
+def _data(name: str) -> list[str]:
+    return [f"data.{s}=data/{name}/{s}.parquet" for s in ("train", "pool", "valid", "test")]
+
+
+TASKS = {"numbers": _data("numbers"), "g2p": _data("g2p")}
+# name -> (overrides on configs/numbers.yaml, what it is). Every row spends 1000 optimiser steps of the policy.
+ROWS = {
+    "bc-control": (["grow.steps=0", "bc.steps=1000"], "behaviour cloning only, 1000 steps"),
+    "default": ([], "configs/numbers.yaml: BC 400, 2 x Grow (N 8, T 1), tau [0.95, 1.0], Improve 4 x 150, mix 0.25"),
+    "mix50": (["improve.train_mix=0.5"], "half of every Improve batch from the labelled set"),
+    "bc60": (["bc.steps=600", "improve.steps=100"], "BC 600 + Improve 4 x 100"),
+    "bc60-mix50": (
+        ["bc.steps=600", "improve.steps=100", "improve.train_mix=0.5"],
+        "BC 600 + Improve 4 x 100, half labelled",
+    ),
+    "tau1": (["improve.thresholds=[1.0]", "improve.steps=300"], "one Improve step per Grow step, exact (tau 1.0)"),
+    "bc50-tau1-mix50": (
+        ["bc.steps=500", "improve.thresholds=[1.0]", "improve.steps=250", "improve.train_mix=0.5"],
+        "BC 500, then per Grow step one Improve step of 250 at tau 1.0, half labelled",
+    ),
+    "bc80": (["bc.steps=800", "improve.steps=50"], "BC 800 + Improve 4 x 50"),
+    "bc-control-1800": (["grow.steps=0", "bc.steps=1800"], "behaviour cloning only, 1800 steps"),
+    "long": (
+        ["bc.steps=1000", "improve.thresholds=[1.0]", "improve.steps=400"],
+        "1800 steps: BC 1000, then per Grow step one Improve step of 400 at tau 1.0",
+    ),
+    "long-mix50": (
+        ["bc.steps=1000", "improve.thresholds=[1.0]", "improve.steps=400", "improve.train_mix=0.5"],
+        "1800 steps: BC 1000, then per Grow step one Improve step of 400 at tau 1.0, half labelled",
+    ),
+    "es": (
+        ["bc.steps=2000", "bc.valid_every=100", "bc.patience=2", "improve.thresholds=[1.0]", "improve.steps=300"],
+        "BC with early stopping (validate every 100 steps, patience 2, at most 2000), then per Grow step one "
+        "Improve step of 300 at tau 1.0",
+    ),
+    "pct": (
+        ["improve.selection=percentile", "improve.percentile=75"],
+        "keep the top quarter of each Grow step by reward instead of fixed tau",
+    ),
+}
+
+
+def run_dir(task: str, row: str, seed: int) -> Path:
+    return OUT / f"{task}-{row}-s{seed}"
+
+
+def command(task: str, row: str, seed: int) -> list[str]:
+    return [
+        "rest",
+        "run",
+        "--config",
+        BASE,
+        "--run",
+        str(run_dir(task, row, seed)),
+        f"seed={seed}",
+        *TASKS[task],
+        *ROWS[row][0],
+        "tracking.comet=off",
+    ]
+
+
+def finished(run: Path) -> bool:
+    record = run / "run.json"
+    return record.is_file() and bool(json.loads(record.read_text()).get("test"))
+
+
+def read_ledger() -> dict[tuple[str, str, int], dict]:
+    if not LEDGER.is_file():
+        return {}
+    rows = [json.loads(line) for line in LEDGER.read_text().splitlines() if line.strip()]
+    return {(r["task"], r["row"], r["seed"]): r for r in rows}
+
+
+def record(task: str, row: str, seed: int, seconds: float) -> None:
+    run = run_dir(task, row, seed)
+    rec = json.loads((run / "run.json").read_text())
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT)
+    ledger = read_ledger()
+    total = sum(
+        json.loads((run / name / "metrics.json").read_text())["train"]["steps"]
+        for name in [a["name"] for a in rec["artifacts"] if a["name"] == "policy-0" or a["name"].startswith("improve-")]
+    )
+    control = rec.get("control") or {}
+    ledger[(task, row, seed)] = {
+        "task": task,
+        "row": row,
+        "seed": seed,
+        "steps": total,
+        "control_em": control.get("bc"),
+        "lead": control.get("lead"),
+        "noise": control.get("noise"),
+        "best": rec["best_policy"],
+        "em": rec["test"][rec["best_policy"]]["exact_match"],
+        "chrf": rec["test"][rec["best_policy"]]["chrf"],
+        "p0_em": rec["test"]["policy-0"]["exact_match"],
+        "command": " ".join(command(task, row, seed)),
+        "commit": commit.stdout.strip(),
+        "date": time.strftime("%Y-%m-%d"),
+        "seconds": round(seconds),
+    }
+    LEDGER.write_text("".join(json.dumps(r) + "\n" for _, r in sorted(ledger.items())))
+
+
+def run_row(task: str, row: str, seed: int) -> None:
+    run = run_dir(task, row, seed)
+    cmd = command(task, row, seed)
+    print("+", " ".join(cmd), flush=True)
+    run.parent.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    with open(f"{run}.log", "w") as log:
+        subprocess.run([str(ROOT / ".venv/bin" / cmd[0]), *cmd[1:]], check=True, stdout=log, stderr=log, cwd=ROOT)
+    print(f"  {time.time() - t0:.0f} s", flush=True)
+    record(task, row, seed, time.time() - t0)
+
+
+def lead(ledger: dict, task: str, row: str, seed: int) -> str:
+    """ReST's test exact match minus its BC control's at the same total steps: the run's own control
+    (eval.control) when it has one, else the bc-control row of that many steps."""
+    r = ledger.get((task, row, seed))
+    if r is None or row.startswith("bc-control"):
+        return "-"
+    if r.get("lead") is not None:
+        return f"{r['lead']:+.1f}"
+    bc = next(
+        (
+            b
+            for (t, n, s), b in ledger.items()
+            if t == task and s == seed and n.startswith("bc-control") and b.get("steps") == r.get("steps")
+        ),
+        None,
+    )
+    return "-" if bc is None else f"{r['em'] - bc['em']:+.1f}"
+
+
+def table() -> str:
+    ledger = read_ledger()
+    tasks = [t for t in TASKS if any(k[0] == t for k in ledger)]
+    head = "| recipe | steps | " + " | ".join(f"{t}: test EM (seeds 0 / 1) | {t}: ReST - BC" for t in tasks)
+    lines = [head + " | what it is |", "|---|---:|" + "---:|---:|" * len(tasks) + "---|"]
+    for row, (_, what) in ROWS.items():
+        cells, steps = [], set()
+        for t in tasks:
+            ems = [ledger.get((t, row, s), {}).get("em") for s in (0, 1)]
+            steps |= {ledger[(t, row, s)]["steps"] for s in (0, 1) if (t, row, s) in ledger}
+            cells.append(" / ".join("-" if e is None else f"{e:.1f}" for e in ems))
+            cells.append(" / ".join(lead(ledger, t, row, s) for s in (0, 1)))
+        if any(c.strip("-/ ") for c in cells):
+            lines.append(f"| {row} | {'/'.join(map(str, sorted(steps)))} | " + " | ".join(cells) + f" | {what} |")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tasks", default=",".join(TASKS))
+    parser.add_argument("--seeds", default="0,1")
+    parser.add_argument("--rows", default=",".join(ROWS))
+    parser.add_argument("--table", action="store_true", help="only print the table from bench/recipes.jsonl")
+    args = parser.parse_args()
+    if not args.table:
+        for seed in map(int, args.seeds.split(",")):
+            for task in args.tasks.split(","):
+                for row in args.rows.split(","):
+                    if not finished(run_dir(task, row, seed)):
+                        run_row(task, row, seed)
+    print(table())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
