@@ -21,7 +21,7 @@ POOL ?= rest
 # $(call HEALTHY,SECONDS): wait until the server's health endpoint answers (curl is not on every machine).
 HEALTHY = $(BIN)/python -m rest.flows.wait_for_server $(PREFECT_URL) $(1)
 
-.PHONY: setup setup-gpu bench-gpu lint test-durations vllm run grow improve eval inspect report reward test test-unit bench methods data clean server worker deploy stop
+.PHONY: setup setup-gpu bench-gpu lint test-durations vllm run grow improve eval inspect report reward test test-unit bench methods recipes data clean server worker deploy stop
 
 setup: $(VENV)/.installed $(PREFECT_HOME)/prefect.db
 
@@ -107,9 +107,13 @@ setup-gpu:  ## CUDA torch in .venv and CUDA vLLM in .venv-vllm (needs the packag
 methods: setup  ## every method on both embedded tasks, 2 seeds (hours on 2 cores; ARGS="--tasks g2p --seeds 0"): docs/methods.md
 	$(BIN)/python bench/methods.py $(ARGS)
 
-data: setup  ## rebuild data/numbers/*.parquet and data/arith/*.parquet (deterministic; the result is committed)
+recipes: setup  ## the recipe study: candidate recipes on numbers, g2p and words, 2 seeds, with their BC controls (ARGS="--rows es --seeds 0"): docs/methods.md
+	$(BIN)/python bench/recipes.py $(ARGS)
+
+data: setup  ## rebuild data/numbers, data/arith and data/words (deterministic; the result is committed)
 	$(BIN)/python data/build_numbers.py
 	$(BIN)/python data/build_arith.py
+	$(BIN)/python data/build_words.py
 
 server: setup  ## a Prefect server on 127.0.0.1 in the background (state in .prefect/); returns once it answers
 	@mkdir -p $(STATE)
