@@ -45,7 +45,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "words")
     args = ap.parse_args()
     if version("num2words") != NUM2WORDS_VERSION:
-        raise SystemExit(f"num2words {version('num2words')} is installed; the files were built with {NUM2WORDS_VERSION}")
+        installed = version("num2words")
+        raise SystemExit(f"num2words {installed} is installed; the files were built with {NUM2WORDS_VERSION}")
     numbers = draw_numbers(sum(SPLITS.values()), args.seed)
     args.out.mkdir(parents=True, exist_ok=True)
     start = 0

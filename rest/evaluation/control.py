@@ -228,10 +228,19 @@ def tries(run: Run) -> list[str]:
                 f"{cover['pass@N']:.1f} vs greedy {cover['greedy_valid']:.1f}): raise grow.num_samples or "
                 "grow.temperature"
             )
-    out.append(
-        f"give BC a larger share of the steps (bc.steps {cfg.bc.steps}) and keep more labelled rows in each Improve "
-        f"batch (improve.train_mix {cfg.improve.train_mix}); docs/methods.md has the measured recipes"
-    )
+    p0 = run.metrics("policy-0")
+    if cfg.bc.valid_every is None or p0["train"]["steps"] >= cfg.bc.steps:
+        out.append(
+            f"train policy-0 until validation stops improving before Grow (bc.valid_every: 100 with a larger bc.steps "
+            f"than {cfg.bc.steps}): ReST wins at equal steps once BC has learnt what the labelled pairs teach, and "
+            "loses while BC is still learning (docs/methods.md, the recipe study)"
+        )
+    if len(cfg.improve.thresholds) > 1:
+        out.append(
+            "one Improve step per Grow step at the top threshold "
+            f"(improve.thresholds: [{max(cfg.improve.thresholds)}]) "
+            "with the steps of all of them"
+        )
     return out
 
 
