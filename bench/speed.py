@@ -656,6 +656,8 @@ for g in range(1, cfg.grow.steps + 1):
     timed(f"grow-{g}", stages.finish_grow, run, g)
     for i in range(1, len(cfg.improve.thresholds) + 1):
         timed(f"improve-{g}-{i} (train + evaluation)", stages.improve, run, g, i)
+if cfg.eval.control:
+    timed("BC control (eval.control)", stages.make_control, run)
 timed("test evaluation", stages.finish_run, run)
 timed("report", write_report, run)
 print(json.dumps(seconds))

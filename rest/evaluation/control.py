@@ -225,8 +225,8 @@ def tries(run: Run) -> list[str]:
         if cover["greedy_valid"] is not None and cover["pass@N"] - cover["greedy_valid"] < 5:
             out.append(
                 f"Grow found little the policy did not already say (pass@{cover['samples_per_source']} "
-                f"{cover['pass@N']:.1f} vs greedy {cover['greedy_valid']:.1f}): raise grow.num_samples or "
-                "grow.temperature"
+                f"{cover['pass@N']:.1f} vs greedy {cover['greedy_valid']:.1f}): Improve learns the sources it "
+                "already gets right; more grow.num_samples or a higher grow.temperature may find the hard ones"
             )
     p0 = run.metrics("policy-0")
     if cfg.bc.valid_every is None or p0["train"]["steps"] >= cfg.bc.steps:
