@@ -16,6 +16,7 @@ from rest.artifacts.run import Run
 from rest.evaluation.control import (
     control_metric,
     grow_coverage,
+    monitor_fires,
     not_helping,
     paired,
     policy_steps,
@@ -60,6 +61,22 @@ def test_verifier_rewards_are_compared_by_accuracy():
     assert list(row_scores(outputs, "exact_match")) == [0.0, 1.0]  # outer whitespace stripped, as exact_match
 
 
+def test_arith_rest_is_the_default_recipe_with_only_the_task_changed():
+    """configs/arith-rest.yaml is what the recipe study ran on arith: configs/numbers.yaml with arith's data, model
+    and reward (bench/recipes.py), so "one recipe, data paths changed" stays true when either file changes."""
+    import importlib.util
+
+    from rest.config import load_config
+
+    spec = importlib.util.spec_from_file_location("recipes", "bench/recipes.py")
+    recipes = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(recipes)
+    studied = load_config("configs/numbers.yaml", recipes.TASKS["arith"])
+    shipped = load_config("configs/arith-rest.yaml")
+    assert shipped.model_dump() == studied.model_dump()
+    assert control_metric(shipped)[0] == "reward" and shipped.eval.control
+
+
 @pytest.mark.integration
 def test_control_added_to_a_finished_run_is_plain_bc_and_changes_no_id(clean_run, tmp_path):
     run_dir = tmp_path / "smoke"
@@ -98,6 +115,27 @@ def test_control_added_to_a_finished_run_is_plain_bc_and_changes_no_id(clean_run
     assert "against the BC control" in inspect and verdict_line(record) in inspect
     page = (run_dir / "report" / "index.html").read_text()
     assert "ReST against plain behaviour cloning" in page and "What Grow found that the policy did not yet say" in page
+
+
+def test_the_monitor_counts_the_lead_improve_added_not_single_steps():
+    def row(policy, lead, noise, gain=None, bc_gain=None):
+        r = {"policy": policy, "lead": lead, "noise": noise}
+        if gain is not None:
+            r.update(gain=gain, bc_gain=bc_gain, no_gain=gain - bc_gain <= noise)
+        return r
+
+    # arith seed 1: each Improve step within noise of BC's gain, together +5.4 over policy-0's lead: not fired
+    rows = [row("policy-0", -0.7, 4.3), row("improve-1-1", 3.0, 3.9, 4.3, 0.7), row("improve-2-1", 4.7, 3.9, 2.0, 0.3)]
+    assert monitor_fires(rows, rows[-1]) == (False, ["improve-1-1", "improve-2-1"])
+    # the lead at the best policy is policy-0's (early stopping's best checkpoint against a longer schedule):
+    # Improve added nothing, so the monitor fires though the lead is beyond noise
+    rows = [row("policy-0", 6.0, 3.0), row("improve-1-1", 6.5, 3.0, 0.5, 0.0)]
+    assert monitor_fires(rows, rows[-1]) == (True, ["improve-1-1"])
+    # within noise at the best policy: fires, whatever the steps did
+    rows = [row("policy-0", 0.0, 3.0), row("improve-1-1", 2.0, 3.0, 5.0, 3.0)]
+    assert monitor_fires(rows, rows[-1])[0]
+    rows[-1]["lead"] = 3.5
+    assert not monitor_fires(rows, rows[-1])[0]
 
 
 @pytest.mark.integration
