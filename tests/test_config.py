@@ -126,7 +126,7 @@ def test_token_weights_name_a_reward_component_of_an_nll_loss():
         RestError, match=r"improve.token_weights is 'learnt', not a component of reward.components \(chrf"
     ):
         load_config("configs/numbers.yaml", ["improve.token_weights=learnt"])
-    with pytest.raises(RestError, match=r"token_weights are for the NLL losses"):
+    with pytest.raises(RestError, match=r"token_weights and accumulate are for the NLL losses"):
         load_config("configs/numbers.yaml", ["improve.loss=dpo", "improve.token_weights=chrf"])
     cfg = load_config("configs/numbers-seq2seq.yaml", ["improve.token_weights=learned"])
     assert cfg.improve.token_weights == "learned"

@@ -347,6 +347,13 @@ class GrowConfig(Section):
     max_new_tokens: int = Field(48, ge=1, description="longest completion, in tokens")
     batch_size: int = Field(256, ge=1, description="sequences decoded together (sources x samples)")
     shard_size: int = Field(250, ge=1, description="sources per shard; a shard is the unit of work and of resume")
+    hard_samples: int = Field(
+        0,
+        ge=0,
+        description="difficulty-aware sampling (DART-Math): a source none of whose num_samples samples clears the top "
+        "improve.thresholds gets this many more (sample_index num_samples..), so Grow looks harder where the policy "
+        "fails; 0: every source gets num_samples",
+    )
     sources_per_step: int | None = Field(
         None,
         ge=1,
@@ -636,6 +643,12 @@ class ImproveConfig(PolicyOptimFields):
     max_per_source: int | None = Field(
         None, ge=1, description="cap on kept samples per source, best reward first (ReST-EM caps at 10); null: no cap"
     )
+    accumulate: bool = Field(
+        False,
+        description="also keep the samples of every earlier Grow step that clear tau (STaR's and RFT's accumulation: "
+        "a source solved once stays in Improve's data), deduplicated per source as within one step; false: the "
+        "latest Grow step's samples only (ReST)",
+    )
 
     @model_validator(mode="after")
     def _preference_options(self) -> ImproveConfig:
@@ -654,10 +667,11 @@ class ImproveConfig(PolicyOptimFields):
                 or self.selection != "threshold"
                 or self.max_per_source is not None
                 or self.token_weights
+                or self.accumulate
             ):
                 raise ValueError(
                     f"loss: {self.loss} learns from pairs (improve.preference.pairs, margin): "
-                    "reward_weighted, selection, max_per_source and token_weights are for the NLL losses; "
+                    "reward_weighted, selection, max_per_source, token_weights and accumulate are for the NLL losses; "
                     "leave them unset"
                 )
         return self

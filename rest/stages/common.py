@@ -84,15 +84,17 @@ def config_slice(cfg: RunConfig, *keys: str) -> dict[str, Any]:
 
 
 def policy_slice(cfg: RunConfig, *keys: str) -> dict[str, Any]:
-    """config_slice of a policy artifact: with eval.valid_rows, and BC's early stopping (bc.valid_every,
-    bc.patience), only when they are set, so that the policies of runs made before the settings existed still match
-    their manifests."""
+    """config_slice of a policy artifact: with eval.valid_rows, BC's early stopping (bc.valid_every, bc.patience)
+    and improve.accumulate only when they are set, so that the policies of runs made before the settings existed
+    still match their manifests."""
     out = config_slice(cfg, *keys)
     if cfg.eval.valid_rows is not None:
         out["eval"]["valid_rows"] = cfg.eval.valid_rows
     if "bc" in out and cfg.bc.valid_every is None:
         out["bc"].pop("valid_every", None)
         out["bc"].pop("patience", None)
+    if "improve" in out and not cfg.improve.accumulate:
+        out["improve"].pop("accumulate", None)
     return out
 
 

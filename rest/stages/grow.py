@@ -83,6 +83,10 @@ def grow_plan(run_dir: Path, g: int) -> GrowPlan:
     run = Run.open(run_dir)
     cfg = run.config
     cfg_slice = config_slice(cfg, *GROW_KEYS)
+    if cfg.grow.hard_samples:  # which sources are hard follows the top threshold
+        cfg_slice["grow"]["hard_tau"] = max(cfg.improve.thresholds)
+    else:  # the steps of runs made before grow.hard_samples existed still match their manifests
+        cfg_slice["grow"].pop("hard_samples")
     policy = run.grow_policy(g)
     # lineage: the sampling policy, then every artifact the reward reads (a learned reward model)
     parents = [run.artifact_id(policy)] + [m["id"] for m in artifact_dependencies(cfg.reward)]
@@ -176,43 +180,30 @@ def grow_shard(run_dir: Path, g: int, index: int) -> dict[str, Any]:
     engine = engines.engine_for(cfg, plan.run.dir(plan.policy), plan.parents[0])
     n = cfg.grow.num_samples
     started = time.perf_counter()
-    with progress_bar(len(part) * n, f"grow-{g} {shard_name(index)}") as bar:
-        out = engine.sample(
-            part["source"].tolist(),
-            num_samples=n,
-            temperature=cfg.grow.temperature,
-            top_p=cfg.grow.top_p,
-            top_k=cfg.grow.top_k,
-            max_new_tokens=cfg.grow.max_new_tokens,
-            seed=derive_seed(cfg.seed, "grow", g, index),
-            on_progress=bar.update,
-        )
-    sampled = time.perf_counter() - started
-
-    def repeat(col: str) -> list:  # one row per sample: each source value N times
-        return [v for v in as_python(part[col]) for _ in range(n)]
-
-    src, refs = repeat("source"), repeat("reference")
-    extra = {name: repeat(name) for name in plan.extra.names}
-    rewards = score_config(
-        cfg.reward, src, out.completions, refs, engine.device, {"source_id": repeat("source_id"), **extra}
+    columns, rewards, sampled = _sample_and_score(
+        plan, engine, part, n, 0, derive_seed(cfg.seed, "grow", g, index), g, index
     )
+    if cfg.grow.hard_samples:
+        # Difficulty-aware sampling (DART-Math): the sources none of whose N samples clears the top threshold get
+        # grow.hard_samples more, with their own seed; their rows follow the shard's first N per source.
+        tau = max(cfg.improve.thresholds)
+        best = pd.Series(rewards["reward"]).groupby(np.repeat(np.arange(len(part)), n)).max()
+        hard = part.iloc[np.flatnonzero(best.to_numpy() < tau - 1e-9)]
+        if len(hard):
+            seed = derive_seed(cfg.seed, "grow-hard", g, index)
+            more, more_rewards, more_s = _sample_and_score(plan, engine, hard, cfg.grow.hard_samples, n, seed, g, index)
+            columns = {k: v + more[k] for k, v in columns.items()}
+            rewards = {k: np.concatenate([v, more_rewards[k]]) for k, v in rewards.items()}
+            sampled += more_s
+    src = columns["source"]
     names, per_token = reward_names(cfg.reward), token_columns(rewards)
-    columns = {
-        "source_id": repeat("source_id"),
-        "source": src,
-        "reference": refs,
-        "sample_index": [k for _ in range(len(part)) for k in range(n)],
-        "completion": out.completions,
-        "num_tokens": out.num_tokens,
-        "logprob": out.logprobs,
-        "reward": rewards["reward"].tolist(),
-        **{f"reward_{name}": rewards[f"reward_{name}"].tolist() for name in names},
-        **{col: list(rewards[col]) for col in per_token},
-        "policy": [plan.parents[0]] * len(src),
-        "grow_step": [g] * len(src),
-        **extra,
-    }
+    columns.update(
+        {
+            "reward": rewards["reward"].tolist(),
+            **{f"reward_{name}": rewards[f"reward_{name}"].tolist() for name in names},
+            **{col: list(rewards[col]) for col in per_token},
+        }
+    )
     path = grow_dir / shard_name(index)
     write_shard(path, columns, names, per_token, plan.extra)
     seconds = time.perf_counter() - started
@@ -232,6 +223,49 @@ def grow_shard(run_dir: Path, g: int, index: int) -> dict[str, Any]:
         f"{np.mean(rewards['reward']):.3f}"
     )
     return record
+
+
+def _sample_and_score(
+    plan: GrowPlan, engine: Any, part: pd.DataFrame, n: int, first_index: int, seed: int, g: int, index: int
+) -> tuple[dict[str, list], dict[str, np.ndarray], float]:
+    """n samples of each source of `part` (sample_index first_index..), scored: the shard's columns but the reward
+    ones, the reward's arrays (score_config), and the seconds sampling took."""
+    cfg = plan.cfg
+    started = time.perf_counter()
+    with progress_bar(len(part) * n, f"grow-{g} {shard_name(index)}") as bar:
+        out = engine.sample(
+            part["source"].tolist(),
+            num_samples=n,
+            temperature=cfg.grow.temperature,
+            top_p=cfg.grow.top_p,
+            top_k=cfg.grow.top_k,
+            max_new_tokens=cfg.grow.max_new_tokens,
+            seed=seed,
+            on_progress=bar.update,
+        )
+    sampled = time.perf_counter() - started
+
+    def repeat(col: str) -> list:  # one row per sample: each source value n times
+        return [v for v in as_python(part[col]) for _ in range(n)]
+
+    src, refs = repeat("source"), repeat("reference")
+    extra = {name: repeat(name) for name in plan.extra.names}
+    rewards = score_config(
+        cfg.reward, src, out.completions, refs, engine.device, {"source_id": repeat("source_id"), **extra}
+    )
+    columns = {
+        "source_id": repeat("source_id"),
+        "source": src,
+        "reference": refs,
+        "sample_index": [first_index + k for _ in range(len(part)) for k in range(n)],
+        "completion": list(out.completions),
+        "num_tokens": list(out.num_tokens),
+        "logprob": list(out.logprobs),
+        "policy": [plan.parents[0]] * len(src),
+        "grow_step": [g] * len(src),
+        **extra,
+    }
+    return columns, rewards, sampled
 
 
 # How many of a Grow step's sources its METEOR similarity is measured on (8 samples: 56 scores of ~10 us each)

@@ -61,7 +61,9 @@ def improve(run_dir: Path, g: int, i: int) -> str:
     tau = ic.thresholds[i - 1]
     name = f"improve-{g}-{i}"
     init, grow_name = run.improve_init(g, i), f"grow-{g}"
-    parents = [run.artifact_id(init), run.artifact_id(grow_name)]  # verified: a damaged input is refused here
+    earlier = [f"grow-{h}" for h in range(1, g)] if ic.accumulate else []  # improve.accumulate: their samples too
+    # verified: a damaged input is refused here
+    parents = [run.artifact_id(init), run.artifact_id(grow_name), *(run.artifact_id(e) for e in earlier)]
     cfg_slice = policy_slice(cfg, *IMPROVE_KEYS)
     cfg_slice["improve"]["tau"] = tau
     if existing(run.dir(name), cfg_slice, parents):
@@ -77,7 +79,7 @@ def improve(run_dir: Path, g: int, i: int) -> str:
     rng = np.random.default_rng(derive_seed(cfg.seed, "improve", g, i))
     objective = objective_for(ic)
     make_batches = _pair_batches if objective.data == "pairs" else _row_batches
-    batches, selection = make_batches(run, grow_name, grow_summary, tau, ic, train_df, rng)
+    batches, selection = make_batches(run, [*earlier, grow_name], grow_summary, tau, ic, train_df, rng)
     if objective.data == "pairs" and not selection["pairs"]:
         log.warning(
             f"{name}: no pair of Grow samples qualifies (tau={tau}, margin={ic.preference.margin}); this "
@@ -136,14 +138,19 @@ def validated(cfg: RunConfig, g: int) -> bool:
 
 def _row_batches(
     run: Run,
-    grow_name: str,
+    grow_names: list[str],
     grow_summary: dict[str, Any],
     tau: float,
     ic: ImproveConfig,
     train_df: pd.DataFrame,
     rng: np.random.Generator,
 ) -> tuple[list[Batch], dict[str, Any]]:
-    """Improve's rows: the Grow samples selection keeps at tau, mixed with data.train (improve.train_mix)."""
+    """Improve's rows: the Grow samples selection keeps at tau, mixed with data.train (improve.train_mix).
+
+    `grow_names` ends with this step's Grow; the earlier ones are there with improve.accumulate. The rows of all
+    are selected together: one sample per (source, completion), so a source solved at two steps counts its answer
+    once, and percentile selection compares all of a source's samples."""
+    grow_name = grow_names[-1]
     # Read what selection needs, filtered while reading: memory follows the kept rows, not the Grow step's size
     # (percentile selection compares each source's N rewards, so it reads every row of those columns). The Grow
     # step's row count and kept fraction at each tau are in its manifest (finish_grow's stats).
@@ -157,9 +164,12 @@ def _row_batches(
                 "(reward.learned); set improve.token_weights: null for a scalar reward"
             )
         columns.append(scores_column)
-    rows = read_grow(run.dir(grow_name), columns, min_reward=None if ic.selection == "percentile" else tau)
-    kept = select(rows, tau, ic.selection, ic.percentile, ic.top_k, ic.max_per_source)
-    del rows
+    floor = None if ic.selection == "percentile" else tau
+    parts = [read_grow(run.dir(name), columns, min_reward=floor) for name in grow_names]
+    kept = select(pd.concat(parts, ignore_index=True), tau, ic.selection, ic.percentile, ic.top_k, ic.max_per_source)
+    if len(parts) > 1:  # what this Grow step alone would give, for the manifest
+        latest = len(select(parts[-1], tau, ic.selection, ic.percentile, ic.top_k, ic.max_per_source))
+    del parts
     k_src, k_tgt, k_w = kept["source"].tolist(), kept["completion"].tolist(), kept["reward"].tolist()
     k_scores = None if scores_column is None else kept[scores_column].tolist()
     t_src, t_tgt = train_df["source"].tolist(), train_df["reference"].tolist()
@@ -183,6 +193,9 @@ def _row_batches(
         "kept_reward_mean": round(float(kept["reward"].mean()), 4) if len(kept) else None,
         "train_mix": ic.train_mix,
     }
+    if len(grow_names) > 1:  # improve.accumulate: what the earlier Grow steps added to this one's
+        selection["accumulated_from"] = grow_names[:-1]
+        selection["kept_latest_only"] = latest
     if k_scores is not None:  # the share of the kept samples' tokens the loss learns (their mean token weight)
         weights = np.concatenate(token_weights([len(t) for t in k_scores], k_scores) or [np.zeros(0)])
         selection["token_weight_mean"] = round(float(weights.mean()), 4) if len(weights) else None
@@ -191,7 +204,7 @@ def _row_batches(
 
 def _pair_batches(
     run: Run,
-    grow_name: str,
+    grow_names: list[str],
     grow_summary: dict[str, Any],
     tau: float,
     ic: ImproveConfig,
@@ -202,7 +215,7 @@ def _pair_batches(
     read: the rejected ones are below tau), mixed with data.train rows learnt with NLL (improve.train_mix of a
     batch)."""
     pc = ic.preference
-    rows = read_grow(run.dir(grow_name), ["source_id", "source", "sample_index", "completion", "reward"])
+    rows = read_grow(run.dir(grow_names[-1]), ["source_id", "source", "sample_index", "completion", "reward"])
     pairs = preference_pairs(rows, tau, pc.pairs, pc.margin)
     del rows
     p_src, p_c, p_r = pairs["source"].tolist(), pairs["chosen"].tolist(), pairs["rejected"].tolist()
