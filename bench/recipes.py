@@ -8,12 +8,19 @@ equal optimiser steps with the BC control of the same total.
 Runs go to runs/recipes/<task>-<row>-s<seed> (with a log); every finished run is a line of bench/recipes.jsonl
 (test exact match of the best policy by validation, of policy-0, the command, the commit), the table is made from
 that file, so it survives the run directories.
+
+The es-* candidates change nothing before Grow, so a candidate starts from the policy-0 (and the BC control) of a
+finished es* run of the same task and seed: copied, they are the artifacts the candidate would make again (same
+config slice, same seed: the same bytes, tests/test_pipeline.py), and the pipeline checks each one's config and
+parents before it skips it; a control made for other step counts is trained again. The ledger's `reused` names
+what was copied (its `seconds` are then the rest of the run only).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -124,7 +131,7 @@ def read_ledger() -> dict[tuple[str, str, int], dict]:
     return {(r["task"], r["row"], r["seed"]): r for r in rows}
 
 
-def record(task: str, row: str, seed: int, seconds: float) -> None:
+def record(task: str, row: str, seed: int, seconds: float, reused: list[str] | None = None) -> None:
     run = run_dir(task, row, seed)
     rec = json.loads((run / "run.json").read_text())
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT)
@@ -155,8 +162,31 @@ def record(task: str, row: str, seed: int, seconds: float) -> None:
         "commit": commit.stdout.strip(),
         "date": time.strftime("%Y-%m-%d"),
         "seconds": round(seconds),
+        **({"reused": reused} if reused else {}),
     }
     LEDGER.write_text("".join(json.dumps(r) + "\n" for _, r in sorted(ledger.items())))
+
+
+REUSABLE = ("policy-0", "control")  # what the es-* candidates share with es: BC, and the control of equal steps
+
+
+def reuse(task: str, row: str, seed: int) -> list[str]:
+    """Copy policy-0 and the control of a finished es* run of the task and seed into a new es-* candidate's run
+    directory (module docstring). Returns the names copied."""
+    run = run_dir(task, row, seed)
+    if not row.startswith("es-") or run.exists():
+        return []
+    donors = sorted(p for p in OUT.glob(f"{task}-es*-s{seed}") if p.name != run.name and finished(p))
+    if not donors:
+        return []
+    from rest.artifacts.manifests import rebuild_run
+
+    copied = [name for name in REUSABLE if (donors[0] / name / "_manifest.json").is_file()]
+    for name in copied:
+        shutil.copytree(donors[0] / name, run / name)
+    rebuild_run(run)
+    print(f"  reusing {', '.join(copied)} of {donors[0]}", flush=True)
+    return copied
 
 
 def run_row(task: str, row: str, seed: int) -> None:
@@ -164,11 +194,12 @@ def run_row(task: str, row: str, seed: int) -> None:
     cmd = command(task, row, seed)
     print("+", " ".join(cmd), flush=True)
     run.parent.mkdir(parents=True, exist_ok=True)
+    reused = reuse(task, row, seed)
     t0 = time.time()
     with open(f"{run}.log", "w") as log:
         subprocess.run([str(ROOT / ".venv/bin" / cmd[0]), *cmd[1:]], check=True, stdout=log, stderr=log, cwd=ROOT)
     print(f"  {time.time() - t0:.0f} s", flush=True)
-    record(task, row, seed, time.time() - t0)
+    record(task, row, seed, time.time() - t0, reused)
 
 
 def lead(ledger: dict, task: str, row: str, seed: int) -> str:
