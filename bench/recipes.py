@@ -227,16 +227,22 @@ def table() -> str:
     verified = {k[0] for k, r in ledger.items() if r.get("metric") == "reward"}  # scored by a verifier's accuracy
     what = {t: "accuracy" if t in verified else "EM" for t in tasks}
     head = "| recipe | steps | " + " | ".join(f"{t}: test {what[t]} (seeds 0 / 1) | {t}: ReST - BC" for t in tasks)
-    lines = [head + " | what it is |", "|---|---:|" + "---:|---:|" * len(tasks) + "---|"]
+    head += " | ReST - BC: smallest / mean (of n) | what it is |"
+    lines = [head, "|---|---:|" + "---:|---:|" * len(tasks) + "---:|---|"]
     for row, (_, what) in ROWS.items():
-        cells, steps = [], set()
+        cells, steps, leads = [], set(), []
         for t in tasks:
             ems = [ledger.get((t, row, s), {}).get("em") for s in (0, 1)]
             steps |= {ledger[(t, row, s)]["steps"] for s in (0, 1) if (t, row, s) in ledger}
             cells.append(" / ".join("-" if e is None else f"{e:.1f}" for e in ems))
-            cells.append(" / ".join(lead(ledger, t, row, s) for s in (0, 1)))
+            seeds = [lead(ledger, t, row, s) for s in (0, 1)]
+            cells.append(" / ".join(seeds))
+            leads += [float(x) for x in seeds if x != "-"]
+        # the default is the row whose smallest lead is largest: +5 on every task and seed is what it must keep
+        summary = f"{min(leads):+.1f} / {sum(leads) / len(leads):+.1f} ({len(leads)})" if leads else "-"
         if any(c.strip("-/ ") for c in cells):
-            lines.append(f"| {row} | {'/'.join(map(str, sorted(steps)))} | " + " | ".join(cells) + f" | {what} |")
+            steps_cell = "/".join(map(str, sorted(steps)))
+            lines.append(f"| {row} | {steps_cell} | " + " | ".join(cells) + f" | {summary} | {what} |")
     return "\n".join(lines)
 
 

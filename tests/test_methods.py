@@ -8,6 +8,8 @@ import json
 import pandas as pd
 import pytest
 
+from rest.artifacts.run import Run
+from rest.evaluation.control import grow_coverage, n_label
 from tests.conftest import rest
 
 pytestmark = pytest.mark.integration
@@ -141,3 +143,5 @@ def test_hard_samples_go_to_the_sources_grow_did_not_solve(tmp_path):
     assert set(extra.source_id) == set(hard) and sorted(extra.sample_index.unique()) == [8, 9, 10, 11]
     stats = json.loads((run / "grow-1" / "_manifest.json").read_text())["stats"]
     assert stats["rows"] == len(rows) == 8 * len(first) + 4 * len(hard)
+    cover = grow_coverage(Run.open(run), 1)  # the report's pass@N says how many samples each source had
+    assert (cover["samples_min"], cover["samples_per_source"], n_label(cover)) == (8, 12, "8-12")

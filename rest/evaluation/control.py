@@ -157,11 +157,18 @@ def grow_coverage(run: Run, g: int, rows: pd.DataFrame | None = None) -> dict[st
         "policy": policy,
         "tau": tau,
         "samples_per_source": int(per["count"].max()) if len(per) else 0,
+        "samples_min": int(per["count"].min()) if len(per) else 0,  # below the max with grow.hard_samples
         "pass@1": round(100 * float(rate.mean()), 2),
         "pass@N": round(100 * float((per["sum"] > 0).mean()), 2),
         "greedy_valid": greedy,
         "difficulty": difficulty,
     }
+
+
+def n_label(cover: dict[str, Any]) -> str:
+    """The N of grow_coverage's pass@N: "8", or "8-24" where grow.hard_samples gave the hard sources more."""
+    low, high = cover.get("samples_min", cover["samples_per_source"]), cover["samples_per_source"]
+    return str(high) if low == high else f"{low}-{high}"
 
 
 def verdict_line(record: dict[str, Any]) -> str | None:
@@ -233,7 +240,7 @@ def tries(run: Run) -> list[str]:
             )
         if cover["greedy_valid"] is not None and cover["pass@N"] - cover["greedy_valid"] < 5:
             out.append(
-                f"Grow found little the policy did not already say (pass@{cover['samples_per_source']} "
+                f"Grow found little the policy did not already say (pass@{n_label(cover)} "
                 f"{cover['pass@N']:.1f} vs greedy {cover['greedy_valid']:.1f}): Improve learns the sources it "
                 "already gets right; more grow.num_samples or a higher grow.temperature may find the hard ones"
             )

@@ -25,7 +25,7 @@ from rest.artifacts import manifests  # noqa: E402
 from rest.artifacts.run import SUMMARY_ROWS, Run, shown  # noqa: E402
 from rest.artifacts.shards import read_grow  # noqa: E402
 from rest.errors import RestError  # noqa: E402
-from rest.evaluation.control import control_metric, control_summary, grow_coverage  # noqa: E402
+from rest.evaluation.control import control_metric, control_summary, grow_coverage, n_label  # noqa: E402
 from rest.evaluation.names import input_use_line, sampled_keys, selected_by  # noqa: E402
 
 REPORT_DIR = "report"
@@ -385,7 +385,7 @@ def coverage_section(data: dict[str, Any]) -> list[str]:
         _table(
             ["Grow step", "policy", "tau", "greedy (valid)", "pass@1 (pool)", "pass@N (pool)", "N"],
             [
-                [c["grow"], c["policy"], c["tau"], c["greedy_valid"], c["pass@1"], c["pass@N"], c["samples_per_source"]]
+                [c["grow"], c["policy"], c["tau"], c["greedy_valid"], c["pass@1"], c["pass@N"], n_label(c)]
                 for c in cover
             ],
         ),
