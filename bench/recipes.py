@@ -25,6 +25,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from rest.artifacts.manifests import rebuild_run
+
 ROOT = Path(__file__).resolve().parent.parent
 OUT = Path("runs/recipes")
 LEDGER = ROOT / "bench/recipes.jsonl"
@@ -179,8 +181,6 @@ def reuse(task: str, row: str, seed: int) -> list[str]:
     donors = sorted(p for p in OUT.glob(f"{task}-es*-s{seed}") if p.name != run.name and finished(p))
     if not donors:
         return []
-    from rest.artifacts.manifests import rebuild_run
-
     copied = [name for name in REUSABLE if (donors[0] / name / "_manifest.json").is_file()]
     for name in copied:
         shutil.copytree(donors[0] / name, run / name)

@@ -167,7 +167,7 @@ def grow_coverage(run: Run, g: int, rows: pd.DataFrame | None = None) -> dict[st
 
 def n_label(cover: dict[str, Any]) -> str:
     """The N of grow_coverage's pass@N: "8", or "8-24" where grow.hard_samples gave the hard sources more."""
-    low, high = cover.get("samples_min", cover["samples_per_source"]), cover["samples_per_source"]
+    low, high = cover["samples_min"], cover["samples_per_source"]
     return str(high) if low == high else f"{low}-{high}"
 
 

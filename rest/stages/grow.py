@@ -39,6 +39,7 @@ from rest.data.splits import as_python, extra_columns, grow_sources, superbatch
 from rest.errors import RestError
 from rest.evaluation.monitors import meteor_within
 from rest.grow import engines
+from rest.grow.base import Engine
 from rest.rewards.components import (
     artifact_dependencies,
     code_identities,
@@ -186,9 +187,8 @@ def grow_shard(run_dir: Path, g: int, index: int) -> dict[str, Any]:
     if cfg.grow.hard_samples:
         # Difficulty-aware sampling (DART-Math): the sources none of whose N samples clears the top threshold get
         # grow.hard_samples more, with their own seed; their rows follow the shard's first N per source.
-        tau = max(cfg.improve.thresholds)
-        best = pd.Series(rewards["reward"]).groupby(np.repeat(np.arange(len(part)), n)).max()
-        hard = part.iloc[np.flatnonzero(best.to_numpy() < tau - 1e-9)]
+        best = rewards["reward"].reshape(len(part), n).max(axis=1)  # row i*n + k is sample k of source i
+        hard = part.iloc[np.flatnonzero(best < plan.cfg_slice["grow"]["hard_tau"] - 1e-9)]
         if len(hard):
             seed = derive_seed(cfg.seed, "grow-hard", g, index)
             more, more_rewards, more_s = _sample_and_score(plan, engine, hard, cfg.grow.hard_samples, n, seed, g, index)
@@ -226,7 +226,7 @@ def grow_shard(run_dir: Path, g: int, index: int) -> dict[str, Any]:
 
 
 def _sample_and_score(
-    plan: GrowPlan, engine: Any, part: pd.DataFrame, n: int, first_index: int, seed: int, g: int, index: int
+    plan: GrowPlan, engine: Engine, part: pd.DataFrame, n: int, first_index: int, seed: int, g: int, index: int
 ) -> tuple[dict[str, list], dict[str, np.ndarray], float]:
     """n samples of each source of `part` (sample_index first_index..), scored: the shard's columns but the reward
     ones, the reward's arrays (score_config), and the seconds sampling took."""

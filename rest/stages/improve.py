@@ -164,11 +164,14 @@ def _row_batches(
                 "(reward.learned); set improve.token_weights: null for a scalar reward"
             )
         columns.append(scores_column)
+
+    def keep(rows: pd.DataFrame) -> pd.DataFrame:
+        return select(rows, tau, ic.selection, ic.percentile, ic.top_k, ic.max_per_source)
+
     floor = None if ic.selection == "percentile" else tau
     parts = [read_grow(run.dir(name), columns, min_reward=floor) for name in grow_names]
-    kept = select(pd.concat(parts, ignore_index=True), tau, ic.selection, ic.percentile, ic.top_k, ic.max_per_source)
-    if len(parts) > 1:  # what this Grow step alone would give, for the manifest
-        latest = len(select(parts[-1], tau, ic.selection, ic.percentile, ic.top_k, ic.max_per_source))
+    kept = keep(pd.concat(parts, ignore_index=True))
+    latest = len(keep(parts[-1])) if len(parts) > 1 else None  # what this Grow step alone gives, for the manifest
     del parts
     k_src, k_tgt, k_w = kept["source"].tolist(), kept["completion"].tolist(), kept["reward"].tolist()
     k_scores = None if scores_column is None else kept[scores_column].tolist()
@@ -193,7 +196,7 @@ def _row_batches(
         "kept_reward_mean": round(float(kept["reward"].mean()), 4) if len(kept) else None,
         "train_mix": ic.train_mix,
     }
-    if len(grow_names) > 1:  # improve.accumulate: what the earlier Grow steps added to this one's
+    if latest is not None:  # improve.accumulate: what the earlier Grow steps added to this one's
         selection["accumulated_from"] = grow_names[:-1]
         selection["kept_latest_only"] = latest
     if k_scores is not None:  # the share of the kept samples' tokens the loss learns (their mean token weight)
