@@ -69,7 +69,7 @@ from rest.models.policy import (  # noqa: E402
 )
 from rest.models.sampling import SPEEDUPS, generate  # noqa: E402
 from rest.models.tokenizer import pad  # noqa: E402
-from rest.rewards.components import PARALLEL_MIN_CHARS  # noqa: E402
+from rest.rewards.parallel import PARALLEL_MIN_CHARS  # noqa: E402
 from rest.training.loop import train  # noqa: E402
 
 CONFIG = "configs/numbers.yaml"
@@ -493,7 +493,7 @@ def bench_score(policy_dir: Path, n_sources: int, repeats: int, quick: bool) -> 
     reference against 16 other references), the case only processes speed up."""
     from sacrebleu.metrics import CHRF
 
-    from rest.rewards import components
+    from rest.rewards import parallel
     from rest.rewards.components import score_config
 
     cfg = load_config(ROOT / CONFIG)
@@ -524,7 +524,7 @@ def bench_score(policy_dir: Path, n_sources: int, repeats: int, quick: bool) -> 
         ),
     }
     if quick:  # tiny sizes: let the distinct rows take the parallel path anyway, so the smoke test runs it
-        components.PARALLEL_MIN_CHARS = 0
+        parallel.PARALLEL_MIN_CHARS = 0
     rows = []
     for name, (srcs, comps, refs) in workloads.items():
 
@@ -545,7 +545,7 @@ def bench_score(policy_dir: Path, n_sources: int, repeats: int, quick: bool) -> 
         times = {
             what: median_time(fn, repeats)
             for what, fn in [
-                (f"rest reward step (chrF, up to {components.scoring_processes()} processes)", ours),
+                (f"rest reward step (chrF, up to {parallel.scoring_processes()} processes)", ours),
                 ("rest reward step in one process (REST_SCORE_PROCESSES=1)", ours_one_process),
                 ("sacrebleu sentence chrF, plain loop", plain),
             ]

@@ -11,7 +11,8 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from rest.config import RewardConfig
 from rest.errors import RestError
-from rest.rewards.components import model_identities, score_config
+from rest.rewards.components import score_config
+from rest.rewards.kinds import lineage
 from tests.helpers import CHAT_TEMPLATE, build_reward_checkpoint
 
 pytestmark = pytest.mark.integration  # real (tiny) checkpoints built and loaded: seconds each
@@ -85,12 +86,12 @@ def test_a_model_with_other_than_one_output_is_refused(tmp_path):
 def test_new_weights_in_the_same_directory_are_a_new_identity_and_a_new_scorer(tmp_path, checkpoints):
     path = build_reward_checkpoint("bert", tmp_path / "rm")
     rc = RewardConfig(models={"rm": {"model": str(path)}}, components={"rm": 1.0})
-    [before] = model_identities(rc)
+    [before] = lineage(rc).key["reward_models"]
     first = _rm(path, scale=100.0)
     model = AutoModelForSequenceClassification.from_pretrained(path)
     with torch.no_grad():
         model.classifier.bias += 0.01  # retrained, in place
     model.save_pretrained(path)
-    [after] = model_identities(rc)
+    [after] = lineage(rc).key["reward_models"]
     assert before["model"] == after["model"] == str(path) and before["sha256"] != after["sha256"]
     assert not np.allclose(_rm(path, scale=100.0), first)

@@ -4,7 +4,7 @@ from sacrebleu import sentence_chrf, sentence_ter
 
 from rest.config import check_reward_names
 from rest.errors import RestError
-from rest.rewards import components
+from rest.rewards import parallel
 from rest.rewards.components import score
 from rest.rewards.metrics import bleu, chrf, exact_match, ter
 
@@ -104,7 +104,7 @@ def test_sparrow_composite_with_rules_length_penalty_and_format():
 
 def test_a_rule_is_a_regex_or_a_classifier_and_its_model_must_classify(tmp_path):
     from rest.config import load_config
-    from rest.rewards.components import artifact_dependencies
+    from rest.rewards.kinds import artifact_dependencies
 
     with pytest.raises(RestError, match="either a `regex` or a `model`"):
         load_config("configs/smoke.yaml", ["reward.rules={x: {weight: 1.0}}"])
@@ -144,43 +144,43 @@ def test_repeated_rows_are_scored_once_and_get_the_same_scores():
 
 
 def test_large_calls_are_scored_in_other_processes_with_the_same_numbers(monkeypatch):
-    monkeypatch.setattr(components, "PARALLEL_MIN_CHARS", 1000)
+    monkeypatch.setattr(parallel, "PARALLEL_MIN_CHARS", 1000)
     monkeypatch.setenv("REST_SCORE_PROCESSES", "2")
     rng = np.random.default_rng(0)
     words = ["eins", "zwei", "drei", "vier", "fünf", "sechs", "sieben", "acht"]
     comps = [" ".join(rng.choice(words, 3)) for _ in range(400)]
     refs = [" ".join(rng.choice(words, 3)) for _ in range(400)]
     started = []
-    real_popen = components.subprocess.Popen
-    monkeypatch.setattr(components.subprocess, "Popen", lambda *a, **k: started.append(a) or real_popen(*a, **k))
-    parallel = score({"chrf": 1.0, "bleu": 1.0}, [""] * 400, comps, refs)
+    real_popen = parallel.subprocess.Popen
+    monkeypatch.setattr(parallel.subprocess, "Popen", lambda *a, **k: started.append(a) or real_popen(*a, **k))
+    scored = score({"chrf": 1.0, "bleu": 1.0}, [""] * 400, comps, refs)
     assert len(started) == 2  # one helper per metric call (this process scores the other half)
-    assert np.array_equal(parallel["reward_chrf"], [sentence_chrf(c, [r]).score / 100 for c, r in zip(comps, refs)])
+    assert np.array_equal(scored["reward_chrf"], [sentence_chrf(c, [r]).score / 100 for c, r in zip(comps, refs)])
     monkeypatch.setenv("REST_SCORE_PROCESSES", "1")  # off: no helper, the same numbers
-    assert np.array_equal(score({"chrf": 1.0, "bleu": 1.0}, [""] * 400, comps, refs)["reward"], parallel["reward"])
+    assert np.array_equal(score({"chrf": 1.0, "bleu": 1.0}, [""] * 400, comps, refs)["reward"], scored["reward"])
     monkeypatch.setenv("REST_SCORE_PROCESSES", "2")
     score({"chrf": 1.0}, [""] * 5, comps[:5], refs[:5])  # small calls stay here whatever the setting
     assert len(started) == 2
     # An error in a helper comes back as itself: a reference-based metric on rows without references.
     with pytest.raises(RestError, match="compares with the reference"):
-        components._in_parallel("chrf")([], comps, refs[:200] + [None] * 200)
+        parallel.in_parallel("chrf")([], comps, refs[:200] + [None] * 200)
 
 
 def test_a_bad_process_count_names_the_variable(monkeypatch):
     monkeypatch.setenv("REST_SCORE_PROCESSES", "two")
     with pytest.raises(RestError, match="REST_SCORE_PROCESSES"):
-        components.scoring_processes()
+        parallel.scoring_processes()
 
 
 def test_a_helper_that_dies_is_reported_with_its_last_words_and_leaves_no_process(monkeypatch):
-    monkeypatch.setattr(components, "PARALLEL_MIN_CHARS", 10)
+    monkeypatch.setattr(parallel, "PARALLEL_MIN_CHARS", 10)
     monkeypatch.setenv("REST_SCORE_PROCESSES", "2")
-    monkeypatch.setattr(components, "_WORKER", "import sys; sys.stdin.buffer.read(); sys.exit('helper gave up')")
+    monkeypatch.setattr(parallel, "_WORKER", "import sys; sys.stdin.buffer.read(); sys.exit('helper gave up')")
     started = []
-    real_popen = components.subprocess.Popen
+    real_popen = parallel.subprocess.Popen
     monkeypatch.setattr(
-        components.subprocess, "Popen", lambda *a, **k: started.append(real_popen(*a, **k)) or started[-1]
+        parallel.subprocess, "Popen", lambda *a, **k: started.append(real_popen(*a, **k)) or started[-1]
     )
     with pytest.raises(RuntimeError, match="exit code 1: helper gave up"):
-        components._in_parallel("chrf")([], ["eins zwei"] * 20, ["eins drei"] * 20)
+        parallel.in_parallel("chrf")([], ["eins zwei"] * 20, ["eins drei"] * 20)
     assert len(started) == 1 and started[0].poll() is not None

@@ -8,6 +8,8 @@ from rest.config.components import (
     check_reward_names,
     column_of,
     is_function_reference,
+    is_verifier,
+    kind_of,
     spec_of,
 )
 from rest.config.loading import (
@@ -55,6 +57,8 @@ __all__ = [
     "check_reward_names",
     "column_of",
     "is_function_reference",
+    "is_verifier",
+    "kind_of",
     "spec_of",
     "Section",
     "DataConfig",

@@ -537,7 +537,7 @@ class RewardConfig(Section):
     def _valid_components(cls, v: dict[str, float], info: ValidationInfo) -> dict[str, float]:
         if not v:
             raise ValueError("needs at least one component, e.g. {chrf: 1.0}")
-        check_reward_names(v, info.data.get("servers") or {}, info.data.get("models") or {})
+        check_reward_names(v, info.data)
         for name, weight in v.items():
             if weight < 0:
                 raise ValueError(f"weight of {name!r} must be >= 0, got {weight}")

@@ -21,19 +21,19 @@ import numpy as np
 import pandas as pd
 
 from rest.artifacts.run import VALID_OUTPUTS, Run
+from rest.config import is_verifier
 
 if TYPE_CHECKING:
     from rest.config import RunConfig
 
 CONTROL = "control"  # the control's artifact directory in a run
 CURVE_FILE = "curve.parquet"  # the control's validation outputs at each policy's step count
-VERIFIERS = {"math", "code"}  # reward components that say right or wrong: their reward is the score compared
 NOISE_SE = 2.0  # "within noise": a difference below this many paired standard errors
 
 
 def control_metric(cfg: RunConfig) -> tuple[str, str]:
     """(key, words) of what the comparison counts: exact match, or the verifier's reward (accuracy)."""
-    if set(cfg.reward.components) <= VERIFIERS:
+    if is_verifier(cfg.reward.components, cfg.reward):  # they say right or wrong: their reward is compared
         return "reward", "accuracy (" + " + ".join(sorted(cfg.reward.components)) + " verified)"
     return "exact_match", "exact match"
 

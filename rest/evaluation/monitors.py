@@ -197,10 +197,7 @@ def _probe_rewards(
     cols: dict[str, Sequence],
 ) -> dict[str, Any]:
     def scorer(name: str) -> Reward:
-        fn = component(name, reward_cfg, device)
-        if getattr(fn, "takes_columns", False):
-            return lambda s, c, r, k: fn(s, c, r, columns=k)
-        return lambda s, c, r, k: fn(s, c, r)
+        return component(name, reward_cfg, device)
 
     probes = {name: probe_reward(scorer(name), sources, references, seed, cols) for name in reward_cfg.components}
     probes["reward"] = probe_reward(

@@ -1,263 +1,46 @@
-"""Rewards: configured components `(sources, completions, references) -> scores in [0, 1]`, and their total.
+"""Rewards: the configured components, each a Scorer (rest/rewards/scorer.py), and their total.
 
     >>> from rest.config import RewardConfig
     >>> rc = RewardConfig(components={"chrf": 3.0, "exact_match": 1.0})
     >>> score_config(rc, ["1"], ["einz"], ["eins"])["reward_exact_match"]
     array([0.])
 
-A component's spec (rest/config/components.py, the one registry) says where its builder is, whether it reads the
-reference, and which artifacts it depends on: their ids join the parents of every Grow step scored with it, so a
-shard can be traced to the reward model that scored it. `score_config` returns one array per component
-(`reward_<name>`) and the total (`reward`), which is what the Grow shards store. Every component is normalised to
-[0, 1] so that thresholds mean the same across rewards.
-
-Adding a component: a builder `(name, reward config, device) -> scorer` (here or in a module of its own) and its
-entry in rest/config/components.py. A learned reward loads on `device`, the device of the policy being scored.
+A component's kind (rest/config/components.py, the one table) says where its builder is; rest/rewards/kinds.py asks
+the kinds what they check and what they add to a Grow step's lineage. `score_config` returns one array per
+component (`reward_<name>`) and the total (`reward`), which is what the Grow shards store. Every component is
+normalised to [0, 1] so that thresholds mean the same across rewards.
 """
 
 from __future__ import annotations
 
-import importlib
 import json
-import multiprocessing
-import os
-import pickle
-import re
-import subprocess
-import sys
-import tempfile
-from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-from rest.artifacts import manifests
-from rest.config import RewardConfig, check_reward_names, column_of, is_function_reference, spec_of
-from rest.errors import RestError
-from rest.rewards.metrics import SENTENCE_METRICS, format_valid, length_deviation
+from rest.config import RewardConfig, check_reward_names, column_of, spec_of
+from rest.rewards.kinds import code, dependencies, identity
+from rest.rewards.metrics import format_valid, length_deviation
+from rest.rewards.rules import rule
+from rest.rewards.scorer import Scorer
 
-# A scorer: (sources, completions, references) -> one score in [0, 1] per row (NaN: does not apply). One with
-# `takes_columns` (a user's function) is also given the rows' other columns: `columns={name: values}`.
-Reward = Callable[..., np.ndarray]
-
-TRAIN_A_REWARD_MODEL = manifests.HOW_TO_MAKE[manifests.REWARD_MODEL]
+# The scorers built in this process, by component, artifact ids, device, settings and identity: rest.caches clears them.
+BUILT: dict[tuple, Scorer] = {}
 
 
-def metric_scorer(name: str, rc: RewardConfig, device: str) -> Reward:
-    """Sentence metric `name` (chrf, bleu, ter, exact_match) against the reference: see _in_parallel."""
-    return _in_parallel(name)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# A sentence metric over many rows, in processes: sacrebleu is pure Python, one core per process.
-
-# Below this many characters (completions + references) a metric runs in this process: a helper process costs
-# ~0.35 s to start (Python, numpy, sacrebleu), more than it saves on less. 400k characters is about 13k rows of the
-# embedded task, ~1.3 s of chrF on one core; the default run's shards (a few hundred distinct rows) never reach it.
-PARALLEL_MIN_CHARS = 400_000
-
-# The extra share of the rows this process scores itself while the helpers start (for 2 processes: 55%).
-HEAD_START = 0.05
-
-# A helper reads its whole input before it imports anything, so the parent's write never waits for the imports.
-_WORKER = "import sys; data = sys.stdin.buffer.read(); from rest.rewards.metrics import serve_chunk; serve_chunk(data)"
-
-
-def scoring_processes() -> int:
-    """How many processes a large metric call uses: $REST_SCORE_PROCESSES, else the cores this process may run on
-    (at most 8); 1 inside a daemonic process (a Dask worker), whose children would be orphaned with it."""
-    if multiprocessing.current_process().daemon:
-        return 1
-    wanted = os.environ.get("REST_SCORE_PROCESSES")
-    if wanted:
-        try:
-            return max(1, int(wanted))
-        except ValueError:
-            raise RestError(
-                f"REST_SCORE_PROCESSES={wanted!r}: give a whole number of processes (1 turns scoring in parallel off)"
-            ) from None
-    return max(1, min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
-
-
-def _in_parallel(name: str) -> Reward:
-    """Sentence metric `name` (rest.rewards.metrics.SENTENCE_METRICS), scored over contiguous chunks by this process and
-    `scoring_processes() - 1` helper processes (`python -c`, so nothing of the caller's main module is re-run,
-    unlike multiprocessing's spawn) when the rows are large enough to pay for it. The same numbers either way."""
-    metric = SENTENCE_METRICS[name]
-
-    def scored(sources: Sequence[str], completions: Sequence[str], references: Sequence[str | None]) -> np.ndarray:
-        processes = scoring_processes()
-        chars = sum(map(len, completions)) + sum(len(r) for r in references if r is not None)
-        if processes < 2 or chars < PARALLEL_MIN_CHARS:
-            return metric(sources, completions, references)
-        # This process starts on its chunk at once, a helper ~0.35 s later (its imports): this one takes a little more.
-        first = min(1.0, 1.0 / processes + HEAD_START)
-        cuts = np.concatenate([[0], np.linspace(first * len(completions), len(completions), processes)]).astype(int)
-        chunks = [
-            (list(sources[a:b]) if len(sources) else [], list(completions[a:b]), list(references[a:b]))
-            for a, b in zip(cuts[:-1], cuts[1:])
-        ]
-        helpers: list[tuple[subprocess.Popen, Any]] = []
-        try:
-            for chunk in chunks[1:]:
-                # stderr to a file: a helper that warns a lot must not block on a full pipe nobody reads yet
-                err = tempfile.TemporaryFile()
-                helper = subprocess.Popen(
-                    [sys.executable, "-c", _WORKER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err
-                )
-                helpers.append((helper, err))
-                helper.stdin.write(pickle.dumps((name, chunk)))  # type: ignore[union-attr]
-                helper.stdin.close()  # type: ignore[union-attr]
-            parts = [metric(*chunks[0])]
-            for helper, err in helpers:
-                out = helper.stdout.read()  # type: ignore[union-attr]
-                if helper.wait() != 0:
-                    err.seek(0)
-                    tail = err.read().decode(errors="replace")[-2000:]
-                    raise RuntimeError(f"a scoring process ended with exit code {helper.returncode}: {tail}")
-                status, value = pickle.loads(out)
-                if status == "error":
-                    raise value
-                parts.append(value)
-        finally:
-            for helper, err in helpers:  # on any error (or Ctrl-C) here: no helper outlives the call
-                if helper.poll() is None:
-                    helper.kill()
-                    helper.wait()
-                helper.stdout.close()  # type: ignore[union-attr]
-                err.close()
-        return np.concatenate(parts)
-
-    scored.metric = metric  # type: ignore[attr-defined]
-    return scored
-
-
-def learned_scorer(name: str, rc: RewardConfig, device: str) -> Reward:
-    """The reward model at reward.learned, loaded on `device`."""
-    # Imported here, not at the top: torch and transformers load only when a learned reward is used.
-    from rest.rewards.reward_model import load_reward_model
-
-    rm = load_reward_model(rc.learned, device=device)
-
-    def scored(sources, completions, references):
-        return rm.score(sources, completions)
-
-    if hasattr(rm, "score_tokens"):  # a seq2seq reward model also scores each token: reward_tokens_<name>
-        scored.with_tokens = lambda sources, completions, references: rm.score_tokens(sources, completions)  # type: ignore[attr-defined]
-    return scored
-
-
-def _artifacts(name: str, rc: RewardConfig) -> list[tuple[str, str | None]]:
-    """(config key, artifact directory) of every artifact component `name` reads."""
-    return [(f"reward.{f}", getattr(rc, f)) for f in spec_of(name, rc.servers, rc.models).artifact_fields]
-
-
-def _builder(name: str, rc: RewardConfig) -> Callable[[str, RewardConfig, str], Reward]:
-    module, _, function = spec_of(name, rc.servers, rc.models).build.partition(":")
-    return getattr(importlib.import_module(module), function)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Sparrow's rules: regex checks or learned classifiers, each scoring 1 - P(violation)
-
-TRAIN_A_RULE = "train one with `rest reward train` (objective: classification on a 0/1 column, 1 = the rule is broken)"
-
-
-def _rule_dependency(name: str, rc: RewardConfig) -> list[dict[str, Any]]:
-    rule = rc.rules[name]
-    if rule.model is None:
-        return []
-    key = f"reward.rules.{name}.model"
-    manifest = manifests.require(Path(rule.model), manifests.REWARD_MODEL, key, TRAIN_A_RULE)
-    objective = manifest.get("config", {}).get("objective")
-    if objective != "classification":
-        raise RestError(f"{key}: {rule.model} is a {objective} reward model; a rule needs P(violation): {TRAIN_A_RULE}")
-    return [manifest]
-
-
-def rule(name: str, rc: RewardConfig, device: str = "cpu") -> Reward:
-    """Rule `name`'s scorer, 1 - P(violation) per output, built once per process (per classifier artifact id)."""
-    spec = rc.rules[name]
-    key = ("rule", spec.regex, *(m["id"] for m in _rule_dependency(name, rc)), device if spec.model else None)
-    if key not in _BUILT:
-        if spec.regex is not None:
-            pattern = re.compile(spec.regex)
-            _BUILT[key] = lambda sources, completions, references: np.array(
-                [0.0 if pattern.search(c) else 1.0 for c in completions], dtype=np.float64
-            )
-        else:
-            from rest.rewards.reward_model import load_reward_model
-
-            rm = load_reward_model(spec.model, device=device)
-            _BUILT[key] = lambda sources, completions, references: 1.0 - rm.score(sources, completions)
-    return _BUILT[key]
-
-
-def needs_reference(rc: RewardConfig) -> bool:
-    """False when every component reads only (source, completion): Grow sources may then lack references."""
-    return any(spec_of(name, rc.servers, rc.models).needs_reference for name in rc.components) or bool(
-        rc.length_penalty
-    )
-
-
-def _dependencies(name: str, rc: RewardConfig) -> list[dict[str, Any]]:
-    out = []
-    for key, path in _artifacts(name, rc):
-        if not path:
-            raise RestError(
-                f"the `{name}` reward needs {key} (or --reward-model): the directory of a reward model; "
-                f"{TRAIN_A_REWARD_MODEL}"
-            )
-        out.append(manifests.require(Path(path), manifests.REWARD_MODEL, key, TRAIN_A_REWARD_MODEL))
-    return out
-
-
-def artifact_dependencies(rc: RewardConfig) -> list[dict[str, Any]]:
-    """The verified manifests of every artifact the configured components read (a RestError says how to make
-    a missing one): what a run checks before it starts and what Grow lists among its parents."""
-    return [m for name in rc.components for m in _dependencies(name, rc)] + [
-        m for name in rc.rules for m in _rule_dependency(name, rc)
-    ]
-
-
-_BUILT: dict[tuple, Reward] = {}
-
-
-def component(name: str, rc: RewardConfig, device: str = "cpu") -> Reward:
-    """The scorer of component `name` as configured by `rc`, built once per process (per artifact id and device for
-    a component that reads an artifact, so a retrained reward model is picked up). A learned reward loads on
-    `device` (a `device` setting: auto, cpu, cuda, cuda:N, mps)."""
-    check_reward_names([name], rc.servers, rc.models)
-    key = (name, *(m["id"] for m in _dependencies(name, rc)), device if _artifacts(name, rc) else None)
-    key += tuple(
-        json.dumps(rc.model_dump(mode="json")[f], sort_keys=True) for f in spec_of(name, rc.servers, rc.models).settings
-    )
-    if is_function_reference(name):  # an edited file is a new scorer
-        from rest.rewards.functions import code_identity
-
-        key += (code_identity(name)["sha256"],)
-    elif name in rc.models:  # so is a checkpoint written again in the same directory
-        from rest.rewards.pretrained import model_identity
-
-        key += (model_identity(name, rc.models[name])["sha256"], device)
-    if key not in _BUILT:
-        _BUILT[key] = _builder(name, rc)(name, rc, device)
-    return _BUILT[key]
-
-
-def check_token_scores(name: str, rc: RewardConfig, key: str) -> None:
-    """RestError unless component `name` scores each token (its artifact is a reward model trained with objective:
-    seq2seq): what config key `key` (improve.token_weights) reads from the Grow shards."""
-    specs = [Path(path) / "reward.json" for _, path in _artifacts(name, rc) if path]
-    objectives = [json.loads(spec.read_text()).get("objective") for spec in specs if spec.is_file()]
-    if "seq2seq" not in objectives:
-        made = f"a reward model trained with objective: {objectives[0]}" if objectives else f"the {name} component"
-        raise RestError(
-            f"{key}: {name} has no per-token scores ({made} gives one number per sample); only a reward "
-            f"model trained with objective: seq2seq (reward.learned) scores tokens. Set {key}: null, or "
-            "train one: rest reward train --config configs/reward-numbers-seq2seq.yaml"
-        )
+def component(name: str, rc: RewardConfig, device: str = "cpu") -> Scorer:
+    """The scorer of component `name` as configured by `rc`, built once per process (again when what it reads
+    changes: a retrained reward model, an edited function file, its settings). A learned reward loads on `device`
+    (a `device` setting: auto, cpu, cuda, cuda:N, mps)."""
+    check_reward_names([name], rc)
+    spec = spec_of(name, rc)
+    key = (name, *(m["id"] for m in dependencies(name, rc)), device)
+    key += tuple(json.dumps(rc.model_dump(mode="json")[f], sort_keys=True) for f in spec.settings)
+    key += (json.dumps(identity(name, rc), sort_keys=True),)
+    if key not in BUILT:
+        BUILT[key] = code(spec.build)(name, rc, device)
+    return BUILT[key]
 
 
 def token_columns(rewards: Mapping[str, Any]) -> list[str]:
@@ -273,30 +56,6 @@ def reward_names(rc: RewardConfig) -> list[str]:
         + [f"rule_{name}" for name in rc.rules]
         + (["length"] if rc.length_penalty else [])
         + (["format"] if rc.format_regex else [])
-    )
-
-
-def code_identities(rc: RewardConfig) -> list[dict[str, str]]:
-    """The reference, file and file sha256 of every function component: part of a Grow step's key."""
-    from rest.rewards.functions import code_identity
-
-    return [code_identity(name) for name in rc.components if is_function_reference(name)]
-
-
-def model_identities(rc: RewardConfig) -> list[dict[str, Any]]:
-    """The path or hub id, revision and weights' sha256 of every pretrained reward model the components use."""
-    if not any(name in rc.models for name in rc.components):
-        return []
-    from rest.rewards.pretrained import model_identity
-
-    return [model_identity(name, rc.models[name]) for name in rc.components if name in rc.models]
-
-
-def takes_columns(rc: RewardConfig) -> bool:
-    """Whether a component of `rc` reads the rows' other columns (a function of the user's, `code`'s tests)."""
-    return any(
-        is_function_reference(name) or name in rc.servers or spec_of(name, rc.servers, rc.models).columns
-        for name in rc.components
     )
 
 
@@ -326,7 +85,8 @@ def score_config(
     reference), `reward_format` is format_valid: an
     output that does not match `format_regex` gets reward 0 whatever its components say.
     """
-    columns = {k: list(v) for k, v in (columns or {}).items()} if takes_columns(rc) else {}
+    takes_columns = any(component(name, rc, device).takes_columns for name in rc.components)
+    columns = {k: list(v) for k, v in (columns or {}).items()} if takes_columns else {}
     if columns:
         keyed = [tuple(repr(v) for v in row) for row in zip(*columns.values())]
         keys = [(*k, c) for k, c in zip(zip(sources, completions, references), keyed)]
@@ -362,14 +122,12 @@ def _score_rows(
     missing = np.zeros(len(completions), dtype=np.float64)  # per row: the weight of components that do not apply
     for name, weight in rc.components.items():
         scorer = component(name, rc, device)
-        if hasattr(scorer, "with_tokens"):
-            values, tokens = scorer.with_tokens(sources, completions, references)
+        if scorer.tokens is not None:
+            values, tokens = scorer.tokens(sources, completions, references)
             out[f"reward_tokens_{name}"] = np.empty(len(tokens), dtype=object)
             out[f"reward_tokens_{name}"][:] = [t.astype(np.float32) for t in tokens]
-        elif getattr(scorer, "takes_columns", False):
-            values = scorer(sources, completions, references, columns=columns)
         else:
-            values = scorer(sources, completions, references)
+            values = scorer(sources, completions, references, columns)
         out[f"reward_{column_of(name)}"] = values
         absent = np.isnan(values)
         if absent.any():

@@ -41,6 +41,7 @@ import numpy as np
 
 from rest.config.components import is_function_reference
 from rest.errors import RestError
+from rest.rewards.scorer import Scorer
 
 FIX = "fix it and run the same command again (finished shards are kept)"
 
@@ -245,7 +246,7 @@ def check_values(name: str, values: Any, n: int, ids: Sequence[str]) -> np.ndarr
     return out
 
 
-def function_scorer(name: str, rc, device: str):
+def function_scorer(name: str, rc, device: str) -> Scorer:
     """The scorer of function component `name` (see the module docstring)."""
     fn = load_function(name)
     timeout_s = rc.timeout_s
@@ -273,13 +274,27 @@ def function_scorer(name: str, rc, device: str):
             ) from None
         return check_values(name, values, len(completions), ids)
 
-    scored.takes_columns = True  # type: ignore[attr-defined]
-    return scored
+    return Scorer(scored, takes_columns=True)
+
+
+def function_identity(name: str, rc) -> dict[str, str]:
+    """The `function` kind's identity (code_identity): the key keeps the reference and sha256, the manifest the
+    file too."""
+    return code_identity(name)
+
+
+def check_function_component(name: str, rc, scored: Mapping[str, Sequence[str]]) -> None:
+    """The `function` kind's check before a run: it imports and finds the columns it requires in every split it
+    scores (`scored`: {where: its columns})."""
+    for where, available in scored.items():
+        check_function_columns(name, available, where)
 
 
 __all__ = [
     "check_function_columns",
+    "check_function_component",
     "code_identity",
+    "function_identity",
     "function_scorer",
     "is_function_reference",
     "load_function",

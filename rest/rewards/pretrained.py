@@ -25,6 +25,7 @@ import numpy as np
 
 from rest.data.conversations import chat_turns
 from rest.errors import RestError
+from rest.rewards.scorer import Scorer
 
 _HASHES: dict[tuple, str] = {}
 
@@ -137,11 +138,21 @@ class PretrainedRewardModel:
         return np.clip(x, 0.0, 1.0)
 
 
-def pretrained_scorer(name: str, rc, device: str):
+def pretrained_scorer(name: str, rc, device: str) -> Scorer:
     """The component scored by pretrained reward model `name` of reward.models, on `device`."""
     rm = PretrainedRewardModel(name, rc.models[name], device)
 
     def scored(sources, completions, references) -> np.ndarray:
         return rm.score(list(sources), list(completions))
 
-    return scored
+    return Scorer(scored)
+
+
+def model_identity_of(name: str, rc) -> dict[str, Any]:
+    """The `model` kind's identity: what a Grow step's key records of reward.models.<name>."""
+    return model_identity(name, rc.models[name])
+
+
+def check_model_component(name: str, rc, scored) -> None:
+    """The `model` kind's check before a run: the checkpoint loads as a reward model with one output."""
+    check_pretrained_rm(name, rc.models[name])

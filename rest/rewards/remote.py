@@ -36,6 +36,7 @@ import numpy as np
 
 from rest.errors import RestError
 from rest.rewards.functions import check_values
+from rest.rewards.scorer import Scorer
 
 log = logging.getLogger("rest")
 
@@ -93,7 +94,7 @@ def ask(name: str, server, payload: dict[str, Any]) -> list:
     )
 
 
-def server_scorer(name: str, rc, device: str):
+def server_scorer(name: str, rc, device: str) -> Scorer:
     """The component scored by reward server `name` of reward.servers."""
     server = rc.servers[name]
 
@@ -113,8 +114,7 @@ def server_scorer(name: str, rc, device: str):
             out.append(check_values(f"server {name}", values, len(payload["completions"]), ids[a:b]))
         return np.concatenate(out) if out else np.zeros(0)
 
-    scored.takes_columns = True  # type: ignore[attr-defined]
-    return scored
+    return Scorer(scored, takes_columns=True)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -50,6 +50,7 @@ from rest.models.policy import resolve_device, tokenizer_class
 from rest.models.tokenizer import made_by_train_tokenizer, train_tokenizer
 from rest.models.tokenizer import pad as pad_ids
 from rest.rewards.reward_objectives import OUTPUTS
+from rest.rewards.scorer import Scorer
 from rest.rewards.seq2seq_rm import (
     Seq2SeqRewardModel,
     build_seq2seq_reward_model,
@@ -205,3 +206,16 @@ def raw_scores(rm: RewardModel, sources: list[str], completions: list[str], batc
         for k in range(0, len(sources), batch_size)
     ]
     return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
+
+
+def learned_scorer(name: str, rc, device: str) -> Scorer:
+    """The `learned` component: the reward model at reward.learned, loaded on `device` (a seq2seq reward model
+    scores each token too)."""
+    rm = load_reward_model(rc.learned, device=device)
+
+    def scored(sources, completions, references) -> np.ndarray:
+        return rm.score(sources, completions)
+
+    if isinstance(rm, Seq2SeqRewardModel):
+        return Scorer(scored, tokens=lambda sources, completions, references: rm.score_tokens(sources, completions))
+    return Scorer(scored)

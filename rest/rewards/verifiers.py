@@ -39,6 +39,7 @@ import numpy as np
 from rest.errors import RestError
 from rest.rewards.metrics import need_references
 from rest.rewards.sandbox import Limits, check_sandbox, run_sandboxed
+from rest.rewards.scorer import Scorer
 
 # ---------------------------------------------------------------------------------------------------------------
 # math
@@ -137,7 +138,7 @@ def _math_helper(rows: list[tuple[str, str]], out: np.ndarray) -> int:
         err.close()
 
 
-def math_scorer(name: str, rc, device: str):
+def math_scorer(name: str, rc, device: str) -> Scorer:
     """The `math` component: 1 when the completion's final answer equals the reference, else 0."""
     try:
         import math_verify  # noqa: F401
@@ -150,7 +151,7 @@ def math_scorer(name: str, rc, device: str):
         refs = need_references("math", references)
         return _math_rows(list(zip(completions, refs)))
 
-    return scored
+    return Scorer(scored)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -235,7 +236,7 @@ def code_workers() -> int:
     return max(1, min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
 
 
-def code_scorer(name: str, rc, device: str):
+def code_scorer(name: str, rc, device: str) -> Scorer:
     """The `code` component: 1 when the completion passes all of its row's tests (code.partial: the share)."""
     check_sandbox()
     cc = rc.code
@@ -265,5 +266,9 @@ def code_scorer(name: str, rc, device: str):
         with ThreadPoolExecutor(max_workers=cc.workers or code_workers()) as pool:
             return np.array(list(pool.map(one, range(len(completions)))), dtype=np.float64)
 
-    scored.takes_columns = True  # type: ignore[attr-defined]
-    return scored
+    return Scorer(scored, takes_columns=True)
+
+
+def check_code(name: str, rc, scored) -> None:
+    """The `code` component's check before a run: the sandbox works on this machine."""
+    check_sandbox()

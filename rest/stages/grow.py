@@ -40,15 +40,8 @@ from rest.errors import RestError
 from rest.evaluation.monitors import meteor_within
 from rest.grow import engines
 from rest.grow.base import Engine
-from rest.rewards.components import (
-    artifact_dependencies,
-    code_identities,
-    model_identities,
-    needs_reference,
-    reward_names,
-    score_config,
-    token_columns,
-)
+from rest.rewards.components import reward_names, score_config, token_columns
+from rest.rewards.kinds import RewardLineage, lineage
 from rest.stages.common import GROW_KEYS, config_slice, derive_seed, progress_bar
 
 log = logging.getLogger("rest")
@@ -68,7 +61,7 @@ class GrowPlan:
     sources: pd.DataFrame
     directory: Path
     key: str
-    reward_code: list[dict[str, str]]  # the file and sha256 of each reward function of the user's
+    reward: RewardLineage  # what the step inherits from its reward (parents, key, what the manifest records)
     extra: pa.Schema  # the sources' other columns, as every shard stores them
 
     @property
@@ -89,20 +82,17 @@ def grow_plan(run_dir: Path, g: int) -> GrowPlan:
     else:  # the steps of runs made before grow.hard_samples existed still match their manifests
         cfg_slice["grow"].pop("hard_samples")
     policy = run.grow_policy(g)
-    # lineage: the sampling policy, then every artifact the reward reads (a learned reward model)
-    parents = [run.artifact_id(policy)] + [m["id"] for m in artifact_dependencies(cfg.reward)]
-    sources = grow_sources(cfg.data, need_reference=needs_reference(cfg.reward))
+    # lineage: the sampling policy, then every artifact the reward reads (a learned reward model); the code and
+    # weights that scored it join the key (an edited reward function is another step)
+    reward = lineage(cfg.reward)
+    parents = [run.artifact_id(policy), *reward.parents]
+    cfg_slice = {**cfg_slice, **reward.key}
+    sources = grow_sources(cfg.data, need_reference=reward.needs_reference)
     if cfg.grow.sources_per_step is not None:
         sources = superbatch(sources, g, cfg.grow.sources_per_step, derive_seed(cfg.seed, "superbatch"))
-    reward_code = code_identities(cfg.reward)
-    if reward_code:  # an edited reward function is another step: its manifest's config says which code scored it
-        cfg_slice = {**cfg_slice, "reward_code": [{k: c[k] for k in ("function", "sha256")} for c in reward_code]}
-    reward_models = model_identities(cfg.reward)
-    if reward_models:  # so is a pretrained reward model whose weights changed
-        cfg_slice = {**cfg_slice, "reward_models": reward_models}
     sources, extra = _extra_columns(sources)
     key = manifests.sha256_json({"config": cfg_slice, "parents": parents, "sources": len(sources)})
-    return GrowPlan(run, cfg_slice, parents, policy, sources, run.dir(f"grow-{g}"), key, reward_code, extra)
+    return GrowPlan(run, cfg_slice, parents, policy, sources, run.dir(f"grow-{g}"), key, reward, extra)
 
 
 SHARD_COLUMNS = {name for name, _ in BASE_COLUMNS + TAIL_COLUMNS}
@@ -338,11 +328,9 @@ def finish_grow(run_dir: Path, g: int) -> str:
     stats = grow_stats(grow_dir, plan.cfg.improve.thresholds)
     stats["samples_per_s"] = round(sum(r["rows"] for r in records) / max(1e-9, sum(r["seconds"] for r in records)), 1)
     extra = {"policy": plan.policy, "grow_step": g, "shards": records, "stats": stats}
-    if plan.reward_code:
-        extra["reward_code"] = plan.reward_code
+    extra.update(plan.reward.record)
     # The step's id follows the code and the models that scored it, not only the rows it wrote
-    scored_by = {k: plan.cfg_slice[k] for k in ("reward_code", "reward_models") if k in plan.cfg_slice}
-    publish(grow_dir, manifests.GROW, plan.parents, plan.cfg_slice, extra, id_extra=scored_by or None)
+    publish(grow_dir, manifests.GROW, plan.parents, plan.cfg_slice, extra, id_extra=plan.reward.key or None)
     log.info(
         f"{grow_dir.name}: {stats['rows']} samples, mean reward {stats['reward_mean']:.3f}, kept at tau: "
         f"{stats['kept_fraction']}"

@@ -16,7 +16,7 @@ import logging
 
 import pandas as pd
 
-from rest.config import RunConfig, is_function_reference, spec_of
+from rest.config import RunConfig
 from rest.data.conversations import conversation, turn_texts
 from rest.data.splits import data_split, grow_sources
 from rest.errors import RestError
@@ -30,11 +30,7 @@ from rest.models.checkpoints import (
 )
 from rest.models.policy import apply_template_file, encode_prompts, load_tokenizer, resolve_device, scratch_tokenizer
 from rest.reporting.tracking import check_tracking
-from rest.rewards.components import (
-    artifact_dependencies,
-    check_token_scores,
-    needs_reference,
-)
+from rest.rewards.kinds import check_rewards, needs_reference
 
 log = logging.getLogger("rest")
 
@@ -49,10 +45,7 @@ def check_run_inputs(cfg: RunConfig) -> None:
         check_architecture(cfg.model.architecture, "model.architecture")
     for line in text_fit_warnings(cfg, splits):
         log.warning(line)
-    artifact_dependencies(cfg.reward)
-    check_reward_functions(cfg, splits)
-    if cfg.improve.token_weights is not None:
-        check_token_scores(cfg.improve.token_weights, cfg.reward, "improve.token_weights")
+    check_rewards(cfg.reward, scored_splits(cfg, splits), cfg.improve.token_weights)
     check_tracking(cfg.tracking.comet)
     resolve_device(cfg.device, "device")
     names: list[str] = []
@@ -64,35 +57,16 @@ def check_run_inputs(cfg: RunConfig) -> None:
     engine_spec(cfg.grow.engine).check(cfg)
 
 
-def check_reward_functions(cfg: RunConfig, splits: dict[str, pd.DataFrame]) -> None:
-    """Each reward function of the user's imports and finds the columns it requires in every split it scores
-    (validation, test, the Grow sources); so does `code` (its `tests`), whose sandbox must work here."""
-    for name in cfg.reward.components:
-        needs = spec_of(name, cfg.reward.servers, cfg.reward.models).columns
-        if not (needs or is_function_reference(name) or name in cfg.reward.models):
-            continue
-        if is_function_reference(name):
-            from rest.rewards.functions import check_function_columns
-        for key, df in splits.items():
-            if key == "data.train":
-                continue  # trained on, never scored
-            where = key if key == "grow sources" else f"{key} ({getattr(cfg.data, key.split('.')[1])})"
-            available = [c for c in df.columns if c not in ("source", "reference")]
-            if is_function_reference(name):
-                check_function_columns(name, available, where)
-            elif missing := [c for c in needs if c not in available]:
-                raise RestError(
-                    f"reward.components: `{name}` reads column(s) {', '.join(missing)}, which {where} lacks (its "
-                    f"columns: {', '.join(available)}); add them to that split, or choose another reward"
-                )
-        if name in cfg.reward.models:
-            from rest.rewards.pretrained import check_pretrained_rm
-
-            check_pretrained_rm(name, cfg.reward.models[name])
-        if name == "code":
-            from rest.rewards.sandbox import check_sandbox
-
-            check_sandbox()
+def scored_splits(cfg: RunConfig, splits: dict[str, pd.DataFrame]) -> dict[str, list[str]]:
+    """{where: its columns} of every split a reward scores (validation, test, the Grow sources), as a reward's
+    check names them."""
+    out = {}
+    for key, df in splits.items():
+        if key == "data.train":
+            continue  # trained on, never scored
+        where = key if key == "grow sources" else f"{key} ({getattr(cfg.data, key.split('.')[1])})"
+        out[where] = [c for c in df.columns if c not in ("source", "reference")]
+    return out
 
 
 def chat_lines(cfg: RunConfig, tok, is_encoder_decoder: bool, splits: dict[str, pd.DataFrame]) -> list[str]:
