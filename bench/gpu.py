@@ -39,8 +39,8 @@ from rest import stages  # noqa: E402
 from rest.config import PolicyOptimFields, load_config  # noqa: E402
 from rest.grow import engines  # noqa: E402
 from rest.grow.engine_torch import TorchEngine  # noqa: E402
-from rest.improve.objectives import Batch  # noqa: E402
 from rest.models.policy import load_policy  # noqa: E402
+from rest.training.batches import Batch  # noqa: E402
 from rest.training.loop import train  # noqa: E402
 
 ARCHITECTURE = ROOT / "configs/models/qwen2.5-0.5b.json"

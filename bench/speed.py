@@ -58,7 +58,6 @@ from rest.data.batching import (  # noqa: E402
 from rest.evaluation.policy import target_nll  # noqa: E402
 from rest.grow.engine_torch import TorchEngine  # noqa: E402
 from rest.grow.engine_vllm import VllmEngine  # noqa: E402
-from rest.improve.objectives import Batch  # noqa: E402
 from rest.models.policy import (  # noqa: E402
     Policy,
     encode_pairs,
@@ -70,6 +69,7 @@ from rest.models.policy import (  # noqa: E402
 from rest.models.sampling import SPEEDUPS, generate  # noqa: E402
 from rest.models.tokenizer import pad  # noqa: E402
 from rest.rewards.parallel import PARALLEL_MIN_CHARS  # noqa: E402
+from rest.training.batches import Batch  # noqa: E402
 from rest.training.loop import train  # noqa: E402
 
 CONFIG = "configs/numbers.yaml"

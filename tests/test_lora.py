@@ -12,9 +12,10 @@ import torch
 from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
 from rest.config import ImproveConfig, LoraConfig
-from rest.improve.objectives import NLL, Batch
 from rest.models.policy import Policy, encode_pairs, forward_logits
+from rest.training.batches import Batch
 from rest.training.loop import BaseWeights, train, with_lora
+from rest.training.objectives import NLL
 from tests.conftest import CONFIG, rest
 from tests.helpers import SOURCES, TARGETS, tiny_policy
 

@@ -131,7 +131,7 @@ def test_trained_targets_are_what_greedy_decoding_returns(tmp_path, model_type):
     would still lower the loss but make the decoded text differ.
     """
     from rest.config import PolicyOptimFields
-    from rest.improve.objectives import Batch
+    from rest.training.batches import Batch
     from rest.training.loop import train
 
     policy, cfg = tiny_policy(tmp_path, model_type)
@@ -167,9 +167,9 @@ def test_a_policy_trained_and_kept_in_memory_is_the_one_on_disk(tmp_path):
     import json
 
     from rest.config import PolicyOptimFields
-    from rest.improve.objectives import Batch
     from rest.models import resident
     from rest.models.policy import encode_pairs, forward_logits
+    from rest.training.batches import Batch
     from rest.training.loop import train
 
     resident.release()

@@ -10,24 +10,21 @@ import pytest
 import torch
 
 from rest.config import ImproveConfig
-from rest.improve.objectives import (
+from rest.improve.objectives import Preference, preference_losses
+from rest.improve.selection import preference_pairs, select
+from rest.models.policy import target_counts
+from rest.training.batches import Batch, PairBatch, token_weights
+from rest.training.loop import train
+from rest.training.objectives import (
     NLL,
-    Batch,
-    PairBatch,
-    Preference,
     first_divergence,
-    preference_losses,
     reduce_nll,
     sequence_nll,
     token_kl,
     token_nll,
-    token_weights,
     unlikelihood_sums,
     weighted_sequence_nll,
 )
-from rest.improve.selection import preference_pairs, select
-from rest.models.policy import target_counts
-from rest.training.loop import train
 from tests.helpers import tiny_policy
 
 

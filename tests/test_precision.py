@@ -11,7 +11,6 @@ import torch
 
 from rest.config import ImproveConfig, ModelConfig, config_from_dict
 from rest.errors import RestError
-from rest.improve.objectives import NLL, Batch
 from rest.models.policy import (
     build_policy,
     encode_pairs,
@@ -19,7 +18,9 @@ from rest.models.policy import (
     load_policy,
     resolve_device,
 )
+from rest.training.batches import Batch
 from rest.training.loop import train
+from rest.training.objectives import NLL
 from tests.helpers import SOURCES, TARGETS, tiny_policy
 
 

@@ -21,8 +21,8 @@ ROOMS = [
     "artifacts",
     "data",
     "models",
-    "improve",
     "training",
+    "improve",
     "rewards",
     "grow",
     "evaluation",
@@ -236,3 +236,75 @@ def test_a_config_validates_its_rewards_without_importing_torch():
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "False"]
+
+
+# What names a kind of reward component (rest/config/components.py's table) and may only be used inside rewards/ and
+# config/: the table and its lookups, the kinds' own modules, a reward config's per-kind fields, a built-in's name.
+KIND_NAMES = {
+    "spec_of",
+    "kind_of",
+    "is_function_reference",
+    "REWARD_COMPONENTS",
+    "ComponentSpec",
+    "REFERENCE_KINDS",
+    "FUNCTION",
+    "SERVER",
+    "MODEL",
+}
+KIND_MODULES = {f"rest.rewards.{m}" for m in ("functions", "remote", "pretrained", "verifiers", "sandbox", "rules")}
+KIND_FIELDS = {"servers", "models", "rules", "learned", "code"}  # RewardConfig fields a kind reads
+BUILT_IN = {"chrf", "bleu", "ter", "exact_match", "learned", "math", "code"}
+# `rest reward serve` is the server side of the `server` kind's protocol: the one command that runs a kind's code.
+KIND_EXCEPTIONS = {("rest.cli.reward", "rest.rewards.remote")}
+
+
+def _kind_uses(module: str, path: Path, known: set[str]) -> list[str]:
+    out = []
+    for dep, names, line in _imports(path, known):
+        if dep in KIND_MODULES and (module, dep) not in KIND_EXCEPTIONS:
+            out.append(f"line {line}: imports {dep}")
+        out += [f"line {line}: imports {n}" for n in names if n in KIND_NAMES]
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Attribute) and node.attr in KIND_FIELDS:
+            owner = node.value
+            if (isinstance(owner, ast.Attribute) and owner.attr == "reward") or (
+                isinstance(owner, ast.Name) and owner.id in ("rc", "reward_cfg")
+            ):
+                out.append(f"line {node.lineno}: reads reward.{node.attr}")
+        if isinstance(node, ast.Compare):
+            consts = [c.value for c in ast.walk(node) if isinstance(c, ast.Constant)]
+            out += [f"line {node.lineno}: compares with {c!r}" for c in consts if c in BUILT_IN]
+        if isinstance(node, (ast.Set, ast.List, ast.Tuple)):
+            consts = {e.value for e in node.elts if isinstance(e, ast.Constant)}
+            if len(consts & {"math", "code"}) == 2:
+                out.append(f"line {node.lineno}: lists the verifiers")
+    return out
+
+
+def test_only_rewards_and_config_name_a_reward_kind():
+    """A new kind of reward is its module in rewards/, its entry in config/components.py and its settings: nothing
+    else asks which kind a component is (preflight, Grow's lineage, the control's verifier question all go through
+    rest/rewards/kinds.py or the table)."""
+    modules = _modules()
+    bad = [
+        f"{path.relative_to(REPO)} {use}"
+        for module, path in modules.items()
+        if _room(module) not in ("rewards", "config")
+        for use in _kind_uses(module, path, set(modules))
+    ]
+    assert not bad, "reward kinds named outside rewards/ and config/:\n" + "\n".join(bad)
+
+
+def test_the_kind_rule_sees_a_kind_named_outside(tmp_path):
+    """The rule above would catch the branches it replaced (so it is not vacuous)."""
+    src = (
+        "from rest.config import is_function_reference\n"
+        "def f(cfg, name):\n"
+        "    if name in cfg.reward.models or name == 'code':\n"
+        "        return VERIFIERS == {'math', 'code'}\n"
+    )
+    path = tmp_path / "probe.py"
+    path.write_text(src)
+    uses = _kind_uses("rest.stages.probe", path, set())
+    assert {u.split(":")[0] for u in uses} == {"line 1", "line 3", "line 4"}, uses
+    assert any("reward.models" in u for u in uses) and any("lists the verifiers" in u for u in uses)

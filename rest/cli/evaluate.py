@@ -29,11 +29,13 @@ def _engine(run_dir: Path, cfg, name: str):
 
 
 def _best_of_n(args: argparse.Namespace, cfg, name: str, df):
-    from rest.evaluation.best_of_n import best_of_n, reward_for
+    from rest.evaluation.best_of_n import best_of_n
+    from rest.rewards.components import named_component
     from rest.stages import derive_seed
 
     # before sampling: fail fast; a learned reward scores where the policy samples
-    reward = reward_for(args.reward, args.reward_model or cfg.reward.learned, df, cfg.device)
+    references = df["reference"].where(df["reference"].notna(), None).tolist()
+    reward = named_component(args.reward, cfg.reward, args.reward_model, references, cfg.device)
     seed = derive_seed(cfg.seed, "best-of-n", args.best_of_n) if args.seed is None else args.seed
     return best_of_n(_engine(Path(args.run), cfg, name), df, cfg, args.best_of_n, reward, seed, args.temperature)
 

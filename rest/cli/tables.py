@@ -9,6 +9,7 @@ from rest.artifacts.run import Run, shown
 from rest.errors import RestError
 from rest.evaluation.control import control_metric, has_control, not_helping, step_rows, verdict_line
 from rest.evaluation.names import input_use_line, sampled_keys, selected_by
+from rest.improve.batches import data_of
 
 
 def format_table(header: list[str], rows: list[list[Any]]) -> str:
@@ -176,11 +177,7 @@ def inspect_rows(run_dir: Path) -> list[dict[str, Any]]:
                 )
             if "improve" in m:
                 sel = m["improve"]  # a preference loss learns from pairs: their count instead of a fraction kept
-                row["kept"] = (
-                    f"{sel['tau']}:{sel['pairs']} pairs"
-                    if "pairs" in sel
-                    else f"{sel['tau']}:{sel['kept_fraction']:.2f}"
-                )
+                row["kept"] = data_of(sel).kept(sel)
         rows.append(row)
     return rows
 

@@ -14,6 +14,7 @@ turn the reference. Problems are `RestError`s that name the config key, the file
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -21,8 +22,11 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from rest.artifacts.shards import BASE_COLUMNS, TAIL_COLUMNS
 from rest.data.conversations import as_source, split_messages
 from rest.errors import RestError
+
+log = logging.getLogger("rest")
 
 LOCAL_SUFFIXES = (".parquet", ".jsonl", ".json", ".csv")
 
@@ -315,3 +319,28 @@ def superbatch(df: pd.DataFrame, step: int, size: int, seed: int) -> pd.DataFram
                 taken.append(j)
         position = (epoch + 1) * n
     return df.iloc[taken].reset_index(drop=True)
+
+
+SHARD_COLUMNS = {name for name, _ in BASE_COLUMNS + TAIL_COLUMNS}
+
+
+def grow_extras(sources: pd.DataFrame) -> tuple[pd.DataFrame, pa.Schema]:
+    """The sources' other columns that the shards keep, and their Arrow types (the same in every shard). A column
+    whose name a shard already uses is left out, with one warning that says how to keep it."""
+    extra = extra_columns(sources)
+    clash = [c for c in extra if c in SHARD_COLUMNS or c.startswith("reward")]
+    if clash:
+        log.warning(
+            f"the Grow sources' column(s) {', '.join(clash)} have names the shards use; they are left out of the "
+            "shards and of reward functions' columns: rename them in the data to keep them"
+        )
+        sources = sources.drop(columns=clash)
+        extra = [c for c in extra if c not in clash]
+    try:
+        schema = pa.Schema.from_pandas(sources[extra], preserve_index=False) if extra else pa.schema([])
+    except (pa.ArrowException, ValueError) as exc:
+        raise RestError(
+            f"data: a column of the Grow sources cannot be stored in Parquet ({exc}); give each of "
+            f"{', '.join(extra)} one type (text, numbers, or lists of one type)"
+        ) from None
+    return sources, schema.remove_metadata()

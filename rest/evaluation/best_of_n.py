@@ -21,10 +21,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from rest.artifacts.manifests import write_atomic
-from rest.config import REWARD_COMPONENTS, RewardConfig, spec_of
 from rest.errors import RestError
 from rest.grow.base import Engine
-from rest.rewards.components import component
 
 SCHEMA = pa.schema(
     [
@@ -38,19 +36,6 @@ SCHEMA = pa.schema(
         ("candidate_rewards", pa.list_(pa.float64())),
     ]
 )
-
-
-def reward_for(name: str, learned: str | None, df: pd.DataFrame, device: str = "cpu"):
-    """The reward callable for `--reward NAME`, checked against the data before anything is sampled."""
-    if name not in REWARD_COMPONENTS:
-        raise RestError(f"--reward {name}: unknown; known: {', '.join(REWARD_COMPONENTS)}")
-    if spec_of(name).needs_reference and df["reference"].isna().any():
-        raise RestError(
-            f"--reward {name} compares with the reference, but {int(df['reference'].isna().sum())} rows of --data have "
-            "none: use --reward learned (a reward model reads only source and output)"
-        )
-    # RewardConfig.model_construct: `learned` may be missing here, and component() says so as a RestError
-    return component(name, RewardConfig.model_construct(components={name: 1.0}, learned=learned), device)
 
 
 def best_of_n(

@@ -25,10 +25,10 @@ import torch
 from rest.config import ModelConfig, RunConfig
 from rest.data.splits import row_columns
 from rest.grow.base import Engine
-from rest.improve.objectives import sequence_nll
 from rest.models.policy import Policy, encode_pairs, forward_logits
 from rest.rewards.components import score_config
 from rest.rewards.metrics import corpus_metrics
+from rest.training.objectives import sequence_nll
 
 
 def evaluate(engine: Engine, df: pd.DataFrame, cfg: RunConfig, seed: int = 0) -> tuple[dict[str, float], pd.DataFrame]:

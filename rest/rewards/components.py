@@ -13,14 +13,14 @@ normalised to [0, 1] so that thresholds mean the same across rewards.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-from rest.config import RewardConfig, check_reward_names, column_of, spec_of
-from rest.rewards.kinds import code, dependencies, identity
+from rest.config import REWARD_COMPONENTS, RewardConfig, check_reward_names, column_of, spec_of
+from rest.errors import RestError
+from rest.rewards.kinds import built_key, code
 from rest.rewards.metrics import format_valid, length_deviation
 from rest.rewards.rules import rule
 from rest.rewards.scorer import Scorer
@@ -34,13 +34,29 @@ def component(name: str, rc: RewardConfig, device: str = "cpu") -> Scorer:
     changes: a retrained reward model, an edited function file, its settings). A learned reward loads on `device`
     (a `device` setting: auto, cpu, cuda, cuda:N, mps)."""
     check_reward_names([name], rc)
-    spec = spec_of(name, rc)
-    key = (name, *(m["id"] for m in dependencies(name, rc)), device)
-    key += tuple(json.dumps(rc.model_dump(mode="json")[f], sort_keys=True) for f in spec.settings)
-    key += (json.dumps(identity(name, rc), sort_keys=True),)
+    build = code(spec_of(name, rc).build)
+    key = built_key(name, rc, device)
     if key not in BUILT:
-        BUILT[key] = code(spec.build)(name, rc, device)
+        BUILT[key] = build(name, rc, device)
     return BUILT[key]
+
+
+def named_component(
+    name: str, rc: RewardConfig, learned: str | None, references: Sequence[str | None], device: str = "cpu"
+) -> Scorer:
+    """The scorer of built-in component `name` given on the command line (`rest eval --best-of-n K --reward NAME`),
+    checked against the rows' `references` before anything is sampled; `learned` (--reward-model) or the run's
+    reward.learned is the reward model of `learned`."""
+    if name not in REWARD_COMPONENTS:
+        raise RestError(f"--reward {name}: unknown; known: {', '.join(REWARD_COMPONENTS)}")
+    missing = sum(r is None for r in references)
+    if spec_of(name).needs_reference and missing:
+        raise RestError(
+            f"--reward {name} compares with the reference, but {missing} rows of --data have "
+            "none: use --reward learned (a reward model reads only source and output)"
+        )
+    # RewardConfig.model_construct: `learned` may be missing here, and component() says so as a RestError
+    return component(name, RewardConfig.model_construct(components={name: 1.0}, learned=learned or rc.learned), device)
 
 
 def token_columns(rewards: Mapping[str, Any]) -> list[str]:

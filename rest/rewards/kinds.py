@@ -20,9 +20,9 @@ from typing import Any
 from rest.artifacts import manifests
 from rest.config import RewardConfig, spec_of
 from rest.errors import RestError
-from rest.rewards.rules import rule_dependency
 
 TRAIN_A_REWARD_MODEL = manifests.HOW_TO_MAKE[manifests.REWARD_MODEL]
+TRAIN_A_RULE = "train one with `rest reward train` (objective: classification on a 0/1 column, 1 = the rule is broken)"
 
 
 def code(reference: str) -> Callable[..., Any]:
@@ -41,31 +41,67 @@ def artifacts(name: str, rc: RewardConfig) -> list[tuple[str, str | None]]:
     return [(f"reward.{f}", getattr(rc, f)) for f in spec_of(name, rc).artifact_fields]
 
 
-def dependencies(name: str, rc: RewardConfig) -> list[dict[str, Any]]:
-    """The verified manifests of the artifacts component `name` reads."""
+# (config key, artifact directory, how to make one, what to say when the key is not set)
+Needed = tuple[str, "str | None", str, str]
+
+
+def _component_needs(name: str, rc: RewardConfig) -> list[Needed]:
+    missing = "the `{name}` reward needs {key} (or --reward-model): the directory of a reward model; {how}"
+    return [
+        (key, path, TRAIN_A_REWARD_MODEL, missing.format(name=name, key=key, how="{how}"))
+        for key, path in artifacts(name, rc)
+    ]
+
+
+def _rule_needs(name: str, rc: RewardConfig) -> list[Needed]:
+    model = rc.rules[name].model
+    return [] if model is None else [(f"reward.rules.{name}.model", model, TRAIN_A_RULE, "")]
+
+
+def _require(needed: list[Needed]) -> list[dict[str, Any]]:
+    """The verified manifest of each needed artifact; a rule's must be a classifier (it scores P(violation))."""
     out = []
-    for key, path in artifacts(name, rc):
+    for key, path, how, missing in needed:
         if not path:
-            raise RestError(
-                f"the `{name}` reward needs {key} (or --reward-model): the directory of a reward model; "
-                f"{TRAIN_A_REWARD_MODEL}"
-            )
-        out.append(manifests.require(Path(path), manifests.REWARD_MODEL, key, TRAIN_A_REWARD_MODEL))
+            raise RestError(missing.format(how=how))
+        manifest = manifests.require(Path(path), manifests.REWARD_MODEL, key, how)
+        objective = manifest.get("config", {}).get("objective")
+        if how == TRAIN_A_RULE and objective != "classification":
+            raise RestError(f"{key}: {path} is a {objective} reward model; a rule needs P(violation): {TRAIN_A_RULE}")
+        out.append(manifest)
     return out
 
 
+def dependencies(name: str, rc: RewardConfig) -> list[dict[str, Any]]:
+    """The verified manifests of the artifacts component `name` reads."""
+    return _require(_component_needs(name, rc))
+
+
+def rule_dependency(name: str, rc: RewardConfig) -> list[dict[str, Any]]:
+    """The verified manifest of rule `name`'s classifier ([] for a regex rule); a RestError says how to make one."""
+    return _require(_rule_needs(name, rc))
+
+
 def artifact_dependencies(rc: RewardConfig) -> list[dict[str, Any]]:
-    """The verified manifests of every artifact the configured components read (a RestError says how to make
-    a missing one): what a run checks before it starts and what Grow lists among its parents."""
-    return [m for name in rc.components for m in dependencies(name, rc)] + [
-        m for name in rc.rules for m in rule_dependency(name, rc)
-    ]
+    """The verified manifests of every artifact the configured components and rules read (a RestError says how
+    to make a missing one): what a run checks before it starts and what Grow lists among its parents."""
+    needed = [n for name in rc.components for n in _component_needs(name, rc)]
+    return _require(needed + [n for name in rc.rules for n in _rule_needs(name, rc)])
 
 
 def identity(name: str, rc: RewardConfig) -> dict[str, Any] | None:
     """What identifies component `name` beyond its config (a function's code, a model's weights), or None."""
     spec = spec_of(name, rc)
     return code(spec.identity)(name, rc) if spec.identity else None
+
+
+def built_key(name: str, rc: RewardConfig, device: str) -> tuple:
+    """What a built scorer of component `name` depends on: its identity (an edited function file, a checkpoint
+    written again), its settings, the device and the ids of the artifacts it reads (a retrained reward model)."""
+    spec = spec_of(name, rc)
+    key = (name, json.dumps(identity(name, rc), sort_keys=True), device)
+    key += tuple(json.dumps(rc.model_dump(mode="json")[f], sort_keys=True) for f in spec.settings)
+    return key + tuple(m["id"] for m in dependencies(name, rc))
 
 
 @dataclass(frozen=True)
@@ -82,6 +118,7 @@ class RewardLineage:
 
 def lineage(rc: RewardConfig) -> RewardLineage:
     """The lineage of every Grow step scored with `rc` (see RewardLineage)."""
+    needs = needs_reference(rc)
     key: dict[str, list[dict[str, Any]]] = {}
     record: dict[str, list[dict[str, Any]]] = {}
     for name in rc.components:
@@ -95,7 +132,7 @@ def lineage(rc: RewardConfig) -> RewardLineage:
         )
     record = {k: v for k, v in record.items() if v != key[k]}  # only what the key leaves out
     parents = [m["id"] for m in artifact_dependencies(rc)]
-    return RewardLineage(parents, key, record, needs_reference(rc))
+    return RewardLineage(parents, key, record, needs)
 
 
 def check_rewards(rc: RewardConfig, scored: Mapping[str, Sequence[str]], token_weights: str | None = None) -> None:

@@ -3,31 +3,14 @@
 from __future__ import annotations
 
 import re
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from rest.artifacts import manifests
 from rest.config import RewardConfig
-from rest.errors import RestError
+from rest.rewards.kinds import code, rule_dependency
 from rest.rewards.scorer import Scorer
 
-TRAIN_A_RULE = "train one with `rest reward train` (objective: classification on a 0/1 column, 1 = the rule is broken)"
-
-
-def rule_dependency(name: str, rc: RewardConfig) -> list[dict[str, Any]]:
-    """The verified manifest of rule `name`'s classifier ([] for a regex rule); a RestError says how to make one."""
-    rule = rc.rules[name]
-    if rule.model is None:
-        return []
-    key = f"reward.rules.{name}.model"
-    manifest = manifests.require(Path(rule.model), manifests.REWARD_MODEL, key, TRAIN_A_RULE)
-    objective = manifest.get("config", {}).get("objective")
-    if objective != "classification":
-        raise RestError(f"{key}: {rule.model} is a {objective} reward model; a rule needs P(violation): {TRAIN_A_RULE}")
-    return [manifest]
-
+LOAD_REWARD_MODEL = "rest.rewards.reward_model:load_reward_model"
 
 # Rule scorers built in this process, by (regex, classifier id, device): rest.caches clears them.
 BUILT: dict[tuple, Scorer] = {}
@@ -46,8 +29,7 @@ def rule(name: str, rc: RewardConfig, device: str = "cpu") -> Scorer:
                 )
             )
         else:
-            from rest.rewards.reward_model import load_reward_model
-
-            rm = load_reward_model(spec.model, device=device)
+            # the classifier loads as the `learned` kind's reward models do (torch only when a rule has one)
+            rm = code(LOAD_REWARD_MODEL)(spec.model, device=device)
             BUILT[key] = Scorer(lambda sources, completions, references: 1.0 - rm.score(sources, completions))
     return BUILT[key]

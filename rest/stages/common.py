@@ -38,15 +38,13 @@ from rest.evaluation.monitors import policy_monitors
 from rest.evaluation.names import input_use_line
 from rest.evaluation.policy import evaluate, target_nll
 from rest.grow import engines
-from rest.improve.objectives import (
-    Batch,
-    Objective,
-)
 from rest.models import resident
 from rest.models.policy import Policy
 from rest.stages.preflight import check_run_inputs
 from rest.training import distributed
+from rest.training.batches import Batch
 from rest.training.loop import train
+from rest.training.objectives import Objective
 
 log = logging.getLogger("rest")
 

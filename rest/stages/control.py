@@ -20,7 +20,6 @@ from rest.artifacts.manifests import read_manifest
 from rest.artifacts.run import Run
 from rest.evaluation.control import CONTROL, CURVE_FILE, control_marks
 from rest.evaluation.policy import selection_score
-from rest.improve.objectives import objective_for
 from rest.models.policy import count_parameters
 from rest.stages.common import (
     BC_KEYS,
@@ -33,6 +32,7 @@ from rest.stages.common import (
     validate_in_training,
 )
 from rest.stages.policy0 import bc_start
+from rest.training.objectives import NLL
 
 log = logging.getLogger("rest")
 
@@ -75,9 +75,7 @@ def make_control(run_dir: Path) -> str | None:
             best.update(score=selection_score(valid, cfg), steps=step, valid=valid)
             best["state"] = None if step == total else copy.deepcopy(policy.model.state_dict())
 
-    stats = fit(
-        policy, batches, ccfg.bc, cfg, dropout_seed(cfg.seed, "bc"), "control", objective_for(ccfg.bc), None, at_mark
-    )
+    stats = fit(policy, batches, ccfg.bc, cfg, dropout_seed(cfg.seed, "bc"), "control", NLL(), None, at_mark)
     if not curve:  # no step at all (a pretrained model, bc.steps 0, no Improve step): the model as it is
         at_mark(total, 0.0)
     if best["state"] is not None:

@@ -25,8 +25,6 @@ from rest.artifacts.manifests import (
 )
 from rest.artifacts.run import Run
 from rest.artifacts.shards import (
-    BASE_COLUMNS,
-    TAIL_COLUMNS,
     grow_columns,
     shard_name,
     shard_paths,
@@ -35,7 +33,7 @@ from rest.artifacts.shards import (
 from rest.config import (
     RunConfig,
 )
-from rest.data.splits import as_python, extra_columns, grow_sources, superbatch
+from rest.data.splits import as_python, grow_extras, grow_sources, superbatch
 from rest.errors import RestError
 from rest.evaluation.monitors import meteor_within
 from rest.grow import engines
@@ -90,34 +88,9 @@ def grow_plan(run_dir: Path, g: int) -> GrowPlan:
     sources = grow_sources(cfg.data, need_reference=reward.needs_reference)
     if cfg.grow.sources_per_step is not None:
         sources = superbatch(sources, g, cfg.grow.sources_per_step, derive_seed(cfg.seed, "superbatch"))
-    sources, extra = _extra_columns(sources)
+    sources, extra = grow_extras(sources)
     key = manifests.sha256_json({"config": cfg_slice, "parents": parents, "sources": len(sources)})
     return GrowPlan(run, cfg_slice, parents, policy, sources, run.dir(f"grow-{g}"), key, reward, extra)
-
-
-SHARD_COLUMNS = {name for name, _ in BASE_COLUMNS + TAIL_COLUMNS}
-
-
-def _extra_columns(sources: pd.DataFrame) -> tuple[pd.DataFrame, pa.Schema]:
-    """The sources' other columns that the shards keep, and their Arrow types (the same in every shard). A column
-    whose name a shard already uses is left out, with one warning that says how to keep it."""
-    extra = extra_columns(sources)
-    clash = [c for c in extra if c in SHARD_COLUMNS or c.startswith("reward")]
-    if clash:
-        log.warning(
-            f"the Grow sources' column(s) {', '.join(clash)} have names the shards use; they are left out of the "
-            "shards and of reward functions' columns: rename them in the data to keep them"
-        )
-        sources = sources.drop(columns=clash)
-        extra = [c for c in extra if c not in clash]
-    try:
-        schema = pa.Schema.from_pandas(sources[extra], preserve_index=False) if extra else pa.schema([])
-    except (pa.ArrowException, ValueError) as exc:
-        raise RestError(
-            f"data: a column of the Grow sources cannot be stored in Parquet ({exc}); give each of "
-            f"{', '.join(extra)} one type (text, numbers, or lists of one type)"
-        ) from None
-    return sources, schema.remove_metadata()
 
 
 def _shard_record_path(grow_dir: Path, index: int) -> Path:

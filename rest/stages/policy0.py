@@ -15,10 +15,6 @@ from rest.config import RunConfig
 from rest.data.batching import epoch_batches, text_lengths
 from rest.data.conversations import turn_texts
 from rest.data.splits import data_split
-from rest.improve.objectives import (
-    Batch,
-    objective_for,
-)
 from rest.models.policy import Policy, build_policy, count_parameters
 from rest.stages.common import (
     BC_KEYS,
@@ -32,6 +28,8 @@ from rest.stages.common import (
     train_stats,
 )
 from rest.training import distributed
+from rest.training.batches import Batch
+from rest.training.objectives import NLL
 
 log = logging.getLogger("rest")
 
@@ -75,9 +73,7 @@ def make_policy0(run_dir: Path) -> str:
         return "policy-0"
     policy, batches = bc_start(cfg, cfg.bc.steps)
     stop = EarlyStopping(policy, cfg, cfg.bc.valid_every, cfg.bc.patience) if cfg.bc.valid_every else None
-    stats = fit(
-        policy, batches, cfg.bc, cfg, dropout_seed(cfg.seed, "bc"), "policy-0", objective_for(cfg.bc), None, stop
-    )
+    stats = fit(policy, batches, cfg.bc, cfg, dropout_seed(cfg.seed, "bc"), "policy-0", NLL(), None, stop)
     if stop is not None:
         stop.restore_best(stats["steps"])
     if distributed.world()[0] != 0:

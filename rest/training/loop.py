@@ -18,9 +18,9 @@ import torch
 
 from rest.config import ModelConfig, PolicyOptimFields, RMTrainConfig
 from rest.errors import RestError
-from rest.improve.objectives import NLL, Objective
 from rest.models.policy import Policy
 from rest.training import distributed
+from rest.training.objectives import NLL, Objective
 
 
 def with_lora(model, lora):
