@@ -158,9 +158,11 @@ def check_rewards(rc: RewardConfig, scored: Mapping[str, Sequence[str]], token_w
 def check_token_scores(name: str, rc: RewardConfig, key: str) -> None:
     """RestError unless component `name` scores each token (its artifact is a reward model trained with objective:
     seq2seq): what config key `key` (improve.token_weights) reads from the Grow shards."""
+    from rest.rewards.reward_objectives import RM_OBJECTIVES  # torch: only when improve.token_weights is set
+
     specs = [Path(path) / "reward.json" for _, path in artifacts(name, rc) if path]
     objectives = [json.loads(spec.read_text()).get("objective") for spec in specs if spec.is_file()]
-    if "seq2seq" not in objectives:
+    if not any(o in RM_OBJECTIVES and RM_OBJECTIVES[o].head == "seq2seq" for o in objectives):
         made = f"a reward model trained with objective: {objectives[0]}" if objectives else f"the {name} component"
         raise RestError(
             f"{key}: {name} has no per-token scores ({made} gives one number per sample); only a reward "

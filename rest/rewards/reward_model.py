@@ -49,7 +49,7 @@ from rest.models.checkpoints import quiet, read_architecture
 from rest.models.policy import resolve_device, tokenizer_class
 from rest.models.tokenizer import made_by_train_tokenizer, train_tokenizer
 from rest.models.tokenizer import pad as pad_ids
-from rest.rewards.reward_objectives import OUTPUTS
+from rest.rewards.reward_objectives import RM_OBJECTIVES
 from rest.rewards.scorer import Scorer
 from rest.rewards.seq2seq_rm import (
     Seq2SeqRewardModel,
@@ -127,7 +127,7 @@ class RewardModel:
 
     def transform(self, raw: torch.Tensor | np.ndarray) -> np.ndarray:
         x = torch.as_tensor(raw, dtype=torch.float64, device="cpu")
-        out = torch.sigmoid(x) if OUTPUTS[self.objective] == "sigmoid" else x.clamp(0.0, 1.0)
+        out = torch.sigmoid(x) if RM_OBJECTIVES[self.objective].output == "sigmoid" else x.clamp(0.0, 1.0)
         return out.numpy()
 
     def score(self, sources, completions, batch_size: int = 512) -> np.ndarray:
@@ -143,7 +143,7 @@ def _pair_template(tokenizer) -> None:
 
 
 def build_reward_model(cfg: RewardModelConfig, texts: list[str]) -> RewardModel | Seq2SeqRewardModel:
-    if cfg.objective == "seq2seq":
+    if RM_OBJECTIVES[cfg.objective].head == "seq2seq":
         return build_seq2seq_reward_model(cfg.model, texts, cfg.seed)
     if cfg.model.pretrained:
         try:
@@ -182,7 +182,7 @@ def check_reward_model(path: str | Path, key: str = "reward model") -> dict[str,
 @functools.lru_cache(maxsize=4)
 def _load(path: str, manifest_id: str, device: str) -> RewardModel | Seq2SeqRewardModel:
     info = json.loads((Path(path) / REWARD_FILE).read_text())
-    if info["objective"] == "seq2seq":
+    if RM_OBJECTIVES[info["objective"]].head == "seq2seq":
         return load_seq2seq_reward_model(path, info["max_tokens"], device)
     with quiet():
         model = AutoModelForSequenceClassification.from_pretrained(path, dtype=torch.float32).to(resolve_device(device))

@@ -4,6 +4,12 @@ sources: micro-batches, autocast precision, gradient checkpointing and the loop'
     objective = RM_OBJECTIVES[cfg.objective](cfg)
     stats = train(rm, batches, cfg.train, None, seed=cfg.seed, objective=objective)
 
+Each objective owns what is particular to it: `check(df, cfg)` refuses training data it cannot learn, `prepare(df)`
+turns the comparisons into its rows (seq2seq: correction pairs), `learns(scores)` says whether a source teaches it
+anything, `head` is the model it trains ("classifier": one output; "seq2seq": a corrector that writes text, and so
+scores tokens), `output` maps the head's output to a reward in [0, 1], and `metrics(reward, target, df)` adds its own
+held-out numbers. A new objective is a class here and its entry in RM_OBJECTIVES (and in the config's Literal).
+
 A batch holds whole sources (every distinct completion of each: Bradley-Terry forms all of a source's pairs inside
 it). Given the whole step's `totals`, an objective normalises a piece of the step (a micro-batch of whole sources)
 by them, so the pieces' gradients add up to the step's.
@@ -16,6 +22,9 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from rest.errors import RestError
+from rest.rewards.seq2seq_rm import best_targets
 
 
 @dataclass(frozen=True)
@@ -91,10 +100,32 @@ class Regression:
     """Mean squared error of the model's output to the score (the reward is the output clipped to [0, 1])."""
 
     needs_reference = False
-    data = "sources"
+    head = "classifier"
+    output = "clip01"
 
     def __init__(self, cfg: Any = None):
         pass
+
+    @staticmethod
+    def check(df: Any, cfg: Any) -> None:
+        lo, hi = float(df["score"].min()), float(df["score"].max())
+        if lo < 0 or hi > 1:
+            raise RestError(
+                f"data.score_column `{cfg.data.score_column}` ranges over [{lo:g}, {hi:g}]; regression learns a "
+                "reward in "
+                "[0, 1]: normalise the column, or use objective: bradley_terry (it needs only the order)"
+            )
+
+    @staticmethod
+    def prepare(df: Any) -> Any:
+        return df
+
+    def learns(self, scores: np.ndarray) -> bool:
+        return True
+
+    @staticmethod
+    def metrics(reward: np.ndarray, target: np.ndarray, df: Any) -> dict[str, Any]:
+        return {}
 
     def pointwise(self, raw: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return (raw - target) ** 2
@@ -112,18 +143,43 @@ class Regression:
 class Classification(Regression):
     """Binary cross-entropy on a 0/1 score (the reward is sigmoid(output) = P(1): a rule model's P(violation))."""
 
+    output = "sigmoid"
+
+    @staticmethod
+    def check(df: Any, cfg: Any) -> None:
+        labels = set(np.unique(df["score"].to_numpy()).tolist())
+        if not labels <= {0.0, 1.0}:
+            raise RestError(
+                f"data.score_column `{cfg.data.score_column}` holds {sorted(labels)[:5]}...; classification learns a "
+                "0/1 label (1 = the rule is broken): map the column to 0 and 1, or use objective: regression"
+            )
+
+    @staticmethod
+    def metrics(reward: np.ndarray, target: np.ndarray, df: Any) -> dict[str, Any]:
+        return {
+            "accuracy": round(float(np.mean((reward >= 0.5) == (target >= 0.5))), 4),
+            "positive_fraction": round(float(np.mean(target >= 0.5)), 4),
+        }
+
     def pointwise(self, raw: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return torch.nn.functional.binary_cross_entropy_with_logits(raw, target, reduction="none")
 
 
-class BradleyTerry:
+class BradleyTerry(Regression):
     """InstructGPT's pairwise loss on each source's completions ranked by the score: bradley_terry_loss."""
 
-    needs_reference = False
-    data = "sources"
+    output = "sigmoid"
 
     def __init__(self, cfg: Any):
         self.min_gap = cfg.data.min_gap
+
+    @staticmethod
+    def check(df: Any, cfg: Any) -> None:
+        pass  # it needs only the order of the scores
+
+    def learns(self, scores: np.ndarray) -> bool:
+        """A source teaches a ranking only with two completions whose scores differ by more than data.min_gap."""
+        return bool(len(pairs_of(scores, self.min_gap)[0]))
 
     def _groups(self, batch: SourceBatch, device: Any) -> list[tuple[torch.Tensor, torch.Tensor]]:
         scores, offsets, out = np.asarray(batch.scores), batch.offsets(), []
@@ -155,15 +211,28 @@ class BradleyTerry:
         return torch.stack(per_source).sum() / totals["sources"], {}
 
 
-class Seq2Seq:
+class Seq2Seq(Regression):
     """Sequence MLE of the corrector: token-mean NLL of writing the source's best completion given (source,
     completion) (rest/rewards/seq2seq_rm.py)."""
 
-    needs_reference = False
-    data = "sources"
+    head = "seq2seq"
 
-    def __init__(self, cfg: Any = None):
-        pass
+    @staticmethod
+    def check(df: Any, cfg: Any) -> None:
+        pass  # it learns the best completion of each source, whatever the scale of the scores
+
+    @staticmethod
+    def prepare(df: Any) -> Any:
+        return best_targets(df)  # correction pairs (-> the source's best) and identity pairs (best -> best)
+
+    @staticmethod
+    def metrics(reward: np.ndarray, target: np.ndarray, df: Any) -> dict[str, Any]:
+        # how often it keeps a source's best completion as it is (reward 1), and flags a worse one (reward < 1)
+        best = target == df.groupby("source_id", sort=False)["score"].transform("max").to_numpy()
+        return {
+            "keeps_best": round(float(np.mean(reward[best] == 1.0)), 4),
+            "flags_worse": round(float(np.mean(reward[~best] < 1.0)), 4) if (~best).any() else None,
+        }
 
     def totals(self, rm: Any, batch: SourceBatch, model_cfg: Any) -> dict[str, float]:
         return {"tokens": float(sum(len(ids) for ids in rm.target_ids(batch.targets)))}
@@ -174,11 +243,10 @@ class Seq2Seq:
         return rm.nll(batch.sources, batch.completions, batch.targets, reduction="sum") / totals["tokens"], {}
 
 
-# `objective:` of a reward-model config -> its loss, and how its output becomes a reward in [0, 1]
-RM_OBJECTIVES = {
+# `objective:` of a reward-model config -> its objective (its loss, head and output: see the module docstring)
+RM_OBJECTIVES: dict[str, type[Regression]] = {
     "regression": Regression,
     "bradley_terry": BradleyTerry,
     "classification": Classification,
     "seq2seq": Seq2Seq,
 }
-OUTPUTS = {"regression": "clip01", "bradley_terry": "sigmoid", "classification": "sigmoid", "seq2seq": "clip01"}

@@ -24,10 +24,7 @@ from rest.models.checkpoints import save
 from rest.models.policy import resolve_device
 from rest.rewards.metrics import SENTENCE_METRICS
 from rest.rewards.reward_model import KIND, REWARD_FILE, RewardModel, build_reward_model, raw_scores
-from rest.rewards.reward_objectives import OUTPUTS, RM_OBJECTIVES, SourceBatch, pairs_of
-from rest.rewards.seq2seq_rm import (
-    best_targets,
-)
+from rest.rewards.reward_objectives import RM_OBJECTIVES, SourceBatch, pairs_of
 from rest.training.loop import train
 
 log = logging.getLogger("rest")
@@ -176,14 +173,7 @@ def _evaluate(rm: RewardModel, df: pd.DataFrame, clear_gap: float) -> dict[str, 
         "pairwise_accuracy_clear": None if clear is None else round(clear, 4),
     }
     out["mse"] = round(float(np.mean((reward - target) ** 2)), 5)
-    if rm.objective == "classification":
-        out["accuracy"] = round(float(np.mean((reward >= 0.5) == (target >= 0.5))), 4)
-        out["positive_fraction"] = round(float(np.mean(target >= 0.5)), 4)
-    if rm.objective == "seq2seq":
-        # how often it keeps a source's best completion as it is (reward 1), and flags a worse one (reward < 1)
-        best = target == df.groupby("source_id", sort=False)["score"].transform("max").to_numpy()
-        out["keeps_best"] = round(float(np.mean(reward[best] == 1.0)), 4)
-        out["flags_worse"] = round(float(np.mean(reward[~best] < 1.0)), 4) if (~best).any() else None
+    out.update(RM_OBJECTIVES[rm.objective].metrics(reward, target, df))
     if len(df) > 1 and np.std(target) > 0 and np.std(reward) > 0:
         out["pearson"] = round(float(np.corrcoef(reward, target)[0, 1]), 4)
     return out
@@ -211,33 +201,17 @@ def train_reward_model(cfg: RewardModelConfig) -> dict[str, Any]:
         raise RestError(
             f"{out} already holds another artifact (other config, shards or files); pick another `out` or delete it"
         )
-    if cfg.objective == "regression":
-        lo, hi = float(df["score"].min()), float(df["score"].max())
-        if lo < 0 or hi > 1:
-            raise RestError(
-                f"data.score_column `{cfg.data.score_column}` ranges over [{lo:g}, {hi:g}]; regression learns a "
-                "reward in "
-                "[0, 1]: normalise the column, or use objective: bradley_terry (it needs only the order)"
-            )
-    if cfg.objective == "classification":
-        labels = set(np.unique(df["score"].to_numpy()).tolist())
-        if not labels <= {0.0, 1.0}:
-            raise RestError(
-                f"data.score_column `{cfg.data.score_column}` holds {sorted(labels)[:5]}...; classification learns a "
-                "0/1 label (1 = the rule is broken): map the column to 0 and 1, or use objective: regression"
-            )
+    objective = RM_OBJECTIVES[cfg.objective](cfg)
+    objective.check(df, cfg)
     valid_mask = held_out(df["source_id"], cfg.data.valid_fraction)
     train_df, valid_df = df[~valid_mask].reset_index(drop=True), df[valid_mask].reset_index(drop=True)
     if cfg.data.negatives:
         train_df = add_negatives(train_df, cfg.data, cfg.data.negatives, cfg.seed)
-    if cfg.objective == "seq2seq":
-        train_df = best_targets(train_df)  # correction pairs (-> the source's best) and identity pairs (best -> best)
-    groups = list(train_df.groupby("source_id", sort=True).indices.values())
+    train_df = objective.prepare(train_df)
     scores = train_df["score"].to_numpy()
+    groups = [g for g in train_df.groupby("source_id", sort=True).indices.values() if objective.learns(scores[g])]
     sources, completions = train_df["source"].to_numpy(), train_df["completion"].to_numpy()
-    targets = train_df["target"].to_numpy() if cfg.objective == "seq2seq" else None
-    if cfg.objective == "bradley_terry":
-        groups = [g for g in groups if len(pairs_of(scores[g], cfg.data.min_gap)[0])]
+    targets = train_df["target"].to_numpy() if "target" in train_df.columns else None
     if not groups:
         raise RestError(
             f"{', '.join(cfg.data.shards)}: no training source has two completions whose `{cfg.data.score_column}` "
@@ -269,9 +243,7 @@ def train_reward_model(cfg: RewardModelConfig) -> dict[str, Any]:
         if step % max(1, len(batches) // 5) == 0:
             log.info(f"reward model step {step}/{len(batches)}: loss {loss:.4f}")
 
-    stats = train(
-        rm, batches, cfg.train, None, seed=cfg.seed, objective=RM_OBJECTIVES[cfg.objective](cfg), on_progress=progress
-    )
+    stats = train(rm, batches, cfg.train, None, seed=cfg.seed, objective=objective, on_progress=progress)
     rm.model.eval()
     metrics = {
         "objective": cfg.objective,
@@ -292,7 +264,7 @@ def train_reward_model(cfg: RewardModelConfig) -> dict[str, Any]:
         stage / REWARD_FILE,
         {
             "objective": cfg.objective,
-            "output": OUTPUTS[cfg.objective],
+            "output": objective.output,
             "max_tokens": cfg.model.max_tokens,
             "score_column": cfg.data.score_column,
         },
