@@ -90,14 +90,8 @@ ROWS = {
         ["improve.thresholds=[0.8]", "improve.selection=percentile", "improve.percentile=0.75"],
         "es, tau from the reward distribution: a sample at chrF >= 0.8 in its source's top quarter",
     ),
-    "es-acc": (
-        ["improve.accumulate=true"],
-        "es, Improve also keeps the samples of earlier Grow steps that clear tau (STaR, RFT)",
-    ),
-    "es-hard": (
-        ["grow.hard_samples=16"],
-        "es, a source none of whose 8 samples clears tau gets 16 more (difficulty-aware, DART-Math)",
-    ),
+    # es-acc (improve.accumulate) and es-hard (grow.hard_samples) were studied here too (docs/methods.md); neither
+    # beat es, and both options were removed (docs/results.md, "Options removed").
 }
 
 

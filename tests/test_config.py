@@ -126,7 +126,7 @@ def test_token_weights_name_a_reward_component_of_an_nll_loss():
         RestError, match=r"improve.token_weights is 'learnt', not a component of reward.components \(chrf"
     ):
         load_config("configs/numbers.yaml", ["improve.token_weights=learnt"])
-    with pytest.raises(RestError, match=r"token_weights and accumulate are for the NLL losses"):
+    with pytest.raises(RestError, match=r"max_per_source and token_weights are for the NLL losses"):
         load_config("configs/numbers.yaml", ["improve.loss=dpo", "improve.token_weights=chrf"])
     cfg = load_config("configs/numbers-seq2seq.yaml", ["improve.token_weights=learned"])
     assert cfg.improve.token_weights == "learned"
@@ -137,7 +137,8 @@ def test_token_weights_name_a_reward_component_of_an_nll_loss():
 
 
 def test_validation_on_a_seeded_subset_of_valid_is_the_same_rows_for_every_policy():
-    from rest.stages.common import policy_slice, valid_split
+    from rest.stages.common import valid_split
+    from rest.stages.keys import config_slice
 
     cfg = load_config("configs/smoke.yaml", ["eval.valid_rows=12"])
     rows = valid_split(cfg)
@@ -148,5 +149,26 @@ def test_validation_on_a_seeded_subset_of_valid_is_the_same_rows_for_every_polic
     assert rows["source_id"].tolist() != whole["source_id"].tolist()[:12]  # drawn, not the first 12
     assert not valid_split(load_config("configs/smoke.yaml", ["eval.valid_rows=12", "seed=1"])).equals(rows)
     # in a policy's key only when set: policies of runs made before the setting still match their manifests
-    assert policy_slice(cfg, "eval.max_new_tokens")["eval"] == {"max_new_tokens": 24, "valid_rows": 12}
-    assert policy_slice(load_config("configs/smoke.yaml"), "eval.max_new_tokens")["eval"] == {"max_new_tokens": 24}
+    keys = ("eval.max_new_tokens", "eval.valid_rows")
+    assert config_slice(cfg, *keys)["eval"] == {"max_new_tokens": 24, "valid_rows": 12}
+    assert config_slice(load_config("configs/smoke.yaml"), *keys)["eval"] == {"max_new_tokens": 24}
+
+
+def test_a_field_added_later_joins_the_key_only_once_set():
+    """The one lineage rule (IN_KEY_WHEN_SET): bc.valid_every, bc.patience and eval.valid_rows are out of every
+    policy's key while they hold their defaults, so runs made before they existed keep their ids."""
+    from rest.stages.keys import BC_KEYS, config_slice
+
+    plain = config_slice(load_config("configs/smoke.yaml"), *BC_KEYS)
+    assert not {"valid_every", "patience"} & set(plain["bc"]) and "valid_rows" not in plain["eval"]
+    stopped = config_slice(load_config("configs/smoke.yaml", ["bc.valid_every=50"]), *BC_KEYS)
+    assert stopped["bc"]["valid_every"] == 50 and "patience" not in stopped["bc"]
+    patient = config_slice(load_config("configs/smoke.yaml", ["bc.valid_every=50", "bc.patience=3"]), *BC_KEYS)
+    assert patient["bc"]["patience"] == 3
+    assert {k: v for k, v in stopped["bc"].items() if k != "valid_every"} == plain["bc"]
+
+
+@pytest.mark.parametrize("removed", ["improve.accumulate=true", "grow.hard_samples=4", "eval.correct_at=0.5"])
+def test_removed_options_are_refused_by_name(removed):
+    with pytest.raises(RestError, match=removed.split("=")[0].split(".")[1]):
+        load_config("configs/smoke.yaml", [removed])

@@ -8,8 +8,6 @@ import json
 import pandas as pd
 import pytest
 
-from rest.artifacts.run import Run
-from rest.evaluation.control import grow_coverage, n_label
 from tests.conftest import rest
 
 pytestmark = pytest.mark.integration
@@ -105,43 +103,3 @@ def _g2p(run, *overrides):
     """configs/g2p.yaml at the smoke scale: BC 60 steps, no early stopping and no control."""
     opts = ["bc.valid_every=null", "eval.control=false", "tracking.comet=off"]
     rest("run", "--config", "configs/g2p.yaml", "--run", str(run), *SMOKE, *opts, *overrides)
-
-
-def test_accumulate_keeps_the_samples_of_earlier_grow_steps(tmp_path):
-    """improve.accumulate: Improve after grow-2 learns from grow-1's samples that clear tau too, one per (source,
-    completion), and names grow-1 among its parents; Improve after grow-1 has nothing earlier to add."""
-    run = tmp_path / "accumulate"
-    _g2p(run, "grow.steps=2", "improve.thresholds=[0.15]", "improve.accumulate=true")
-    tau = 0.15
-    distinct = []
-    for g in (1, 2):
-        rows = pd.read_parquet(run / f"grow-{g}")
-        kept = rows[rows.reward >= tau]
-        distinct.append({(s, " ".join(c.split())) for s, c in zip(kept.source_id, kept.completion)})
-    first, second = _metrics(run, "improve-1-1")["improve"], _metrics(run, "improve-2-1")["improve"]
-    assert "accumulated_from" not in first and first["kept_unique"] == len(distinct[0])
-    assert second["accumulated_from"] == ["grow-1"]
-    assert second["kept_latest_only"] == len(distinct[1])
-    assert second["kept_unique"] == len(distinct[0] | distinct[1]) > len(distinct[1])
-    parents = json.loads((run / "improve-2-1" / "_manifest.json").read_text())["parents"]
-    grow_1 = json.loads((run / "grow-1" / "_manifest.json").read_text())["id"]
-    assert grow_1 in parents
-
-
-def test_hard_samples_go_to_the_sources_grow_did_not_solve(tmp_path):
-    """grow.hard_samples: a source none of whose N samples clears the top tau gets that many more rows
-    (sample_index N..N+M-1); a source that one of them clears keeps its N."""
-    run = tmp_path / "hard"
-    _g2p(run, "grow.steps=1", "grow.hard_samples=4", "improve.thresholds=[0.15]")
-    rows = pd.read_parquet(run / "grow-1")
-    first = rows[rows.sample_index < 8].groupby("source_id").reward.max()
-    count = rows.groupby("source_id").size()
-    hard = first.index[first < 0.15]
-    assert 0 < len(hard) < len(first)  # both kinds are there
-    assert (count[hard] == 12).all() and (count.drop(hard) == 8).all()
-    extra = rows[rows.sample_index >= 8]
-    assert set(extra.source_id) == set(hard) and sorted(extra.sample_index.unique()) == [8, 9, 10, 11]
-    stats = json.loads((run / "grow-1" / "_manifest.json").read_text())["stats"]
-    assert stats["rows"] == len(rows) == 8 * len(first) + 4 * len(hard)
-    cover = grow_coverage(Run.open(run), 1)  # the report's pass@N says how many samples each source had
-    assert (cover["samples_min"], cover["samples_per_source"], n_label(cover)) == (8, 12, "8-12")

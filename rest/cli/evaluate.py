@@ -31,7 +31,7 @@ def _engine(run_dir: Path, cfg, name: str):
 def _best_of_n(args: argparse.Namespace, cfg, name: str, df):
     from rest.evaluation.best_of_n import best_of_n
     from rest.rewards.components import named_component
-    from rest.stages import derive_seed
+    from rest.seeds import derive_seed
 
     # before sampling: fail fast; a learned reward scores where the policy samples
     references = df["reference"].where(df["reference"].notna(), None).tolist()
@@ -42,7 +42,7 @@ def _best_of_n(args: argparse.Namespace, cfg, name: str, df):
 
 def _eval_seed(cfg, data: str) -> int:
     """The sampled evaluation's seed: the run's for its test split (the numbers `rest run` printed), else per file."""
-    from rest.stages import derive_seed
+    from rest.seeds import derive_seed
 
     return derive_seed(cfg.seed, "eval", "test" if data == cfg.data.test else data)
 

@@ -28,6 +28,7 @@ from rest.config.reward_model import (
 )
 from rest.config.schema import (
     DEVICE_PATTERN,
+    IN_KEY_WHEN_SET,
     IN_NO_KEY,
     BCConfig,
     DaskConfig,
@@ -48,6 +49,7 @@ from rest.config.schema import (
     TrackingConfig,
     VllmConfig,
     in_key,
+    in_key_when_set,
     unkeyed_keys,
 )
 
@@ -67,7 +69,9 @@ __all__ = [
     "OptimFields",
     "LoraConfig",
     "IN_NO_KEY",
+    "IN_KEY_WHEN_SET",
     "in_key",
+    "in_key_when_set",
     "unkeyed_keys",
     "PolicyOptimFields",
     "BCConfig",

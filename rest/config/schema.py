@@ -23,12 +23,21 @@ from rest.config.components import check_reward_names
 # A field marked IN_NO_KEY changes nothing an artifact holds (how the work is spread, where it runs, how a training
 # step is computed, where it is tracked): it is in no artifact's key, and a run may be resumed with it changed.
 IN_NO_KEY: dict[str, Any] = {"in_key": False}
+# The one lineage rule for a field added after runs were made: it stays out of the key while it holds its default
+# (so those runs' artifacts keep their ids) and joins it once set. Mark every new keyed field with it.
+IN_KEY_WHEN_SET: dict[str, Any] = {"in_key": "when_set"}
 
 
 def in_key(field: Any) -> bool:
-    """Whether a config field is part of the key of the artifacts its section makes."""
+    """Whether a config field is part of the key of the artifacts its section makes (when set, for IN_KEY_WHEN_SET)."""
     extra = field.json_schema_extra
     return not isinstance(extra, dict) or extra.get("in_key", True) is not False
+
+
+def in_key_when_set(field: Any) -> bool:
+    """Whether a config field joins the key only when it differs from its default (IN_KEY_WHEN_SET)."""
+    extra = field.json_schema_extra
+    return isinstance(extra, dict) and extra.get("in_key") == "when_set"
 
 
 def unkeyed_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
@@ -287,11 +296,17 @@ class BCConfig(PolicyOptimFields):
     valid_every: int | None = Field(
         None,
         ge=1,
+        json_schema_extra=IN_KEY_WHEN_SET,
         description="early stopping: validate every this-many steps and stop when `patience` validations in a row "
         "did not raise the validation score (eval.select_by); policy-0 is the best checkpoint, and `steps` is "
         "the most BC may take. null: train all `steps`",
     )
-    patience: int = Field(2, ge=1, description="early stopping: validations without a better score before BC stops")
+    patience: int | None = Field(
+        None,
+        ge=1,
+        description="early stopping: validations without a better score before BC stops; null: 2",
+        json_schema_extra=IN_KEY_WHEN_SET,
+    )
 
     @model_validator(mode="after")
     def _early_stopping_in_one_process(self) -> BCConfig:
@@ -347,13 +362,6 @@ class GrowConfig(Section):
     max_new_tokens: int = Field(48, ge=1, description="longest completion, in tokens")
     batch_size: int = Field(256, ge=1, description="sequences decoded together (sources x samples)")
     shard_size: int = Field(250, ge=1, description="sources per shard; a shard is the unit of work and of resume")
-    hard_samples: int = Field(
-        0,
-        ge=0,
-        description="difficulty-aware sampling (DART-Math): a source none of whose num_samples samples clears the top "
-        "improve.thresholds gets this many more (sample_index num_samples..), so Grow looks harder where the policy "
-        "fails; 0: every source gets num_samples",
-    )
     sources_per_step: int | None = Field(
         None,
         ge=1,
@@ -643,12 +651,6 @@ class ImproveConfig(PolicyOptimFields):
     max_per_source: int | None = Field(
         None, ge=1, description="cap on kept samples per source, best reward first (ReST-EM caps at 10); null: no cap"
     )
-    accumulate: bool = Field(
-        False,
-        description="also keep the samples of every earlier Grow step that clear tau (STaR's and RFT's accumulation: "
-        "a source solved once stays in Improve's data), deduplicated per source as within one step; false: the "
-        "latest Grow step's samples only (ReST)",
-    )
 
     @model_validator(mode="after")
     def _preference_options(self) -> ImproveConfig:
@@ -667,11 +669,10 @@ class ImproveConfig(PolicyOptimFields):
                 or self.selection != "threshold"
                 or self.max_per_source is not None
                 or self.token_weights
-                or self.accumulate
             ):
                 raise ValueError(
                     f"loss: {self.loss} learns from pairs (improve.preference.pairs, margin): "
-                    "reward_weighted, selection, max_per_source, token_weights and accumulate are for the NLL losses; "
+                    "reward_weighted, selection, max_per_source and token_weights are for the NLL losses; "
                     "leave them unset"
                 )
         return self
@@ -693,7 +694,7 @@ class ImproveConfig(PolicyOptimFields):
 class EvalConfig(Section):
     """Evaluation: greedy decoding; corpus chrF and BLEU (sacrebleu), exact match, mean reward. With `samples: k`
     also k sampled outputs per source: pass@1 and an unbiased pass@k (Chen et al. 2021; a sample is correct when its
-    reward is at least `correct_at`) and maj@k (the majority final answer's correctness)."""
+    reward is 1: verified) and maj@k (the majority final answer's correctness)."""
 
     batch_size: int = Field(250, ge=1, description="sources decoded together")
     max_new_tokens: int = Field(48, ge=1)
@@ -704,9 +705,6 @@ class EvalConfig(Section):
     top_p: float = Field(1.0, gt=0, le=1, description="the sampled evaluation's nucleus mass (not Grow's)")
     pass_at: list[int] | None = Field(
         None, description="the k of pass@k, each at most `samples`; null: 1 and `samples`"
-    )
-    correct_at: float = Field(
-        1.0, ge=0, le=1, description="a sampled output is correct when its reward is at least this (1.0: verified)"
     )
     select_by: Literal["reward", "pass@1", "maj"] = Field(
         "reward",
@@ -740,6 +738,7 @@ class EvalConfig(Section):
     valid_rows: int | None = Field(
         None,
         ge=1,
+        json_schema_extra=IN_KEY_WHEN_SET,
         description="validate every policy on the same seeded random this-many rows of data.valid (metrics, "
         "monitors, the best policy's choice); null: all of it. For many small iterations (SuperHF): 128 rows of "
         "g2p's 500 cut an iteration's validation from ~1 s to ~0.3 s (docs/benchmarks.md)",
@@ -795,7 +794,6 @@ class TrackingConfig(Section):
 
     project: str = Field("rest", description="comet project name")
     workspace: str | None = Field(None, description="comet workspace (online); null: your default workspace")
-    sample_rows: int = Field(64, ge=0, description="rows of each Grow step logged as a table asset")
 
 
 class RunConfig(Section):

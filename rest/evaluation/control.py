@@ -157,7 +157,8 @@ def grow_coverage(run: Run, g: int, rows: pd.DataFrame | None = None) -> dict[st
         "policy": policy,
         "tau": tau,
         "samples_per_source": int(per["count"].max()) if len(per) else 0,
-        "samples_min": int(per["count"].min()) if len(per) else 0,  # below the max with grow.hard_samples
+        # below the max where sources got more samples than others (grow.hard_samples, since removed)
+        "samples_min": int(per["count"].min()) if len(per) else 0,
         "pass@1": round(100 * float(rate.mean()), 2),
         "pass@N": round(100 * float((per["sum"] > 0).mean()), 2),
         "greedy_valid": greedy,
@@ -166,7 +167,7 @@ def grow_coverage(run: Run, g: int, rows: pd.DataFrame | None = None) -> dict[st
 
 
 def n_label(cover: dict[str, Any]) -> str:
-    """The N of grow_coverage's pass@N: "8", or "8-24" where grow.hard_samples gave the hard sources more."""
+    """The N of grow_coverage's pass@N: "8", or "8-24" for a Grow step where sources got more samples than others."""
     low, high = cover["samples_min"], cover["samples_per_source"]
     return str(high) if low == high else f"{low}-{high}"
 

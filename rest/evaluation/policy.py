@@ -7,7 +7,7 @@ exact_match, chrf and bleu are on sacrebleu's 0-100 scale ("points"); reward is 
 [0, 1] like the Grow shards.
 
 With eval.samples = n (> 0), n outputs per source are also sampled (eval.temperature, eval.top_p; a seed of the
-run's) and scored: a sample is correct when its reward is at least eval.correct_at. `pass@k` (points) is the
+run's) and scored: a sample is correct when its reward is 1 (verified). `pass@k` (points) is the
 unbiased estimator of Chen et al. (2021), 1 - C(n-c, k) / C(n, k) for a source with c correct of n, averaged
 over sources; `maj@n` (points) is how often the answer most of the n samples give (final_answer: what follows
 `####`, else the last number, else the whole output; ties: the answer seen first) is a correct one.
@@ -109,7 +109,7 @@ def sampled_metrics(engine: Engine, df: pd.DataFrame, cfg: RunConfig, seed: int)
     rewards = score_config(
         cfg.reward, repeat(sources), out.completions, repeat(df["reference"].tolist()), engine.device, columns
     )["reward"]
-    correct = (np.asarray(rewards) >= cfg.eval.correct_at - 1e-9).reshape(len(df), n)
+    correct = (np.asarray(rewards) >= 1.0 - 1e-9).reshape(len(df), n)
     counts = correct.sum(axis=1)
     metrics = {
         f"pass@{k}": round(100 * float(np.mean([pass_at_k(n, int(c), k) for c in counts])), 2) for k in cfg.eval.ks()

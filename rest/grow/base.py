@@ -8,13 +8,13 @@ has settings, a section of GrowConfig marked `in_key=False` when they change no 
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from rest.models.sampling import Generation
+from rest.seeds import derive_seed
 
 if TYPE_CHECKING:
     from rest.config import RunConfig
@@ -45,7 +45,7 @@ class Engine(Protocol):
 def request_seed(seed: int, index: int) -> int:
     """The seed of source `index`'s request in a call seeded `seed`. vLLM seeds sample k of a request with seed + k,
     so neighbouring seeds would share samples: these are hashed apart (63 bits)."""
-    return int.from_bytes(hashlib.sha256(f"{seed}/{index}".encode()).digest()[:8], "little") % (2**63)
+    return derive_seed(seed, index)
 
 
 def _no_check(cfg: RunConfig) -> None:

@@ -1,7 +1,7 @@
 """What an Improve step learns from, one builder per shape of data: the Grow rows that clear tau (`ROWS`, for the
 NLL losses) or pairs of one source's samples (`PAIRS`, for the preference losses), each mixed with data.train.
 
-    data = ROWS.build(run, ["grow-1"], grow_summary, tau, cfg.improve, train_df, rng)
+    data = ROWS.build(run, "grow-1", grow_summary, tau, cfg.improve, train_df, rng)
     data.batches, data.selection    # one Batch per optimiser step; what was selected (metrics.json's `improve`)
 
 A new shape (say, groups of N samples of one source for a GRPO-like loss) is a builder here and an `ImproveData`
@@ -38,19 +38,15 @@ class Learnt:
 
 def row_batches(
     run: Run,
-    grow_names: list[str],
+    grow_name: str,
     grow_summary: dict[str, Any],
     tau: float,
     ic: ImproveConfig,
     train_df: pd.DataFrame,
     rng: np.random.Generator,
 ) -> Learnt:
-    """Improve's rows: the Grow samples selection keeps at tau, mixed with data.train (improve.train_mix).
-
-    `grow_names` ends with this step's Grow; the earlier ones are there with improve.accumulate. The rows of all
-    are selected together: one sample per (source, completion), so a source solved at two steps counts its answer
-    once, and percentile selection compares all of a source's samples."""
-    grow_name = grow_names[-1]
+    """Improve's rows: the Grow samples selection keeps at tau (one per source and completion), mixed with
+    data.train (improve.train_mix)."""
     # Read what selection needs, filtered while reading: memory follows the kept rows, not the Grow step's size
     # (percentile selection compares each source's N rewards, so it reads every row of those columns). The Grow
     # step's row count and kept fraction at each tau are in its manifest (finish_grow's stats).
@@ -65,14 +61,15 @@ def row_batches(
             )
         columns.append(scores_column)
 
-    def keep(rows: pd.DataFrame) -> pd.DataFrame:
-        return select(rows, tau, ic.selection, ic.percentile, ic.top_k, ic.max_per_source)
-
     floor = None if ic.selection == "percentile" else tau
-    parts = [read_grow(run.dir(name), columns, min_reward=floor) for name in grow_names]
-    kept = keep(pd.concat(parts, ignore_index=True))
-    latest = len(keep(parts[-1])) if len(parts) > 1 else None  # what this Grow step alone gives, for the manifest
-    del parts
+    kept = select(
+        read_grow(run.dir(grow_name), columns, min_reward=floor).reset_index(drop=True),
+        tau,
+        ic.selection,
+        ic.percentile,
+        ic.top_k,
+        ic.max_per_source,
+    )
     k_src, k_tgt, k_w = kept["source"].tolist(), kept["completion"].tolist(), kept["reward"].tolist()
     k_scores = None if scores_column is None else kept[scores_column].tolist()
     t_src, t_tgt = train_df["source"].tolist(), train_df["reference"].tolist()
@@ -96,9 +93,6 @@ def row_batches(
         "kept_reward_mean": round(float(kept["reward"].mean()), 4) if len(kept) else None,
         "train_mix": ic.train_mix,
     }
-    if latest is not None:  # improve.accumulate: what the earlier Grow steps added to this one's
-        selection["accumulated_from"] = grow_names[:-1]
-        selection["kept_latest_only"] = latest
     if k_scores is not None:  # the share of the kept samples' tokens the loss learns (their mean token weight)
         weights = np.concatenate(token_weights([len(t) for t in k_scores], k_scores) or [np.zeros(0)])
         selection["token_weight_mean"] = round(float(weights.mean()), 4) if len(weights) else None
@@ -115,7 +109,7 @@ def row_batches(
 
 def pair_batches(
     run: Run,
-    grow_names: list[str],
+    grow_name: str,
     grow_summary: dict[str, Any],
     tau: float,
     ic: ImproveConfig,
@@ -126,7 +120,7 @@ def pair_batches(
     read: the rejected ones are below tau), mixed with data.train rows learnt with NLL (improve.train_mix of a
     batch)."""
     pc = ic.preference
-    rows = read_grow(run.dir(grow_names[-1]), ["source_id", "source", "sample_index", "completion", "reward"])
+    rows = read_grow(run.dir(grow_name), ["source_id", "source", "sample_index", "completion", "reward"])
     pairs = preference_pairs(rows, tau, pc.pairs, pc.margin)
     del rows
     p_src, p_c, p_r = pairs["source"].tolist(), pairs["chosen"].tolist(), pairs["rejected"].tolist()
@@ -171,7 +165,7 @@ def pair_batches(
 
 @dataclass(frozen=True)
 class ImproveData:
-    """A shape of Improve data: `build(run, grow_names, grow_summary, tau, improve_config, train_df, rng)` and the
+    """A shape of Improve data: `build(run, grow_name, grow_summary, tau, improve_config, train_df, rng)` and the
     words for what it learnt (`summary(selection)`, the step's log line; `kept(selection)`, `rest inspect`'s column)."""
 
     build: Callable[..., Learnt]

@@ -2,7 +2,7 @@
 shared NLL; the preference losses are here) and the data it learns from (rest/improve/batches.py).
 
     loss = IMPROVE_LOSSES[cfg.improve.loss]
-    data = loss.data.build(run, grow_names, grow_summary, tau, cfg.improve, train_df, rng)   # batches + selection
+    data = loss.data.build(run, grow_name, grow_summary, tau, cfg.improve, train_df, rng)   # batches + selection
     stats = train(policy, data.batches, cfg.improve, cfg.model, seed=1, objective=loss.objective(cfg.improve))
 
 Adding a loss: its objective (a class with `needs_reference`, `totals` and `__call__`; in training/objectives.py if

@@ -539,7 +539,7 @@ def render(data: dict[str, Any]) -> str:
         sections.append(
             f"<p>Greedy decoding, and {e.samples} samples per source at temperature {e.temperature} (top-p "
             f"{e.top_p}): pass@k is the unbiased estimate of the chance that one of k samples is correct (reward "
-            f"at least {e.correct_at}), maj@{e.samples} how often the answer most samples give is a correct one "
+            f"1: verified), maj@{e.samples} how often the answer most samples give is a correct one "
             "(points).</p>"
         )
     keys = ["exact_match", "chrf", "bleu", "reward", "completion_tokens", *sampled]

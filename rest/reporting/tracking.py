@@ -12,7 +12,7 @@ rebuilt whole (written to a staging directory, then swapped in). What it holds:
   (the test metrics of policy-0 and the best policy), `bc/...` (policy-0's training),
   `improve/...` (each Improve step's selection and training), `grow/...` (each Grow step, at the step of the
   policy that sampled it);
-- a table asset per Grow step (`grow-<g>-sample.csv`, tracking.sample_rows rows) and the report page.
+- a table asset per Grow step (`grow-<g>-sample.csv`, SAMPLE_ROWS rows) and the report page.
 
 Offline, comet makes no network attempt once COMET_AUTO_LOG_ENV_DETAILS and COMET_ERROR_TRACKING_ENABLE are off
 (rest/environment.py sets both when `rest` is imported, before comet_ml is), and every auto-logger is off here.
@@ -35,6 +35,7 @@ from rest.errors import RestError
 log = logging.getLogger("rest")
 
 COMET_DIR = "comet"
+SAMPLE_ROWS = 64  # rows of each Grow step logged as a table asset
 
 
 def check_tracking(mode: str) -> None:
@@ -167,7 +168,7 @@ def log_run(run_dir: Path, report: Path | None = None) -> Path | None:
         for grow in run.published("grow-"):
             run.verified(grow)
             rows = read_grow(run_dir / grow)
-            n = min(cfg.tracking.sample_rows, len(rows))
+            n = min(SAMPLE_ROWS, len(rows))
             if n:
                 sample = rows.sample(n=n, random_state=0).sort_values(["source_id", "sample_index"])
                 exp.log_table(f"{grow}-sample.csv", tabular_data=sample.drop(columns=["policy"]))

@@ -17,19 +17,13 @@ One file per stage (policy0, grow, improve, control, finish), what they share (c
 last).
 """
 
+from rest.seeds import derive_seed
 from rest.stages.common import (
-    BC_KEYS,
-    GROW_KEYS,
-    IMPROVE_KEYS,
-    POLICY_KEYS,
     assess,
-    config_slice,
-    derive_seed,
     dropout_seed,
     fit,
     progress_bar,
     publish_policy,
-    section_keys,
     start_run,
     train_stats,
 )
@@ -45,6 +39,7 @@ from rest.stages.grow import (
     plan_grow,
 )
 from rest.stages.improve import improve, validated
+from rest.stages.keys import BC_KEYS, GROW_KEYS, IMPROVE_KEYS, POLICY_KEYS, config_slice, section_keys
 from rest.stages.policy0 import make_policy0
 
 __all__ = [

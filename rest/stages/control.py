@@ -21,16 +21,9 @@ from rest.artifacts.run import Run
 from rest.evaluation.control import CONTROL, CURVE_FILE, control_marks
 from rest.evaluation.policy import selection_score
 from rest.models.policy import count_parameters
-from rest.stages.common import (
-    BC_KEYS,
-    dropout_seed,
-    fit,
-    policy_slice,
-    publish_policy,
-    train_stats,
-    valid_split,
-    validate_in_training,
-)
+from rest.stages.common import dropout_seed, fit, publish_policy, train_stats, valid_split
+from rest.stages.early_stopping import validate_in_training
+from rest.stages.keys import BC_KEYS, config_slice
 from rest.stages.policy0 import bc_start
 from rest.training.objectives import NLL
 
@@ -50,7 +43,7 @@ def make_control(run_dir: Path) -> str | None:
     total = marks[-1]
     # all `total` steps, no early stopping: the control picks among its step counts by validation instead
     ccfg = cfg.model_copy(update={"bc": cfg.bc.model_copy(update={"steps": total, "valid_every": None})})
-    cfg_slice = {**policy_slice(ccfg, *BC_KEYS), "control": {"marks": marks}}
+    cfg_slice = {**config_slice(ccfg, *BC_KEYS), "control": {"marks": marks}}
     art = run.dir(CONTROL)
     manifest = read_manifest(art)
     if manifest is not None and not manifest.get("_unreadable"):

@@ -13,7 +13,7 @@ from rest.errors import RestError
 from rest.evaluation.control import CONTROL, NOISE_SE, control_metric, has_control, paired, row_scores
 from rest.evaluation.policy import evaluate, selection_score
 from rest.grow import engines
-from rest.stages.common import derive_seed
+from rest.seeds import derive_seed
 
 # ---------------------------------------------------------------------------------------------------------------
 # The end of a run

@@ -40,7 +40,9 @@ from rest.grow import engines
 from rest.grow.base import Engine
 from rest.rewards.components import reward_names, score_config, token_columns
 from rest.rewards.kinds import RewardLineage, lineage
-from rest.stages.common import GROW_KEYS, config_slice, derive_seed, progress_bar
+from rest.seeds import derive_seed
+from rest.stages.common import progress_bar
+from rest.stages.keys import GROW_KEYS, config_slice
 
 log = logging.getLogger("rest")
 
@@ -75,10 +77,6 @@ def grow_plan(run_dir: Path, g: int) -> GrowPlan:
     run = Run.open(run_dir)
     cfg = run.config
     cfg_slice = config_slice(cfg, *GROW_KEYS)
-    if cfg.grow.hard_samples:  # which sources are hard follows the top threshold
-        cfg_slice["grow"]["hard_tau"] = max(cfg.improve.thresholds)
-    else:  # the steps of runs made before grow.hard_samples existed still match their manifests
-        cfg_slice["grow"].pop("hard_samples")
     policy = run.grow_policy(g)
     # lineage: the sampling policy, then every artifact the reward reads (a learned reward model); the code and
     # weights that scored it join the key (an edited reward function is another step)
@@ -147,17 +145,6 @@ def grow_shard(run_dir: Path, g: int, index: int) -> dict[str, Any]:
     columns, rewards, sampled = _sample_and_score(
         plan, engine, part, n, 0, derive_seed(cfg.seed, "grow", g, index), g, index
     )
-    if cfg.grow.hard_samples:
-        # Difficulty-aware sampling (DART-Math): the sources none of whose N samples clears the top threshold get
-        # grow.hard_samples more, with their own seed; their rows follow the shard's first N per source.
-        best = rewards["reward"].reshape(len(part), n).max(axis=1)  # row i*n + k is sample k of source i
-        hard = part.iloc[np.flatnonzero(best < plan.cfg_slice["grow"]["hard_tau"] - 1e-9)]
-        if len(hard):
-            seed = derive_seed(cfg.seed, "grow-hard", g, index)
-            more, more_rewards, more_s = _sample_and_score(plan, engine, hard, cfg.grow.hard_samples, n, seed, g, index)
-            columns = {k: v + more[k] for k, v in columns.items()}
-            rewards = {k: np.concatenate([v, more_rewards[k]]) for k, v in rewards.items()}
-            sampled += more_s
     src = columns["source"]
     names, per_token = reward_names(cfg.reward), token_columns(rewards)
     columns.update(

@@ -19,16 +19,9 @@ from rest.errors import RestError
 from rest.grow import engines
 from rest.improve.objectives import IMPROVE_LOSSES
 from rest.models import resident
-from rest.stages.common import (
-    IMPROVE_KEYS,
-    assess,
-    derive_seed,
-    dropout_seed,
-    fit,
-    policy_slice,
-    publish_policy,
-    train_stats,
-)
+from rest.seeds import derive_seed
+from rest.stages.common import assess, dropout_seed, fit, publish_policy, train_stats
+from rest.stages.keys import IMPROVE_KEYS, config_slice
 from rest.training import distributed
 
 log = logging.getLogger("rest")
@@ -47,10 +40,9 @@ def improve(run_dir: Path, g: int, i: int) -> str:
     tau = ic.thresholds[i - 1]
     name = f"improve-{g}-{i}"
     init, grow_name = run.improve_init(g, i), f"grow-{g}"
-    earlier = [f"grow-{h}" for h in range(1, g)] if ic.accumulate else []  # improve.accumulate: their samples too
     # verified: a damaged input is refused here
-    parents = [run.artifact_id(init), run.artifact_id(grow_name), *(run.artifact_id(e) for e in earlier)]
-    cfg_slice = policy_slice(cfg, *IMPROVE_KEYS)
+    parents = [run.artifact_id(init), run.artifact_id(grow_name)]
+    cfg_slice = config_slice(cfg, *IMPROVE_KEYS)
     cfg_slice["improve"]["tau"] = tau
     if existing(run.dir(name), cfg_slice, parents):
         log.info(f"{name}: published, skipping")
@@ -65,7 +57,7 @@ def improve(run_dir: Path, g: int, i: int) -> str:
     rng = np.random.default_rng(derive_seed(cfg.seed, "improve", g, i))
     loss = IMPROVE_LOSSES[ic.loss]
     objective = loss.objective(ic)
-    learnt = loss.data.build(run, [*earlier, grow_name], grow_summary, tau, ic, train_df, rng)
+    learnt = loss.data.build(run, grow_name, grow_summary, tau, ic, train_df, rng)
     batches, selection = learnt.batches, learnt.selection
     if learnt.warning:
         log.warning(f"{name}: {learnt.warning}")

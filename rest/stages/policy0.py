@@ -16,17 +16,10 @@ from rest.data.batching import epoch_batches, text_lengths
 from rest.data.conversations import turn_texts
 from rest.data.splits import data_split
 from rest.models.policy import Policy, build_policy, count_parameters
-from rest.stages.common import (
-    BC_KEYS,
-    EarlyStopping,
-    assess,
-    derive_seed,
-    dropout_seed,
-    fit,
-    policy_slice,
-    publish_policy,
-    train_stats,
-)
+from rest.seeds import derive_seed
+from rest.stages.common import assess, dropout_seed, fit, publish_policy, train_stats
+from rest.stages.early_stopping import EarlyStopping
+from rest.stages.keys import BC_KEYS, config_slice
 from rest.training import distributed
 from rest.training.batches import Batch
 from rest.training.objectives import NLL
@@ -63,7 +56,7 @@ def make_policy0(run_dir: Path) -> str:
     """policy-0 = BC(D): a fresh (or pretrained) model trained with token-level NLL on data.train."""
     run = Run.open(run_dir)
     cfg = run.config
-    cfg_slice = policy_slice(cfg, *BC_KEYS)
+    cfg_slice = config_slice(cfg, *BC_KEYS)
     if existing(run.dir("policy-0"), cfg_slice, []):
         log.info("policy-0: published, skipping")
         return "policy-0"
