@@ -25,7 +25,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from rest.artifacts.manifests import rebuild_run
+from rest.artifacts.run_record import rebuild_run
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = Path("runs/recipes")

@@ -6,7 +6,8 @@ import sys
 import pandas as pd
 import pytest
 
-from rest.artifacts import manifests
+from rest.artifacts import manifests, run_record
+from rest.artifacts.lock import run_lock
 from rest.artifacts.shards import write_shard
 from rest.errors import RestError
 
@@ -39,7 +40,7 @@ def _grow_like(run_dir, rows=3):
 
 def test_publish_records_rows_sha_and_run_json(run_dir):
     art = _grow_like(run_dir)
-    m = manifests.publish(art, "grow", ["abc"], {"grow": {"num_samples": 1}})
+    m = run_record.publish(art, "grow", ["abc"], {"grow": {"num_samples": 1}})
     entry = m["files"]["shard-00000.parquet"]
     assert entry["rows"] == 3
     assert entry["sha256"] == manifests.sha256_file(art / "shard-00000.parquet")
@@ -51,12 +52,12 @@ def test_publish_records_rows_sha_and_run_json(run_dir):
 
 
 def test_id_is_a_content_hash(run_dir, tmp_path_factory):
-    a = manifests.publish(_grow_like(run_dir), "grow", [], {})
+    a = run_record.publish(_grow_like(run_dir), "grow", [], {})
     other = tmp_path_factory.mktemp("other")
     (other / "run.json").write_text(json.dumps({"artifacts": []}))
-    b = manifests.publish(_grow_like(other), "grow", [], {})
+    b = run_record.publish(_grow_like(other), "grow", [], {})
     assert a["id"] == b["id"]  # same bytes, different directory and time: same id
-    c = manifests.publish(_rewrite(other, 4), "grow", [], {})
+    c = run_record.publish(_rewrite(other, 4), "grow", [], {})
     assert c["id"] != a["id"]
 
 
@@ -69,7 +70,7 @@ def _rewrite(run_dir, rows):
 
 def test_verify_catches_a_changed_file(run_dir):
     art = _grow_like(run_dir)
-    manifests.publish(art, "grow", [], {})
+    run_record.publish(art, "grow", [], {})
     with open(art / "shard-00000.parquet", "ab") as f:
         f.write(b"x")
     assert "changed since it was published" in manifests.verify(art)[0]
@@ -78,7 +79,7 @@ def test_verify_catches_a_changed_file(run_dir):
 
 def test_existing_refuses_another_config(run_dir):
     art = _grow_like(run_dir)
-    manifests.publish(art, "grow", ["p"], {"grow": {"temperature": 1.0}})
+    run_record.publish(art, "grow", ["p"], {"grow": {"temperature": 1.0}})
     assert manifests.existing(art, {"grow": {"temperature": 1.0}}, ["p"])["kind"] == "grow"
     with pytest.raises(RestError, match=r"another config \(grow.temperature: 1.0 -> 0.7\)"):
         manifests.existing(art, {"grow": {"temperature": 0.7}}, ["p"])
@@ -111,22 +112,22 @@ def test_write_atomic_leaves_the_old_file_when_interrupted(tmp_path, monkeypatch
 def test_bookkeeping_files_are_verified_but_not_part_of_the_id(run_dir, tmp_path_factory):
     art = _grow_like(run_dir)
     (art / "_shard-00000.json").write_text('{"pid": 1}')
-    a = manifests.publish(art, "grow", [], {})
+    a = run_record.publish(art, "grow", [], {})
     assert "_shard-00000.json" in a["files"]
     (art / "_shard-00000.json").write_text('{"pid": 2}')
     assert manifests.verify(art)  # a changed record is caught ...
-    b = manifests.publish(art, "grow", [], {})
+    b = run_record.publish(art, "grow", [], {})
     assert b["id"] == a["id"]  # ... but who wrote a shard, and when, does not change what the step holds
 
 
 def _lock_from_another_process(run_dir) -> subprocess.CompletedProcess:
-    code = "import sys; from rest.artifacts.manifests import run_lock\nwith run_lock(sys.argv[1]): pass"
+    code = "import sys; from rest.artifacts.lock import run_lock\nwith run_lock(sys.argv[1]): pass"
     return subprocess.run([sys.executable, "-c", code, str(run_dir)], capture_output=True, text=True, timeout=60)
 
 
 def test_run_lock_is_exclusive_and_released(tmp_path):
-    with manifests.run_lock(tmp_path):
-        with manifests.run_lock(tmp_path):  # re-entrant in the holder: `rest run` holds it, its flows take it again
+    with run_lock(tmp_path):
+        with run_lock(tmp_path):  # re-entrant in the holder: `rest run` holds it, its flows take it again
             pass
         proc = _lock_from_another_process(tmp_path)
         assert proc.returncode != 0

@@ -1,4 +1,4 @@
-"""Versioned artifacts in a run directory: manifests, atomic publishing, verification, run.json.
+"""Versioned artifacts: manifests, atomic publishing, verification (run.json: run_record.py; the lock: lock.py).
 
 An artifact is a directory (`policy-0`, `grow-1`, `improve-1-2`) that exists only once its `_manifest.json`
 exists. The manifest is written last, atomically (temp file + rename), and records the kind, a content-hash id,
@@ -11,9 +11,7 @@ directory as Parquet except those starting with `_` or `.`; a plain `manifest.js
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
-import fcntl
 import functools
 import hashlib
 import json
@@ -29,7 +27,6 @@ from rest.errors import RestError
 
 MANIFEST = "_manifest.json"
 SELF_CHECKSUM = "manifest_sha256"  # sha256 of the manifest's JSON without this key
-RUN_RECORD = "run.json"
 CONFIG_FILE = "config.yaml"
 
 # Artifact kinds (the `kind` of a manifest) and how a user makes the ones that live outside a run directory.
@@ -104,12 +101,11 @@ def publish(
     parents: list[str],
     config: dict[str, Any],
     extra: dict[str, Any] | None = None,
-    record: bool = True,
     id_extra: Any = None,
 ) -> dict[str, Any]:
-    """Write the manifest of a finished artifact directory, last and atomically, and record it in run.json
-    (`record=False`: an artifact of its own, such as a reward model, outside any run directory). `id_extra`: what
-    else the id depends on besides the files (a Grow step: the code of the user's reward functions)."""
+    """Write the manifest of a finished artifact directory, last and atomically (an artifact of a run is also
+    recorded in its run.json: run_record.publish). `id_extra`: what else the id depends on besides the files (a
+    Grow step: the code of the user's reward functions)."""
     files = _file_entries(artifact)
     # Content hash of the data files (not of times, paths, or `_`-prefixed bookkeeping such as the per-shard
     # records with their host, pid and timings), so the same inputs give the same id on a rerun.
@@ -131,8 +127,6 @@ def publish(
     # so an edit to them must be caught like an edit to a data file.
     manifest[SELF_CHECKSUM] = sha256_json(manifest)
     write_json_atomic(artifact / MANIFEST, manifest)
-    if record:
-        _record(artifact.parent, manifest)
     return manifest
 
 
@@ -264,121 +258,3 @@ def staging(artifact: Path) -> Path:
     """Where a directory artifact is built before it is renamed into place (hidden, so no reader picks it up)."""
     artifact = Path(artifact)
     return artifact.with_name(f".{artifact.name}.partial")
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# run.json: run metadata and the ordered list of artifacts
-
-
-def read_run(run_dir: Path) -> dict[str, Any]:
-    path = Path(run_dir) / RUN_RECORD
-    if not path.is_file():
-        raise RestError(
-            f"{run_dir} is not a run directory (no {RUN_RECORD}); start one with `rest run --run {run_dir}`"
-        )
-    problem = run_record_problem(path)
-    if problem:
-        raise RestError(f"{path}: {problem}; `rest run --run {run_dir}` rebuilds it from the published manifests")
-    return json.loads(path.read_text())
-
-
-def run_record_problem(path: Path) -> str | None:
-    """What is wrong with a run.json (None: nothing). It is the one file of a run directory without a checksum:
-    an empty or cut-short one is what a full disk or an interrupted copy leaves."""
-    try:
-        record = json.loads(Path(path).read_bytes().decode("utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        size = Path(path).stat().st_size
-        return (
-            "empty (0 bytes)" if size == 0 else f"damaged: not valid JSON ({' '.join(str(exc).split())}, {size} bytes)"
-        )
-    if not isinstance(record, dict) or not isinstance(record.get("artifacts"), list):
-        return "damaged: not a run record (an object with an `artifacts` list)"
-    return None
-
-
-def _publication_order(name: str) -> tuple[int, ...]:
-    """policy-0, then grow-g and its improve-g-i: the order a run publishes its artifacts in."""
-    if name == "control":  # the BC control comes after the run's own steps
-        return (2**31, 0)
-    parts = name.split("-")[1:]
-    return (int(parts[0]), int(parts[1]) if len(parts) > 1 else 0) if name != "policy-0" else (0, 0)
-
-
-def rebuild_run(run_dir: Path) -> dict[str, Any]:
-    """Write run.json anew from the published manifests (they hold every artifact's name, kind, id and parents).
-    `best_policy` and the test metrics are not in them: the end of `rest run` writes those again. `created` is the
-    earliest artifact's (a comet experiment keyed on it starts anew)."""
-    run_dir = Path(run_dir)
-    manifests = []
-    for art in run_dir.iterdir():
-        if (
-            art.is_dir()
-            and not art.name.startswith(".")
-            and art.name.split("-")[0] in ("policy", "grow", "improve", "control")
-        ):
-            manifest = read_manifest(art)
-            if manifest and not manifest.get("_unreadable") and manifest.get("name") == art.name:
-                manifests.append(manifest)
-    manifests.sort(key=lambda m: _publication_order(m["name"]))
-    now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-    record = {
-        "name": run_dir.name,
-        "created": min((m.get("created", now) for m in manifests), default=now),
-        "config": CONFIG_FILE,
-        "artifacts": [
-            {"name": m["name"], "kind": m["kind"], "id": m["id"], "parents": m["parents"]} for m in manifests
-        ],
-        "rebuilt": now,
-    }
-    write_json_atomic(run_dir / RUN_RECORD, record)
-    return record
-
-
-def update_run(run_dir: Path, **fields: Any) -> dict[str, Any]:
-    record = read_run(run_dir)
-    record.update(fields)
-    write_json_atomic(Path(run_dir) / RUN_RECORD, record)
-    return record
-
-
-def _record(run_dir: Path, manifest: dict[str, Any]) -> None:
-    record = read_run(run_dir)
-    entry = {"name": manifest["name"], "kind": manifest["kind"], "id": manifest["id"], "parents": manifest["parents"]}
-    record["artifacts"] = [a for a in record.get("artifacts", []) if a["name"] != manifest["name"]] + [entry]
-    write_json_atomic(Path(run_dir) / RUN_RECORD, record)
-
-
-_HELD: set[str] = set()  # run directories this process holds the lock of
-
-
-@contextlib.contextmanager
-def run_lock(run_dir: Path):
-    """Hold an exclusive lock on a run directory while a command writes to it.
-
-    Two `rest run` on one run directory would publish over each other. The lock is an flock on `RUN/.lock`:
-    the kernel drops it when the holder dies, even by kill -9, so a crashed run never blocks the next one.
-    """
-    run_dir = Path(run_dir)
-    key = str(run_dir.resolve())
-    if key in _HELD:  # re-entrant: `rest run` holds it, then the flows it calls take it again
-        yield
-        return
-    run_dir.mkdir(parents=True, exist_ok=True)
-    with open(run_dir / ".lock", "a+") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            f.seek(0)
-            holder = f.read().strip() or "another process"
-            raise RestError(f"{run_dir} is in use by {holder}; wait for it to finish or stop it") from None
-        f.seek(0)
-        f.truncate()
-        f.write(f"pid {os.getpid()} on {os.uname().nodename}\n")
-        f.flush()
-        _HELD.add(key)
-        try:
-            yield
-        finally:
-            _HELD.discard(key)
-            fcntl.flock(f, fcntl.LOCK_UN)

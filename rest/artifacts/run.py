@@ -21,8 +21,9 @@ from typing import Any
 
 import yaml
 
-from rest.artifacts import manifests
-from rest.artifacts.manifests import CONFIG_FILE, MANIFEST, RUN_RECORD
+from rest.artifacts import manifests, run_record
+from rest.artifacts.manifests import CONFIG_FILE, MANIFEST
+from rest.artifacts.run_record import RUN_RECORD
 from rest.config import RunConfig, config_from_dict, dump_config, unkeyed_keys
 from rest.errors import RestError
 
@@ -113,9 +114,9 @@ class Run:
                     "Use a new --run directory for a new experiment."
                 )
         path.mkdir(parents=True, exist_ok=True)
-        if (path / RUN_RECORD).is_file() and manifests.run_record_problem(path / RUN_RECORD):
-            problem = manifests.run_record_problem(path / RUN_RECORD)
-            record = manifests.rebuild_run(path)
+        if (path / RUN_RECORD).is_file() and run_record.run_record_problem(path / RUN_RECORD):
+            problem = run_record.run_record_problem(path / RUN_RECORD)
+            record = run_record.rebuild_run(path)
             log.warning(
                 f"{path / RUN_RECORD} was {problem}: rebuilt from the {len(record['artifacts'])} published "
                 "manifests (the best policy and test metrics are written again at the end of the run)"
@@ -215,14 +216,14 @@ class Run:
 
     @property
     def record(self) -> dict[str, Any]:
-        return manifests.read_run(self.path)
+        return run_record.read_run(self.path)
 
     @property
     def best_policy(self) -> str | None:
         return self.record.get("best_policy")
 
     def update_record(self, **fields: Any) -> None:
-        manifests.update_run(self.path, **fields)
+        run_record.update_run(self.path, **fields)
 
     @cached_property
     def name(self) -> str:

@@ -33,7 +33,7 @@ def cmd_pipeline(args: argparse.Namespace) -> None:
     # The temporary server boots (4-11 s) while torch loads and every input is checked; bad input stops it unused.
     with temporary_server(wait=False) as server:
         from rest import stages
-        from rest.artifacts.manifests import run_lock
+        from rest.artifacts.lock import run_lock
 
         if args.command != "run":
             Run.open(run_dir).check_published()  # they build on earlier steps: a damaged one is refused, not used

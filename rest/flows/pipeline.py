@@ -25,7 +25,8 @@ from prefect.exceptions import TerminationSignal
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from rest import stages
-from rest.artifacts.manifests import CONFIG_FILE, run_lock
+from rest.artifacts.lock import run_lock
+from rest.artifacts.manifests import CONFIG_FILE
 from rest.artifacts.run import Run
 from rest.config import ConfigOverrides, load_config
 from rest.errors import OS_ERROR_FIXES, RestError

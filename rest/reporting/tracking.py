@@ -27,7 +27,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from rest.artifacts import manifests
+from rest.artifacts import manifests, run_record
 from rest.artifacts.run import Run
 from rest.artifacts.shards import read_grow
 from rest.errors import RestError
@@ -49,7 +49,7 @@ def check_tracking(mode: str) -> None:
 
 def experiment_key(run_dir: Path) -> str:
     """Stable per run directory (its path and creation time): 32 hex characters, as comet wants."""
-    record = manifests.read_run(run_dir)
+    record = run_record.read_run(run_dir)
     return hashlib.sha256(f"{Path(run_dir).resolve()}|{record.get('created')}".encode()).hexdigest()[:32]
 
 
@@ -161,7 +161,7 @@ def log_run(run_dir: Path, report: Path | None = None) -> Path | None:
     try:
         exp.log_parameters(flatten(cfg.model_dump(mode="json")))
         exp.log_others(
-            {"run_dir": str(run_dir.resolve()), "best_policy": manifests.read_run(run_dir).get("best_policy")}
+            {"run_dir": str(run_dir.resolve()), "best_policy": run_record.read_run(run_dir).get("best_policy")}
         )
         for _name, step, values in run_metrics(run_dir):
             exp.log_metrics(values, step=step)

@@ -272,4 +272,4 @@ def train_reward_model(cfg: RewardModelConfig) -> dict[str, Any]:
     manifests.write_json_atomic(stage / "metrics.json", metrics)
     manifests.write_atomic(stage / manifests.CONFIG_FILE, dump_config(cfg).encode())
     os.replace(stage, out)
-    return manifests.publish(out, KIND, parents, cfg_slice, {"metrics": metrics}, record=False)
+    return manifests.publish(out, KIND, parents, cfg_slice, {"metrics": metrics})

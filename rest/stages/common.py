@@ -14,10 +14,9 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from rest.artifacts import manifests
+from rest.artifacts import manifests, run_record
+from rest.artifacts.lock import run_lock
 from rest.artifacts.manifests import (
-    publish,
-    run_lock,
     staging,
     write_json_atomic,
 )
@@ -164,7 +163,7 @@ def publish_policy(
         df.to_parquet(stage / file, index=False)
     write_json_atomic(stage / METRICS_FILE, metrics)
     os.replace(stage, art)
-    manifest = publish(art, manifests.POLICY, parents, cfg_slice, extra)
+    manifest = run_record.publish(art, manifests.POLICY, parents, cfg_slice, extra)
     if keep:
         resident.keep(art, policy, manifest["id"])  # the next stage of this process samples or trains it: no reload
     return manifest

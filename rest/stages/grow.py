@@ -17,10 +17,9 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from rest.artifacts import manifests
+from rest.artifacts import manifests, run_record
 from rest.artifacts.manifests import (
     existing,
-    publish,
     write_json_atomic,
 )
 from rest.artifacts.run import Run
@@ -290,7 +289,7 @@ def finish_grow(run_dir: Path, g: int) -> str:
     extra = {"policy": plan.policy, "grow_step": g, "shards": records, "stats": stats}
     extra.update(plan.reward.record)
     # The step's id follows the code and the models that scored it, not only the rows it wrote
-    publish(grow_dir, manifests.GROW, plan.parents, plan.cfg_slice, extra, id_extra=plan.reward.key or None)
+    run_record.publish(grow_dir, manifests.GROW, plan.parents, plan.cfg_slice, extra, id_extra=plan.reward.key or None)
     log.info(
         f"{grow_dir.name}: {stats['rows']} samples, mean reward {stats['reward_mean']:.3f}, kept at tau: "
         f"{stats['kept_fraction']}"
