@@ -162,10 +162,27 @@ def test_a_field_added_later_joins_the_key_only_once_set():
     plain = config_slice(load_config("configs/smoke.yaml"), *BC_KEYS)
     assert not {"valid_every", "patience"} & set(plain["bc"]) and "valid_rows" not in plain["eval"]
     stopped = config_slice(load_config("configs/smoke.yaml", ["bc.valid_every=50"]), *BC_KEYS)
-    assert stopped["bc"]["valid_every"] == 50 and "patience" not in stopped["bc"]
-    patient = config_slice(load_config("configs/smoke.yaml", ["bc.valid_every=50", "bc.patience=3"]), *BC_KEYS)
-    assert patient["bc"]["patience"] == 3
-    assert {k: v for k, v in stopped["bc"].items() if k != "valid_every"} == plain["bc"]
+    assert stopped["bc"]["valid_every"] == 50 and stopped["bc"]["patience"] == 2  # patience follows valid_every
+    idle = config_slice(load_config("configs/smoke.yaml", ["bc.patience=3"]), *BC_KEYS)  # no early stopping
+    assert idle == plain
+    assert {k: v for k, v in stopped["bc"].items() if k not in ("valid_every", "patience")} == plain["bc"]
+
+
+def test_a_run_made_before_options_were_removed_still_opens(tmp_path):
+    """A run's config.yaml lists every option: a removed one holding its "off" value is read without it; set to
+    anything else, it is named."""
+    from rest.config import dump_config
+
+    text = dump_config(load_config("configs/smoke.yaml"))
+    old = text.replace("grow:\n", "grow:\n  hard_samples: 0\n", 1).replace(
+        "improve:\n", "improve:\n  accumulate: false\n", 1
+    )
+    assert old != text
+    (tmp_path / "config.yaml").write_text(old)
+    assert load_config(str(tmp_path / "config.yaml")) == load_config("configs/smoke.yaml")
+    (tmp_path / "config.yaml").write_text(old.replace("hard_samples: 0", "hard_samples: 4"))
+    with pytest.raises(RestError, match=r"config.yaml: `grow.hard_samples` was removed"):
+        load_config(str(tmp_path / "config.yaml"))
 
 
 @pytest.mark.parametrize("removed", ["improve.accumulate=true", "grow.hard_samples=4", "eval.correct_at=0.5"])

@@ -8,6 +8,7 @@ an error names the file, or the override that set the key.
 
 from __future__ import annotations
 
+import copy
 import difflib
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -147,6 +148,35 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str], origins: dict[str
     return raw
 
 
+# Options removed from the run config (docs/results.md, "Options removed"), with the value that meant "off". A run's
+# config.yaml lists every option, so those of runs made before are read without them while they hold that value.
+REMOVED: dict[str, Any] = {
+    "grow.hard_samples": 0,
+    "improve.accumulate": False,
+    "eval.correct_at": 1.0,
+    "tracking.sample_rows": 64,
+}
+
+
+def _without_removed(raw: dict[str, Any], where: str, origins: dict[str, str]) -> dict[str, Any]:
+    """`raw` without the REMOVED options that hold their "off" value; a RestError for one set to anything else."""
+    raw = copy.deepcopy(raw)
+    for dotted, off in REMOVED.items():
+        *parents, leaf = dotted.split(".")
+        node = raw
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if not isinstance(node, dict) or leaf not in node:
+            continue
+        if node[leaf] != off:
+            raise RestError(
+                f"{_origin(dotted, origins, where)}: `{dotted}` was removed (it beat no recipe it was studied in: "
+                "docs/results.md, Options removed); drop it from the config"
+            )
+        del node[leaf]
+    return raw
+
+
 def _origin(key: str, origins: dict[str, str], where: str) -> str:
     """Who set config key `key` (dotted): the override that set it or a section above it, else `where`."""
     parts = key.split(".")
@@ -167,6 +197,8 @@ def config_from_dict(
     the file, or the override that set the key (`origins`, from apply_overrides)."""
     model = model or RunConfig
     origins = origins or {}
+    if model is RunConfig:
+        raw = _without_removed(raw, where, origins)
     _check_keys(raw, model, where, origins=origins)
     try:
         return model.model_validate(raw)

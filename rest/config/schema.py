@@ -24,8 +24,14 @@ from rest.config.components import check_reward_names
 # step is computed, where it is tracked): it is in no artifact's key, and a run may be resumed with it changed.
 IN_NO_KEY: dict[str, Any] = {"in_key": False}
 # The one lineage rule for a field added after runs were made: it stays out of the key while it holds its default
-# (so those runs' artifacts keep their ids) and joins it once set. Mark every new keyed field with it.
+# (so those runs' artifacts keep their ids) and joins it once set. Mark every new keyed field with it; a field that
+# only acts with another (bc.patience, with bc.valid_every) follows that one: in_key_when_set_by(sibling).
 IN_KEY_WHEN_SET: dict[str, Any] = {"in_key": "when_set"}
+
+
+def in_key_when_set_by(switch: str) -> dict[str, Any]:
+    """IN_KEY_WHEN_SET, decided by the sibling field `switch`: in the key while `switch` is set."""
+    return {"in_key": "when_set", "switch": switch}
 
 
 def in_key(field: Any) -> bool:
@@ -34,10 +40,12 @@ def in_key(field: Any) -> bool:
     return not isinstance(extra, dict) or extra.get("in_key", True) is not False
 
 
-def in_key_when_set(field: Any) -> bool:
-    """Whether a config field joins the key only when it differs from its default (IN_KEY_WHEN_SET)."""
+def in_key_when_set(field: Any) -> str | None:
+    """For a field marked IN_KEY_WHEN_SET, the field whose value decides (itself: ""; a sibling's name); else None."""
     extra = field.json_schema_extra
-    return isinstance(extra, dict) and extra.get("in_key") == "when_set"
+    if isinstance(extra, dict) and extra.get("in_key") == "when_set":
+        return extra.get("switch", "")
+    return None
 
 
 def unkeyed_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
@@ -301,11 +309,11 @@ class BCConfig(PolicyOptimFields):
         "did not raise the validation score (eval.select_by); policy-0 is the best checkpoint, and `steps` is "
         "the most BC may take. null: train all `steps`",
     )
-    patience: int | None = Field(
-        None,
+    patience: int = Field(
+        2,
         ge=1,
-        description="early stopping: validations without a better score before BC stops; null: 2",
-        json_schema_extra=IN_KEY_WHEN_SET,
+        description="early stopping: validations without a better score before BC stops",
+        json_schema_extra=in_key_when_set_by("valid_every"),
     )
 
     @model_validator(mode="after")

@@ -19,8 +19,6 @@ from rest.stages.common import valid_split
 
 log = logging.getLogger("rest")
 
-PATIENCE = 2  # bc.patience when null: validations in a row without a better score before BC stops
-
 
 def validate_in_training(policy: Policy, cfg: RunConfig, valid_df: pd.DataFrame) -> tuple[dict[str, Any], pd.DataFrame]:
     """Validation metrics and greedy outputs of a policy in the middle of its training (early stopping, the BC
@@ -37,8 +35,8 @@ class EarlyStopping:
     """bc.valid_every / bc.patience as fit's on_step: validates every `every` steps, keeps the best checkpoint by
     eval.select_by (earliest on ties), and stops after `patience` validations in a row without a better one."""
 
-    def __init__(self, policy: Policy, cfg: RunConfig, every: int, patience: int | None):
-        self.policy, self.cfg, self.every, self.patience = policy, cfg, every, patience or PATIENCE
+    def __init__(self, policy: Policy, cfg: RunConfig, every: int, patience: int):
+        self.policy, self.cfg, self.every, self.patience = policy, cfg, every, patience
         self.valid_df, self.score = valid_split(cfg), selection_score
         self.best: dict[str, Any] = {}
         self.bad, self.curve = 0, []

@@ -25,46 +25,57 @@ from rest.config import (
 )
 
 
-def _field(model: type[BaseModel], parts: list[str]) -> Any:
-    """The pydantic field at dotted `parts` under `model` (None past a dict or a non-model annotation)."""
-    field = None
+def _model_at(parts: list[str]) -> Any:
+    """The config model of the section at dotted `parts` under RunConfig (None past a dict or a plain value)."""
+    model: Any = RunConfig
     for part in parts:
         field = model.model_fields.get(part) if isinstance(model, type) and issubclass(model, BaseModel) else None
         if field is None:
             return None
         model = field.annotation
-    return field
+    return model if isinstance(model, type) and issubclass(model, BaseModel) else None
+
+
+def _unset(model: Any, section: dict[str, Any], name: str) -> bool:
+    """Whether field `name` of a section (its model and dumped values) is IN_KEY_WHEN_SET and unset: it, or the
+    sibling that decides for it, holds its default."""
+    field = model.model_fields.get(name) if model is not None else None
+    switch = None if field is None else in_key_when_set(field)
+    if switch is None:
+        return False
+    decider = model.model_fields[switch or name]
+    return section.get(switch or name, decider.default) == decider.default
 
 
 def _without_unset(value: Any, model: Any) -> Any:
-    """`value` (a dumped section) without its IN_KEY_WHEN_SET fields that hold their defaults, at any depth."""
-    if not (isinstance(value, dict) and isinstance(model, type) and issubclass(model, BaseModel)):
+    """`value` (a dumped section) without its unset IN_KEY_WHEN_SET fields, at any depth."""
+    if not isinstance(value, dict) or model is None:
         return value
     out = {}
     for name, v in value.items():
-        field = model.model_fields.get(name)
-        if field is not None and in_key_when_set(field) and v == field.default:
+        if _unset(model, value, name):
             continue
-        out[name] = _without_unset(v, field.annotation if field is not None else None)
+        field = model.model_fields.get(name)
+        sub = field.annotation if field is not None else None
+        out[name] = _without_unset(v, sub if isinstance(sub, type) and issubclass(sub, BaseModel) else None)
     return out
 
 
 def config_slice(cfg: RunConfig, *keys: str) -> dict[str, Any]:
     """The part of the config an artifact depends on, by dotted keys: what its manifest records and checks. A field
-    marked IN_KEY_WHEN_SET is left out while it holds its default."""
+    marked IN_KEY_WHEN_SET is left out while it (or the field that decides for it) holds its default."""
     full = cfg.model_dump(mode="json")
     out: dict[str, Any] = {}
     for key in keys:
         parts = key.split(".")
-        field = _field(RunConfig, parts)
         src, dst = full, out
         for part in parts[:-1]:
             src = src[part]
             dst = dst.setdefault(part, {})
-        value = src[parts[-1]]
-        if field is not None and in_key_when_set(field) and value == field.default:
+        parent = _model_at(parts[:-1])
+        if _unset(parent, src, parts[-1]):
             continue
-        dst[parts[-1]] = _without_unset(value, field.annotation if field is not None else None)
+        dst[parts[-1]] = _without_unset(src[parts[-1]], _model_at(parts))
     return out
 
 
