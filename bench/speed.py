@@ -105,12 +105,17 @@ def quiet_run(cmd: list[str]) -> subprocess.CompletedProcess:
 
 def trained_policy(name: str, quick: bool, *overrides: str) -> Path:
     """policy-0 of the default config (plus overrides), trained once into runs/bench/<name>-<key>: the key changes
-    with the config file, the config schema (rest/config/schema.py) and the overrides, so a stale policy-0 (which `rest
-    run` would refuse to extend with another config) is never reused."""
+    with the config file, the config schema (rest/config/*.py) and the overrides, so a stale policy-0 (which `rest run`
+    would refuse to extend with another config) is never reused."""
     extra = ["bc.steps=20"] if quick else []
     key = hashlib.sha256(
         "\0".join(
-            [(ROOT / CONFIG).read_text(), (ROOT / "rest/config/schema.py").read_text(), *extra, *overrides]
+            [
+                (ROOT / CONFIG).read_text(),
+                *(p.read_text() for p in sorted((ROOT / "rest/config").glob("*.py"))),
+                *extra,
+                *overrides,
+            ]
         ).encode()
     ).hexdigest()[:10]
     run = WORK / f"{name}-{key}"

@@ -32,7 +32,7 @@ VALID_OUTPUTS = "valid_outputs.parquet"  # in every policy artifact: its greedy 
 
 # Config keys whose change does not touch any finished artifact: a run may be extended or resumed with them changed
 # (how the work is spread, where it runs and where it is tracked do not change what it makes).
-# The config marks them (IN_NO_KEY in rest/config/schema.py).
+# The config marks them (IN_NO_KEY in rest/config/base.py).
 EXTENDABLE = tuple(unkeyed_keys(RunConfig))
 
 _OPEN: dict[tuple, Run] = {}

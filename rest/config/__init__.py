@@ -1,7 +1,18 @@
-"""The config: the run's schema (schema), loading YAML with overrides (loading), and the reward model's schema
-(reward_model). Everything is importable from here: `from rest.config import RunConfig, load_config`.
+"""The config: the run's schema (one module per section, composed in schema.py), the kinds of reward component
+(components), loading YAML with overrides (loading), and the reward model's schema (reward_model). Everything is
+importable from here: `from rest.config import RunConfig, load_config`.
 """
 
+from rest.config.base import (
+    DEVICE_PATTERN,
+    IN_KEY_WHEN_SET,
+    IN_NO_KEY,
+    Section,
+    in_key,
+    in_key_when_set,
+    in_key_when_set_by,
+    unkeyed_keys,
+)
 from rest.config.components import (
     REWARD_COMPONENTS,
     ComponentSpec,
@@ -12,6 +23,10 @@ from rest.config.components import (
     kind_of,
     spec_of,
 )
+from rest.config.data import DataConfig
+from rest.config.evaluation import EvalConfig
+from rest.config.grow import GrowConfig, VllmConfig
+from rest.config.improve import ImproveConfig, PreferenceConfig
 from rest.config.loading import (
     ConfigOverrides,
     apply_overrides,
@@ -20,38 +35,17 @@ from rest.config.loading import (
     load_config,
     overrides_dict,
 )
+from rest.config.model import ModelConfig
+from rest.config.orchestration import DaskConfig, OrchestrationConfig, TrackingConfig
+from rest.config.reward import RewardConfig, RuleConfig
 from rest.config.reward_model import (
     RewardModelConfig,
     RMDataConfig,
     RMModelConfig,
     RMTrainConfig,
 )
-from rest.config.schema import (
-    DEVICE_PATTERN,
-    IN_KEY_WHEN_SET,
-    IN_NO_KEY,
-    BCConfig,
-    DaskConfig,
-    DataConfig,
-    EvalConfig,
-    GrowConfig,
-    ImproveConfig,
-    LoraConfig,
-    ModelConfig,
-    OptimFields,
-    OrchestrationConfig,
-    PolicyOptimFields,
-    PreferenceConfig,
-    RewardConfig,
-    RuleConfig,
-    RunConfig,
-    Section,
-    TrackingConfig,
-    VllmConfig,
-    in_key,
-    in_key_when_set,
-    unkeyed_keys,
-)
+from rest.config.schema import RunConfig
+from rest.config.training import BCConfig, LoraConfig, OptimFields, PolicyOptimFields
 
 __all__ = [
     "REWARD_COMPONENTS",
@@ -72,6 +66,7 @@ __all__ = [
     "IN_KEY_WHEN_SET",
     "in_key",
     "in_key_when_set",
+    "in_key_when_set_by",
     "unkeyed_keys",
     "PolicyOptimFields",
     "BCConfig",

@@ -8,7 +8,8 @@ from pydantic import (
     Field,
 )
 
-from rest.config.schema import DEVICE_PATTERN, OptimFields, Section
+from rest.config.base import DEVICE_PATTERN, Section
+from rest.config.training import OptimFields
 
 # ---------------------------------------------------------------------------------------------------------------
 # Reward models: `rest reward train --config FILE`

@@ -3,7 +3,7 @@ the seed of each source's request.
 
 An engine lives in one module, rest/grow/engine_<name>.py, that exports `ENGINE = EngineSpec(...)`; `grow.engine:
 <name>` finds it by that name. What the engine needs besides: its name in the Literal of `grow.engine`, and, if it
-has settings, a section of GrowConfig marked `in_key=False` when they change no sample (rest/config/schema.py).
+has settings, a section of GrowConfig marked `in_key=False` when they change no sample (rest/config/grow.py).
 """
 
 from __future__ import annotations
