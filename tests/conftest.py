@@ -42,6 +42,17 @@ def _isolated_env(tmp_path_factory):
             os.environ[k] = v
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _cold_caches():
+    # Each test file starts and ends with empty process caches (rest/caches.py): no engine, policy or scorer made
+    # by one file is found by the next one the same worker runs.
+    from rest import caches
+
+    caches.clear()
+    yield
+    caches.clear()
+
+
 @pytest.fixture(autouse=True)
 def _in_repo(monkeypatch):
     # Configs name data by paths relative to the repository root, as `make` runs them.

@@ -166,13 +166,14 @@ def test_a_policy_trained_and_kept_in_memory_is_the_one_on_disk(tmp_path):
     that policy is what loading would give (same logits bit for bit, eval mode, every weight trainable)."""
     import json
 
+    from rest import caches
     from rest.config import PolicyOptimFields
     from rest.models import resident
     from rest.models.policy import encode_pairs, forward_logits
     from rest.training.batches import Batch
     from rest.training.loop import train
 
-    resident.release()
+    caches.clear()  # a cold start: nothing held
     built, cfg = tiny_policy(tmp_path, "bart")
     built.save(tmp_path / "base")
     policy = load_policy(tmp_path / "base")  # as the pipeline keeps them: loaded from an artifact, then trained

@@ -308,3 +308,56 @@ def test_the_kind_rule_sees_a_kind_named_outside(tmp_path):
     uses = _kind_uses("rest.stages.probe", path, set())
     assert {u.split(":")[0] for u in uses} == {"line 1", "line 3", "line 4"}, uses
     assert any("reward.models" in u for u in uses) and any("lists the verifiers" in u for u in uses)
+
+
+# Module-level state that is not a cache: the lock's record of the run directories this process holds.
+NOT_CACHES = {("rest.artifacts.lock", "_HELD")}
+
+
+def _module_caches(path: Path) -> list[str]:
+    """Names of a module's process-wide caches: module-level containers made empty (`{}`, `set()`, `dict()`,
+    `OrderedDict()`) and functions under functools.lru_cache / functools.cache."""
+    out = []
+    for node in ast.parse(path.read_text()).body:
+        value, targets = None, []
+        if isinstance(node, ast.Assign):
+            value, targets = node.value, [t.id for t in node.targets if isinstance(t, ast.Name)]
+        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            value, targets = node.value, [node.target.id]
+        empty = (isinstance(value, ast.Dict) and not value.keys) or (
+            isinstance(value, ast.Call)
+            and not value.args
+            and getattr(value.func, "id", getattr(value.func, "attr", None)) in ("set", "dict", "OrderedDict")
+        )
+        if empty:
+            out += targets
+        if isinstance(node, ast.FunctionDef):
+            for d in node.decorator_list:
+                name = ast.unparse(d.func if isinstance(d, ast.Call) else d)
+                if name.split(".")[-1] in ("lru_cache", "cache"):
+                    out.append(node.name)
+    return out
+
+
+def test_every_process_cache_is_listed_and_cleared_in_one_place():
+    """rest/caches.py lists every module-level cache (a module's own release function may stand for its private
+    ones), and caches.clear() empties the ones it names."""
+    from rest import caches
+
+    listed = {tuple(ref.split(":")) for ref in caches.CACHES.values()}
+    released = {module for module, name in listed if name == "release"}
+    missing = [
+        f"{module}:{name}"
+        for module, path in _modules().items()
+        for name in _module_caches(path)
+        if (module, name) not in listed | NOT_CACHES and not (name.startswith("_") and module in released)
+    ]
+    assert not missing, "process caches not in rest/caches.py: " + ", ".join(missing)
+    from rest.artifacts import manifests, run
+    from rest.rewards import components
+
+    manifests.VERIFIED[("x",)] = {}
+    run.OPENED[("x",)] = None  # type: ignore[assignment]
+    components.BUILT[("x",)] = None  # type: ignore[assignment]
+    caches.clear()
+    assert not manifests.VERIFIED and not run.OPENED and not components.BUILT

@@ -163,7 +163,7 @@ def verify(artifact: Path) -> list[str]:
     return problems
 
 
-_VERIFIED: dict[tuple, dict[str, Any]] = {}  # (path, manifest stat) -> manifest: each artifact hashed once per process
+VERIFIED: dict[tuple, dict[str, Any]] = {}  # (path, manifest stat) -> manifest: each artifact hashed once per process
 
 
 def _check(artifact: Path) -> tuple[dict[str, Any] | None, list[str]]:
@@ -173,12 +173,12 @@ def _check(artifact: Path) -> tuple[dict[str, Any] | None, list[str]]:
     except FileNotFoundError:
         return None, [f"{artifact}: no {MANIFEST}"]
     key = (str(artifact.resolve()), st.st_mtime_ns, st.st_size)
-    if key not in _VERIFIED:
+    if key not in VERIFIED:
         problems = verify(artifact)
         if problems:
             return None, problems
-        _VERIFIED[key] = read_manifest(artifact)  # type: ignore[assignment]
-    return _VERIFIED[key], []
+        VERIFIED[key] = read_manifest(artifact)  # type: ignore[assignment]
+    return VERIFIED[key], []
 
 
 def verified(artifact: Path, redo_hint: str | None = None) -> dict[str, Any]:

@@ -35,7 +35,7 @@ VALID_OUTPUTS = "valid_outputs.parquet"  # in every policy artifact: its greedy 
 # The config marks them (IN_NO_KEY in rest/config/base.py).
 EXTENDABLE = tuple(unkeyed_keys(RunConfig))
 
-_OPEN: dict[tuple, Run] = {}
+OPENED: dict[tuple, Run] = {}
 log = logging.getLogger("rest")
 
 
@@ -90,9 +90,9 @@ class Run:
             )
         st = file.stat()
         key = (str(path.resolve()), st.st_mtime_ns, st.st_size)
-        if key not in _OPEN:
-            _OPEN[key] = cls(path, config_from_dict(yaml.safe_load(file.read_text()) or {}, str(file)))
-        return _OPEN[key]
+        if key not in OPENED:
+            OPENED[key] = cls(path, config_from_dict(yaml.safe_load(file.read_text()) or {}, str(file)))
+        return OPENED[key]
 
     @classmethod
     def create(cls, path: str | Path, cfg: RunConfig) -> Run:

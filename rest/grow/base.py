@@ -21,8 +21,14 @@ if TYPE_CHECKING:
 
 
 class Engine(Protocol):
+    """What engines.py asks of an engine. `warm`: it can take the next policy's weights in place (load_policy) and
+    sleeps through training (suspend); an engine that is not warm is closed before training and made anew for the
+    next policy. `failed`: it has ended (its process died); engine_for drops it and starts a new one."""
+
     name: str
     device: str  # where the policy runs: a learned reward scores its samples there too
+    warm: bool
+    failed: bool
 
     def sample(
         self,
@@ -38,6 +44,14 @@ class Engine(Protocol):
     ) -> Generation: ...
 
     def greedy(self, sources: list[str], *, max_new_tokens: int) -> Generation: ...
+
+    def load_policy(self, policy_dir: Path) -> bool:
+        """Take the weights of the published policy at `policy_dir` in place; False: it cannot (start anew)."""
+        ...
+
+    def suspend(self) -> None:
+        """Free what it can while the pipeline trains (a warm engine only); the next call wakes it."""
+        ...
 
     def close(self) -> None: ...
 

@@ -13,6 +13,8 @@ class TorchEngine:
     """Our own batched decoding loop on the policy's transformers model, with the KV cache (rest/models/sampling.py)."""
 
     name = "torch"
+    warm = False  # the policy is in this process: the next one is a new engine (resident.py keeps it loaded)
+    failed = False
 
     def __init__(self, policy: Policy, cfg: RunConfig):
         self.policy = policy
@@ -45,6 +47,12 @@ class TorchEngine:
             max_new_tokens=max_new_tokens,
             batch_size=self.eval_batch_size,
         )
+
+    def load_policy(self, policy_dir) -> bool:
+        return False  # not warm: engine_for makes a new engine on the next policy
+
+    def suspend(self) -> None:
+        pass  # not warm: engines.suspend closes it
 
     def close(self) -> None:
         pass  # the model goes with the engine

@@ -71,16 +71,16 @@ def engine_for(cfg: RunConfig, policy_dir: Path, policy_id: str) -> Engine:
     settings = (cfg.grow.engine, cfg.model.model_dump_json(), cfg.device, cfg.grow.batch_size, cfg.eval.batch_size)
     key = (*settings, str(Path(policy_dir).resolve()), policy_id)
     with _LOCK:
-        for old in [k for k, e in _CACHE.items() if getattr(e, "failed", False)]:
+        for old in [k for k, e in _CACHE.items() if e.failed]:
             del _CACHE[old]  # a failed engine has ended: start anew
         if key in _CACHE:
             return _CACHE[key]
         # Another policy: an engine with the same settings that can take new weights in place keeps running
         # (vLLM: reload_weights into the warm process, unless grow.vllm.warm is off or the architecture changed).
         warm = [k for k in _CACHE if k[: len(settings)] == settings]
-        if warm and getattr(_CACHE[warm[0]], "warm", False):
+        if warm and _CACHE[warm[0]].warm:
             engine = _CACHE.pop(warm[0])
-            if engine.load_policy(Path(policy_dir)):  # type: ignore[attr-defined]
+            if engine.load_policy(Path(policy_dir)):
                 _CACHE[key] = engine
                 return engine
             engine.close()
@@ -104,7 +104,7 @@ def _clear() -> None:
 def cached_engines() -> list[Engine]:
     """The engines this process holds (a failed one has ended and is dropped: the next engine_for starts anew)."""
     with _LOCK:
-        for key in [k for k, e in _CACHE.items() if getattr(e, "failed", False)]:
+        for key in [k for k, e in _CACHE.items() if e.failed]:
             del _CACHE[key]
         return list(_CACHE.values())
 
@@ -120,7 +120,7 @@ def suspend() -> None:
     freed), for the next policy; any other engine is dropped, so two models are not held at once."""
     with _LOCK:
         for key, engine in list(_CACHE.items()):
-            if getattr(engine, "warm", False) and not getattr(engine, "failed", False):
+            if engine.warm and not engine.failed:
                 engine.suspend()
             else:
                 engine.close()

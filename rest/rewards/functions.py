@@ -88,7 +88,7 @@ def code_identity(name: str) -> dict[str, str]:
     return {"function": name, "file": str(path), "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
 
 
-_LOADED: dict[tuple[str, str], Callable] = {}
+LOADED: dict[tuple[str, str], Callable] = {}
 
 
 def _user_frame(exc: BaseException, path: Path) -> str:
@@ -101,8 +101,8 @@ def load_function(name: str) -> Callable:
     """The function a component names, imported once per file content (an edited file is imported again)."""
     identity = code_identity(name)
     key = (name, identity["sha256"])
-    if key in _LOADED:
-        return _LOADED[key]
+    if key in LOADED:
+        return LOADED[key]
     target, function = split_reference(name)
     path = Path(identity["file"])
     try:
@@ -129,7 +129,7 @@ def load_function(name: str) -> Callable:
         )
     if not callable(fn):
         raise RestError(f"reward.components: `{name}`: `{function}` in {path} is a {type(fn).__name__}, not a function")
-    _LOADED[key] = fn
+    LOADED[key] = fn
     return fn
 
 

@@ -27,22 +27,22 @@ from rest.data.conversations import chat_turns
 from rest.errors import RestError
 from rest.rewards.scorer import Scorer
 
-_HASHES: dict[tuple, str] = {}
+HASHES: dict[tuple, str] = {}
 
 
 def weights_sha256(path: Path) -> str:
     """sha256 over the files of a checkpoint directory (names and bytes), cached by their sizes and times."""
     files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
     stamp = (str(path.resolve()), *((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files))
-    if stamp not in _HASHES:
+    if stamp not in HASHES:
         digest = hashlib.sha256()
         for p in files:
             digest.update(p.name.encode() + b"\0")
             with open(p, "rb") as f:
                 for block in iter(lambda: f.read(1 << 20), b""):
                     digest.update(block)
-        _HASHES[stamp] = digest.hexdigest()
-    return _HASHES[stamp]
+        HASHES[stamp] = digest.hexdigest()
+    return HASHES[stamp]
 
 
 def model_identity(name: str, spec) -> dict[str, Any]:

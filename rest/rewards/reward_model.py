@@ -180,7 +180,7 @@ def check_reward_model(path: str | Path, key: str = "reward model") -> dict[str,
 
 
 @functools.lru_cache(maxsize=4)
-def _load(path: str, manifest_id: str, device: str) -> RewardModel | Seq2SeqRewardModel:
+def loaded(path: str, manifest_id: str, device: str) -> RewardModel | Seq2SeqRewardModel:
     info = json.loads((Path(path) / REWARD_FILE).read_text())
     if RM_OBJECTIVES[info["objective"]].head == "seq2seq":
         return load_seq2seq_reward_model(path, info["max_tokens"], device)
@@ -194,7 +194,7 @@ def _load(path: str, manifest_id: str, device: str) -> RewardModel | Seq2SeqRewa
 def load_reward_model(path: str | Path, device: str = "cpu") -> RewardModel | Seq2SeqRewardModel:
     """Load (once per process, artifact id and device) the reward model `rest reward train` wrote at `path`."""
     manifest = check_reward_model(path)
-    return _load(str(Path(path)), manifest["id"], device)
+    return loaded(str(Path(path)), manifest["id"], device)
 
 
 @torch.no_grad()
