@@ -74,7 +74,7 @@ TEST_WORKERS ?= 3
 lint: setup  ## ruff (lint + format check, line length 120) and ty (types) on the whole repository; CI runs it first
 	$(BIN)/ruff check rest tests bench data
 	$(BIN)/ruff format --check rest tests bench data
-	$(BIN)/ty check rest --exit-zero-on-warning --output-format concise
+	$(BIN)/ty check rest --output-format concise
 
 test:  ## both venvs (installed side by side: ~1 min less from a fresh clone), then every test
 	$(MAKE) --no-print-directory -j2 setup vllm

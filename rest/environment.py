@@ -24,6 +24,7 @@ import ctypes
 import os
 import signal
 import sys
+from collections.abc import MutableMapping
 
 DETERMINISM = {"MKL_CBWR": "AUTO"}
 
@@ -42,12 +43,12 @@ QUIET = {"TOKENIZERS_PARALLELISM": "false", "TRANSFORMERS_VERBOSITY": "error"}
 ENVIRONMENT = {**DETERMINISM, **OFFLINE, **QUIET}
 
 
-def apply(environ: dict[str, str] | None = None) -> dict[str, str]:
+def apply(environ: MutableMapping[str, str] | None = None) -> MutableMapping[str, str]:
     """Set every key of ENVIRONMENT that is not set yet in `environ` (default: os.environ). Returns `environ`."""
     env = os.environ if environ is None else environ
     for key, value in ENVIRONMENT.items():
         env.setdefault(key, value)
-    return env  # type: ignore[return-value]
+    return env
 
 
 def die_with_parent() -> None:

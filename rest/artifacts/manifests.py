@@ -177,7 +177,10 @@ def _check(artifact: Path) -> tuple[dict[str, Any] | None, list[str]]:
         problems = verify(artifact)
         if problems:
             return None, problems
-        VERIFIED[key] = read_manifest(artifact)  # type: ignore[assignment]
+        manifest = read_manifest(artifact)
+        if manifest is None:  # removed between verify() and here
+            return None, [f"{artifact}: no {MANIFEST}"]
+        VERIFIED[key] = manifest
     return VERIFIED[key], []
 
 

@@ -96,9 +96,11 @@ def signal_in(exc: BaseException) -> int | None:
     handler. When that report fails (SIGTERM to the whole group also stops the temporary server), the error that
     reaches main() is the server's, with the TerminationSignal in its context: still a stop, not a failure."""
     seen: set[int] = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        if type(exc).__name__ == "TerminationSignal" and isinstance(getattr(exc, "signal", None), int):
-            return exc.signal  # prefect.exceptions.TerminationSignal (not imported: `rest inspect` runs without it)
-        exc = exc.__cause__ or exc.__context__
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        signum = getattr(current, "signal", None)
+        if type(current).__name__ == "TerminationSignal" and isinstance(signum, int):
+            return signum  # prefect.exceptions.TerminationSignal (not imported: `rest inspect` runs without it)
+        current = current.__cause__ or current.__context__
     return None

@@ -20,6 +20,7 @@ tests/test_structure.py holds every module outside rest/rewards/ and rest/config
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import re
 from collections.abc import Iterable, Mapping
@@ -129,7 +130,7 @@ def kind_of(name: str, rc: Any = None) -> ComponentSpec:
 def spec_of(name: str, rc: Any = None) -> ComponentSpec:
     """The spec of component `name`: its kind's, under its own name."""
     kind = kind_of(name, rc)
-    return kind if kind.name == name else ComponentSpec(**{**kind.__dict__, "name": name})
+    return kind if kind.name == name else dataclasses.replace(kind, name=name)
 
 
 def column_of(name: str) -> str:

@@ -43,7 +43,8 @@ def _partial(model: type[BaseModel], name: str) -> type[BaseModel]:
             ann = _partial(ann, ann.__name__.replace("Config", "") + "Overrides")
         elif field.metadata:
             ann = Annotated[(ann, *field.metadata)]
-        fields[key] = (Optional[ann], Field(None, description=field.description))  # noqa: UP045 (ann is a runtime value)
+        # a runtime type: pydantic builds the model from it (what a static checker cannot read as a type form)
+        fields[key] = (Optional[ann], Field(None, description=field.description))  # noqa: UP045  # ty: ignore[invalid-type-form]
     doc = f"Overrides of {model.__name__}: the keys set here replace the config file's."
     return create_model(name, __config__=ConfigDict(extra="forbid"), __doc__=doc, **fields)
 

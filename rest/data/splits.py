@@ -42,7 +42,8 @@ def _read(spec: str, key: str) -> pd.DataFrame:
             return _read_jsonl(path, key)
         if path.suffix == ".json":
             try:
-                return pd.read_json(path, dtype=False)
+                # dtype=False (documented: no dtype inference, text stays text), narrower in pandas' stubs
+                return pd.read_json(path, dtype=False)  # ty: ignore[invalid-argument-type]
             except ValueError as exc:
                 raise RestError(f"{key}: {path} is not valid JSON: {exc}") from None
         if path.suffix == ".csv":
@@ -58,7 +59,9 @@ def _read(spec: str, key: str) -> pd.DataFrame:
 
     name, config, split = hub_parts(spec)
     try:
-        return datasets.load_dataset(name, config, split=split).to_pandas()
+        df = datasets.load_dataset(name, config, split=split).to_pandas()
+        assert isinstance(df, pd.DataFrame)  # to_pandas() without batch_size: one frame, not an iterator
+        return df
     except Exception as exc:  # the hub raises many types; all mean "could not load this id"
         raise RestError(f"{key}: {spec} is neither a local file nor a loadable dataset id ({exc})") from None
 

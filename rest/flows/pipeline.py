@@ -270,7 +270,13 @@ def finish_flow(run: str) -> dict:
 
 
 @flow(name="rest")
-def rest_flow(run: str, config: str | None = None, overrides: ConfigOverrides | None = None) -> dict:
+# ConfigOverrides is a pydantic model made at import time (config/loading.py) for Prefect's parameter form: a value
+# a static checker cannot read as a type, but the annotation Prefect needs.
+def rest_flow(
+    run: str,
+    config: str | None = None,
+    overrides: ConfigOverrides | None = None,  # ty: ignore[invalid-type-form]
+) -> dict:
     """ReST: policy-0 = BC(D); for g in 1..G: Grow, then Improve at each threshold; evaluate the best policy.
 
     `config` (a YAML file) and `overrides` (any config keys, typed: the UI shows them as a form) start or reopen

@@ -240,11 +240,14 @@ class VllmEngine:
         proc = self.proc
         if proc.poll() is None:
             try:
-                proc.stdin.close()
+                if proc.stdin is not None:
+                    proc.stdin.close()
                 proc.wait(timeout=30)
             except (OSError, subprocess.TimeoutExpired):
                 _kill_tree(proc)
         for stream in (proc.stdin, proc.stdout):
+            if stream is None:
+                continue
             try:
                 stream.close()
             except OSError:

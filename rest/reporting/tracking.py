@@ -122,7 +122,8 @@ def _experiment(mode: str, directory: Path, key: str, cfg):
         log_env_cpu=False,
         log_env_network=False,
         log_env_disk=False,
-        auto_output_logging=False,
+        # comet documents False ("no stdout/stderr capture"); its signature types the value as a string
+        auto_output_logging=False,  # ty: ignore[invalid-argument-type]
         auto_param_logging=False,
         auto_metric_logging=False,
         auto_log_co2=False,

@@ -117,7 +117,8 @@ def score_config(
             rows.append(i)
         inverse[i] = j
     if len(first) < len(keys):
-        d_src, d_comp, d_ref = ([seq[i] for i in rows] for seq in (sources, completions, references))
+        d_src, d_comp = [sources[i] for i in rows], [completions[i] for i in rows]
+        d_ref = [references[i] for i in rows]
         d_cols = {k: [v[i] for i in rows] for k, v in columns.items()}
         scored = _score_rows(rc, d_src, d_comp, d_ref, device, d_cols)
         return {name: values[inverse] for name, values in scored.items()}

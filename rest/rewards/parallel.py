@@ -80,11 +80,13 @@ def in_parallel(name: str) -> Callable[..., np.ndarray]:
                     [sys.executable, "-c", _WORKER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err
                 )
                 helpers.append((helper, err))
-                helper.stdin.write(pickle.dumps((name, chunk)))  # type: ignore[union-attr]
-                helper.stdin.close()  # type: ignore[union-attr]
+                assert helper.stdin is not None and helper.stdout is not None  # both are pipes
+                helper.stdin.write(pickle.dumps((name, chunk)))
+                helper.stdin.close()
             parts = [metric(*chunks[0])]
             for helper, err in helpers:
-                out = helper.stdout.read()  # type: ignore[union-attr]
+                assert helper.stdout is not None
+                out = helper.stdout.read()
                 if helper.wait() != 0:
                     err.seek(0)
                     tail = err.read().decode(errors="replace")[-2000:]
@@ -98,7 +100,8 @@ def in_parallel(name: str) -> Callable[..., np.ndarray]:
                 if helper.poll() is None:
                     helper.kill()
                     helper.wait()
-                helper.stdout.close()  # type: ignore[union-attr]
+                if helper.stdout is not None:
+                    helper.stdout.close()
                 err.close()
         return np.concatenate(parts)
 

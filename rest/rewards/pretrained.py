@@ -82,7 +82,10 @@ class PretrainedRewardModel:
 
         key = f"reward.models.{name}.model"
         check_pretrained_rm(name, spec)
-        self.tok = AutoTokenizer.from_pretrained(spec.model, revision=spec.revision)
+        tok = AutoTokenizer.from_pretrained(spec.model, revision=spec.revision)
+        if tok is None:
+            raise RestError(f"{key}: {spec.model} has no tokenizer")
+        self.tok = tok
         dtype = getattr(torch, spec.dtype) if spec.dtype else "auto"
         try:
             self.model = AutoModelForSequenceClassification.from_pretrained(

@@ -152,6 +152,8 @@ def build_reward_model(cfg: RewardModelConfig, texts: list[str]) -> RewardModel 
                 model = AutoModelForSequenceClassification.from_pretrained(cfg.model.pretrained, num_labels=1)
         except (OSError, ValueError) as exc:
             raise RestError(f"model.pretrained: cannot load {cfg.model.pretrained}: {exc}") from None
+        if tokenizer is None:
+            raise RestError(f"model.pretrained: {cfg.model.pretrained} has no tokenizer")
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
         if made_by_train_tokenizer(tokenizer) and not model.config.is_encoder_decoder:
@@ -198,7 +200,9 @@ def load_reward_model(path: str | Path, device: str = "cpu") -> RewardModel | Se
 
 
 @torch.no_grad()
-def raw_scores(rm: RewardModel, sources: list[str], completions: list[str], batch_size: int = 512) -> np.ndarray:
+def raw_scores(
+    rm: RewardModel | Seq2SeqRewardModel, sources: list[str], completions: list[str], batch_size: int = 512
+) -> np.ndarray:
     """The raw outputs, in eval mode (no dropout), `batch_size` pairs at a time."""
     rm.model.eval()
     out = [

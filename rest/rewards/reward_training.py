@@ -25,6 +25,7 @@ from rest.models.policy import resolve_device
 from rest.rewards.metrics import SENTENCE_METRICS
 from rest.rewards.reward_model import KIND, REWARD_FILE, RewardModel, build_reward_model, raw_scores
 from rest.rewards.reward_objectives import RM_OBJECTIVES, SourceBatch, pairs_of
+from rest.rewards.seq2seq_rm import Seq2SeqRewardModel
 from rest.training.loop import train
 
 log = logging.getLogger("rest")
@@ -153,7 +154,7 @@ def _batches(groups: list[np.ndarray], batch_size: int, steps: int, rng: np.rand
     return [list(b) for b in epoch_batches(len(groups), min(batch_size, len(groups)), steps, rng)]
 
 
-def _evaluate(rm: RewardModel, df: pd.DataFrame, clear_gap: float) -> dict[str, Any]:
+def _evaluate(rm: RewardModel | Seq2SeqRewardModel, df: pd.DataFrame, clear_gap: float) -> dict[str, Any]:
     """Pairwise accuracy (all pairs with different scores, and those at least clear_gap apart), MSE and Pearson
     of the reward against the score, on the sampled completions only (added negatives are training data)."""
     if "negative" in df.columns:

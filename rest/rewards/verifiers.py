@@ -105,18 +105,20 @@ def _math_helper(rows: list[tuple[str, str]], out: np.ndarray) -> int:
     proc = subprocess.Popen(
         [sys.executable, "-c", _MATH_WORKER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err
     )
+    assert proc.stdin is not None and proc.stdout is not None  # both are pipes
+    stdout = proc.stdout
     try:
-        proc.stdin.write(pickle.dumps(rows))  # type: ignore[union-attr]
-        proc.stdin.close()  # type: ignore[union-attr]
+        proc.stdin.write(pickle.dumps(rows))
+        proc.stdin.close()
         selector = selectors.DefaultSelector()
-        selector.register(proc.stdout, selectors.EVENT_READ)  # type: ignore[arg-type]
+        selector.register(stdout, selectors.EVENT_READ)
         done, ready, buffer = 0, False, b""
         while done < len(rows):
             if not selector.select(MATH_ROW_S if ready else MATH_START_S):
                 if not ready:
                     raise RestError(f"the `math` reward's helper did not start within {MATH_START_S:.0f} s")
                 return done  # this row hangs: stop the helper
-            chunk = os.read(proc.stdout.fileno(), 65536)  # type: ignore[union-attr]
+            chunk = os.read(stdout.fileno(), 65536)
             if not chunk:
                 proc.wait()
                 err.seek(0)

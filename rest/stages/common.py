@@ -136,7 +136,7 @@ def publish_policy(
     run: Run,
     name: str,
     policy: Policy,
-    outputs: pd.DataFrame,
+    outputs: pd.DataFrame | None,
     metrics: dict[str, Any],
     parents: list[str],
     cfg_slice: dict[str, Any],

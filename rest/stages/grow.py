@@ -244,10 +244,10 @@ def grow_stats(grow_dir: Path, thresholds: list[float]) -> dict[str, Any]:
         rewards.append(df["reward"].to_numpy())
         for c in names:
             parts[c].append(df[c].to_numpy(dtype=np.float64, na_value=np.nan))
-        tokens += int(df["num_tokens"].sum())
+        tokens += int(df["num_tokens"].to_numpy().sum())
         per_source = df.groupby("source_id")["completion"]
-        distinct += int(per_source.nunique().sum())
-        sources += per_source.ngroups
+        distinct += int(per_source.nunique().to_numpy().sum())
+        sources += int(per_source.ngroups)
         if len(within) < METEOR_SOURCES:
             within.extend(meteor_within(c.tolist()) for _, c in per_source)
     reward = np.concatenate(rewards) if rewards else np.zeros(0)

@@ -27,6 +27,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -128,8 +129,9 @@ def unshard(model: torch.nn.Module) -> torch.nn.Module | None:
     full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if dist.get_rank() != 0:
         return None
-    auto = AutoModelForSeq2SeqLM if model.config.is_encoder_decoder else AutoModelForCausalLM
-    plain = auto.from_config(model.config)
+    config: Any = model.config  # a transformers config (nn.Module's __getattr__ types it as Tensor | Module)
+    auto = AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM
+    plain = auto.from_config(config)
     missing, unexpected = plain.load_state_dict(full, strict=False)
     tied = set(getattr(plain, "all_tied_weights_keys", None) or getattr(plain, "_tied_weights_keys", None) or [])
     if unexpected or any(k not in tied for k in missing):

@@ -90,7 +90,7 @@ def train(
     objective: Objective | None = None,
     reference: Policy | None = None,
     on_progress: Callable[[int, float], bool | None] | None = None,
-) -> dict[str, float]:
+) -> dict[str, Any]:
     """Fine-tune `policy` in place on the given batches, one optimiser step each; returns training stats.
 
     `policy` is a Policy, or anything with a `.model` an objective trains (a reward model: its objectives are in
@@ -110,7 +110,8 @@ def train(
         start = policy.model
         policy.model = with_lora(start, lora)
         if reference is policy:  # "the policy as it was": the adapter switched off, not a copy
-            reference = Policy(BaseWeights(policy.model), policy.tokenizer)
+            # BaseWeights stands in for the model: it answers what a Policy asks of its model (device, eval, calls)
+            reference = Policy(BaseWeights(policy.model), policy.tokenizer)  # ty: ignore[invalid-argument-type]
     elif reference is policy:
         raise ValueError("the reference may be the policy itself only with LoRA (its adapter switched off)")
     try:
@@ -118,10 +119,11 @@ def train(
     finally:
         if lora is not None:
             # The adapter merged into the weights: the policy is a plain model again, saved and loaded as one.
-            policy.model = policy.model.merge_and_unload() if hasattr(policy.model, "merge_and_unload") else start
+            merge = getattr(policy.model, "merge_and_unload", None)  # peft's; gone if training failed before the wrap
+            policy.model = merge() if merge is not None else start
 
 
-def _train(policy, batches, optim, model_cfg, seed, objective, reference, on_progress) -> dict[str, float]:
+def _train(policy, batches, optim, model_cfg, seed, objective, reference, on_progress) -> dict[str, Any]:
     if reference is not None:
         reference.model.eval()
         for p in reference.model.parameters():

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -29,19 +29,24 @@ from rest.training.batches import Batch, token_weights
 class Objective(Protocol):
     """`totals`, when given, are `objective.totals(...)` of the whole optimiser step's batch, of which `batch` is a
     micro-batch: the loss is then normalised by them (not by the micro-batch's own), so that the micro-batches'
-    losses, and their gradients, add up to the whole batch's. Additive `stats` add up likewise."""
+    losses, and their gradients, add up to the whole batch's. Additive `stats` add up likewise.
 
-    needs_reference: bool
+    `policy` is a Policy or a reward model, `batch` whatever the objective reads (Batch, PairBatch, SourceBatch):
+    each objective types its own."""
 
-    def totals(self, policy: Policy, batch: Batch, model_cfg: ModelConfig) -> dict[str, float]: ...
+    @property
+    def needs_reference(self) -> bool: ...
+
+    def totals(self, policy: Any, batch: Any, model_cfg: Any, /) -> dict[str, float]: ...
 
     def __call__(
         self,
-        policy: Policy,
-        batch: Batch,
-        model_cfg: ModelConfig,
-        reference: Policy | None,
+        policy: Any,
+        batch: Any,
+        model_cfg: Any,
+        reference: Any = None,
         totals: dict[str, float] | None = None,
+        /,
     ) -> tuple[torch.Tensor, dict[str, float]]: ...
 
 
@@ -224,8 +229,9 @@ class NLL:
             stats["unlikelihood"] = ul.item()
             loss = loss + self.unlikelihood * ul
         if self.kl_beta > 0:
+            assert reference is not None  # needs_reference: checked above
             with torch.no_grad():
-                ref_logits = forward_logits(reference, encoded)  # type: ignore[arg-type]
+                ref_logits = forward_logits(reference, encoded)
             kl = token_kl(logits, ref_logits, labels, None if totals is None else totals["tokens"])
             stats["kl"] = kl.item()
             loss = loss + self.kl_beta * kl
