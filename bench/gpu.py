@@ -315,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
     with_vllm = vllm_available()
     grow = bench_grow(policy, data, kind, with_vllm)
     improve = bench_improve(policy, data, kind, params, peak)
-    # --tiny: the torch engine (a vLLM start costs ~25 s on a CPU; tests/test_vllm.py checks warm against fresh)
+    # --tiny: the torch engine (a vLLM start costs ~25 s on a CPU; tests/grow/test_vllm.py checks warm against fresh)
     engine = "vllm" if with_vllm and not args.tiny else "torch"
     iteration = bench_iteration(policy, data, kind, engine, (True, False) if engine == "vllm" else (True,))
     size = "Qwen2.5-0.5B-shaped" if not args.tiny else "tiny Qwen2-shaped (--tiny: numbers mean nothing)"

@@ -11,7 +11,7 @@ that file, so it survives the run directories.
 
 The es-* candidates change nothing before Grow, so a candidate starts from the policy-0 (and the BC control) of a
 finished es* run of the same task and seed: copied, they are the artifacts the candidate would make again (same
-config slice, same seed: the same bytes, tests/test_pipeline.py), and the pipeline checks each one's config and
+config slice, same seed: the same bytes, tests/stages/test_pipeline.py), and the pipeline checks each one's config and
 parents before it skips it; a control made for other step counts is trained again. The ledger's `reused` names
 what was copied (its `seconds` are then the rest of the run only).
 """

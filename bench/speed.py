@@ -208,7 +208,7 @@ def bench_grow(policy_dir: Path, label: str, n_sources: int, repeats: int, quick
         print(f"[bench] grow {label}: {what}: {samples / t:,.0f} samples/s (rest {t / t_ours:.2f}x)", flush=True)
     if not policy.is_encoder_decoder and os.environ.get("REST_VLLM_PYTHON") and not quick:
         # The vllm engine (grow.engine: vllm) on the same policy: its own process, started once (not timed here).
-        # Not in --quick (the tests' run): starting vLLM costs ~20-50 s, and tests/test_vllm.py tests the engine.
+        # Not in --quick (the tests' run): starting vLLM costs ~20-50 s, and tests/grow/test_vllm.py tests the engine.
         vcfg = load_config(ROOT / CONFIG, ["grow.engine=vllm"])
         started = time.perf_counter()
         vllm_engine = VllmEngine(policy_dir, vcfg)

@@ -18,7 +18,7 @@ every one after it -1; the scalar reward is their normalised mean, (mean + 1) / 
 The first divergence is found in one teacher-forced pass, not by decoding: greedy decoding writes the completion's
 tokens for as long as the argmax at each position is the completion's token, so its first divergence is the first
 position where the argmax, given the completion so far, is another token. Same answer as generating the correction
-and comparing (tests/test_seq2seq_rm.py checks it), at the cost of one forward pass.
+and comparing (tests/rewards/test_seq2seq_rm.py checks it), at the cost of one forward pass.
 
 When the reward model starts from the policy (`model.pretrained: runs/<run>/policy-0`, as the shipped config does),
 its tokens are the policy's, so the per-token scores line up with the policy's tokens of the completion.

@@ -1,7 +1,7 @@
 """The training loop: an objective on batches, AdamW, warm-up then cosine decay. BC, Improve and the reward models
 share it.
 
-    stats = train(policy, batches, cfg.improve, cfg.model, seed=1, objective=objective_for(cfg.improve))
+    stats = train(policy, batches, cfg.improve, cfg.model, seed=1, objective=NLL())
 
 It only trains: evaluation and publishing are separate phases (rest/stages/), so the loop can run where the
 training runs and the rest where the artifact is written.

@@ -7,7 +7,7 @@ from rest.errors import RestError
 from rest.improve.objectives import objective_for
 
 
-@pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "configs").rglob("*.yaml")), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", sorted((Path(__file__).parents[2] / "configs").rglob("*.yaml")), ids=lambda p: p.name)
 def test_every_shipped_config_loads_and_says_how_to_run_it(path):
     if path.name.startswith("reward-"):
         from rest.config import RewardModelConfig

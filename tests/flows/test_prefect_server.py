@@ -100,7 +100,7 @@ def test_grow_on_a_two_process_dask_cluster_matches_threads(server, clean_run, t
 
 def test_the_readme_prefect_section_verbatim(tmp_path):
     """make server / worker / deploy, `prefect deployment run 'rest/smoke' --watch`, artifacts, make stop."""
-    repo = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[2]
     state = tmp_path / "state"
     # HOME: `make server` writes PREFECT_API_URL into the default profile, which must be this test's, not yours.
     env = {**os.environ, "HOME": str(tmp_path), "PREFECT_PORT": str(_free_port()), "STATE": str(state)}
