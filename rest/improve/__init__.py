@@ -1,1 +1,2 @@
-"""What Improve learns from and how: the selection of Grow rows (selection) and the losses (objectives)."""
+"""What Improve learns from and how: the selection of Grow rows (selection), the shapes of its data (batches) and
+its losses, each naming its data (objectives)."""

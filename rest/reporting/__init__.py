@@ -1,1 +1,2 @@
-"""What a run shows after the fact: the HTML report (report) and experiment tracking (tracking)."""
+"""What a run shows after the fact: the HTML report (report: verdicts, plots, page) and experiment tracking
+(tracking)."""

@@ -1,4 +1,5 @@
-"""Rewards: the configured components and their total (components), sentence metrics (metrics), learned reward
-models (reward_model), their losses on the one training loop (reward_objectives), `rest reward train`
-(reward_training) and the seq2seq corrector (seq2seq_rm).
+"""Rewards: what the kinds of component know, asked in one place (kinds: checks, lineage), each component's Scorer
+and their total (components, scorer), the kinds' own modules (parallel: the metrics; functions, remote, pretrained,
+verifiers with sandbox, reward_model), Sparrow's rules (rules), the reward models' training (reward_objectives,
+reward_training) and the seq2seq corrector (seq2seq_rm).
 """

@@ -9,8 +9,9 @@
     make_control(path)                                    # eval.control: BC of the same total steps -> control/
     finish_run(path)                                      # best policy by validation reward; test metrics
 
-One file per stage (policy0, grow, improve, control, finish), what they share (common), the checks before a run
-(preflight) and one rank of a multi-process step (rank). Every stage takes and returns names and paths, opens the run
+One file per stage (policy0, grow, improve, control, finish), what they share (common: the phases; keys: an
+artifact's key; early_stopping: validation inside training), the checks before a run (preflight) and one rank of a
+multi-process step (rank). Every stage takes and returns names and paths, opens the run
 (rest/artifacts/run.py), and returns at once when its artifact is already published for the same config and parents
 (idempotence from manifests, not from Prefect). A policy step has three phases that can run apart: `fit`
 (training), `assess` (validation metrics and monitors) and `publish_policy` (the artifact, written whole, manifest

@@ -1,1 +1,2 @@
-"""The one training loop (loop) and its processes under torchrun (distributed)."""
+"""The one training loop (loop), what every trainer shares (batches, objectives: NLL) and its processes under
+torchrun (distributed)."""
