@@ -151,8 +151,17 @@ def _llama_config(tok: PreTrainedTokenizerFast, sizes: dict[str, int], **extra):
     )
 
 
-def build_checkpoint(kind: str, path: Path, sizes: dict[str, int] = SIZES, chat_template: str | None = None) -> Path:
-    """A tiny random `kind` model and its tokenizer (with `chat_template`), saved as a user's checkpoint would be."""
+def build_checkpoint(
+    kind: str,
+    path: Path,
+    sizes: dict[str, int] = SIZES,
+    chat_template: str | None = None,
+    vocab: int | None = None,
+    positions: int = 128,
+) -> Path:
+    """A tiny random `kind` model and its tokenizer (with `chat_template`), saved as a user's checkpoint would be.
+    qwen2 only: `vocab` widens its embeddings and logits beyond the tokenizer's (Qwen2.5's is 151,936: a real
+    vocabulary's memory at a tiny size), `positions` its context."""
     h, n, heads, ffn = sizes["hidden"], sizes["layers"], sizes["heads"], sizes["ffn"]
     if kind == "t5":
         tok = _unigram_t5()
@@ -192,8 +201,8 @@ def build_checkpoint(kind: str, path: Path, sizes: dict[str, int] = SIZES, chat_
             num_hidden_layers=n,
             num_attention_heads=heads,
             num_key_value_heads=1,
-            max_position_embeddings=128,
-            vocab_size=len(tok),
+            max_position_embeddings=positions,
+            vocab_size=max(len(tok), vocab or 0),
             bos_token_id=None,
             eos_token_id=1,
             pad_token_id=0,

@@ -32,6 +32,15 @@ class RunConfig(Section):
         description="where every model of the run works (BC, Grow, Improve, evaluation, reward models): auto (a "
         "GPU when torch sees one, else the CPU), cpu, cuda, cuda:N or mps",
     )
+    logits_mb: int = Field(
+        1024,
+        ge=1,
+        json_schema_extra=IN_NO_KEY,
+        description="the most memory one pass's logits may take (MiB: positions x vocabulary x float32, with their "
+        "log-softmax and gradient): validation's teacher-forced NLL and every BC and Improve step split their rows "
+        "into passes that fit, and Grow's first decoding step keeps only the last position's logits when a batch's "
+        "prompts would not. A 152k-token vocabulary costs ~1.7 MiB a position: 1024 fits ~600 positions a pass",
+    )
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     bc: BCConfig = BCConfig()

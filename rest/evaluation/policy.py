@@ -25,7 +25,7 @@ import torch
 from rest.config import ModelConfig, RunConfig
 from rest.data.splits import row_columns
 from rest.grow.base import Engine
-from rest.models.policy import Policy, encode_pairs, forward_logits
+from rest.models.policy import Policy, encode_pairs, forward_logits, pair_positions, rows_per_pass
 from rest.rewards.components import score_config
 from rest.rewards.metrics import corpus_metrics
 from rest.training.objectives import sequence_nll
@@ -133,14 +133,24 @@ def selection_score(valid: dict, cfg: RunConfig) -> float:
 
 @torch.no_grad()
 def target_nll(
-    policy: Policy, sources: list[str], targets: list[str], model_cfg: ModelConfig, batch_size: int = 250
+    policy: Policy,
+    sources: list[str],
+    targets: list[str],
+    model_cfg: ModelConfig,
+    batch_size: int = 250,
+    logits_mb: int | None = None,
 ) -> float:
-    """Token-mean NLL of `targets` given `sources` under the policy (teacher forcing, eval mode: no dropout)."""
+    """Token-mean NLL of `targets` given `sources` under the policy (teacher forcing, eval mode: no dropout), at
+    most `batch_size` rows a pass, and fewer when their logits would take more than `logits_mb` MiB."""
     policy.model.eval()
     total, count = 0.0, 0
-    for k in range(0, len(sources), batch_size):
-        batch = encode_pairs(policy, sources[k : k + batch_size], targets[k : k + batch_size], model_cfg)
+    k = 0
+    while k < len(sources):
+        src, tgt = sources[k : k + batch_size], targets[k : k + batch_size]
+        n = rows_per_pass(policy, pair_positions(policy, src, tgt, model_cfg), logits_mb)
+        batch = encode_pairs(policy, src[:n], tgt[:n], model_cfg)
         sums, counts = sequence_nll(forward_logits(policy, batch), batch["labels"])
         total += float(sums.sum())
         count += int(counts.sum())
+        k += n
     return total / max(1, count)

@@ -22,6 +22,7 @@ class TorchEngine:
         self.model_cfg = cfg.model
         self.batch_size = cfg.grow.batch_size
         self.eval_batch_size = cfg.eval.batch_size
+        self.logits_mb = cfg.logits_mb
 
     def sample(self, sources, *, num_samples, temperature, top_p, top_k, max_new_tokens, seed, on_progress=None):
         return generate(
@@ -36,6 +37,7 @@ class TorchEngine:
             batch_size=self.batch_size,
             seed=seed,
             on_progress=on_progress,
+            logits_mb=self.logits_mb,
         )
 
     def greedy(self, sources, *, max_new_tokens):
@@ -46,6 +48,7 @@ class TorchEngine:
             greedy=True,
             max_new_tokens=max_new_tokens,
             batch_size=self.eval_batch_size,
+            logits_mb=self.logits_mb,
         )
 
     def load_policy(self, policy_dir) -> bool:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -315,3 +316,39 @@ def forward_logits(policy: Policy, batch: dict[str, torch.Tensor]) -> torch.Tens
 def target_counts(policy: Policy, targets: list[str], model_cfg: ModelConfig) -> list[int]:
     """How many target tokens (EOS included) each target has in a training batch: what a loss averages over."""
     return [len(ids) for ids in target_ids(policy, targets, model_cfg)]
+
+
+# Bytes a position's logits take while a loss is computed: float32 logits, their log-softmax and their gradient.
+LOGITS_BYTES = 3 * 4
+
+
+def vocabulary(policy: Policy) -> int:
+    """The width of the policy's logits."""
+    return int(policy.model.get_output_embeddings().weight.shape[0])
+
+
+def rows_per_pass(policy: Policy, positions: Sequence[int], budget_mb: int | None) -> int:
+    """How many rows of a batch one forward pass may take so that its logits stay within `budget_mb` MiB: a pass
+    pads its rows to the longest, so the longest row's `positions` (tokens that get logits) count for each.
+    All of them when the budget allows it or there is none (the same pass, the same floats), at least one.
+
+        >>> rows_per_pass_for([100] * 32, vocab=151_936, budget_mb=1024)  # 100 x 151,936 x 12 bytes a row
+        5
+    """
+    if budget_mb is None or not positions:
+        return max(1, len(positions))
+    return rows_per_pass_for(positions, vocabulary(policy), budget_mb)
+
+
+def rows_per_pass_for(positions: Sequence[int], vocab: int, budget_mb: int) -> int:
+    per_row = max(positions) * vocab * LOGITS_BYTES
+    return max(1, min(len(positions), (budget_mb << 20) // max(1, per_row)))
+
+
+def pair_positions(policy: Policy, sources: list[str], targets: list[str], model_cfg: ModelConfig) -> list[int]:
+    """Per (source, target) row, the positions whose logits a training pass computes: the decoder's (the target)
+    for an encoder-decoder, the whole sequence for a decoder-only model."""
+    tgt = target_ids(policy, targets, model_cfg)
+    if policy.is_encoder_decoder:
+        return [len(t) for t in tgt]
+    return [len(s) + len(t) for s, t in zip(prompt_ids(policy, sources, model_cfg), tgt)]

@@ -16,6 +16,7 @@ a matrix product of a few rows takes a kernel path whose sums depend on the thre
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import groupby
@@ -23,7 +24,7 @@ from itertools import groupby
 import torch
 
 from rest.config import ModelConfig
-from rest.models.policy import Policy, prompt_ids
+from rest.models.policy import Policy, prompt_ids, vocabulary
 from rest.models.tokenizer import pad as pad_ids
 
 # What makes our loop faster than decoding every row to the end (see decode_batch); the benchmark turns them off.
@@ -66,6 +67,7 @@ def decode_batch(
     max_new_tokens: int,
     choose: Callable[[torch.Tensor], torch.Tensor],
     speedups: tuple[str, ...] = SPEEDUPS,
+    logits_mb: int | None = None,
 ) -> tuple[list[list[int]], list[float]]:
     """Decode `copies[j]` sequences from each distinct prompt j; rows come back prompt-major.
 
@@ -73,7 +75,9 @@ def decode_batch(
     of its copies ("shared_prompt": the encoder pass and the first decoder step of an encoder-decoder, the prompt's
     forward pass of a decoder-only model; their KV cache is then copied per row), and a row that has emitted EOS
     leaves the batch ("drop_finished": its KV cache rows are dropped), so each step costs what the unfinished rows
-    cost. Without them (the benchmark's baseline) every row is decoded until the last one ends.
+    cost. Without them (the benchmark's baseline) every row is decoded until the last one ends. A decoder-only
+    prompt pass whose logits would take more than `logits_mb` MiB keeps the last position's only (the one sampled
+    from): a 152k-token vocabulary costs 0.6 MiB a position.
     """
     model, tok = policy.model, policy.tokenizer
     pad, eos = tok.pad_token_id, tok.eos_token_id
@@ -94,7 +98,8 @@ def decode_batch(
         # Decoder-only: left padding, so every row's next token sits in the last column; positions skip the pads.
         ids, mask = (t.to(device) for t in pad_ids(prompts, pad, left=True))
         position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
-        out = model(input_ids=ids, attention_mask=mask, position_ids=position_ids, use_cache=True)
+        last_only = {"logits_to_keep": 1} if over_budget(policy, ids.numel(), logits_mb) else {}
+        out = model(input_ids=ids, attention_mask=mask, position_ids=position_ids, use_cache=True, **last_only)
         mask = mask.index_select(0, expand)
         position = position_ids[:, -1:].index_select(0, expand)
     past = out.past_key_values
@@ -150,6 +155,14 @@ def decode_batch(
     return seqs, logprob[:batch].tolist()
 
 
+def over_budget(policy: Policy, positions: int, logits_mb: int | None) -> bool:
+    """Whether float32 logits at `positions` positions would take more than `logits_mb` MiB, and the model can
+    keep fewer (transformers' `logits_to_keep`)."""
+    if logits_mb is None or positions * vocabulary(policy) * 4 <= logits_mb << 20:
+        return False
+    return "logits_to_keep" in inspect.signature(policy.model.forward).parameters
+
+
 def generate(
     policy: Policy,
     sources: list[str],
@@ -165,6 +178,7 @@ def generate(
     seed: int = 0,
     on_progress: Callable[[int], None] | None = None,
     speedups: tuple[str, ...] = SPEEDUPS,
+    logits_mb: int | None = None,
 ) -> Generation:
     """Sample `num_samples` completions per source (or one greedy one). Same inputs and seed: same outputs.
 
@@ -191,7 +205,9 @@ def generate(
         # a source's samples are adjacent rows of a chunk: one prompt and its number of copies per run of rows
         runs = [(i, len(list(group))) for i, group in groupby(i for i, _ in chunk)]
         distinct, copies = [i for i, _ in runs], [n for _, n in runs]
-        seqs, lps = decode_batch(policy, [prompts[i] for i in distinct], copies, max_new_tokens, choose, speedups)
+        seqs, lps = decode_batch(
+            policy, [prompts[i] for i in distinct], copies, max_new_tokens, choose, speedups, logits_mb
+        )
         texts = policy.tokenizer.batch_decode(seqs, skip_special_tokens=True)
         for (i, k), seq, text, lp in zip(chunk, seqs, texts, lps):
             slot = i * num_samples + k

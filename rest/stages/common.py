@@ -88,7 +88,15 @@ def fit(
             return on_step(step, loss) if on_step is not None else None
 
         return train(
-            policy, batches, optim, cfg.model, seed=seed, objective=objective, reference=reference, on_progress=progress
+            policy,
+            batches,
+            optim,
+            cfg.model,
+            seed=seed,
+            objective=objective,
+            reference=reference,
+            on_progress=progress,
+            logits_mb=cfg.logits_mb,
         )
 
 
@@ -113,7 +121,10 @@ def assess(
     shuffled = [
         sources[j] for j in np.random.default_rng(derive_seed(cfg.seed, "input-probe")).permutation(len(sources))
     ]
-    nlls = (target_nll(policy, sources, references, cfg.model), target_nll(policy, shuffled, references, cfg.model))
+    nlls = (
+        target_nll(policy, sources, references, cfg.model, logits_mb=cfg.logits_mb),
+        target_nll(policy, shuffled, references, cfg.model, logits_mb=cfg.logits_mb),
+    )
     monitors = policy_monitors(
         outputs["output"].tolist(),
         base["output"].tolist(),

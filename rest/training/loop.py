@@ -18,8 +18,9 @@ import torch
 
 from rest.config import ModelConfig, PolicyOptimFields, RMTrainConfig
 from rest.errors import RestError
-from rest.models.policy import Policy
+from rest.models.policy import Policy, pair_positions, rows_per_pass
 from rest.training import distributed
+from rest.training.batches import Batch, PairBatch
 from rest.training.objectives import NLL, Objective
 
 
@@ -90,6 +91,7 @@ def train(
     objective: Objective | None = None,
     reference: Policy | None = None,
     on_progress: Callable[[int, float], bool | None] | None = None,
+    logits_mb: int | None = None,
 ) -> dict[str, Any]:
     """Fine-tune `policy` in place on the given batches, one optimiser step each; returns training stats.
 
@@ -100,7 +102,8 @@ def train(
     `objective` defaults to token-mean NLL (BC). `reference` (frozen here) is the policy an objective with
     `needs_reference` compares with; with `optim.lora` it may be `policy` itself, meaning the policy as it was before
     this training: its adapter switched off, no second model in memory. `optim` (a `bc` or `improve` section) also
-    says how a step is computed: precision, micro_batch_size, gradient_checkpointing, lora.
+    says how a step is computed: precision, micro_batch_size, gradient_checkpointing, lora. `logits_mb` (the run's
+    budget for one pass's logits, MiB) splits a step of a policy's rows into micro-batches whose logits fit it.
     """
     objective = objective or NLL()
     if objective.needs_reference and reference is None:
@@ -115,7 +118,7 @@ def train(
     elif reference is policy:
         raise ValueError("the reference may be the policy itself only with LoRA (its adapter switched off)")
     try:
-        return _train(policy, batches, optim, model_cfg, seed, objective, reference, on_progress)
+        return _train(policy, batches, optim, model_cfg, seed, objective, reference, on_progress, logits_mb)
     finally:
         if lora is not None:
             # The adapter merged into the weights: the policy is a plain model again, saved and loaded as one.
@@ -123,7 +126,22 @@ def train(
             policy.model = merge() if merge is not None else start
 
 
-def _train(policy, batches, optim, model_cfg, seed, objective, reference, on_progress) -> dict[str, Any]:
+def pass_positions(policy: Any, batch: Any, model_cfg: ModelConfig | None) -> list[int] | None:
+    """Per row of a policy's batch, the positions a training pass computes logits for (a pair of a preference
+    batch: both of its sequences, padded alike); None for what is not a policy's batch (a reward model's)."""
+    if not isinstance(policy, Policy) or model_cfg is None:
+        return None
+    if isinstance(batch, Batch):
+        return pair_positions(policy, list(batch.sources), list(batch.targets), model_cfg)
+    if isinstance(batch, PairBatch):
+        n = len(batch.sources)
+        both = pair_positions(policy, list(batch.sources) * 2, list(batch.chosen) + list(batch.rejected), model_cfg)
+        rows = [2 * max(both[i], both[n + i]) for i in range(n)]
+        return rows + pair_positions(policy, list(batch.nll_sources), list(batch.nll_targets), model_cfg)
+    return None
+
+
+def _train(policy, batches, optim, model_cfg, seed, objective, reference, on_progress, logits_mb) -> dict[str, Any]:
     if reference is not None:
         reference.model.eval()
         for p in reference.model.parameters():
@@ -169,7 +187,11 @@ def _train(policy, batches, optim, model_cfg, seed, objective, reference, on_pro
             # the whole batch in one piece, each piece's loss is normalised by the whole batch's totals, so the
             # pieces' gradients (summed here, then over the ranks) are the whole batch's (up to float sums).
             mine = batch if world == 1 else batch.share(rank, world)
-            parts = mine.split(micro) if micro is not None and micro < len(mine) else [mine]
+            size = micro if micro is not None and micro < len(mine) else len(mine)
+            positions = pass_positions(policy, mine, model_cfg) if logits_mb is not None else None
+            if positions:  # fewer rows a pass when their logits would not fit logits_mb
+                size = min(size, rows_per_pass(policy, positions, logits_mb))
+            parts = mine.split(size) if size < len(mine) else [mine]
             totals = None if world == 1 and len(parts) == 1 else objective.totals(policy, batch, model_cfg)
             step_loss, stats = 0.0, {}
             for part in parts:
