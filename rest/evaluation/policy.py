@@ -145,12 +145,18 @@ def target_nll(
     policy.model.eval()
     total, count = 0.0, 0
     k = 0
-    while k < len(sources):
-        src, tgt = sources[k : k + batch_size], targets[k : k + batch_size]
-        n = rows_per_pass(policy, pair_positions(policy, src, tgt, model_cfg), logits_mb)
-        batch = encode_pairs(policy, src[:n], tgt[:n], model_cfg)
-        sums, counts = sequence_nll(forward_logits(policy, batch), batch["labels"])
-        total += float(sums.sum())
-        count += int(counts.sum())
-        k += n
+    held = policy.token_cache
+    if held is None:  # each row tokenized once, for its pass's size and for the pass (as training does)
+        policy.token_cache = {}
+    try:
+        while k < len(sources):
+            src, tgt = sources[k : k + batch_size], targets[k : k + batch_size]
+            n = rows_per_pass(policy, pair_positions(policy, src, tgt, model_cfg), logits_mb)
+            batch = encode_pairs(policy, src[:n], tgt[:n], model_cfg)
+            sums, counts = sequence_nll(forward_logits(policy, batch), batch["labels"])
+            total += float(sums.sum())
+            count += int(counts.sum())
+            k += n
+    finally:
+        policy.token_cache = held
     return total / max(1, count)

@@ -101,7 +101,8 @@ def score_config(
     reference), `reward_format` is format_valid: an
     output that does not match `format_regex` gets reward 0 whatever its components say.
     """
-    takes_columns = any(component(name, rc, device).takes_columns for name in rc.components)
+    scorers = {name: component(name, rc, device) for name in rc.components}  # built (or found) once per call
+    takes_columns = any(scorer.takes_columns for scorer in scorers.values())
     columns = {k: list(v) for k, v in (columns or {}).items()} if takes_columns else {}
     if columns:
         keyed = [tuple(repr(v) for v in row) for row in zip(*columns.values())]
@@ -120,13 +121,14 @@ def score_config(
         d_src, d_comp = [sources[i] for i in rows], [completions[i] for i in rows]
         d_ref = [references[i] for i in rows]
         d_cols = {k: [v[i] for i in rows] for k, v in columns.items()}
-        scored = _score_rows(rc, d_src, d_comp, d_ref, device, d_cols)
+        scored = _score_rows(rc, scorers, d_src, d_comp, d_ref, device, d_cols)
         return {name: values[inverse] for name, values in scored.items()}
-    return _score_rows(rc, sources, completions, references, device, columns)
+    return _score_rows(rc, scorers, sources, completions, references, device, columns)
 
 
 def _score_rows(
     rc: RewardConfig,
+    scorers: Mapping[str, Scorer],
     sources: Sequence[str],
     completions: Sequence[str],
     references: Sequence[str | None],
@@ -138,7 +140,7 @@ def _score_rows(
     total = np.zeros(len(completions), dtype=np.float64)
     missing = np.zeros(len(completions), dtype=np.float64)  # per row: the weight of components that do not apply
     for name, weight in rc.components.items():
-        scorer = component(name, rc, device)
+        scorer = scorers[name]
         if scorer.tokens is not None:
             values, tokens = scorer.tokens(sources, completions, references)
             out[f"reward_tokens_{name}"] = np.empty(len(tokens), dtype=object)

@@ -100,7 +100,9 @@ def built_key(name: str, rc: RewardConfig, device: str) -> tuple:
     written again), its settings, the device and the ids of the artifacts it reads (a retrained reward model)."""
     spec = spec_of(name, rc)
     key = (name, json.dumps(identity(name, rc), sort_keys=True), device)
-    key += tuple(json.dumps(rc.model_dump(mode="json")[f], sort_keys=True) for f in spec.settings)
+    if spec.settings:
+        dumped = rc.model_dump(mode="json")
+        key += tuple(json.dumps(dumped[f], sort_keys=True) for f in spec.settings)
     return key + tuple(m["id"] for m in dependencies(name, rc))
 
 
