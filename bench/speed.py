@@ -55,7 +55,6 @@ from rest.data.batching import (  # noqa: E402
     text_lengths,
     window_order,
 )
-from rest.evaluation.policy import target_nll  # noqa: E402
 from rest.grow.engine_torch import TorchEngine  # noqa: E402
 from rest.grow.engine_vllm import VllmEngine  # noqa: E402
 from rest.models.policy import (  # noqa: E402
@@ -71,12 +70,14 @@ from rest.models.tokenizer import pad  # noqa: E402
 from rest.rewards.parallel import PARALLEL_MIN_CHARS  # noqa: E402
 from rest.training.batches import Batch  # noqa: E402
 from rest.training.loop import train  # noqa: E402
+from rest.training.objectives import target_nll  # noqa: E402
 
 CONFIG = "configs/numbers.yaml"
 DECODER_ONLY = "configs/models/llama-2.6m.json"
 SECTIONS = ("grow", "engine", "improve", "iterations", "score", "memory", "run")
 WORK = ROOT / "runs/bench"  # where the bench's runs go (--work)
 GPU_BEGIN, GPU_END = "<!-- bench-gpu -->", "<!-- /bench-gpu -->"  # bench/gpu.py's section of the same page
+GPU_TORCH = ("<!-- bench-gpu-torch -->", "<!-- /bench-gpu-torch -->")  # bench/gpu_torch.py's
 
 
 def median_time(fn: Callable[[], object], repeats: int) -> float:
@@ -881,8 +882,9 @@ def main(argv: list[str] | None = None) -> int:
     parts.append(f"Whole bench: {time.perf_counter() - started:.0f} s.\n")
     out = Path(args.out)
     old = out.read_text() if out.is_file() else ""
-    if GPU_BEGIN in old and GPU_END in old:  # bench/gpu.py's section (from a GPU machine) stays as it was
-        parts.append(GPU_BEGIN + old.split(GPU_BEGIN, 1)[1].split(GPU_END, 1)[0] + GPU_END + "\n")
+    for begin, end in ((GPU_BEGIN, GPU_END), GPU_TORCH):  # bench/gpu.py's and bench/gpu_torch.py's sections (from
+        if begin in old and end in old:  # a GPU machine) stay as they were
+            parts.append(begin + old.split(begin, 1)[1].split(end, 1)[0] + end + "\n")
     out.write_text("\n".join(parts))
     print(f"[bench] wrote {args.out}")
     return 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -103,3 +104,57 @@ def test_the_gpu_bench_runs_at_a_tiny_size_and_keeps_its_section(tmp_path):
             assert float(line.split("|")[3].replace(",", "")) > 0, line
     for row in ("| full fine-tuning |", "| LoRA r=16", "| policy-0 (BC + validation) |", "| grow-2 |"):
         assert row in section, row
+
+
+def test_the_torch_only_gpu_check_runs_at_a_tiny_size_and_keeps_the_page(tmp_path):
+    """bench/gpu_torch.py --tiny (what `make bench-gpu-torch` runs on a GPU machine with its own torch): every
+    section on the CPU, written between its markers, the rest of the page kept; the peak table tells an H100's
+    SXM, PCIe and NVL parts apart."""
+    out = tmp_path / "benchmarks.md"
+    out.write_text("# Benchmarks\n\nthe CPU bench\n\n<!-- bench-gpu-torch -->\nold\n<!-- /bench-gpu-torch -->\n")
+    proc = subprocess.run(
+        [sys.executable, "bench/gpu_torch.py", "--tiny", "--out", str(out)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    text = out.read_text()
+    assert text.startswith("# Benchmarks\n\nthe CPU bench") and "\nold\n" not in text
+    section = text.split("<!-- bench-gpu-torch -->")[1].split("<!-- /bench-gpu-torch -->")[0]
+    for row in ("| every row in one pass", "| logits_mb 1024 |", "| last position only", "| full fine-tuning |"):
+        line = next(line for line in section.splitlines() if line.startswith(row))
+        assert float(line.split("|")[2].replace(",", "")) > 0, line
+    sys.path.insert(0, str(REPO / "bench"))
+    try:
+        import gpu_torch
+    finally:
+        sys.path.remove(str(REPO / "bench"))
+    peaks = [gpu_torch.peak_bf16(f"NVIDIA {n}") for n in ("H100 80GB HBM3", "H100 PCIe", "H100 NVL", "H200", "A10")]
+    assert peaks == [989e12, 756e12, 835e12, 989e12, None]
+
+
+def test_setup_gpu_says_what_is_missing_in_one_line_each_before_installing(tmp_path):
+    """`make setup-gpu`'s checks: an old Python (the interpreter or a venv made with one), an NVIDIA driver older
+    than CUDA 13's 580 or none, too little disk; each one line with its fix, exit 2. Here, no driver."""
+    sys.path.insert(0, str(REPO / "bench"))
+    try:
+        import gpu_setup
+    finally:
+        sys.path.remove(str(REPO / "bench"))
+    assert gpu_setup.problems((3, 12), "580.95.05", 25.0, "/x") == []
+    lines = gpu_setup.problems((3, 10), "570.124.06", 9.5, "/x")
+    assert lines[0].startswith("Python: 3.10, but torch 2.13 and vllm 0.32 need >= 3.11")
+    assert lines[1].startswith("NVIDIA driver: 570.124.06, but") and ">= 580" in lines[1]
+    assert lines[2].startswith("disk: 9.5 GB free in /x")
+    assert "not found" in gpu_setup.problems((3, 11), None, 30.0, "/x")[0]
+    (tmp_path / "pyvenv.cfg").write_text("home = /usr/bin\nversion = 3.10.12\n")
+    assert gpu_setup.venv_python(tmp_path) == (3, 10) and gpu_setup.venv_python(tmp_path / "none") is None
+    if shutil.which("nvidia-smi") is None:
+        proc = subprocess.run(
+            [sys.executable, str(REPO / "bench/gpu_setup.py"), str(tmp_path)], capture_output=True, text=True
+        )
+        assert proc.returncode == 2
+        said = proc.stderr.splitlines()
+        assert said[0].startswith("setup-gpu: Python: 3.10") and said[1].startswith("setup-gpu: NVIDIA driver")

@@ -37,6 +37,18 @@ class VllmConfig(Section):
         False,
         description="no CUDA graphs / compiled kernels: starts faster, samples slower; for tests and tiny models",
     )
+    start_timeout: int = Field(
+        1200,
+        ge=10,
+        description="seconds vLLM may take to start (load the weights, profile memory, compile and capture CUDA "
+        "graphs); past them its process is ended and the step fails with its last output, instead of hanging",
+    )
+    batch_invariant: bool = Field(
+        True,
+        description="on a GPU, vLLM's batch-invariant kernels (VLLM_BATCH_INVARIANT=1; compute capability >= 8.0): "
+        "a request's floats do not depend on what else is batched with it, so a shard regenerates the same; "
+        "false: faster kernels, and a regenerated shard may differ in samples that were near-ties",
+    )
     warm: bool = Field(
         True,
         description="keep the vLLM process from one policy to the next and load each new policy's weights into it "

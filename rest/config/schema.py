@@ -37,9 +37,11 @@ class RunConfig(Section):
         ge=1,
         json_schema_extra=IN_NO_KEY,
         description="the most memory one pass's logits may take (MiB: positions x vocabulary x float32, with their "
-        "log-softmax and gradient): validation's teacher-forced NLL and every BC and Improve step split their rows "
-        "into passes that fit, and Grow's first decoding step keeps only the last position's logits when a batch's "
-        "prompts would not. A 152k-token vocabulary costs ~1.7 MiB a position: 1024 fits ~600 positions a pass",
+        "log-softmax and gradient): validation's teacher-forced NLL, every BC and Improve step and a learned "
+        "reward model's scoring split their rows into passes that fit (a reward classifier counts its widest "
+        "activation instead of a vocabulary), a loss's logits cover its targets only, and Grow's first decoding "
+        "step keeps only the last position's logits when a batch's prompts would not. A 152k-token vocabulary "
+        "costs ~1.7 MiB a position: 1024 fits ~600 positions a pass",
     )
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()

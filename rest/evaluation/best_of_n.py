@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 from rest.artifacts.manifests import write_atomic
 from rest.errors import RestError
 from rest.grow.base import Engine
+from rest.rewards.scorer import Scorer
 
 SCHEMA = pa.schema(
     [
@@ -39,7 +40,7 @@ SCHEMA = pa.schema(
 
 
 def best_of_n(
-    engine: Engine, df: pd.DataFrame, cfg, k: int, reward, seed: int, temperature: float | None = None
+    engine: Engine, df: pd.DataFrame, cfg, k: int, reward: Scorer, seed: int, temperature: float | None = None
 ) -> pd.DataFrame:
     """Sample k candidates per row of df (Grow's engine and sampling settings), score them with `reward`, keep the
     best."""
@@ -56,9 +57,8 @@ def best_of_n(
         seed=seed,
     )
     refs = df["reference"].tolist()
-    scores = np.asarray(
-        reward([s for s in sources for _ in range(k)], out.completions, [r for r in refs for _ in range(k)])
-    )
+    repeated = [s for s in sources for _ in range(k)], out.completions, [r for r in refs for _ in range(k)]
+    scores = np.asarray(reward(*repeated, None, cfg.logits_mb))  # a reward model's passes within the run's budget
     cands = np.array(out.completions, dtype=object).reshape(len(df), k)
     scores = scores.reshape(len(df), k)
     chosen = scores.argmax(axis=1)  # the first maximum: the lowest sample index wins a tie

@@ -20,15 +20,12 @@ from collections import Counter
 
 import numpy as np
 import pandas as pd
-import torch
 
-from rest.config import ModelConfig, RunConfig
+from rest.config import RunConfig
 from rest.data.splits import row_columns
 from rest.grow.base import Engine
-from rest.models.policy import Policy, encode_pairs, forward_logits, pair_positions, rows_per_pass
 from rest.rewards.components import score_config
 from rest.rewards.metrics import corpus_metrics
-from rest.training.objectives import sequence_nll
 
 
 def evaluate(engine: Engine, df: pd.DataFrame, cfg: RunConfig, seed: int = 0) -> tuple[dict[str, float], pd.DataFrame]:
@@ -38,7 +35,9 @@ def evaluate(engine: Engine, df: pd.DataFrame, cfg: RunConfig, seed: int = 0) ->
     references = df["reference"].tolist()
     out = engine.greedy(sources, max_new_tokens=cfg.eval.max_new_tokens)
     columns = row_columns(df)  # for a user's reward function
-    rewards = score_config(cfg.reward, sources, out.completions, references, engine.device, columns)["reward"]
+    rewards = score_config(cfg.reward, sources, out.completions, references, engine.device, columns, cfg.logits_mb)[
+        "reward"
+    ]
     metrics = corpus_metrics(out.completions, references)
     metrics["reward"] = round(float(np.mean(rewards)), 4)
     metrics["completion_tokens"] = round(float(np.mean(out.num_tokens)), 2)
@@ -107,7 +106,13 @@ def sampled_metrics(engine: Engine, df: pd.DataFrame, cfg: RunConfig, seed: int)
 
     columns = {k: repeat(v) for k, v in row_columns(df).items()}
     rewards = score_config(
-        cfg.reward, repeat(sources), out.completions, repeat(df["reference"].tolist()), engine.device, columns
+        cfg.reward,
+        repeat(sources),
+        out.completions,
+        repeat(df["reference"].tolist()),
+        engine.device,
+        columns,
+        cfg.logits_mb,
     )["reward"]
     correct = (np.asarray(rewards) >= 1.0 - 1e-9).reshape(len(df), n)
     counts = correct.sum(axis=1)
@@ -129,34 +134,3 @@ def selection_score(valid: dict, cfg: RunConfig) -> float:
     if cfg.eval.select_by == "maj":
         return valid[f"maj@{cfg.eval.samples}"]
     return valid["reward"]
-
-
-@torch.no_grad()
-def target_nll(
-    policy: Policy,
-    sources: list[str],
-    targets: list[str],
-    model_cfg: ModelConfig,
-    batch_size: int = 250,
-    logits_mb: int | None = None,
-) -> float:
-    """Token-mean NLL of `targets` given `sources` under the policy (teacher forcing, eval mode: no dropout), at
-    most `batch_size` rows a pass, and fewer when their logits would take more than `logits_mb` MiB."""
-    policy.model.eval()
-    total, count = 0.0, 0
-    k = 0
-    held = policy.token_cache
-    if held is None:  # each row tokenized once, for its pass's size and for the pass (as training does)
-        policy.token_cache = {}
-    try:
-        while k < len(sources):
-            src, tgt = sources[k : k + batch_size], targets[k : k + batch_size]
-            n = rows_per_pass(policy, pair_positions(policy, src, tgt, model_cfg), logits_mb)
-            batch = encode_pairs(policy, src[:n], tgt[:n], model_cfg)
-            sums, counts = sequence_nll(forward_logits(policy, batch), batch["labels"])
-            total += float(sums.sum())
-            count += int(counts.sum())
-            k += n
-    finally:
-        policy.token_cache = held
-    return total / max(1, count)

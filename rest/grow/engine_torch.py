@@ -5,7 +5,7 @@ from __future__ import annotations
 from rest.config import RunConfig
 from rest.grow.base import EngineSpec
 from rest.models import resident
-from rest.models.policy import Policy
+from rest.models.policy import Policy, eval_autocast
 from rest.models.sampling import generate
 
 
@@ -25,31 +25,33 @@ class TorchEngine:
         self.logits_mb = cfg.logits_mb
 
     def sample(self, sources, *, num_samples, temperature, top_p, top_k, max_new_tokens, seed, on_progress=None):
-        return generate(
-            self.policy,
-            sources,
-            self.model_cfg,
-            num_samples=num_samples,
-            temperature=temperature,
-            top_p=top_p,
-            top_k=top_k,
-            max_new_tokens=max_new_tokens,
-            batch_size=self.batch_size,
-            seed=seed,
-            on_progress=on_progress,
-            logits_mb=self.logits_mb,
-        )
+        with eval_autocast(self.policy, self.model_cfg.dtype):
+            return generate(
+                self.policy,
+                sources,
+                self.model_cfg,
+                num_samples=num_samples,
+                temperature=temperature,
+                top_p=top_p,
+                top_k=top_k,
+                max_new_tokens=max_new_tokens,
+                batch_size=self.batch_size,
+                seed=seed,
+                on_progress=on_progress,
+                logits_mb=self.logits_mb,
+            )
 
     def greedy(self, sources, *, max_new_tokens):
-        return generate(
-            self.policy,
-            sources,
-            self.model_cfg,
-            greedy=True,
-            max_new_tokens=max_new_tokens,
-            batch_size=self.eval_batch_size,
-            logits_mb=self.logits_mb,
-        )
+        with eval_autocast(self.policy, self.model_cfg.dtype):  # a policy in training: evaluated as if published
+            return generate(
+                self.policy,
+                sources,
+                self.model_cfg,
+                greedy=True,
+                max_new_tokens=max_new_tokens,
+                batch_size=self.eval_batch_size,
+                logits_mb=self.logits_mb,
+            )
 
     def load_policy(self, policy_dir) -> bool:
         return False  # not warm: engine_for makes a new engine on the next policy

@@ -113,6 +113,8 @@ class VllmEngine:
         env.setdefault("VLLM_HOST_IP", "127.0.0.1")
         if cfg.device.startswith("cuda:"):  # vLLM takes the first GPU it sees
             env["CUDA_VISIBLE_DEVICES"] = cfg.device.split(":", 1)[1]
+        if self.sleep_mode and cfg.grow.vllm.batch_invariant:  # a GPU: the same floats whatever the batch
+            env.setdefault("VLLM_BATCH_INVARIANT", "1")
         self.stderr = tempfile.TemporaryFile()  # vLLM's own output: read back only when it fails
         # No PR_SET_PDEATHSIG here: it fires when the creating *thread* ends (a Prefect task thread), which killed
         # the worker mid-run and orphaned vLLM's engine process. The worker ends when its stdin closes instead,
@@ -136,6 +138,7 @@ class VllmEngine:
                 "sleep_mode": self.sleep_mode,
             },
             "start",
+            timeout=vc.start_timeout,
         )
         atexit.register(self.close)
 
@@ -144,12 +147,14 @@ class VllmEngine:
         are this engine's (True); else False, and the caller starts a new engine."""
         if architecture_identity(policy_dir) != self.identity:
             return False
-        if self.asleep:
-            self._call({"op": "wake"}, "wake up")
-            self.asleep = False
-        if self.sleep_mode:
+        if self.sleep_mode:  # the pipeline's copies go first: waking maps vLLM's share of the whole GPU again
             resident.release()
+        if self.asleep:  # the weights' memory first, then (the new weights in) the KV cache's
+            self._call({"op": "wake", "tags": ["weights"]}, "wake up")
         self._call({"op": "reload", "model": str(Path(policy_dir).resolve())}, "load new weights")
+        if self.asleep:
+            self._call({"op": "wake", "tags": ["kv_cache"]}, "wake up")
+            self.asleep = False
         self.policy_dir = Path(policy_dir).resolve()
         return True
 
@@ -164,15 +169,24 @@ class VllmEngine:
         if self.asleep:
             self.load_policy(self.policy_dir)  # the weights were dropped: the same policy's, again
 
-    def _call(self, request: dict, what: str) -> dict:
+    def _call(self, request: dict, what: str, timeout: float | None = None) -> dict:
+        """One request and its answer; with `timeout` (seconds), an answer that has not begun by then ends the
+        process and is an error with its last output."""
         with self.lock:
             try:
                 vllm_worker.write(self.proc.stdin, request)
-                answer = vllm_worker.read(self.proc.stdout)
+                answer = vllm_worker.read(self.proc.stdout, timeout)
+            except TimeoutError:  # (an OSError: first)
+                _kill_tree(self.proc)
+                tail = self._stderr_tail()
+                answer: dict | None = {
+                    "ok": False,
+                    "error": f"no answer in {timeout:.0f} s (grow.vllm.start_timeout); {tail}",
+                }
             except (BrokenPipeError, OSError):
                 answer = None
         if answer is None or not answer["ok"]:
-            detail = answer["error"] if answer else self._stderr_tail()
+            detail = str(answer["error"]) if answer else self._stderr_tail()
             self.failed = True  # engine_for drops a failed engine: the next call starts a new one
             self.close()
             raise RestError(f"grow.engine: vllm failed to {what}: {detail.strip()[-3000:]}")

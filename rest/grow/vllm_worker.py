@@ -16,8 +16,8 @@ however it ends).
     <- {"ok": True, "outputs": [[(token_ids, logprob), ... n], ... per prompt]}
     -> {"op": "reload", "model": DIR}     new weights of the same architecture into the running engine
     <- {"ok": True, "seconds": 0.4}
-    -> {"op": "sleep"} / {"op": "wake"}   (GPU, with sleep_mode) free the weights and the KV cache while the
-    <- {"ok": True}                        pipeline trains; wake before the next reload
+    -> {"op": "sleep"} / {"op": "wake", "tags": [...]}   (GPU, with sleep_mode) free the weights and the KV cache
+    <- {"ok": True}                        while the pipeline trains; wake the weights, reload, wake the KV cache
     (stdin closed: the script exits)
 
 `logprob` is the sum over the completion's tokens, EOS included when it ended there, of log pi(token) under the
@@ -30,13 +30,17 @@ from __future__ import annotations
 
 import os
 import pickle
+import select
 import signal
 import struct
 import sys
 import traceback
 
 
-def read(stream):
+def read(stream, timeout: float | None = None):
+    """The next message, None at the end of the stream; TimeoutError when none has begun within `timeout` s."""
+    if timeout is not None and not select.select([stream], [], [], timeout)[0]:
+        raise TimeoutError(timeout)
     head = stream.read(8)
     if len(head) < 8:
         return None
@@ -135,8 +139,8 @@ def main() -> None:
             elif op == "sleep":  # level 2: weights and KV cache dropped; the next reload brings the weights
                 llm.sleep(level=2)
                 write(out, {"ok": True})
-            elif op == "wake":
-                llm.wake_up()
+            elif op == "wake":  # tags: ["weights"] or ["kv_cache"] (None: both)
+                llm.wake_up(tags=request.get("tags"))
                 write(out, {"ok": True})
             else:
                 write(out, {"ok": True, "outputs": sample(llm, request)})

@@ -21,7 +21,7 @@ import torch
 
 from rest.config import ImproveConfig, ModelConfig
 from rest.improve.batches import PAIRS, ROWS, ImproveData
-from rest.models.policy import Policy, encode_pairs, forward_logits, target_counts
+from rest.models.policy import Policy, encode_pairs, target_counts, target_logits
 from rest.training.batches import PairBatch
 from rest.training.objectives import NLL, REDUCTIONS, Objective, sequence_nll
 
@@ -105,9 +105,9 @@ class Preference:
             encoded = encode_pairs(
                 policy, list(batch.sources) * 2, list(batch.chosen) + list(batch.rejected), model_cfg
             )
-            sums, counts = sequence_nll(forward_logits(policy, encoded), encoded["labels"])
+            sums, counts = sequence_nll(*target_logits(policy, encoded))
             with torch.no_grad():
-                ref_sums, _ = sequence_nll(forward_logits(reference, encoded), encoded["labels"])
+                ref_sums, _ = sequence_nll(*target_logits(reference, encoded))
             losses, h = preference_losses(
                 -sums[:n],
                 -sums[n:],
@@ -125,7 +125,7 @@ class Preference:
             stats["pref_margin"] = float(h.detach().sum()) / max(totals["pairs"], 1.0)
         if batch.nll_sources and self.nll_weight > 0:
             encoded = encode_pairs(policy, list(batch.nll_sources), list(batch.nll_targets), model_cfg)
-            sums, _ = sequence_nll(forward_logits(policy, encoded), encoded["labels"])
+            sums, _ = sequence_nll(*target_logits(policy, encoded))
             nll = sums.sum() / max(totals["tokens"], 1.0)
             stats["nll"] = nll.item()
             loss = loss + self.nll_weight * nll

@@ -10,11 +10,14 @@ so a user's pretrained model goes through exactly the code our from-scratch mode
 
 from __future__ import annotations
 
+import contextlib
+import inspect
 import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import (
@@ -54,6 +57,25 @@ class Policy:
 
 # model.dtype -> torch dtype
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def eval_autocast(policy: Policy, dtype: str):
+    """Where a float32 policy (one being trained) is validated or decodes greedily, the precision a published
+    policy is evaluated in (`model.dtype`): on a GPU, autocast to it; elsewhere, or for a policy already in it,
+    nothing (a CPU's floats, and artifact ids, as they were)."""
+    at = autocast_dtype(policy.model.device.type, policy.model.dtype, dtype)
+    return torch.autocast("cuda", dtype=at) if at is not None else contextlib.nullcontext()
+
+
+def autocast_dtype(device_type: str, weights: torch.dtype, dtype: str) -> torch.dtype | None:
+    """The autocast dtype of eval_autocast, None for none.
+
+    >>> autocast_dtype("cuda", torch.float32, "bfloat16"), autocast_dtype("cpu", torch.float32, "bfloat16")
+    (torch.bfloat16, None)
+    """
+    if device_type != "cuda" or weights != torch.float32 or dtype == "float32":
+        return None
+    return DTYPES[dtype]
 
 
 def resolve_device(spec: str = "auto", key: str = "device") -> torch.device:
@@ -313,6 +335,31 @@ def forward_logits(policy: Policy, batch: dict[str, torch.Tensor]) -> torch.Tens
     return policy.model(**inputs, use_cache=False).logits
 
 
+def target_logits(policy: Policy, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The logits a loss reads and the labels they align with: a decoder-only model's lm_head runs from the first
+    column that holds a target on (transformers' `logits_to_keep`), not over the prompts, and the labels are cut
+    to the same columns; an encoder-decoder's decoder positions are its targets already (forward_logits).
+
+    The prompt of a GSM8K question with its chat template is ~150 tokens before a ~200-token answer: at a
+    152k-token vocabulary those prompt positions would be 0.6 MiB each of logits nothing reads."""
+    labels = batch["labels"]
+    if "decoder_input_ids" in batch or not keeps_logits(policy.model):
+        return forward_logits(policy, batch), labels
+    targets = (labels != -100).any(dim=0).nonzero()
+    first = int(targets[0]) if len(targets) else labels.shape[1] - 1
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    logits = policy.model(**inputs, use_cache=False, logits_to_keep=labels.shape[1] - first).logits
+    return logits, labels[:, first:]
+
+
+def keeps_logits(model: Any) -> bool:
+    """Whether a causal LM's forward takes `logits_to_keep` (transformers' decoder-only models do), looking through
+    peft's wrapper and the LoRA reference (BaseWeights: `.peft`)."""
+    model = getattr(model, "peft", model)
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "logits_to_keep" in inspect.signature(base.forward).parameters
+
+
 def target_counts(policy: Policy, targets: list[str], model_cfg: ModelConfig) -> list[int]:
     """How many target tokens (EOS included) each target has in a training batch: what a loss averages over."""
     return [len(ids) for ids in target_ids(policy, targets, model_cfg)]
@@ -324,7 +371,20 @@ LOGITS_BYTES = 3 * 4
 
 def vocabulary(policy: Policy) -> int:
     """The width of the policy's logits."""
-    return int(policy.model.get_output_embeddings().weight.shape[0])
+    return pass_width(policy.model)
+
+
+# a model config's per-position widths other than its vocabulary: MLP (Llama/Qwen, Bart, T5, GPT-2), hidden
+_WIDTHS = ("intermediate_size", "encoder_ffn_dim", "decoder_ffn_dim", "d_ff", "n_inner", "hidden_size", "d_model")
+
+
+def pass_width(model: Any) -> int:
+    """The widest tensor a position of a forward pass holds: a language model's logits (its vocabulary), else (a
+    reward classifier, whose head has one output) its MLP's or hidden width."""
+    out = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if out is not None:
+        return int(out.weight.shape[0])
+    return max(int(getattr(model.config, k, None) or 0) for k in _WIDTHS) or 1
 
 
 def rows_per_pass(policy: Policy, positions: Sequence[int], budget_mb: int | None) -> int:

@@ -10,8 +10,8 @@ the dtype asked for): the weights are the bytes the policy directory holds, and 
 artifact before it was trained (publish_policy does not keep policy-0 as BC built it: a built model saves other
 config bytes than a loaded one), so samples, losses and artifact ids are the same with or without it. It is found by
 the artifact's id in its manifest: a directory published anew (a rerun, another config) is loaded again. At most
-HELD policies are kept (the latest published one and the KL reference), oldest first out; anything else is loaded as
-before.
+HELD policies are kept (the latest published one and the KL reference), oldest first out, and one copy of an
+artifact per device (its float32 copy goes when its bf16 one is loaded, and back); anything else is loaded as before.
 """
 
 from __future__ import annotations
@@ -55,10 +55,18 @@ def keep(path: Path, policy: Policy, artifact_id: str) -> None:
     for p in policy.model.parameters():
         p.requires_grad_(True)
     with _LOCK:
-        _POLICIES[key] = policy
-        _POLICIES.move_to_end(key)
-        while len(_POLICIES) > HELD:
-            _POLICIES.popitem(last=False)
+        _hold(key, policy)
+
+
+def _hold(key: tuple[str, str, str, str], policy: Policy) -> None:
+    """Hold `policy` under `key` (newest), and one copy of an artifact per device: its copy in another dtype goes
+    (on a GPU, the bf16 copy Grow samples and the float32 one Improve trained would otherwise both stay)."""
+    for other in [k for k in _POLICIES if k[:3] == key[:3] and k != key]:
+        del _POLICIES[other]
+    _POLICIES[key] = policy
+    _POLICIES.move_to_end(key)
+    while len(_POLICIES) > HELD:
+        _POLICIES.popitem(last=False)
 
 
 def get(path: Path, device: str = "cpu", dtype: str = "float32") -> Policy:
@@ -71,9 +79,7 @@ def get(path: Path, device: str = "cpu", dtype: str = "float32") -> Policy:
             return _POLICIES[key]
         policy = load_policy(path, device=device, dtype=dtype)
         if key is not None:
-            _POLICIES[key] = policy
-            while len(_POLICIES) > HELD:
-                _POLICIES.popitem(last=False)
+            _hold(key, policy)
         return policy
 
 

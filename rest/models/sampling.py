@@ -16,7 +16,6 @@ a matrix product of a few rows takes a kernel path whose sums depend on the thre
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import groupby
@@ -24,7 +23,7 @@ from itertools import groupby
 import torch
 
 from rest.config import ModelConfig
-from rest.models.policy import Policy, prompt_ids, vocabulary
+from rest.models.policy import Policy, keeps_logits, prompt_ids, vocabulary
 from rest.models.tokenizer import pad as pad_ids
 
 # What makes our loop faster than decoding every row to the end (see decode_batch); the benchmark turns them off.
@@ -118,9 +117,9 @@ def decode_batch(
         tokens[rows, t] = nxt
         logprob[rows] += torch.log_softmax(logits, dim=-1).gather(-1, nxt[:, None]).squeeze(-1).to(logprob.dtype)
         alive &= nxt != eos
-        if t == max_new_tokens - 1 or not bool(alive.any()):
+        n_alive = int(alive.sum())  # the one wait for the device a token
+        if t == max_new_tokens - 1 or n_alive == 0:
             break
-        n_alive = int(alive.sum())
         if n_alive < len(rows) and len(rows) > min_rows:
             # Drop finished rows, keeping at least min_rows: a matmul of a handful of rows takes another kernel
             # path whose float sums depend on the thread count, and ids must not (a Dask worker has 1 thread).
@@ -160,7 +159,7 @@ def over_budget(policy: Policy, positions: int, logits_mb: int | None) -> bool:
     keep fewer (transformers' `logits_to_keep`)."""
     if logits_mb is None or positions * vocabulary(policy) * 4 <= logits_mb << 20:
         return False
-    return "logits_to_keep" in inspect.signature(policy.model.forward).parameters
+    return keeps_logits(policy.model)
 
 
 def generate(

@@ -82,6 +82,7 @@ def score_config(
     references: Sequence[str | None],
     device: str = "cpu",
     columns: Mapping[str, Sequence] | None = None,
+    logits_mb: int | None = None,
 ) -> dict[str, np.ndarray]:
     """Every component and the total: clip(weighted mean - length_penalty x reward_length, 0, 1) x reward_format,
     the weighted mean over the components and the rules (`reward_rule_<name>` = 1 - P(violation)): Sparrow's
@@ -97,9 +98,9 @@ def score_config(
     8), and every component is a function of those three (and of the row's columns, when one takes them).
 
     Weights are normalised, so the total stays in [0, 1]: {chrf: 3, exact_match: 1} is 0.75 chrF + 0.25 exact
-    match. A learned reward scores on `device`. `reward_length` is length_deviation (0 = as long as the
-    reference), `reward_format` is format_valid: an
-    output that does not match `format_regex` gets reward 0 whatever its components say.
+    match. A learned reward scores on `device`, its passes within `logits_mb` MiB (the run's budget).
+    `reward_length` is length_deviation (0 = as long as the reference), `reward_format` is format_valid: an output
+    that does not match `format_regex` gets reward 0 whatever its components say.
     """
     scorers = {name: component(name, rc, device) for name in rc.components}  # built (or found) once per call
     takes_columns = any(scorer.takes_columns for scorer in scorers.values())
@@ -121,9 +122,9 @@ def score_config(
         d_src, d_comp = [sources[i] for i in rows], [completions[i] for i in rows]
         d_ref = [references[i] for i in rows]
         d_cols = {k: [v[i] for i in rows] for k, v in columns.items()}
-        scored = _score_rows(rc, scorers, d_src, d_comp, d_ref, device, d_cols)
+        scored = _score_rows(rc, scorers, d_src, d_comp, d_ref, device, d_cols, logits_mb)
         return {name: values[inverse] for name, values in scored.items()}
-    return _score_rows(rc, scorers, sources, completions, references, device, columns)
+    return _score_rows(rc, scorers, sources, completions, references, device, columns, logits_mb)
 
 
 def _score_rows(
@@ -134,6 +135,7 @@ def _score_rows(
     references: Sequence[str | None],
     device: str,
     columns: Mapping[str, Sequence] | None = None,
+    logits_mb: int | None = None,
 ) -> dict[str, np.ndarray]:
     total_weight = float(sum(rc.components.values()) + sum(r.weight for r in rc.rules.values()))
     out: dict[str, np.ndarray] = {}
@@ -142,11 +144,11 @@ def _score_rows(
     for name, weight in rc.components.items():
         scorer = scorers[name]
         if scorer.tokens is not None:
-            values, tokens = scorer.tokens(sources, completions, references)
+            values, tokens = scorer.token_scores(sources, completions, references, logits_mb)
             out[f"reward_tokens_{name}"] = np.empty(len(tokens), dtype=object)
             out[f"reward_tokens_{name}"][:] = [t.astype(np.float32) for t in tokens]
         else:
-            values = scorer(sources, completions, references, columns)
+            values = scorer(sources, completions, references, columns, logits_mb)
         out[f"reward_{column_of(name)}"] = values
         absent = np.isnan(values)
         if absent.any():
@@ -154,7 +156,7 @@ def _score_rows(
             values = np.where(absent, 0.0, values)
         total += (weight / total_weight) * values
     for name, spec in rc.rules.items():
-        values = np.asarray(rule(name, rc, device)(sources, completions, references), dtype=np.float64)
+        values = np.asarray(rule(name, rc, device)(sources, completions, references, None, logits_mb), dtype=np.float64)
         out[f"reward_rule_{name}"] = values
         total += (spec.weight / total_weight) * values
     if missing.any():  # the weighted mean over the components that apply; 0 where none does

@@ -46,7 +46,7 @@ from rest.artifacts import manifests
 from rest.config import RewardModelConfig
 from rest.errors import RestError
 from rest.models.checkpoints import quiet, read_architecture
-from rest.models.policy import resolve_device, tokenizer_class
+from rest.models.policy import LOGITS_BYTES, pass_width, resolve_device, tokenizer_class
 from rest.models.tokenizer import made_by_train_tokenizer, train_tokenizer
 from rest.models.tokenizer import pad as pad_ids
 from rest.rewards.reward_objectives import RM_OBJECTIVES
@@ -130,9 +130,16 @@ class RewardModel:
         out = torch.sigmoid(x) if RM_OBJECTIVES[self.objective].output == "sigmoid" else x.clamp(0.0, 1.0)
         return out.numpy()
 
-    def score(self, sources, completions, batch_size: int = 512) -> np.ndarray:
-        """The reward of each (source, completion), in [0, 1]."""
-        return self.transform(raw_scores(self, list(sources), list(completions), batch_size))
+    def score(self, sources, completions, batch_size: int = 512, logits_mb: int | None = None) -> np.ndarray:
+        """The reward of each (source, completion), in [0, 1]: at most `batch_size` pairs a pass, and fewer when
+        `max_tokens` positions of the model's widest activation would take more than `logits_mb` MiB."""
+        size = batch_size if logits_mb is None else min(batch_size, self.rows_per_pass(logits_mb))
+        return self.transform(raw_scores(self, list(sources), list(completions), size))
+
+    def rows_per_pass(self, logits_mb: int) -> int:
+        """Pairs a pass may take within `logits_mb` MiB: each is at most `max_tokens` positions (an
+        encoder-decoder's encoder and decoder each), at the model's widest per-position tensor (pass_width)."""
+        return max(1, (logits_mb << 20) // (self.max_tokens * pass_width(self.model) * LOGITS_BYTES))
 
 
 def _pair_template(tokenizer) -> None:
@@ -217,9 +224,13 @@ def learned_scorer(name: str, rc, device: str) -> Scorer:
     scores each token too)."""
     rm = load_reward_model(rc.learned, device=device)
 
-    def scored(sources, completions, references) -> np.ndarray:
-        return rm.score(sources, completions)
+    def scored(sources, completions, references, logits_mb=None) -> np.ndarray:
+        return rm.score(sources, completions, logits_mb=logits_mb)
 
     if isinstance(rm, Seq2SeqRewardModel):
-        return Scorer(scored, tokens=lambda sources, completions, references: rm.score_tokens(sources, completions))
-    return Scorer(scored)
+
+        def tokens(sources, completions, references, logits_mb=None):
+            return rm.score_tokens(sources, completions, logits_mb=logits_mb)
+
+        return Scorer(scored, tokens=tokens, takes_budget=True)
+    return Scorer(scored, takes_budget=True)

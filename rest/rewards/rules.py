@@ -31,5 +31,10 @@ def rule(name: str, rc: RewardConfig, device: str = "cpu") -> Scorer:
         else:
             # the classifier loads as the `learned` kind's reward models do (torch only when a rule has one)
             rm = code(LOAD_REWARD_MODEL)(spec.model, device=device)
-            BUILT[key] = Scorer(lambda sources, completions, references: 1.0 - rm.score(sources, completions))
+            BUILT[key] = Scorer(
+                lambda sources, completions, references, logits_mb=None: (
+                    1.0 - rm.score(sources, completions, logits_mb=logits_mb)
+                ),
+                takes_budget=True,
+            )
     return BUILT[key]

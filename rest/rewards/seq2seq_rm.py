@@ -47,7 +47,7 @@ from transformers.models.auto.modeling_auto import (
 from rest.config import ModelConfig
 from rest.errors import RestError
 from rest.models.checkpoints import model_config
-from rest.models.policy import Policy, build_policy, load_policy
+from rest.models.policy import LOGITS_BYTES, Policy, build_policy, load_policy, pass_width
 from rest.models.sampling import decode_batch
 from rest.models.tokenizer import made_by_train_tokenizer, pad
 
@@ -208,11 +208,24 @@ class Seq2SeqRewardModel:
 
     # -- the reward ----------------------------------------------------------------------------------------------
 
+    def rows_per_pass(self, logits_mb: int | None, batch_size: int) -> int:
+        """Rows a teacher-forced pass may take so that its logits fit `logits_mb` MiB: a row's logits cover at most
+        `max_tokens` target positions, and up to as many of a decoder-only model's prompt (logits_to_keep keeps
+        them from the shortest prompt's last position on), at the model's vocabulary."""
+        if logits_mb is None:
+            return batch_size
+        positions = (2 if self.decoder_only else 1) * self.max_tokens
+        return max(1, min(batch_size, (logits_mb << 20) // (positions * pass_width(self.model) * LOGITS_BYTES)))
+
     @torch.no_grad()
-    def token_scores(self, sources: list[str], completions: list[str], batch_size: int = 256) -> list[np.ndarray]:
+    def token_scores(
+        self, sources: list[str], completions: list[str], batch_size: int = 256, logits_mb: int | None = None
+    ) -> list[np.ndarray]:
         """Per completion, its per-token scores (+1 before the first divergence of the model's correction from it,
-        -1 from there on), EOS included."""
+        -1 from there on), EOS included; at most `batch_size` rows a pass, fewer when their logits would take more
+        than `logits_mb` MiB."""
         self.model.eval()
+        batch_size = self.rows_per_pass(logits_mb, batch_size)
         out: list[np.ndarray] = []
         for k in range(0, len(sources), batch_size):
             src, comp = list(sources[k : k + batch_size]), list(completions[k : k + batch_size])
@@ -222,14 +235,16 @@ class Seq2SeqRewardModel:
             out.extend(divergence_scores(t, p[: len(t)]) for t, p in zip(targets, predicted))
         return out
 
-    def score_tokens(self, sources, completions, batch_size: int = 256) -> tuple[np.ndarray, list[np.ndarray]]:
+    def score_tokens(
+        self, sources, completions, batch_size: int = 256, logits_mb: int | None = None
+    ) -> tuple[np.ndarray, list[np.ndarray]]:
         """The rewards in [0, 1] and the per-token scores they are the normalised means of."""
-        tokens = self.token_scores(list(sources), list(completions), batch_size)
+        tokens = self.token_scores(list(sources), list(completions), batch_size, logits_mb)
         return np.array([token_reward(t) for t in tokens], dtype=np.float64), tokens
 
-    def score(self, sources, completions, batch_size: int = 256) -> np.ndarray:
+    def score(self, sources, completions, batch_size: int = 256, logits_mb: int | None = None) -> np.ndarray:
         """The reward of each (source, completion), in [0, 1]."""
-        return self.score_tokens(sources, completions, batch_size)[0]
+        return self.score_tokens(sources, completions, batch_size, logits_mb)[0]
 
     def raw(self, sources: list[str], completions: list[str]) -> torch.Tensor:
         """The reward as a tensor: what held-out pairwise accuracy ranks (rest.rewards.reward_model's evaluation)."""

@@ -25,7 +25,7 @@ from rest.config import PolicyOptimFields, RunConfig
 from rest.data.splits import data_split, row_columns
 from rest.evaluation.monitors import policy_monitors
 from rest.evaluation.names import input_use_line
-from rest.evaluation.policy import evaluate, target_nll
+from rest.evaluation.policy import evaluate
 from rest.grow import engines
 from rest.models import resident
 from rest.models.policy import Policy
@@ -34,7 +34,7 @@ from rest.stages.preflight import check_run_inputs
 from rest.training import distributed
 from rest.training.batches import Batch
 from rest.training.loop import train
-from rest.training.objectives import Objective
+from rest.training.objectives import Objective, target_nll
 
 log = logging.getLogger("rest")
 

@@ -3,7 +3,6 @@ curve."""
 
 from __future__ import annotations
 
-import copy
 import logging
 from typing import Any
 
@@ -48,7 +47,7 @@ class EarlyStopping:
         score = self.score(valid, self.cfg)
         self.curve.append({"steps": step, "score": score, "exact_match": valid["exact_match"]})
         if not self.best or score > self.best["score"]:
-            self.best = {"score": score, "steps": step, "state": copy.deepcopy(self.policy.model.state_dict())}
+            self.best = {"score": score, "steps": step, "state": host_copy(self.policy.model.state_dict())}
             self.bad = 0
         else:
             self.bad += 1
@@ -59,3 +58,9 @@ class EarlyStopping:
         """Load the best checkpoint unless training ended there (or nothing was validated)."""
         if self.best and self.best["steps"] != steps_taken:
             self.policy.model.load_state_dict(self.best["state"])
+
+
+def host_copy(state: dict) -> dict:
+    """A copy of a state dict in host memory: the best weights so far must not hold a second model's worth of GPU
+    memory while training goes on (load_state_dict copies them back to the model's device)."""
+    return {k: v.detach().to("cpu", copy=True) for k, v in state.items()}

@@ -200,7 +200,13 @@ def _sample_and_score(
     src, refs = repeat("source"), repeat("reference")
     extra = {name: repeat(name) for name in plan.extra.names}
     rewards = score_config(
-        cfg.reward, src, out.completions, refs, engine.device, {"source_id": repeat("source_id"), **extra}
+        cfg.reward,
+        src,
+        out.completions,
+        refs,
+        engine.device,
+        {"source_id": repeat("source_id"), **extra},
+        cfg.logits_mb,
     )
     columns = {
         "source_id": repeat("source_id"),

@@ -5,9 +5,9 @@
 Data splits (columns, empty rows, duplicates), the policy (`model.architecture` parses and transformers knows it,
 or `model.pretrained` is a loadable checkpoint), the reward's artifacts (a learned reward model exists and
 verifies; improve.token_weights names one that scores tokens), tracking (online needs a key), the device (a GPU
-that is there), LoRA's target modules (names the model has) and the Grow engine (vLLM: a decoder-only policy and an
-interpreter that has vllm). A bad value found only after the run directory exists would leave a directory that
-then refuses the corrected config, with a Prefect traceback in between.
+that is there, one for each training process), LoRA's target modules (names the model has) and the Grow engine
+(vLLM: a decoder-only policy and an interpreter that has vllm). A bad value found only after the run directory
+exists would leave a directory that then refuses the corrected config, with a Prefect traceback in between.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ def check_run_inputs(cfg: RunConfig) -> None:
         log.warning(line)
     check_rewards(cfg.reward, scored_splits(cfg, splits), cfg.improve.token_weights)
     check_tracking(cfg.tracking.comet)
-    resolve_device(cfg.device, "device")
+    check_processes(cfg)
     names: list[str] = []
     for section in ("bc", "improve"):
         lora = getattr(cfg, section).lora
@@ -55,6 +55,24 @@ def check_run_inputs(cfg: RunConfig) -> None:
             names = names or module_names(cfg.model)
             check_lora_targets(names, list(lora.target_modules), f"{section}.lora.target_modules")
     engine_spec(cfg.grow.engine).check(cfg)
+
+
+def check_processes(cfg: RunConfig) -> None:
+    """The device is there, and on GPUs each training process has one: torchrun puts rank r on cuda:r, so with
+    more processes than GPUs rank `gpus` would die in `set_device` and the user would read "training failed"."""
+    import torch
+
+    device = resolve_device(cfg.device, "device")
+    if device.type != "cuda":
+        return  # CPU processes (gloo) share the cores
+    gpus = torch.cuda.device_count()
+    for section in ("bc", "improve"):
+        n = getattr(cfg, section).processes
+        if n > gpus:
+            raise RestError(
+                f"{section}.processes: {n}, but torch sees {gpus} GPU(s) and each process trains on one of its own "
+                f"(rank r on cuda:r): set {section}.processes to at most {gpus}"
+            )
 
 
 def scored_splits(cfg: RunConfig, splits: dict[str, pd.DataFrame]) -> dict[str, list[str]]:

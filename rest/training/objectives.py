@@ -22,7 +22,15 @@ import numpy as np
 import torch
 
 from rest.config import ModelConfig
-from rest.models.policy import Policy, encode_pairs, forward_logits, target_counts
+from rest.models.policy import (
+    Policy,
+    encode_pairs,
+    eval_autocast,
+    pair_positions,
+    rows_per_pass,
+    target_counts,
+    target_logits,
+)
 from rest.training.batches import Batch, token_weights
 
 
@@ -210,8 +218,7 @@ class NLL:
         if self.needs_reference and reference is None:
             raise ValueError("kl_beta > 0 needs the reference policy")
         encoded = encode_pairs(policy, list(batch.sources), list(batch.targets), model_cfg)
-        logits = forward_logits(policy, encoded)
-        labels = encoded["labels"]
+        logits, labels = target_logits(policy, encoded)
         if self.reduction == "token_mean" and batch.weights is None and batch.token_scores is None and totals is None:
             loss = token_nll(logits, labels)  # the same numbers as BC: default runs stay bit-identical
         else:
@@ -231,8 +238,41 @@ class NLL:
         if self.kl_beta > 0:
             assert reference is not None  # needs_reference: checked above
             with torch.no_grad():
-                ref_logits = forward_logits(reference, encoded)
+                ref_logits, _ = target_logits(reference, encoded)
             kl = token_kl(logits, ref_logits, labels, None if totals is None else totals["tokens"])
             stats["kl"] = kl.item()
             loss = loss + self.kl_beta * kl
         return loss, stats
+
+
+@torch.no_grad()
+def target_nll(
+    policy: Policy,
+    sources: list[str],
+    targets: list[str],
+    model_cfg: ModelConfig,
+    batch_size: int = 250,
+    logits_mb: int | None = None,
+) -> float:
+    """Token-mean NLL of `targets` given `sources` under the policy (teacher forcing, eval mode: no dropout), at
+    most `batch_size` rows a pass, and fewer when their logits would take more than `logits_mb` MiB; on a GPU in
+    `model.dtype` (eval_autocast), as a published policy is evaluated."""
+    policy.model.eval()
+    total, count = 0.0, 0
+    k = 0
+    held = policy.token_cache
+    if held is None:  # each row tokenized once, for its pass's size and for the pass (as training does)
+        policy.token_cache = {}
+    try:
+        while k < len(sources):
+            src, tgt = sources[k : k + batch_size], targets[k : k + batch_size]
+            n = rows_per_pass(policy, pair_positions(policy, src, tgt, model_cfg), logits_mb)
+            batch = encode_pairs(policy, src[:n], tgt[:n], model_cfg)
+            with eval_autocast(policy, model_cfg.dtype):
+                sums, counts = sequence_nll(*target_logits(policy, batch))
+            total += float(sums.sum())
+            count += int(counts.sum())
+            k += n
+    finally:
+        policy.token_cache = held
+    return total / max(1, count)

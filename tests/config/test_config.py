@@ -189,3 +189,20 @@ def test_a_run_made_before_options_were_removed_still_opens(tmp_path):
 def test_removed_options_are_refused_by_name(removed):
     with pytest.raises(RestError, match=removed.split("=")[0].split(".")[1]):
         load_config("configs/smoke.yaml", [removed])
+
+
+def test_more_training_processes_than_gpus_is_named_before_the_run(monkeypatch):
+    """On GPUs each torchrun rank trains on cuda:rank: 2 processes on a 1-GPU machine name the key, not a rank's
+    set_device traceback; on the CPU (gloo processes) any number is fine. The GPU count is patched: no GPU here."""
+    import torch
+
+    from rest.stages.preflight import check_processes
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    check_processes(load_config("configs/smoke.yaml", ["device=cuda", "bc.processes=1", "improve.processes=1"]))
+    with pytest.raises(RestError, match=r"^improve.processes: 2, but torch sees 1 GPU\(s\).*at most 1$"):
+        check_processes(load_config("configs/smoke.yaml", ["device=cuda", "improve.processes=2"]))
+    with pytest.raises(RestError, match=r"^bc.processes: 3"):
+        check_processes(load_config("configs/smoke.yaml", ["device=auto", "bc.processes=3", "bc.batch_size=8"]))
+    check_processes(load_config("configs/smoke.yaml", ["device=cpu", "bc.processes=3", "bc.batch_size=8"]))

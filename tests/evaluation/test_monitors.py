@@ -111,10 +111,10 @@ def test_input_monitor_fires_on_a_policy_that_ignores_its_input(tmp_path):
 
     from rest.config import PolicyOptimFields
     from rest.evaluation.monitors import input_use
-    from rest.evaluation.policy import target_nll
     from rest.models.sampling import generate
     from rest.training.batches import Batch
     from rest.training.loop import train
+    from rest.training.objectives import target_nll
     from tests.helpers import tiny_policy
 
     sources = ["1", "2", "3", "4", "5", "6"]

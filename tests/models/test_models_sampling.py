@@ -208,5 +208,9 @@ def test_a_policy_trained_and_kept_in_memory_is_the_one_on_disk(tmp_path):
     for d, k, held in zip(dirs, ("id-new", "id-1", "id-2"), kept):
         resident.keep(d, held, k)
     assert resident.get(dirs[2]) is kept[2] and resident.get(dirs[1]) is kept[1]
+    # one copy of an artifact per device: its bfloat16 copy (Grow's) replaces the float32 one (Improve's), and back
+    half = resident.get(dirs[2], dtype="bfloat16")
+    assert half.model.dtype == torch.bfloat16 and resident.get(dirs[1]) is kept[1]
+    assert resident.get(dirs[2]) is not kept[2] and resident.get(dirs[2], dtype="bfloat16") is not half
     assert resident.get(dirs[0]) is not kept[0]
     resident.release()

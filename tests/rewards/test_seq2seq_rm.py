@@ -103,6 +103,12 @@ def test_one_pass_divergence_is_the_greedy_correction_s_divergence(tmp_path, kin
         loss.backward()
         opt.step()
     rewards, tokens = rm.score_tokens(srcs, comps)
+    # a budget of 1 MiB: passes of a few rows (how many: max_tokens positions of the vocabulary's logits), the same
+    # scores as one pass of all 64
+    assert rm.rows_per_pass(1, 256) == (1 << 20) // (rm.max_tokens * (2 if kind == "llama" else 1) * 24 * 12) < 64
+    chunked, chunked_tokens = rm.score_tokens(srcs, comps, logits_mb=1)
+    assert chunked.tolist() == rewards.tolist()
+    assert [t.tolist() for t in chunked_tokens] == [t.tolist() for t in tokens]
     generated = rm.correction_ids(srcs, comps)
     for comp, tok, gen in zip(comps, tokens, generated):
         target = rm.target_ids([comp])[0]

@@ -12,7 +12,7 @@ import torch
 from rest.config import ImproveConfig
 from rest.improve.objectives import Preference, preference_losses
 from rest.improve.selection import preference_pairs, select
-from rest.models.policy import target_counts
+from rest.models.policy import prompt_ids, target_counts
 from rest.training.batches import Batch, PairBatch, token_weights
 from rest.training.loop import train
 from rest.training.objectives import (
@@ -302,3 +302,31 @@ def test_preference_training_on_a_tiny_model(tmp_path):
     assert out["pref_accuracy_last"] == 1.0 and out["pref_margin_last"] > 0 and out["losses"][-1] < math.log(2)
     with pytest.raises(ValueError, match="needs the reference"):
         only_pairs(policy, batch, cfg, None)
+
+
+def test_target_logits_skip_the_prompts(tmp_path):
+    """A decoder-only loss's lm_head runs from the first column that holds a target on, not over the prompts: the
+    logits there are the full pass's, the labels cut alike, the NLL the same; an encoder-decoder's are whole."""
+    from rest.models.policy import encode_pairs, forward_logits, target_logits
+    from rest.training.objectives import sequence_nll
+
+    policy, cfg = tiny_policy(tmp_path, "llama")
+    policy.model.eval()
+    sources, targets = ["6947", "12", "5"], ["sechstausend", "zwölf", "fünf"]
+    encoded = encode_pairs(policy, sources, targets, cfg)
+    with torch.no_grad():
+        full = forward_logits(policy, encoded)
+        logits, labels = target_logits(policy, encoded)
+    first = full.shape[1] - logits.shape[1]
+    shortest = min(len(p) for p in prompt_ids(policy, sources, cfg))
+    assert first == shortest - 1 > 0  # the shortest prompt's last position predicts its first target token
+    assert (encoded["labels"][:, :first] == -100).all()
+    assert torch.equal(labels, encoded["labels"][:, first:])
+    torch.testing.assert_close(logits, full[:, first:], rtol=1e-5, atol=1e-5)
+    sums, counts = sequence_nll(logits, labels)
+    full_sums, full_counts = sequence_nll(full, encoded["labels"])
+    torch.testing.assert_close(sums, full_sums, rtol=1e-5, atol=1e-5)
+    assert torch.equal(counts, full_counts)
+    seq2seq, cfg2 = tiny_policy(tmp_path, "bart")
+    encoded = encode_pairs(seq2seq, sources, targets, cfg2)
+    assert target_logits(seq2seq, encoded)[0].shape == forward_logits(seq2seq, encoded).shape
