@@ -11,7 +11,7 @@ random weights, built here, with a word-level tokenizer over its ids. Rows are 2
               row in one pass, as before the budget) and with `logits_mb` 1024: peak memory and seconds
   grow        the torch decoding loop, N = 8 samples of 64 tokens for 32 prompts: the prefill's logits at every
               prompt position, then at the last one only (logits_to_keep): tokens/s and peak memory
-  improve     five optimiser steps of 16 rows, full fine-tuning and LoRA (r 16, all linear layers), bf16 autocast
+  improve     six optimiser steps of 16 rows, full fine-tuning and LoRA (r 16, all linear layers), bf16 autocast
               on float32 weights: tokens/s, MFU against the chip's dense bf16 peak (6 N or 4 N FLOPs a token) and
               peak memory; the steps are timed from the end of the first to the end of the last (no wrap, merge,
               optimiser creation or warm-up in the rate)

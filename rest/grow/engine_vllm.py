@@ -80,7 +80,10 @@ class VllmEngine:
     """vLLM sampling a published decoder-only policy, in a process of its own (rest/grow/vllm_worker.py), which may run
     another Python (grow.vllm.python). Tokenizing and decoding stay here, with the policy's own tokenizer, so prompts
     and completions are the torch engine's to the character; the worker sees token ids only. Each source's request
-    carries its own seed (request_seed), so a shard is the same whatever else vLLM batches with it.
+    carries its own seed (request_seed), so a shard's random draws do not depend on what else vLLM batches with it;
+    its floats do not either on a CPU, and on a GPU with batch-invariant kernels (grow.vllm.batch_invariant, on by
+    default: VLLM_BATCH_INVARIANT=1). Without them a GPU's sums depend on the batch, and a regenerated shard may
+    differ where two tokens were near-ties.
 
     The process outlives its policy: the next policy of the same architecture and tokenizer (the next Improve step's)
     is loaded into it in place (`load_policy`: vLLM's reload_weights, ~1 s for a small model where a new process
