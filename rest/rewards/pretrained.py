@@ -104,12 +104,20 @@ class PretrainedRewardModel:
         self.device, self.spec = device, spec
         self.chat = bool(getattr(self.tok, "chat_template", None))
 
-    def raw(self, sources: list[str], completions: list[str]) -> np.ndarray:
+    def raw(self, sources: list[str], completions: list[str], logits_mb: int | None = None) -> np.ndarray:
+        """The model's output per pair: `batch_size` pairs a pass, fewer when `max_tokens` positions of its widest
+        activation (models.policy.pass_width) would take more than `logits_mb` MiB."""
         import torch
 
+        from rest.models.policy import LOGITS_BYTES, pass_width
+
+        size = self.spec.batch_size
+        if logits_mb is not None:
+            per_row = self.spec.max_tokens * pass_width(self.model) * LOGITS_BYTES
+            size = max(1, min(size, (logits_mb << 20) // per_row))
         out = []
-        for a in range(0, len(completions), self.spec.batch_size):
-            src, comp = sources[a : a + self.spec.batch_size], completions[a : a + self.spec.batch_size]
+        for a in range(0, len(completions), size):
+            src, comp = sources[a : a + size], completions[a : a + size]
             if self.chat:
                 texts = [
                     self.tok.apply_chat_template(
@@ -134,8 +142,8 @@ class PretrainedRewardModel:
             out.append(logits[:, 0].float().cpu().numpy())
         return np.concatenate(out).astype(np.float64) if out else np.zeros(0)
 
-    def score(self, sources: list[str], completions: list[str]) -> np.ndarray:
-        x = self.spec.scale * self.raw(sources, completions) + self.spec.shift
+    def score(self, sources: list[str], completions: list[str], logits_mb: int | None = None) -> np.ndarray:
+        x = self.spec.scale * self.raw(sources, completions, logits_mb) + self.spec.shift
         if self.spec.output == "sigmoid":
             return 1.0 / (1.0 + np.exp(-x))
         return np.clip(x, 0.0, 1.0)
@@ -145,10 +153,10 @@ def pretrained_scorer(name: str, rc, device: str) -> Scorer:
     """The component scored by pretrained reward model `name` of reward.models, on `device`."""
     rm = PretrainedRewardModel(name, rc.models[name], device)
 
-    def scored(sources, completions, references) -> np.ndarray:
-        return rm.score(list(sources), list(completions))
+    def scored(sources, completions, references, logits_mb=None) -> np.ndarray:
+        return rm.score(list(sources), list(completions), logits_mb)
 
-    return Scorer(scored)
+    return Scorer(scored, takes_budget=True)
 
 
 def model_identity_of(name: str, rc) -> dict[str, Any]:

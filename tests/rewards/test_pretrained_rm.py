@@ -21,9 +21,9 @@ SOURCES = ["12", "5", "6947"]
 COMPLETIONS = ["zwölf", "fünf", "sechstausend"]
 
 
-def _rm(path, **spec) -> np.ndarray:
+def _rm(path, logits_mb: int | None = None, **spec) -> np.ndarray:
     rc = RewardConfig(models={"rm": {"model": str(path), **spec}}, components={"rm": 1.0})
-    return score_config(rc, SOURCES, COMPLETIONS, [None] * 3)["reward_rm"]
+    return score_config(rc, SOURCES, COMPLETIONS, [None] * 3, logits_mb=logits_mb)["reward_rm"]
 
 
 def _logits(path, texts=None, pairs=None) -> np.ndarray:
@@ -56,6 +56,8 @@ def test_a_bert_style_model_scores_the_pair_through_the_declared_map(checkpoints
     assert _rm(path, scale=3.0, shift=0.5, batch_size=2) == pytest.approx(1 / (1 + np.exp(-(3 * x + 0.5))), abs=1e-5)
     affine = _rm(path, output="affine", scale=50.0, shift=0.5)
     assert affine == pytest.approx(np.clip(50 * x + 0.5, 0, 1), abs=1e-4)
+    # within a run's logits budget: a pass of one pair at 1 MiB (max_tokens 1024 x its widest activation), the same
+    assert _rm(path, logits_mb=1, scale=50.0, shift=0.5, output="affine") == pytest.approx(affine, abs=1e-5)
 
 
 def test_a_chat_model_reads_its_own_template(checkpoints):
