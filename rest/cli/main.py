@@ -1,4 +1,4 @@
-"""The `rest` console script: run, grow, improve, eval, generate, inspect, report, reward.
+"""The `rest` console script: run, grow, improve, eval, generate, inspect, report, reward, model.
 
     rest run --config configs/numbers.yaml --run runs/numbers [key.sub=value ...]
     rest grow --run runs/numbers          rest improve --run runs/numbers
@@ -18,6 +18,7 @@ import sys
 from rest.artifacts.run import SUMMARY_ROWS
 from rest.cli.evaluate import cmd_eval, cmd_generate
 from rest.cli.inspect import cmd_inspect
+from rest.cli.model import cmd_model
 from rest.cli.pipeline import cmd_pipeline
 from rest.cli.report import cmd_report
 from rest.cli.reward import cmd_reward
@@ -101,6 +102,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
     p.add_argument("--port", type=int, default=8000, help="port (0: any free one; the line it prints says which)")
     p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides, e.g. device=cuda")
+    p = sub.add_parser("model", help="models from other formats: `rest model import FILE.gguf DIR`")
+    msub = p.add_subparsers(dest="model_command", required=True)
+    p = msub.add_parser("import", help="write a GGUF file's model and tokenizer as a transformers checkpoint")
+    p.add_argument("file", help="the .gguf file (llama.cpp's format; its weights are de-quantized to float32)")
+    p.add_argument("out", help="the checkpoint directory to write (model.pretrained then names it)")
     p = sub.add_parser("inspect", help="one table row per artifact of a run")
     p.add_argument("run", help="run directory")
     p.add_argument("--json", action="store_true", help="print the rows as JSON (every row)")
@@ -120,6 +126,7 @@ COMMANDS = {
     "eval": cmd_eval,
     "generate": cmd_generate,
     "reward": cmd_reward,
+    "model": cmd_model,
     "run": cmd_pipeline,
     "grow": cmd_pipeline,
     "improve": cmd_pipeline,

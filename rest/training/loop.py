@@ -111,6 +111,9 @@ def train(
     lora = getattr(optim, "lora", None)  # a reward model's train section has none
     if lora is not None:
         start = policy.model
+        # the adapter's initial weights come from torch's global generator: seeded here, they are the same whatever
+        # this process ran before (a resumed run trains the same adapter as an uninterrupted one)
+        torch.manual_seed(seed)
         policy.model = with_lora(start, lora)
         if reference is policy:  # "the policy as it was": the adapter switched off, not a copy
             # BaseWeights stands in for the model: it answers what a Policy asks of its model (device, eval, calls)

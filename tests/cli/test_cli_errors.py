@@ -1,5 +1,6 @@
 """Bad input: exit code 2, one line naming the file / column / config key and the fix, and nothing written."""
 
+import re
 import subprocess
 import sys
 
@@ -77,3 +78,26 @@ def test_run_needs_a_run_directory_for_grow(tmp_path):
     proc = rest("grow", "--run", str(tmp_path / "nothing"))
     assert proc.returncode == 2
     assert "is not a run directory" in proc.stderr and "rest run --config" in proc.stderr
+
+
+def test_rest_model_import_refuses_what_it_cannot_convert_in_one_line(tmp_path):
+    """A GGUF file of an architecture transformers cannot de-quantize, a file that is not GGUF, a missing file: one
+    line each, exit 2, nothing written."""
+    import gguf
+
+    writer = gguf.GGUFWriter(str(tmp_path / "rwkv.gguf"), "rwkv6")  # general.architecture = rwkv6
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    (tmp_path / "text.gguf").write_text("not a model")
+    for name, said in (
+        ("rwkv.gguf", r"its architecture 'rwkv6' is not one transformers can de-quantize \(.*llama.*\)"),
+        ("text.gguf", r"text.gguf: not a GGUF file"),
+        ("missing.gguf", r"missing.gguf: no such file"),
+    ):
+        proc = rest("model", "import", str(tmp_path / name), str(tmp_path / "out"))
+        assert proc.returncode == 2, proc.stderr
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and re.search(said, lines[0]), proc.stderr
+        assert not (tmp_path / "out").exists()

@@ -125,3 +125,24 @@ def test_a_run_with_lora_bf16_and_micro_batches_end_to_end(tmp_path):
     config = json.loads((run / "improve-1-1" / "_manifest.json").read_text())["config"]
     assert config["improve"]["lora"]["r"] == 4 and "micro_batch_size" not in config["improve"]
     assert len(pd.read_parquet(run / "grow-1")) == 320
+
+
+def test_the_adapter_starts_the_same_whatever_the_process_drew_before(tmp_path):
+    """peft draws the adapter's initial weights from torch's global generator: training seeds it first, so a
+    resumed run (a new process) trains the adapter an uninterrupted one trained (whose earlier stages drew from it)."""
+    from rest.config import PolicyOptimFields
+    from rest.models.policy import load_policy
+    from rest.training.batches import Batch
+    from rest.training.loop import train
+
+    built, cfg = tiny_policy(tmp_path, "llama")
+    built.save(tmp_path / "base")
+    optim = PolicyOptimFields(steps=2, batch_size=2, lr=1e-2, warmup_steps=0, lora={"r": 4})
+    batches = [Batch(["12", "5"], ["zwölf", "fünf"])] * 2
+    trained = []
+    for draws in (0, 1000):
+        torch.rand(draws)  # what other stages of the process took from the global generator
+        policy = load_policy(tmp_path / "base")
+        train(policy, batches, optim, cfg, seed=3)
+        trained.append(policy.model.state_dict())
+    assert all(torch.equal(trained[0][k], trained[1][k]) for k in trained[0])
