@@ -43,7 +43,7 @@ def check_run_inputs(cfg: RunConfig) -> None:
         check_pretrained(cfg.model.pretrained, "model.pretrained")
     else:
         check_architecture(cfg.model.architecture, "model.architecture")
-    for line in text_fit_warnings(cfg, splits):
+    for line in [*text_fit_warnings(cfg, splits), *control_warnings(cfg)]:
         log.warning(line)
     check_rewards(cfg.reward, scored_splits(cfg, splits), cfg.improve.token_weights)
     check_tracking(cfg.tracking.comet)
@@ -130,6 +130,26 @@ def chat_lines(cfg: RunConfig, tok, is_encoder_decoder: bool, splits: dict[str, 
                 "max_new_tokens; use a tokenizer whose eos_token ends the turn (instruct checkpoints do)"
             )
     return lines
+
+
+def control_warnings(cfg: RunConfig) -> list[str]:
+    """The BC control continues BC with `bc`'s optimiser. With no BC before ReST (`bc.steps: 0`, a pretrained base)
+    those settings are the from-scratch defaults nobody chose: a control that trains otherwise than the run's Improve
+    steps (a learning rate 5x higher, every weight instead of an adapter) is no comparison. One line, the keys."""
+    bc, improve = cfg.bc, cfg.improve
+    if not cfg.eval.control or bc.steps > 0 or cfg.grow.steps == 0:
+        return []
+
+    def how(o) -> str:
+        return f"lr {o.lr:g}, {'LoRA' if o.lora else 'every weight'}, {o.batch_size} rows a step"
+
+    if how(bc) == how(improve):
+        return []
+    return [
+        f"eval.control: policy-0 had no BC (bc.steps: 0), so the control trains with bc's settings ({how(bc)}) where "
+        f"the run's Improve steps train with {how(improve)}: set bc.lr, bc.lora and bc.batch_size like improve's for "
+        "a control on equal footing"
+    ]
 
 
 def text_fit_warnings(cfg: RunConfig, splits: dict[str, pd.DataFrame]) -> list[str]:

@@ -206,3 +206,18 @@ def test_more_training_processes_than_gpus_is_named_before_the_run(monkeypatch):
     with pytest.raises(RestError, match=r"^bc.processes: 3"):
         check_processes(load_config("configs/smoke.yaml", ["device=auto", "bc.processes=3", "bc.batch_size=8"]))
     check_processes(load_config("configs/smoke.yaml", ["device=cpu", "bc.processes=3", "bc.batch_size=8"]))
+
+
+def test_a_control_without_bc_before_it_is_warned_when_it_would_train_otherwise_than_improve():
+    """bc.steps: 0 (a pretrained base) leaves bc's from-scratch defaults to the control: one warning line naming
+    the keys, none once bc trains as improve does, none when BC ran (the control then continues it)."""
+    from rest.stages.preflight import control_warnings
+
+    base = ["bc.steps=0", "eval.control=true", "improve.lr=2e-4", "improve.lora={r: 16}", "improve.batch_size=8"]
+    (line,) = control_warnings(load_config("configs/smoke.yaml", base))
+    assert line.startswith("eval.control: policy-0 had no BC (bc.steps: 0)")
+    assert "(lr 0.001, every weight, 32 rows a step)" in line and "with lr 0.0002, LoRA, 8 rows a step" in line
+    same = ["bc.lr=2e-4", "bc.lora={r: 16}", "bc.batch_size=8"]
+    assert control_warnings(load_config("configs/smoke.yaml", [*base, *same])) == []
+    assert control_warnings(load_config("configs/smoke.yaml", ["eval.control=true"])) == []  # BC ran: it continues
+    assert control_warnings(load_config("configs/examples/smollm2-arith.yaml")) == []
