@@ -32,8 +32,9 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
-from gpu_torch import peak_bf16, write_section  # noqa: E402  (one table of chips' peaks: PCIe and NVL parts apart)
-from speed import GPU_BEGIN, GPU_END, table  # noqa: E402  (bench/speed.py: one table format, one pair of markers)
+from gpu_torch import peak_bf16  # noqa: E402  (one table of chips' peaks: PCIe and NVL parts apart)
+from speed import GPU_BEGIN, GPU_END  # noqa: E402  (bench/speed.py keeps this section when it rewrites the page)
+from tables import table, write_section  # noqa: E402
 
 import rest  # noqa: E402,F401  (the environment: offline, bit-exact floats)
 from rest import stages  # noqa: E402

@@ -37,6 +37,7 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from tables import table, write_section  # noqa: E402  (bench/tables.py: standard library only)
 
 import rest  # noqa: E402,F401  (the environment: offline, bit-exact floats)
 from rest.config import ModelConfig, PolicyOptimFields  # noqa: E402
@@ -221,30 +222,6 @@ def bench(policy_dir: Path, kind: dict, params: int, peak: float | None) -> dict
     return out
 
 
-def table(rows: list[dict], columns: list[tuple[str, str, str]]) -> str:
-    def cell(value, spec):
-        if value is None or isinstance(value, str):
-            return "-" if value is None else value
-        return format(value, spec)
-
-    lines = ["| " + " | ".join(h for _, h, _ in columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(cell(r[k], f) for k, _, f in columns) + " |" for r in rows]
-    return "\n".join(lines)
-
-
-def write_section(out: Path, section: str, markers: tuple[str, str] = (BEGIN, END)) -> None:
-    """Replace the text between `markers` in `out` (or append it): `make bench` rewrites the rest."""
-    begin, end = markers
-    text = out.read_text() if out.is_file() else "# Benchmarks\n"
-    block = f"{begin}\n{section.strip()}\n{end}"
-    if begin in text and end in text:
-        head, rest_ = text.split(begin, 1)
-        text = head + block + rest_.split(end, 1)[1]
-    else:
-        text = text.rstrip() + "\n\n" + block + "\n"
-    out.write_text(text)
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tiny", action="store_true", help="a tiny model on the CPU: every path, numbers mean nothing")
@@ -296,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
             f"Whole run: {time.perf_counter() - started:.0f} s.",
         ]
     )
-    write_section(Path(args.out), section)
+    write_section(Path(args.out), section, (BEGIN, END))
     print(f"[bench-gpu-torch] wrote {args.out} ({time.perf_counter() - started:.0f} s)")
     return 0
 

@@ -45,6 +45,7 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
+from tables import table  # noqa: E402  (bench/tables.py: the one table format)
 
 import rest  # noqa: E402,F401  (the environment: bit-exact floats, offline)
 from rest import stages  # noqa: E402
@@ -713,17 +714,6 @@ def bench_run(quick: bool) -> list[dict]:
 
 # ---------------------------------------------------------------------------------------------------------------
 # The report
-
-
-def table(rows: list[dict], columns: list[tuple[str, str, str]]) -> str:
-    """A Markdown table: (key, title, format) per column; "" formats as text (left-aligned), None prints "-"."""
-    head = "| " + " | ".join(title for _, title, _ in columns) + " |"
-    rule = "|" + "|".join("---" if fmt == "" else "---:" for _, _, fmt in columns) + "|"
-    body = []
-    for r in rows:
-        cells = [("-" if r[k] is None else format(r[k], fmt)) if fmt else str(r[k]) for k, _, fmt in columns]
-        body.append("| " + " | ".join(cells) + " |")
-    return "\n".join([head, rule, *body])
 
 
 def machine() -> str:

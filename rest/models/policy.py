@@ -401,8 +401,13 @@ def rows_per_pass(policy: Policy, positions: Sequence[int], budget_mb: int | Non
 
 
 def rows_per_pass_for(positions: Sequence[int], vocab: int, budget_mb: int) -> int:
-    per_row = max(positions) * vocab * LOGITS_BYTES
-    return max(1, min(len(positions), (budget_mb << 20) // max(1, per_row)))
+    return rows_within(budget_mb, max(positions), vocab, len(positions))
+
+
+def rows_within(budget_mb: int, positions: int, width: int, most: int) -> int:
+    """Rows of `positions` positions each a pass may take so that its widest per-position tensors (`width` wide,
+    LOGITS_BYTES an element) fit `budget_mb` MiB: at most `most`, at least one."""
+    return max(1, min(most, (budget_mb << 20) // max(1, positions * width * LOGITS_BYTES)))
 
 
 def pair_positions(policy: Policy, sources: list[str], targets: list[str], model_cfg: ModelConfig) -> list[int]:

@@ -109,12 +109,11 @@ class PretrainedRewardModel:
         activation (models.policy.pass_width) would take more than `logits_mb` MiB."""
         import torch
 
-        from rest.models.policy import LOGITS_BYTES, pass_width
+        from rest.models.policy import pass_width, rows_within
 
         size = self.spec.batch_size
         if logits_mb is not None:
-            per_row = self.spec.max_tokens * pass_width(self.model) * LOGITS_BYTES
-            size = max(1, min(size, (logits_mb << 20) // per_row))
+            size = rows_within(logits_mb, self.spec.max_tokens, pass_width(self.model), size)
         out = []
         for a in range(0, len(completions), size):
             src, comp = sources[a : a + size], completions[a : a + size]

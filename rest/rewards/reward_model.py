@@ -46,7 +46,7 @@ from rest.artifacts import manifests
 from rest.config import RewardModelConfig
 from rest.errors import RestError
 from rest.models.checkpoints import quiet, read_architecture
-from rest.models.policy import LOGITS_BYTES, pass_width, resolve_device, tokenizer_class
+from rest.models.policy import pass_width, resolve_device, rows_within, tokenizer_class
 from rest.models.tokenizer import made_by_train_tokenizer, train_tokenizer
 from rest.models.tokenizer import pad as pad_ids
 from rest.rewards.reward_objectives import RM_OBJECTIVES
@@ -133,13 +133,13 @@ class RewardModel:
     def score(self, sources, completions, batch_size: int = 512, logits_mb: int | None = None) -> np.ndarray:
         """The reward of each (source, completion), in [0, 1]: at most `batch_size` pairs a pass, and fewer when
         `max_tokens` positions of the model's widest activation would take more than `logits_mb` MiB."""
-        size = batch_size if logits_mb is None else min(batch_size, self.rows_per_pass(logits_mb))
+        size = batch_size if logits_mb is None else self.rows_per_pass(logits_mb, batch_size)
         return self.transform(raw_scores(self, list(sources), list(completions), size))
 
-    def rows_per_pass(self, logits_mb: int) -> int:
+    def rows_per_pass(self, logits_mb: int, batch_size: int) -> int:
         """Pairs a pass may take within `logits_mb` MiB: each is at most `max_tokens` positions (an
         encoder-decoder's encoder and decoder each), at the model's widest per-position tensor (pass_width)."""
-        return max(1, (logits_mb << 20) // (self.max_tokens * pass_width(self.model) * LOGITS_BYTES))
+        return rows_within(logits_mb, self.max_tokens, pass_width(self.model), batch_size)
 
 
 def _pair_template(tokenizer) -> None:

@@ -31,7 +31,6 @@ decoder-only policy's own checkpoint can be its corrector, and its token scores 
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,7 +46,7 @@ from transformers.models.auto.modeling_auto import (
 from rest.config import ModelConfig
 from rest.errors import RestError
 from rest.models.checkpoints import model_config
-from rest.models.policy import LOGITS_BYTES, Policy, build_policy, load_policy, pass_width
+from rest.models.policy import Policy, build_policy, keeps_logits, load_policy, pass_width, rows_within
 from rest.models.sampling import decode_batch
 from rest.models.tokenizer import made_by_train_tokenizer, pad
 
@@ -127,12 +126,6 @@ class Seq2SeqRewardModel:
     def decoder_only(self) -> bool:
         return not self.model.config.is_encoder_decoder
 
-    @property
-    def _keeps_logits(self) -> bool:
-        """Whether the model's forward computes the logits of its last N positions only (transformers' causal LMs
-        take `logits_to_keep`)."""
-        return "logits_to_keep" in inspect.signature(self.model.forward).parameters
-
     def _prompt_ids(self, sources: list[str], completions: list[str]) -> list[list[int]]:
         """A decoder-only model's prompt: [BOS] source EOS completion EOS, the pair cut to `max_tokens` longest first
         (the encoder-decoder's pair, as its tokenizer truncates it)."""
@@ -172,7 +165,7 @@ class Seq2SeqRewardModel:
             # shortest prompt's last one on get logits (logits_to_keep), not the prompts' [B, L, vocabulary].
             prompts = self._prompt_ids(sources, completions)
             ids, mask = pad([p + t for p, t in zip(prompts, targets)], self.tokenizer.pad_token_id)
-            keeps = self._keeps_logits
+            keeps = keeps_logits(self.model)
             first = min(len(p) for p in prompts) - 1 if keeps else 0
             keep = {"logits_to_keep": ids.shape[1] - first} if keeps else {}
             logits = self.model(
@@ -215,7 +208,7 @@ class Seq2SeqRewardModel:
         if logits_mb is None:
             return batch_size
         positions = (2 if self.decoder_only else 1) * self.max_tokens
-        return max(1, min(batch_size, (logits_mb << 20) // (positions * pass_width(self.model) * LOGITS_BYTES)))
+        return rows_within(logits_mb, positions, pass_width(self.model), batch_size)
 
     @torch.no_grad()
     def token_scores(

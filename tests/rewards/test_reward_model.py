@@ -310,7 +310,7 @@ def test_reward_model_objectives_train_on_the_one_loop_and_micro_batches_add_up(
         losses[name] = stats["losses"]
         # scoring within a 1 MiB budget: passes of max_tokens positions of its widest activation, the same scores
         pairs = batches[0].sources, batches[0].completions
-        assert rm.rows_per_pass(1) < len(pairs[0])
+        assert rm.rows_per_pass(1, 512) < len(pairs[0])
         np.testing.assert_allclose(rm.score(*pairs, logits_mb=1), rm.score(*pairs), rtol=1e-6)  # other padding
     assert losses["whole"][0] != losses["whole"][-1]  # it trains
     np.testing.assert_allclose(losses["pieces"], losses["whole"], rtol=1e-5)
